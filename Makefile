@@ -1,0 +1,46 @@
+# fhirward — the two quick-start commands are `make run` and `make test`.
+BUILD_DIR ?= build
+DATA_DIR ?= data
+LISTEN ?= 127.0.0.1:8443
+JOBS ?= 2
+
+.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench conformance format clean
+
+all: build
+
+bootstrap:
+	@scripts/bootstrap
+
+configure: bootstrap
+	@test -f $(BUILD_DIR)/build.ninja || cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
+build: configure
+	@cmake --build $(BUILD_DIR) -j$(JOBS)
+
+run: build
+	@scripts/run-demo $(DATA_DIR) $(LISTEN)
+
+test: build
+	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) -L unit
+	@tests/run-integration $(BUILD_DIR)/fhirward
+
+unit: build
+	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) -L unit
+
+integration: build
+	@tests/run-integration $(BUILD_DIR)/fhirward
+
+fuzz: bootstrap
+	@cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 -DFHIRWARD_FUZZ=ON -DFHIRWARD_BUILD_TESTS=OFF >/dev/null
+	@cmake --build build-fuzz -j$(JOBS) --target fuzzers
+	@fuzz/run build-fuzz
+
+bench: build
+	@FHIRWARD_BENCH=1 scripts/bootstrap
+	@bench/run $(BUILD_DIR)/fhirward
+
+format:
+	@git ls-files '*.cc' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD_DIR) build-fuzz

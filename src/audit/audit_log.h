@@ -1,0 +1,85 @@
+// The audit trail (first version): one record per request, hash-chained in an
+// append-only SQLite table, written with group commit.
+//
+// Append() returns only once the record is durable (committed with
+// synchronous=FULL): the server sends no response before that. Concurrent
+// Append() calls are batched into one transaction by a single writer thread,
+// so throughput does not collapse to one fsync per request.
+//
+// Chain: hash_n = SHA-256("fhirward-audit-v1" | u64be(seq) | hash_{n-1} | record_json),
+// hash_0 = 32 zero bytes. Every commit also writes an anchor (last seq, last
+// hash) MACed with the audit key, so removing records from the tail is
+// detected too. Records never carry payloads or tokens.
+//
+// Thread-safe.
+#ifndef FHIRWARD_AUDIT_AUDIT_LOG_H_
+#define FHIRWARD_AUDIT_AUDIT_LOG_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/secret_bytes.h"
+
+namespace fhirward::audit {
+
+struct AuditRecord {
+  std::string time;  // FHIR instant, UTC
+  std::string request_id;
+  std::string trace_id;
+  std::string client_address;
+  std::string user_agent;
+  std::string subject;    // token sub, "" when unauthenticated
+  std::string client_id;  // token client_id / azp
+  std::string scopes;
+  std::string action;         // interaction: read, vread, create, update, delete, history-*, search-*, capabilities, ...
+  std::string method;         // HTTP method
+  std::string resource_type;
+  std::string resource_id;
+  std::string version_id;
+  std::string patient_id;     // patient compartment the request touched, if known
+  std::string outcome;        // "success", "denied", "failed", "unauthenticated", "error"
+  int status_code = 0;
+  std::string error;          // ErrorCode name when refused/failed
+  std::string policy_id;      // deciding policy id@version
+  int64_t count = 0;          // resources returned
+  // Canonical JSON (fixed member order, all members present).
+  std::string ToJson() const;
+};
+
+struct AuditOptions {
+  size_t max_batch = 256;
+  std::chrono::microseconds max_batch_delay{0};  // extra wait to fill a batch
+};
+
+class AuditLog {
+ public:
+  virtual ~AuditLog() = default;
+  // Opens (creating if needed) the audit database at `path`. `mac_key` (32
+  // bytes) authenticates the tail anchor.
+  static absl::StatusOr<std::unique_ptr<AuditLog>> Open(const std::string& path,
+                                                        SecretBytes mac_key,
+                                                        const AuditOptions& options = {});
+  // Blocks until the record is durable; returns its sequence number.
+  virtual absl::StatusOr<int64_t> Append(const AuditRecord& record) = 0;
+  // Flushes and stops the writer; further Append() calls fail.
+  virtual void Close() = 0;
+};
+
+struct VerifyReport {
+  bool ok = false;
+  int64_t records = 0;
+  int64_t first_bad_seq = 0;  // 0 when ok
+  std::string summary;        // one line for humans
+};
+
+// Recomputes the whole chain and checks the anchor. Opens the database read-only.
+absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const SecretBytes& mac_key);
+
+}  // namespace fhirward::audit
+
+#endif  // FHIRWARD_AUDIT_AUDIT_LOG_H_

@@ -1,0 +1,43 @@
+// Injectable time and randomness. Production uses SystemClock and OsRandom;
+// tests inject fixed clocks. Both are thread-safe.
+#ifndef FHIRWARD_COMMON_CLOCK_H_
+#define FHIRWARD_COMMON_CLOCK_H_
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace fhirward {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual std::chrono::system_clock::time_point Now() const = 0;
+  int64_t NowSeconds() const {
+    return std::chrono::duration_cast<std::chrono::seconds>(Now().time_since_epoch()).count();
+  }
+};
+
+class SystemClock final : public Clock {
+ public:
+  std::chrono::system_clock::time_point Now() const override {
+    return std::chrono::system_clock::now();
+  }
+  static const Clock& Get();
+};
+
+// `n` bytes from the OS CSPRNG (OpenSSL RAND_bytes). Aborts if the CSPRNG fails:
+// continuing without randomness would be worse than stopping.
+std::string RandomBytes(size_t n);
+
+// A random RFC 4122 version-4 UUID in lowercase text form.
+std::string RandomUuid();
+
+// FHIR instant with millisecond precision in UTC: 2026-11-29T03:36:46.123Z.
+std::string FormatInstant(std::chrono::system_clock::time_point t);
+// RFC 7231 IMF-fixdate: Sun, 29 Nov 2026 03:36:46 GMT.
+std::string FormatHttpDate(std::chrono::system_clock::time_point t);
+
+}  // namespace fhirward
+
+#endif  // FHIRWARD_COMMON_CLOCK_H_
