@@ -42,6 +42,8 @@ constexpr std::array<ErrorInfo, static_cast<size_t>(ErrorCode::kCount_)> kTable 
      "Only application/fhir+json and application/json can be returned"},
     {ErrorCode::kMethodNotAllowed, 405, "not-supported", "method_not_allowed",
      "The method is not allowed on this URL"},
+    {ErrorCode::kNotImplemented, 501, "not-supported", "not_implemented",
+     "This interaction is not supported by this server yet"},
     {ErrorCode::kNotFound, 404, "not-found", "not_found", "The resource was not found"},
     {ErrorCode::kRouteNotFound, 404, "not-found", "route_not_found", "No such endpoint"},
     {ErrorCode::kGone, 410, "deleted", "gone", "The resource has been deleted"},

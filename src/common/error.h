@@ -33,6 +33,7 @@ enum class ErrorCode {
   kUnsupportedMediaType,    // 415 not-supported
   kNotAcceptable,           // 406 not-supported
   kMethodNotAllowed,        // 405 not-supported
+  kNotImplemented,          // 501 not-supported
   kNotFound,                // 404 not-found
   kRouteNotFound,           // 404 not-found
   kGone,                    // 410 deleted

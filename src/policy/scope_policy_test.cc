@@ -1,0 +1,98 @@
+#include "gtest/gtest.h"
+#include "policy/policy.h"
+
+namespace fhirward::policy {
+namespace {
+
+Principal With(std::string scopes, std::string patient = "") {
+  Principal p;
+  p.subject = "u1";
+  p.scope_text = scopes;
+  p.scopes = ParseScopes(scopes);
+  p.patient = std::move(patient);
+  return p;
+}
+
+TEST(Scopes, ParsesV2AndMapsV1) {
+  auto s = ParseResourceScope("patient/Observation.rs");
+  ASSERT_TRUE(s);
+  EXPECT_TRUE(s->r && s->s && !s->c && !s->u && !s->d);
+  auto v1 = ParseResourceScope("user/Patient.read");
+  ASSERT_TRUE(v1);
+  EXPECT_TRUE(v1->r && v1->s && !v1->c);
+  auto w = ParseResourceScope("system/*.write");
+  ASSERT_TRUE(w);
+  EXPECT_TRUE(w->c && w->u && w->d && !w->r);
+  auto all = ParseResourceScope("user/*.*");
+  ASSERT_TRUE(all);
+  EXPECT_TRUE(all->c && all->r && all->u && all->d && all->s);
+  EXPECT_TRUE(ParseResourceScope("patient/Observation.rs?category=laboratory")->restricted);
+}
+
+TEST(Scopes, RejectsMalformed) {
+  for (const char* bad : {"patient/Observation.sr", "patient/Observation.rr", "patient/Observation.",
+                          "patient/Observation.x", "admin/Patient.r", "patient/observation.r",
+                          "patient/.r", "openid", "launch/patient", "patient/Obs-1.r"}) {
+    EXPECT_FALSE(ParseResourceScope(bad).has_value()) << bad;
+  }
+}
+
+TEST(ScopePolicy, DenyByDefault) {
+  auto engine = NewScopePolicyEngine();
+  Decision d = engine->Authorize(With("openid fhirUser"), {Interaction::kRead, "Patient", "1"});
+  EXPECT_FALSE(d.allow);
+  EXPECT_EQ(d.deny_code, ErrorCode::kInsufficientScope);
+  EXPECT_EQ(d.policy_id, "smart-scopes@1");
+}
+
+TEST(ScopePolicy, LetterPerInteraction) {
+  auto engine = NewScopePolicyEngine();
+  Principal p = With("user/Observation.rs");
+  EXPECT_TRUE(engine->Authorize(p, {Interaction::kRead, "Observation", "1"}).allow);
+  EXPECT_TRUE(engine->Authorize(p, {Interaction::kSearch, "Observation", ""}).allow);
+  EXPECT_FALSE(engine->Authorize(p, {Interaction::kCreate, "Observation", ""}).allow);
+  EXPECT_FALSE(engine->Authorize(p, {Interaction::kDelete, "Observation", "1"}).allow);
+  EXPECT_FALSE(engine->Authorize(p, {Interaction::kRead, "Patient", "1"}).allow);
+  EXPECT_FALSE(engine->Authorize(p, {Interaction::kHistorySystem, "", ""}).allow);
+  EXPECT_TRUE(engine->Authorize(With("system/*.s"), {Interaction::kHistorySystem, "", ""}).allow);
+}
+
+TEST(ScopePolicy, RestrictedScopesNeverGrantYet) {
+  auto engine = NewScopePolicyEngine();
+  Principal p = With("user/Observation.rs?category=laboratory");
+  EXPECT_FALSE(engine->Authorize(p, {Interaction::kRead, "Observation", "1"}).allow);
+}
+
+TEST(ScopePolicy, PatientScopeConfinesToCompartment) {
+  auto engine = NewScopePolicyEngine();
+  Principal p = With("patient/*.cruds", "p1");
+  Decision d = engine->Authorize(p, {Interaction::kRead, "Observation", "o1"});
+  ASSERT_TRUE(d.allow);
+  EXPECT_EQ(d.patient_compartment, "p1");
+  EXPECT_TRUE(engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {"p1"}, true).allow);
+  Decision other = engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {"p2"}, true);
+  EXPECT_FALSE(other.allow);
+  EXPECT_EQ(other.reason, "outside_patient_compartment");
+  EXPECT_FALSE(engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {}, true).allow);
+  // Shared reference data is readable but not writable.
+  EXPECT_TRUE(engine->AuthorizeResource(p, d, Interaction::kRead, "Medication", {}, false).allow);
+  EXPECT_FALSE(engine->AuthorizeResource(p, d, Interaction::kUpdate, "Medication", {}, false).allow);
+}
+
+TEST(ScopePolicy, PatientScopeNeedsPatientContext) {
+  auto engine = NewScopePolicyEngine();
+  Decision d = engine->Authorize(With("patient/Observation.rs"), {Interaction::kRead, "Observation", "1"});
+  EXPECT_FALSE(d.allow);
+  EXPECT_EQ(d.reason, "patient_scope_without_patient_context");
+}
+
+TEST(ScopePolicy, UserScopeWinsOverPatientScope) {
+  auto engine = NewScopePolicyEngine();
+  Decision d = engine->Authorize(With("patient/Observation.rs user/Observation.rs", "p1"),
+                                 {Interaction::kRead, "Observation", "1"});
+  EXPECT_TRUE(d.allow);
+  EXPECT_TRUE(d.patient_compartment.empty());
+}
+
+}  // namespace
+}  // namespace fhirward::policy
