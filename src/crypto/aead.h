@@ -32,13 +32,17 @@ class Aead {
   // modified, truncated or extended ciphertext.
   absl::StatusOr<std::string> Decrypt(std::string_view ciphertext,
                                       std::string_view associated_data) const;
+  // As Decrypt, for plaintexts that are themselves secrets (wrapped keys): the
+  // result never passes through an unwiped buffer.
+  absl::StatusOr<SecretBytes> DecryptSecret(std::string_view ciphertext,
+                                            std::string_view associated_data) const;
 
  private:
   explicit Aead(SecretBytes key) : key_(std::move(key)) {}
   SecretBytes key_;
 };
 
-std::string Sha256(std::string_view data);  // 32 raw bytes
+std::string Sha256(std::string_view data);                            // 32 raw bytes
 std::string HmacSha256(std::string_view key, std::string_view data);  // 32 raw bytes
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 

@@ -30,7 +30,7 @@ class KeyEncryptionService {
 // Refuses to use a file readable or writable by group/other, or of the wrong
 // size. The key id is "local:" + first 8 hex chars of SHA-256(key).
 absl::StatusOr<std::unique_ptr<KeyEncryptionService>> OpenLocalKeyFile(const std::string& path,
-                                                                        bool create);
+                                                                       bool create);
 
 }  // namespace fhirward::crypto
 

@@ -74,7 +74,13 @@ absl::StatusOr<std::string> SignCompact(const SigningKey& key, const json::Value
 // A set of trusted public keys for one issuer (a JWKS).
 class KeySet {
  public:
+  // Keys with use other than "sig", unknown kty or an unsupported alg are
+  // skipped; EC/OKP keys without "alg" get the one their curve implies; RSA keys
+  // without "alg" are skipped. Fails when no usable key remains.
   static absl::StatusOr<KeySet> FromJwks(const json::Value& jwks);
+  // As above, but RSA keys without "alg" get `default_rsa_alg` when given.
+  static absl::StatusOr<KeySet> FromJwks(const json::Value& jwks,
+                                         std::optional<Algorithm> default_rsa_alg);
   void Add(PublicKey key) { keys_.push_back(std::move(key)); }
   // By kid; when kid is empty and exactly one key exists, that key.
   const PublicKey* Find(std::string_view kid) const;
