@@ -36,17 +36,18 @@ struct AuditRecord {
   std::string subject;    // token sub, "" when unauthenticated
   std::string client_id;  // token client_id / azp
   std::string scopes;
-  std::string action;         // interaction: read, vread, create, update, delete, history-*, search-*, capabilities, ...
-  std::string method;         // HTTP method
+  std::string action;  // interaction: read, vread, create, update, delete, history-*, search-*,
+                       // capabilities, ...
+  std::string method;  // HTTP method
   std::string resource_type;
   std::string resource_id;
   std::string version_id;
-  std::string patient_id;     // patient compartment the request touched, if known
-  std::string outcome;        // "success", "denied", "failed", "unauthenticated", "error"
+  std::string patient_id;  // patient compartment the request touched, if known
+  std::string outcome;     // "success", "denied", "failed", "unauthenticated", "error"
   int status_code = 0;
-  std::string error;          // ErrorCode name when refused/failed
-  std::string policy_id;      // deciding policy id@version
-  int64_t count = 0;          // resources returned
+  std::string error;      // ErrorCode name when refused/failed
+  std::string policy_id;  // deciding policy id@version
+  int64_t count = 0;      // resources returned
   // Canonical JSON (fixed member order, all members present).
   std::string ToJson() const;
 };
@@ -54,6 +55,17 @@ struct AuditRecord {
 struct AuditOptions {
   size_t max_batch = 256;
   std::chrono::microseconds max_batch_delay{0};  // extra wait to fill a batch
+  // How long a write waits for a SQLite lock held by another connection before
+  // the batch fails with kAuditUnavailable.
+  std::chrono::milliseconds busy_timeout{5000};
+};
+
+// Writer counters (monotonic since Open). commits < records means batching.
+struct AuditStats {
+  int64_t commits = 0;         // committed transactions
+  int64_t records = 0;         // records committed
+  int64_t failed_batches = 0;  // transactions rolled back (waiters got kAuditUnavailable)
+  int64_t largest_batch = 0;   // most records in one transaction
 };
 
 class AuditLog {
@@ -68,6 +80,8 @@ class AuditLog {
   virtual absl::StatusOr<int64_t> Append(const AuditRecord& record) = 0;
   // Flushes and stops the writer; further Append() calls fail.
   virtual void Close() = 0;
+  // Writer counters; a default for fakes that do not batch.
+  virtual AuditStats stats() const { return {}; }
 };
 
 struct VerifyReport {
@@ -78,6 +92,17 @@ struct VerifyReport {
 };
 
 // Recomputes the whole chain and checks the anchor. Opens the database read-only.
+//
+// `records` is the number of rows present. `first_bad_seq` is the first break
+// found walking seq 1, 2, 3, ...: a missing seq (record removed), a prev_hash
+// that is not the previous record's hash (record before it rewritten, or
+// records reordered), a hash that does not match the record (record altered),
+// or a time column that disagrees with the record. When the chain itself is
+// consistent, the anchor decides: tail removed -> the first missing seq;
+// records beyond the anchor -> the first one not covered; anchor MAC invalid
+// (forged anchor, wrong key), anchor missing, or anchor hash != last hash ->
+// the last record. A non-OK Status only when the file cannot be opened or read
+// or is not an audit database.
 absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const SecretBytes& mac_key);
 
 }  // namespace fhirward::audit
