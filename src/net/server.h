@@ -45,10 +45,20 @@ struct ServerOptions {
   std::chrono::milliseconds body_timeout{30000};
   std::chrono::milliseconds idle_timeout{60000};
   std::chrono::milliseconds handshake_timeout{10000};
-  int max_requests_per_connection = 10000;
+  int max_requests_per_connection = 10000;  // 0: unlimited
   // Poll the certificate files and reload when they change (0 disables).
   std::chrono::milliseconds cert_poll_interval{2000};
   std::chrono::milliseconds drain_timeout{20000};
+  // After a response with "Connection: close" the server sends its TLS
+  // close_notify (plain: shuts down its sending side) and discards what the
+  // client still sends, for at most this long, so that closing over unread
+  // request bytes does not reset the connection before the client has read
+  // the response.
+  std::chrono::milliseconds linger_timeout{2000};
+  // Install SIGTERM/SIGINT (drain and stop; a second one stops at once) and
+  // SIGHUP (reload certificates) handlers. Tests running several servers in
+  // one process turn this off.
+  bool handle_signals = true;
 };
 
 class HttpsServer {
@@ -64,7 +74,9 @@ class HttpsServer {
   virtual uint16_t port() const = 0;
 
   // Serves until Stop() or SIGTERM/SIGINT; SIGHUP reloads certificates. Returns
-  // after in-flight requests are drained (or drain_timeout passes).
+  // after in-flight requests are drained (or drain_timeout passes). Call it
+  // once. Destroy the server only after Run() returned (or if it never ran);
+  // the destructor waits for handlers still running past drain_timeout.
   virtual void Run() = 0;
 
   // Stops accepting, lets in-flight requests finish, then makes Run() return.
