@@ -1,0 +1,178 @@
+#include "server/config.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/error.h"
+#include "toml++/toml.h"
+
+namespace fhirward::server {
+namespace {
+
+absl::Status Bad(const std::string& key, const std::string& why) {
+  return Error(ErrorCode::kInvalidParameter, "config " + key + ": " + why);
+}
+
+template <typename T>
+absl::Status Get(const toml::table& t, const std::string& section, const char* key, T* out) {
+  const toml::node* n = t.get(key);
+  if (!n) return absl::OkStatus();
+  std::string name = section.empty() ? key : section + "." + key;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!n->is_boolean()) return Bad(name, "expected true or false");
+    *out = n->as_boolean()->get();
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!n->is_string()) return Bad(name, "expected a string");
+    *out = n->as_string()->get();
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (n->is_integer()) {
+      *out = static_cast<double>(n->as_integer()->get());
+    } else if (n->is_floating_point()) {
+      *out = n->as_floating_point()->get();
+    } else {
+      return Bad(name, "expected a number");
+    }
+  } else {
+    if (!n->is_integer()) return Bad(name, "expected an integer");
+    int64_t v = n->as_integer()->get();
+    if (v < 0) return Bad(name, "must not be negative");
+    *out = static_cast<T>(v);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckKeys(const toml::table& t, const std::string& section,
+                       std::set<std::string> allowed) {
+  for (const auto& [k, v] : t) {
+    std::string key(k.str());
+    if (!allowed.count(key)) {
+      return Bad(section.empty() ? key : section + "." + key, "unknown setting");
+    }
+  }
+  return absl::OkStatus();
+}
+
+#define FW_TRY(expr)                 \
+  do {                               \
+    absl::Status _s = (expr);        \
+    if (!_s.ok()) return _s;         \
+  } while (0)
+
+}  // namespace
+
+absl::Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return Bad("listen", "expected HOST:PORT");
+  }
+  std::string h = listen.substr(0, colon);
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  std::string p = listen.substr(colon + 1);
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) {
+    return Bad("listen", "bad port");
+  }
+  int v = std::stoi(p);
+  if (v > 65535) return Bad("listen", "bad port");
+  *host = h;
+  *port = static_cast<uint16_t>(v);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return Error(ErrorCode::kInvalidParameter,
+                 absl::StrCat("config ", path, " line ", e.source().begin.line, ": ",
+                              std::string(e.description())));
+  }
+  FW_TRY(CheckKeys(root, "", {"listen", "base_url", "tenant", "tls", "http", "json", "fhir",
+                              "auth", "rate_limit", "log"}));
+  FW_TRY(Get(root, "", "listen", &c.listen));
+  FW_TRY(Get(root, "", "base_url", &c.base_url));
+  FW_TRY(Get(root, "", "tenant", &c.tenant));
+  if (auto* t = root["tls"].as_table()) {
+    FW_TRY(CheckKeys(*t, "tls", {"cert_file", "key_file", "client_ca_file", "min_version",
+                                 "plain_http"}));
+    FW_TRY(Get(*t, "tls", "cert_file", &c.tls_cert_file));
+    FW_TRY(Get(*t, "tls", "key_file", &c.tls_key_file));
+    FW_TRY(Get(*t, "tls", "client_ca_file", &c.tls_client_ca_file));
+    FW_TRY(Get(*t, "tls", "min_version", &c.tls_min_version));
+    FW_TRY(Get(*t, "tls", "plain_http", &c.plain_http));
+    if (c.tls_min_version != "1.3" && c.tls_min_version != "1.2") {
+      return Bad("tls.min_version", "must be \"1.3\" or \"1.2\"");
+    }
+  }
+  if (auto* t = root["http"].as_table()) {
+    FW_TRY(CheckKeys(*t, "http", {"io_threads", "worker_threads", "max_header_bytes",
+                                  "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
+                                  "idle_timeout_ms", "hsts_max_age"}));
+    FW_TRY(Get(*t, "http", "io_threads", &c.io_threads));
+    FW_TRY(Get(*t, "http", "worker_threads", &c.worker_threads));
+    FW_TRY(Get(*t, "http", "max_header_bytes", &c.max_header_bytes));
+    FW_TRY(Get(*t, "http", "max_body_bytes", &c.max_body_bytes));
+    FW_TRY(Get(*t, "http", "header_timeout_ms", &c.header_timeout_ms));
+    FW_TRY(Get(*t, "http", "body_timeout_ms", &c.body_timeout_ms));
+    FW_TRY(Get(*t, "http", "idle_timeout_ms", &c.idle_timeout_ms));
+    FW_TRY(Get(*t, "http", "hsts_max_age", &c.hsts_max_age));
+    if (c.io_threads < 1 || c.worker_threads < 1) return Bad("http", "threads must be >= 1");
+  }
+  if (auto* t = root["json"].as_table()) {
+    FW_TRY(CheckKeys(*t, "json", {"max_depth", "max_string_bytes", "max_array_items",
+                                  "max_object_members"}));
+    FW_TRY(Get(*t, "json", "max_depth", &c.json_limits.max_depth));
+    FW_TRY(Get(*t, "json", "max_string_bytes", &c.json_limits.max_string_bytes));
+    FW_TRY(Get(*t, "json", "max_array_items", &c.json_limits.max_array_items));
+    FW_TRY(Get(*t, "json", "max_object_members", &c.json_limits.max_object_members));
+  }
+  c.json_limits.max_total_bytes = c.max_body_bytes;
+  if (auto* t = root["fhir"].as_table()) {
+    FW_TRY(CheckKeys(*t, "fhir", {"update_create", "require_if_match", "history_default_count",
+                                  "history_max_count", "idempotency_ttl_seconds"}));
+    FW_TRY(Get(*t, "fhir", "update_create", &c.update_create));
+    FW_TRY(Get(*t, "fhir", "require_if_match", &c.require_if_match));
+    FW_TRY(Get(*t, "fhir", "history_default_count", &c.history_default_count));
+    FW_TRY(Get(*t, "fhir", "history_max_count", &c.history_max_count));
+    FW_TRY(Get(*t, "fhir", "idempotency_ttl_seconds", &c.idempotency_ttl_seconds));
+  }
+  if (auto* t = root["auth"].as_table()) {
+    FW_TRY(CheckKeys(*t, "auth", {"issuers", "token_cache_entries", "max_token_lifetime_seconds",
+                                  "clock_leeway_seconds"}));
+    FW_TRY(Get(*t, "auth", "token_cache_entries", &c.token_cache_entries));
+    FW_TRY(Get(*t, "auth", "max_token_lifetime_seconds", &c.max_token_lifetime_seconds));
+    FW_TRY(Get(*t, "auth", "clock_leeway_seconds", &c.clock_leeway_seconds));
+    if (auto* arr = (*t)["issuers"].as_array()) {
+      for (size_t i = 0; i < arr->size(); ++i) {
+        auto* it = arr->get(i)->as_table();
+        std::string sec = "auth.issuers[" + std::to_string(i) + "]";
+        if (!it) return Bad(sec, "expected a table");
+        FW_TRY(CheckKeys(*it, sec, {"issuer", "audiences", "jwks_file"}));
+        TrustedIssuer ti;
+        FW_TRY(Get(*it, sec, "issuer", &ti.issuer));
+        FW_TRY(Get(*it, sec, "jwks_file", &ti.jwks_file));
+        if (auto* auds = (*it)["audiences"].as_array()) {
+          for (auto& a : *auds) {
+            if (!a.is_string()) return Bad(sec + ".audiences", "expected strings");
+            ti.audiences.push_back(a.as_string()->get());
+          }
+        }
+        if (ti.issuer.empty()) return Bad(sec + ".issuer", "required");
+        if (ti.jwks_file.empty()) return Bad(sec + ".jwks_file", "required");
+        c.issuers.push_back(std::move(ti));
+      }
+    }
+  }
+  if (auto* t = root["rate_limit"].as_table()) {
+    FW_TRY(CheckKeys(*t, "rate_limit", {"per_second", "burst"}));
+    FW_TRY(Get(*t, "rate_limit", "per_second", &c.rate_per_second));
+    FW_TRY(Get(*t, "rate_limit", "burst", &c.rate_burst));
+  }
+  if (auto* t = root["log"].as_table()) {
+    FW_TRY(CheckKeys(*t, "log", {"level"}));
+    FW_TRY(Get(*t, "log", "level", &c.log_level));
+  }
+  return c;
+}
+
+}  // namespace fhirward::server

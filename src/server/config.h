@@ -1,0 +1,79 @@
+// Server configuration: defaults, TOML loading and validation.
+// Loading throws nothing: errors are a Status naming the key. Every setting
+// is documented in docs/configuration.md with its default.
+#ifndef FHIRWARD_SERVER_CONFIG_H_
+#define FHIRWARD_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "json/value.h"
+#include "net/server.h"
+
+namespace fhirward::server {
+
+struct TrustedIssuer {
+  std::string issuer;
+  std::vector<std::string> audiences;  // empty: the server's base_url
+  std::string jwks_file;               // a JWKS document on disk
+};
+
+struct Config {
+  std::string data_dir;
+  std::string listen = "127.0.0.1:8443";
+  std::string base_url;  // public FHIR base; default https://localhost:<port> of listen
+  std::string tenant = "default";
+
+  // [tls]
+  std::string tls_cert_file;  // default: DATA_DIR/tls/server.pem (generated)
+  std::string tls_key_file;   // default: DATA_DIR/tls/server.key (generated)
+  std::string tls_client_ca_file;
+  std::string tls_min_version = "1.3";
+  bool plain_http = false;  // loopback only; for benchmarks and debugging
+
+  // [http]
+  int io_threads = 2;
+  int worker_threads = 32;
+  size_t max_header_bytes = 16 * 1024;
+  size_t max_body_bytes = 8 * 1024 * 1024;
+  int header_timeout_ms = 10000;
+  int body_timeout_ms = 30000;
+  int idle_timeout_ms = 60000;
+  int hsts_max_age = 63072000;
+
+  // [json]
+  json::Limits json_limits;
+
+  // [fhir]
+  bool update_create = true;
+  bool require_if_match = false;
+  int history_default_count = 50;
+  int history_max_count = 500;
+  int idempotency_ttl_seconds = 86400;
+
+  // [auth]
+  std::vector<TrustedIssuer> issuers;  // besides the instance's own issuer
+  int token_cache_entries = 100000;
+  int64_t max_token_lifetime_seconds = 86400;
+  int clock_leeway_seconds = 30;
+
+  // [rate_limit]
+  double rate_per_second = 200;  // per principal (client id or subject)
+  double rate_burst = 400;
+
+  // [log]
+  std::string log_level = "info";
+};
+
+// Reads FILE (TOML) over the defaults. An unknown key is an error (typos in
+// security settings must not pass silently).
+absl::StatusOr<Config> LoadConfig(const std::string& path, Config base);
+
+// Splits "HOST:PORT" ("[::1]:8443" for IPv6).
+absl::Status ParseListen(const std::string& listen, std::string* host, uint16_t* port);
+
+}  // namespace fhirward::server
+
+#endif  // FHIRWARD_SERVER_CONFIG_H_

@@ -1,0 +1,146 @@
+#include "server/instance.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/clock.h"
+#include "common/encoding.h"
+#include "common/error.h"
+#include "crypto/aead.h"
+#include "json/value.h"
+
+namespace fhirward::server {
+namespace {
+
+absl::Status MakeDir(const std::string& path, mode_t mode) {
+  if (mkdir(path.c_str(), mode) == 0 || errno == EEXIST) return absl::OkStatus();
+  return Error(ErrorCode::kInternal, "cannot create directory " + path);
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error(ErrorCode::kInternal, "cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::Status WriteFileExclusive(const std::string& path, std::string_view data, mode_t mode) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) return Error(ErrorCode::kInternal, "cannot create " + path);
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = write(fd, data.data() + off, data.size() - off);
+    if (n <= 0) {
+      close(fd);
+      return Error(ErrorCode::kInternal, "cannot write " + path);
+    }
+    off += static_cast<size_t>(n);
+  }
+  fsync(fd);
+  close(fd);
+  return absl::OkStatus();
+}
+
+// A 32-byte secret stored wrapped by the KEK, so that moving the secret to an
+// HSM-backed KEK later protects it too.
+absl::StatusOr<SecretBytes> LoadOrCreateWrappedSecret(const crypto::KeyEncryptionService& kek,
+                                                      const std::string& path,
+                                                      const std::string& purpose, bool create) {
+  std::string ad = "fhirward-wrapped-secret-v1:" + purpose;
+  if (!Exists(path)) {
+    if (!create) return Error(ErrorCode::kInternal, "missing " + path);
+    SecretBytes secret(RandomBytes(32));
+    auto wrapped = kek.Wrap(secret, ad);
+    if (!wrapped.ok()) return wrapped.status();
+    if (auto s = WriteFileExclusive(path, *wrapped, 0600); !s.ok()) return s;
+  }
+  auto data = ReadFile(path);
+  if (!data.ok()) return data.status();
+  auto secret = kek.Unwrap(*data, ad);
+  if (!secret.ok()) {
+    return Error(ErrorCode::kDecryptionFailed, path + " does not open under the KEK");
+  }
+  return std::move(*secret);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data_dir, bool create,
+                                                         const std::string& default_issuer) {
+  std::unique_ptr<Instance> inst(new Instance());
+  inst->data_dir_ = data_dir;
+  if (!Exists(data_dir)) {
+    if (!create) return Error(ErrorCode::kInternal, "data directory " + data_dir + " not found");
+    if (auto s = MakeDir(data_dir, 0700); !s.ok()) return s;
+  }
+  for (const char* sub : {"/keys", "/db", "/audit"}) {
+    if (!create && !Exists(data_dir + sub)) {
+      return Error(ErrorCode::kInternal, data_dir + " is not an initialised fhirward data directory");
+    }
+    if (auto s = MakeDir(data_dir + sub, 0700); !s.ok()) return s;
+  }
+
+  auto kek = crypto::OpenLocalKeyFile(data_dir + "/keys/kek.key", create);
+  if (!kek.ok()) return kek.status();
+  inst->kek_ = std::move(*kek);
+
+  std::string signing_path = data_dir + "/keys/signing-es256.pem";
+  std::string identity_path = data_dir + "/instance.json";
+  if (!Exists(identity_path)) {
+    if (!create) return Error(ErrorCode::kInternal, "missing " + identity_path);
+    std::string kid = HexEncode(RandomBytes(8));
+    auto key = jose::SigningKey::Generate(jose::Algorithm::kES256, kid);
+    if (!key.ok()) return key.status();
+    if (!Exists(signing_path)) {
+      if (auto s = key->SavePem(signing_path); !s.ok()) return s;
+    }
+    json::Value id = json::Value::MakeObject();
+    id.Set("issuer", json::Value::String(default_issuer));
+    id.Set("audience", json::Value::String(default_issuer));
+    id.Set("signing_kid", json::Value::String(kid));
+    id.Set("created", json::Value::String(FormatInstant(SystemClock::Get().Now())));
+    if (auto s = WriteFileExclusive(identity_path, json::Write(id, {.pretty = true}) + "\n", 0644);
+        !s.ok()) {
+      return s;
+    }
+  }
+  auto text = ReadFile(identity_path);
+  if (!text.ok()) return text.status();
+  auto identity = json::Parse(*text);
+  if (!identity.ok() || !identity->is_object()) {
+    return Error(ErrorCode::kInternal, identity_path + " is not valid JSON");
+  }
+  auto issuer = identity->GetString("issuer");
+  auto audience = identity->GetString("audience");
+  auto kid = identity->GetString("signing_kid");
+  if (!issuer || !audience || !kid) {
+    return Error(ErrorCode::kInternal, identity_path + " lacks issuer, audience or signing_kid");
+  }
+  inst->issuer_ = std::string(*issuer);
+  inst->audience_ = std::string(*audience);
+  auto key = jose::SigningKey::LoadPem(signing_path, jose::Algorithm::kES256, std::string(*kid));
+  if (!key.ok()) return key.status();
+  inst->signing_key_ = std::move(*key);
+
+  auto mac = LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/audit-mac.wrapped",
+                                       "audit-mac", create);
+  if (!mac.ok()) return mac.status();
+  inst->audit_mac_key_ = std::move(*mac);
+  auto cursor = LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/cursor.wrapped",
+                                          "cursor", create);
+  if (!cursor.ok()) return cursor.status();
+  inst->cursor_key_ = std::move(*cursor);
+  return inst;
+}
+
+}  // namespace fhirward::server

@@ -1,0 +1,56 @@
+// The on-disk identity of one fhirward instance (its data directory):
+//
+//   DIR/instance.json          issuer and audience (public settings, 0644)
+//   DIR/tls/                   development CA and server certificate (generated)
+//   DIR/keys/kek.key           local key-encryption key (0600, 32 bytes)
+//   DIR/keys/signing-es256.pem instance token-signing key (0600)
+//   DIR/keys/*.wrapped         secrets wrapped by the KEK (audit MAC key, cursor key)
+//   DIR/db/fhir.db             resources (SQLite, every body sealed)
+//   DIR/audit/audit.db         audit trail (hash-chained)
+//
+// Open() creates what is missing when `create` is true. Thread-safe after Open.
+#ifndef FHIRWARD_SERVER_INSTANCE_H_
+#define FHIRWARD_SERVER_INSTANCE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/secret_bytes.h"
+#include "crypto/kms.h"
+#include "jose/jws.h"
+
+namespace fhirward::server {
+
+class Instance {
+ public:
+  // `default_issuer` is used only when the directory is initialised.
+  static absl::StatusOr<std::unique_ptr<Instance>> Open(const std::string& data_dir, bool create,
+                                                        const std::string& default_issuer);
+
+  const std::string& data_dir() const { return data_dir_; }
+  const std::string& issuer() const { return issuer_; }
+  const std::string& audience() const { return audience_; }
+  const crypto::KeyEncryptionService& kek() const { return *kek_; }
+  const jose::SigningKey& signing_key() const { return signing_key_; }
+  const SecretBytes& audit_mac_key() const { return audit_mac_key_; }
+  const SecretBytes& cursor_key() const { return cursor_key_; }
+
+  std::string tls_dir() const { return data_dir_ + "/tls"; }
+  std::string resource_db_path() const { return data_dir_ + "/db/fhir.db"; }
+  std::string audit_db_path() const { return data_dir_ + "/audit/audit.db"; }
+
+ private:
+  Instance() = default;
+  std::string data_dir_;
+  std::string issuer_;
+  std::string audience_;
+  std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  jose::SigningKey signing_key_;
+  SecretBytes audit_mac_key_;
+  SecretBytes cursor_key_;
+};
+
+}  // namespace fhirward::server
+
+#endif  // FHIRWARD_SERVER_INSTANCE_H_

@@ -1,0 +1,129 @@
+// ResourceStore: versioned FHIR resources, history and idempotency records.
+//
+// Contract:
+// - A successful write means the version is durable (committed with
+//   synchronous=FULL); concurrent writes are group-committed by one writer.
+// - Versions are never lost: writes to one resource are serialized; with
+//   `if_match` a stale version fails kPreconditionFailed, and a concurrent
+//   writer that lost the race gets kVersionConflict only where a check could
+//   not be re-done safely.
+// - Every stored body is sealed with envelope encryption; associated data
+//   binds tenant, type, id and version. Nothing readable is written in clear
+//   except ids, versions, timestamps and compartment membership (patient ids).
+// - Implementations are thread-safe.
+#ifndef FHIRWARD_STORE_RESOURCE_STORE_H_
+#define FHIRWARD_STORE_RESOURCE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "crypto/kms.h"
+#include "json/value.h"
+
+namespace fhirward::store {
+
+struct ResourceKey {
+  std::string tenant;
+  std::string type;
+  std::string id;
+};
+
+struct StoredVersion {
+  std::string type;
+  std::string id;
+  int64_t version = 0;
+  std::string last_updated;  // FHIR instant
+  bool deleted = false;
+  std::string json;  // the resource with meta.versionId/lastUpdated; empty when deleted
+  std::vector<std::string> patients;  // Patient compartments this version belongs to (all reads
+                                      // and writes fill it; history does not)
+};
+
+struct WriteResult {
+  StoredVersion stored;
+  bool created = false;  // update-as-create
+};
+
+struct HistoryQuery {
+  std::string tenant;
+  std::string type;  // empty: system history
+  std::string id;    // empty: type or system history
+  std::optional<std::string> since;  // FHIR instant (normalized), inclusive
+  int count = 50;
+  int64_t before_seq = 0;  // paging: only entries with seq < before_seq (0 = from the newest)
+  // When set, only versions in this patient's compartment.
+  std::optional<std::string> patient;
+};
+
+struct HistoryEntry {
+  int64_t seq = 0;
+  StoredVersion version;
+};
+
+struct HistoryPage {
+  std::vector<HistoryEntry> entries;  // newest first
+  bool more = false;
+};
+
+struct IdempotencyRecord {
+  std::string request_hash;  // SHA-256 of method, target and body
+  int status = 0;
+  std::string response_headers;  // JSON array of [name, value]
+  std::string response_body;
+  std::string created_at;
+};
+
+class ResourceStore {
+ public:
+  virtual ~ResourceStore() = default;
+
+  // Current version; kNotFound when absent. A deletion comes back as a
+  // version with deleted=true and empty json (the caller answers 410), so the
+  // caller can still authorize against `patients` before revealing it.
+  // kDecryptionFailed when the stored envelope does not open.
+  virtual absl::StatusOr<StoredVersion> Read(const ResourceKey& key) = 0;
+  // A specific version; kNotFound when absent; deletions as for Read.
+  virtual absl::StatusOr<StoredVersion> ReadVersion(const ResourceKey& key, int64_t version) = 0;
+  // Stores version 1 under key.id (the caller assigns ids for create).
+  // kVersionConflict if the id exists.
+  virtual absl::StatusOr<StoredVersion> Create(const ResourceKey& key, json::Value resource) = 0;
+  // New version of key; creates it when absent and `allow_create`.
+  // if_match: the expected current version (kPreconditionFailed otherwise).
+  virtual absl::StatusOr<WriteResult> Update(const ResourceKey& key, json::Value resource,
+                                             std::optional<int64_t> if_match,
+                                             bool allow_create) = 0;
+  // Records a deletion version. Deleting an absent or already deleted
+  // resource succeeds without a new version (returns version 0 when absent).
+  virtual absl::StatusOr<StoredVersion> Delete(const ResourceKey& key,
+                                               std::optional<int64_t> if_match) = 0;
+  virtual absl::StatusOr<HistoryPage> History(const HistoryQuery& query) = 0;
+
+  virtual absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(
+      const std::string& tenant, const std::string& client, const std::string& key) = 0;
+  // Stores the record if the key is unused; returns the record that is stored
+  // (the existing one when another request stored it first).
+  virtual absl::StatusOr<IdempotencyRecord> PutIdempotency(const std::string& tenant,
+                                                           const std::string& client,
+                                                           const std::string& key,
+                                                           IdempotencyRecord record) = 0;
+  // Deletes idempotency records created before `cutoff` (FHIR instant).
+  virtual absl::Status ExpireIdempotency(const std::string& cutoff) = 0;
+};
+
+struct SqliteStoreOptions {
+  std::string path;
+  const crypto::KeyEncryptionService* kek = nullptr;  // must outlive the store
+  int read_connections = 8;
+  size_t max_batch = 128;
+};
+
+absl::StatusOr<std::unique_ptr<ResourceStore>> OpenSqliteStore(const SqliteStoreOptions& options);
+
+}  // namespace fhirward::store
+
+#endif  // FHIRWARD_STORE_RESOURCE_STORE_H_

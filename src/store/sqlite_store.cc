@@ -1,0 +1,593 @@
+// SQLite backend of ResourceStore: WAL, synchronous=FULL, one writer thread
+// with group commit, a pool of read connections, every body sealed.
+#include <sqlite3.h>
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "crypto/envelope.h"
+#include "fhir/resources.h"
+#include "store/internal/sqlite.h"
+#include "store/resource_store.h"
+
+namespace fhirward::store {
+namespace {
+
+using internal::Db;
+using internal::Stmt;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS resource_versions(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+  deleted INTEGER NOT NULL, last_updated TEXT NOT NULL, envelope BLOB,
+  UNIQUE(tenant, type, id, version));
+CREATE INDEX IF NOT EXISTS resource_versions_by_type ON resource_versions(tenant, type, seq);
+CREATE TABLE IF NOT EXISTS resource_current(
+  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+  version INTEGER NOT NULL, seq INTEGER NOT NULL,
+  PRIMARY KEY(tenant, type, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS compartment_members(
+  tenant TEXT NOT NULL, patient TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  PRIMARY KEY(tenant, type, id, version, patient)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS compartment_members_by_patient
+  ON compartment_members(tenant, patient, type);
+CREATE TABLE IF NOT EXISTS idempotency_keys(
+  tenant TEXT NOT NULL, client TEXT NOT NULL, key TEXT NOT NULL,
+  request_hash BLOB NOT NULL, status INTEGER NOT NULL, headers TEXT NOT NULL,
+  envelope BLOB, created_at TEXT NOT NULL,
+  PRIMARY KEY(tenant, client, key)) WITHOUT ROWID;
+)sql";
+
+// Length-prefixed so that no two (tenant, type, id, version) tuples share bytes.
+std::string LengthPrefixed(std::initializer_list<std::string_view> parts) {
+  std::string out;
+  for (std::string_view p : parts) {
+    out += std::to_string(p.size());
+    out += ':';
+    out += p;
+  }
+  return out;
+}
+
+std::string ResourceAd(const ResourceKey& k, int64_t version) {
+  return LengthPrefixed({"fhirward-resource-v1", k.tenant, k.type, k.id, std::to_string(version)});
+}
+
+std::string IdempotencyAd(const std::string& tenant, const std::string& client,
+                          const std::string& key) {
+  return LengthPrefixed({"fhirward-idempotency-v1", tenant, client, key});
+}
+
+// Puts resourceType, id and meta first, with meta.versionId/lastUpdated set.
+void StampMeta(json::Value& r, const std::string& type, const std::string& id, int64_t version,
+               const std::string& instant) {
+  json::Object out;
+  json::Value meta = json::Value::MakeObject();
+  for (auto& [k, v] : r.members()) {
+    if (k == "meta" && v.is_object()) meta = std::move(v);
+  }
+  meta.Erase("versionId");
+  meta.Erase("lastUpdated");
+  json::Object meta_members;
+  meta_members.emplace_back("versionId", json::Value::String(std::to_string(version)));
+  meta_members.emplace_back("lastUpdated", json::Value::String(instant));
+  for (auto& m : meta.members()) meta_members.push_back(std::move(m));
+  out.emplace_back("resourceType", json::Value::String(type));
+  out.emplace_back("id", json::Value::String(id));
+  out.emplace_back("meta", json::Value::MakeObject(std::move(meta_members)));
+  for (auto& [k, v] : r.members()) {
+    if (k == "resourceType" || k == "id" || k == "meta") continue;
+    out.emplace_back(std::move(k), std::move(v));
+  }
+  r = json::Value::MakeObject(std::move(out));
+}
+
+struct Prepared {
+  int64_t version = 0;
+  std::string json;
+  std::string envelope;
+};
+
+class SqliteStore final : public ResourceStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<ResourceStore>> Open(const SqliteStoreOptions& o) {
+    if (o.kek == nullptr) return Error(ErrorCode::kInternal, "store needs a key service");
+    auto writer = Db::Open(o.path, false);
+    if (!writer.ok()) return writer.status();
+    Db& w = **writer;
+    for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+                            "PRAGMA foreign_keys=ON"}) {
+      if (auto s = w.Exec(sql); !s.ok()) return s;
+    }
+    if (auto s = w.Exec(kSchema); !s.ok()) return s;
+    std::unique_ptr<SqliteStore> store(new SqliteStore(o));
+    store->writer_db_ = std::move(*writer);
+    for (int i = 0; i < std::max(1, o.read_connections); ++i) {
+      auto r = Db::Open(o.path, true);
+      if (!r.ok()) return r.status();
+      store->readers_.push_back(std::move(*r));
+    }
+    store->writer_thread_ = std::thread([s = store.get()] { s->WriterLoop(); });
+    return std::unique_ptr<ResourceStore>(std::move(store));
+  }
+
+  ~SqliteStore() override {
+    {
+      std::lock_guard lk(mu_);
+      closing_ = true;
+    }
+    cv_.notify_all();
+    if (writer_thread_.joinable()) writer_thread_.join();
+  }
+
+  absl::StatusOr<StoredVersion> Read(const ResourceKey& key) override {
+    auto conn = AcquireReader();
+    auto st = conn.db->Prepare(
+        "SELECT v.version, v.deleted, v.last_updated, v.envelope FROM resource_current c "
+        "JOIN resource_versions v ON v.seq = c.seq "
+        "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
+    if (!st.ok()) return st.status();
+    st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+    return LoadOne(*conn.db, *st, key);
+  }
+
+  absl::StatusOr<StoredVersion> ReadVersion(const ResourceKey& key, int64_t version) override {
+    auto conn = AcquireReader();
+    auto st = conn.db->Prepare(
+        "SELECT version, deleted, last_updated, envelope FROM resource_versions "
+        "WHERE tenant = ?1 AND type = ?2 AND id = ?3 AND version = ?4");
+    if (!st.ok()) return st.status();
+    st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id).Bind(4, version);
+    return LoadOne(*conn.db, *st, key);
+  }
+
+  absl::StatusOr<StoredVersion> Create(const ResourceKey& key, json::Value resource) override {
+    std::string now = FormatInstant(SystemClock::Get().Now());
+    std::vector<std::string> patients = fhir::PatientCompartmentsOf(key.type, resource);
+    auto prepared = Prepare(key, resource, 1, now);
+    if (!prepared.ok()) return prepared.status();
+    StoredVersion out;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      auto cur = CurrentVersion(db, key);
+      if (!cur.ok()) return cur.status();
+      if (*cur != 0) return Error(ErrorCode::kVersionConflict, "id already exists");
+      return InsertVersion(db, key, *prepared, false, now, patients);
+    });
+    if (!s.ok()) return s;
+    out.type = key.type;
+    out.id = key.id;
+    out.version = 1;
+    out.last_updated = now;
+    out.json = std::move(prepared->json);
+    out.patients = std::move(patients);
+    return out;
+  }
+
+  absl::StatusOr<WriteResult> Update(const ResourceKey& key, json::Value resource,
+                                     std::optional<int64_t> if_match,
+                                     bool allow_create) override {
+    std::string now = FormatInstant(SystemClock::Get().Now());
+    std::vector<std::string> patients = fhir::PatientCompartmentsOf(key.type, resource);
+    // Seal outside the writer for the version we expect; re-seal inside only
+    // when another writer got there first.
+    int64_t guess = 1;
+    if (if_match) {
+      guess = *if_match + 1;
+    } else {
+      auto conn = AcquireReader();
+      auto cur = CurrentVersion(*conn.db, key);
+      if (!cur.ok()) return cur.status();
+      guess = *cur + 1;
+    }
+    auto prepared = Prepare(key, resource, guess, now);
+    if (!prepared.ok()) return prepared.status();
+    WriteResult out;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      auto cur = CurrentVersion(db, key);
+      if (!cur.ok()) return cur.status();
+      if (if_match && *cur != *if_match) {
+        return Error(ErrorCode::kPreconditionFailed,
+                     *cur == 0 ? "resource does not exist"
+                               : "current version is W/\"" + std::to_string(*cur) + "\"");
+      }
+      if (*cur == 0 && !allow_create) {
+        return Error(ErrorCode::kNotFound, "update-as-create is disabled");
+      }
+      if (*cur + 1 != prepared->version) {
+        auto again = Prepare(key, resource, *cur + 1, now);
+        if (!again.ok()) return again.status();
+        *prepared = std::move(*again);
+      }
+      out.created = *cur == 0;
+      return InsertVersion(db, key, *prepared, false, now, patients);
+    });
+    if (!s.ok()) return s;
+    out.stored.type = key.type;
+    out.stored.id = key.id;
+    out.stored.version = prepared->version;
+    out.stored.last_updated = now;
+    out.stored.json = std::move(prepared->json);
+    out.stored.patients = std::move(patients);
+    return out;
+  }
+
+  absl::StatusOr<StoredVersion> Delete(const ResourceKey& key,
+                                       std::optional<int64_t> if_match) override {
+    std::string now = FormatInstant(SystemClock::Get().Now());
+    StoredVersion out;
+    out.type = key.type;
+    out.id = key.id;
+    out.deleted = true;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      auto st = db.Prepare(
+          "SELECT c.version, v.deleted, v.last_updated FROM resource_current c "
+          "JOIN resource_versions v ON v.seq = c.seq "
+          "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
+      if (!st.ok()) return st.status();
+      st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+      auto row = st->Step();
+      if (!row.ok()) return row.status();
+      int64_t cur = *row ? st->Int(0) : 0;
+      bool already_deleted = *row && st->Int(1) != 0;
+      std::string cur_updated = *row ? st->Text(2) : "";
+      if (if_match && cur != *if_match) {
+        return Error(ErrorCode::kPreconditionFailed,
+                     cur == 0 ? "resource does not exist"
+                              : "current version is W/\"" + std::to_string(cur) + "\"");
+      }
+      out.patients = CompartmentsOf(db, key, cur);
+      if (cur == 0 || already_deleted) {
+        out.version = cur;
+        out.last_updated = cur_updated;
+        return absl::OkStatus();
+      }
+      Prepared p;
+      p.version = cur + 1;
+      out.version = p.version;
+      out.last_updated = now;
+      return InsertVersion(db, key, p, true, now, out.patients);
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+  absl::StatusOr<HistoryPage> History(const HistoryQuery& q) override {
+    std::string sql =
+        "SELECT v.seq, v.type, v.id, v.version, v.deleted, v.last_updated, v.envelope "
+        "FROM resource_versions v WHERE v.tenant = ?1";
+    if (!q.type.empty()) sql += " AND v.type = ?2";
+    if (!q.id.empty()) sql += " AND v.id = ?3";
+    if (q.since) sql += " AND v.last_updated >= ?4";
+    if (q.before_seq > 0) sql += " AND v.seq < ?5";
+    if (q.patient) {
+      sql +=
+          " AND EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = v.tenant AND "
+          "m.type = v.type AND m.id = v.id AND m.version = v.version AND m.patient = ?6)";
+    }
+    sql += " ORDER BY v.seq DESC LIMIT ?7";
+    auto conn = AcquireReader();
+    auto st = conn.db->Prepare(sql);
+    if (!st.ok()) return st.status();
+    st->Bind(1, q.tenant);
+    if (!q.type.empty()) st->Bind(2, q.type);
+    if (!q.id.empty()) st->Bind(3, q.id);
+    if (q.since) st->Bind(4, *q.since);
+    if (q.before_seq > 0) st->Bind(5, q.before_seq);
+    if (q.patient) st->Bind(6, *q.patient);
+    st->Bind(7, static_cast<int64_t>(q.count) + 1);
+    HistoryPage page;
+    for (;;) {
+      auto row = st->Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      if (static_cast<int>(page.entries.size()) == q.count) {
+        page.more = true;
+        break;
+      }
+      HistoryEntry e;
+      e.seq = st->Int(0);
+      ResourceKey key{q.tenant, st->Text(1), st->Text(2)};
+      e.version.type = key.type;
+      e.version.id = key.id;
+      e.version.version = st->Int(3);
+      e.version.deleted = st->Int(4) != 0;
+      e.version.last_updated = st->Text(5);
+      if (!e.version.deleted) {
+        auto plain = cipher_.Open(st->Blob(6), ResourceAd(key, e.version.version));
+        if (!plain.ok()) return plain.status();
+        e.version.json = std::move(*plain);
+      }
+      page.entries.push_back(std::move(e));
+    }
+    return page;
+  }
+
+  absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(
+      const std::string& tenant, const std::string& client, const std::string& key) override {
+    auto conn = AcquireReader();
+    return LoadIdempotency(*conn.db, tenant, client, key);
+  }
+
+  absl::StatusOr<IdempotencyRecord> PutIdempotency(const std::string& tenant,
+                                                   const std::string& client,
+                                                   const std::string& key,
+                                                   IdempotencyRecord record) override {
+    std::string envelope;
+    if (!record.response_body.empty()) {
+      auto sealed = cipher_.Seal(record.response_body, IdempotencyAd(tenant, client, key));
+      if (!sealed.ok()) return sealed.status();
+      envelope = std::move(*sealed);
+    }
+    IdempotencyRecord stored;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      auto existing = LoadIdempotency(db, tenant, client, key);
+      if (!existing.ok()) return existing.status();
+      // A pending reservation (status 0) is completed by the same request.
+      if (existing->has_value() && ((*existing)->status != 0 || record.status == 0 ||
+                                    (*existing)->request_hash != record.request_hash)) {
+        stored = std::move(**existing);
+        return absl::OkStatus();
+      }
+      auto st = db.Prepare(
+          "INSERT OR REPLACE INTO idempotency_keys(tenant, client, key, request_hash, status, "
+          "headers, envelope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+      if (!st.ok()) return st.status();
+      st->Bind(1, tenant).Bind(2, client).Bind(3, key).BindBlob(4, record.request_hash);
+      st->Bind(5, static_cast<int64_t>(record.status)).Bind(6, record.response_headers);
+      if (envelope.empty()) {
+        st->BindNull(7);
+      } else {
+        st->BindBlob(7, envelope);
+      }
+      st->Bind(8, record.created_at);
+      stored = record;
+      return st->Run();
+    });
+    if (!s.ok()) return s;
+    return stored;
+  }
+
+  absl::Status ExpireIdempotency(const std::string& cutoff) override {
+    return SubmitWrite([&](Db& db) -> absl::Status {
+      auto st = db.Prepare("DELETE FROM idempotency_keys WHERE created_at < ?1");
+      if (!st.ok()) return st.status();
+      st->Bind(1, cutoff);
+      return st->Run();
+    });
+  }
+
+ private:
+  explicit SqliteStore(const SqliteStoreOptions& o) : options_(o), cipher_(o.kek) {}
+
+  struct ReaderLease {
+    SqliteStore* store;
+    Db* db;
+    ~ReaderLease() {
+      {
+        std::lock_guard lk(store->readers_mu_);
+        store->free_readers_.push_back(db);
+      }
+      store->readers_cv_.notify_one();
+    }
+  };
+
+  ReaderLease AcquireReader() {
+    std::unique_lock lk(readers_mu_);
+    if (free_readers_.empty() && !readers_initialized_) {
+      for (auto& r : readers_) free_readers_.push_back(r.get());
+      readers_initialized_ = true;
+    }
+    readers_cv_.wait(lk, [&] { return !free_readers_.empty(); });
+    Db* db = free_readers_.back();
+    free_readers_.pop_back();
+    return ReaderLease{this, db};
+  }
+
+  absl::StatusOr<Prepared> Prepare(const ResourceKey& key, json::Value resource, int64_t version,
+                                   const std::string& now) const {
+    StampMeta(resource, key.type, key.id, version, now);
+    Prepared p;
+    p.version = version;
+    p.json = json::Write(resource);
+    auto sealed = cipher_.Seal(p.json, ResourceAd(key, version));
+    if (!sealed.ok()) return sealed.status();
+    p.envelope = std::move(*sealed);
+    return p;
+  }
+
+  absl::StatusOr<StoredVersion> LoadOne(Db& db, Stmt& st, const ResourceKey& key) {
+    auto row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return Error(ErrorCode::kNotFound, key.type + "/" + key.id);
+    StoredVersion v;
+    v.type = key.type;
+    v.id = key.id;
+    v.version = st.Int(0);
+    v.deleted = st.Int(1) != 0;
+    v.last_updated = st.Text(2);
+    v.patients = CompartmentsOf(db, key, v.version);
+    if (v.deleted) return v;
+    auto plain = cipher_.Open(st.Blob(3), ResourceAd(key, v.version));
+    if (!plain.ok()) {
+      return Error(ErrorCode::kDecryptionFailed, key.type + "/" + key.id + " version " +
+                                                     std::to_string(v.version));
+    }
+    v.json = std::move(*plain);
+    return v;
+  }
+
+  static std::vector<std::string> CompartmentsOf(Db& db, const ResourceKey& key,
+                                                 int64_t version) {
+    std::vector<std::string> out;
+    if (version == 0) return out;
+    auto st = db.Prepare(
+        "SELECT patient FROM compartment_members WHERE tenant = ?1 AND type = ?2 AND id = ?3 "
+        "AND version = ?4");
+    if (!st.ok()) return out;
+    st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id).Bind(4, version);
+    while (true) {
+      auto row = st->Step();
+      if (!row.ok() || !*row) break;
+      out.push_back(st->Text(0));
+    }
+    return out;
+  }
+
+  static absl::StatusOr<int64_t> CurrentVersion(Db& db, const ResourceKey& key) {
+    auto st = db.Prepare(
+        "SELECT version FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3");
+    if (!st.ok()) return st.status();
+    st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+    auto row = st->Step();
+    if (!row.ok()) return row.status();
+    return *row ? st->Int(0) : 0;
+  }
+
+  static absl::Status InsertVersion(Db& db, const ResourceKey& key, const Prepared& p,
+                                    bool deleted, const std::string& now,
+                                    const std::vector<std::string>& patients) {
+    auto ins = db.Prepare(
+        "INSERT INTO resource_versions(tenant, type, id, version, deleted, last_updated, "
+        "envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!ins.ok()) return ins.status();
+    ins->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id).Bind(4, p.version);
+    ins->Bind(5, static_cast<int64_t>(deleted ? 1 : 0)).Bind(6, now);
+    if (deleted) {
+      ins->BindNull(7);
+    } else {
+      ins->BindBlob(7, p.envelope);
+    }
+    if (auto s = ins->Run(); !s.ok()) return s;
+    int64_t seq = sqlite3_last_insert_rowid(db.raw());
+    auto cur = db.Prepare(
+        "INSERT INTO resource_current(tenant, type, id, version, seq) VALUES (?1, ?2, ?3, ?4, ?5) "
+        "ON CONFLICT(tenant, type, id) DO UPDATE SET version = excluded.version, "
+        "seq = excluded.seq");
+    if (!cur.ok()) return cur.status();
+    cur->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id).Bind(4, p.version).Bind(5, seq);
+    if (auto s = cur->Run(); !s.ok()) return s;
+    for (const auto& patient : patients) {
+      auto m = db.Prepare(
+          "INSERT OR IGNORE INTO compartment_members(tenant, patient, type, id, version) "
+          "VALUES (?1, ?2, ?3, ?4, ?5)");
+      if (!m.ok()) return m.status();
+      m->Bind(1, key.tenant).Bind(2, patient).Bind(3, key.type).Bind(4, key.id).Bind(5, p.version);
+      if (auto s = m->Run(); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::optional<IdempotencyRecord>> LoadIdempotency(Db& db,
+                                                                   const std::string& tenant,
+                                                                   const std::string& client,
+                                                                   const std::string& key) {
+    auto st = db.Prepare(
+        "SELECT request_hash, status, headers, envelope, created_at FROM idempotency_keys "
+        "WHERE tenant = ?1 AND client = ?2 AND key = ?3");
+    if (!st.ok()) return st.status();
+    st->Bind(1, tenant).Bind(2, client).Bind(3, key);
+    auto row = st->Step();
+    if (!row.ok()) return row.status();
+    if (!*row) return std::optional<IdempotencyRecord>();
+    IdempotencyRecord r;
+    r.request_hash = st->Blob(0);
+    r.status = static_cast<int>(st->Int(1));
+    r.response_headers = st->Text(2);
+    r.created_at = st->Text(4);
+    if (!st->IsNull(3)) {
+      auto plain = cipher_.Open(st->Blob(3), IdempotencyAd(tenant, client, key));
+      if (!plain.ok()) return plain.status();
+      r.response_body = std::move(*plain);
+    }
+    return std::optional<IdempotencyRecord>(std::move(r));
+  }
+
+  // Runs `fn` inside the next group-commit transaction; returns once that
+  // transaction is durable (or `fn`'s own error, in which case its changes are
+  // rolled back to a savepoint without affecting the rest of the batch).
+  absl::Status SubmitWrite(std::function<absl::Status(Db&)> fn) {
+    Job job{std::move(fn), {}};
+    auto done = job.promise.get_future();
+    {
+      std::lock_guard lk(mu_);
+      if (closing_) return Error(ErrorCode::kUnavailable, "store is closing");
+      queue_.push_back(&job);
+    }
+    cv_.notify_one();
+    return done.get();
+  }
+
+  struct Job {
+    std::function<absl::Status(Db&)> fn;
+    std::promise<absl::Status> promise;
+  };
+
+  void WriterLoop() {
+    Db& db = *writer_db_;
+    for (;;) {
+      std::vector<Job*> batch;
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return closing_ || !queue_.empty(); });
+        if (queue_.empty() && closing_) return;
+        while (!queue_.empty() && batch.size() < options_.max_batch) {
+          batch.push_back(queue_.front());
+          queue_.pop_front();
+        }
+      }
+      std::vector<absl::Status> results(batch.size());
+      absl::Status tx = db.Exec("BEGIN IMMEDIATE");
+      if (tx.ok()) {
+        for (size_t i = 0; i < batch.size(); ++i) {
+          if (auto s = db.Exec("SAVEPOINT job"); !s.ok()) {
+            results[i] = s;
+            continue;
+          }
+          results[i] = batch[i]->fn(db);
+          if (!results[i].ok()) (void)db.Exec("ROLLBACK TO job");
+          (void)db.Exec("RELEASE job");
+        }
+        tx = db.Exec("COMMIT");
+        if (!tx.ok()) (void)db.Exec("ROLLBACK");
+      }
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!tx.ok()) {
+          batch[i]->promise.set_value(Error(ErrorCode::kUnavailable, "commit failed"));
+        } else {
+          batch[i]->promise.set_value(results[i]);
+        }
+      }
+    }
+  }
+
+  SqliteStoreOptions options_;
+  crypto::EnvelopeCipher cipher_;
+  std::unique_ptr<Db> writer_db_;
+  std::vector<std::unique_ptr<Db>> readers_;
+  std::mutex readers_mu_;
+  std::condition_variable readers_cv_;
+  std::vector<Db*> free_readers_;
+  bool readers_initialized_ = false;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job*> queue_;
+  bool closing_ = false;
+  std::thread writer_thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ResourceStore>> OpenSqliteStore(const SqliteStoreOptions& options) {
+  return SqliteStore::Open(options);
+}
+
+}  // namespace fhirward::store
