@@ -111,6 +111,9 @@ class ResourceStore {
                                                            const std::string& client,
                                                            const std::string& key,
                                                            IdempotencyRecord record) = 0;
+  // Removes one record (a reservation whose request failed, so a retry can run).
+  virtual absl::Status DeleteIdempotency(const std::string& tenant, const std::string& client,
+                                         const std::string& key) = 0;
   // Deletes idempotency records created before `cutoff` (FHIR instant).
   virtual absl::Status ExpireIdempotency(const std::string& cutoff) = 0;
 };

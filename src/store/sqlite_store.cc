@@ -355,6 +355,17 @@ class SqliteStore final : public ResourceStore {
     return stored;
   }
 
+  absl::Status DeleteIdempotency(const std::string& tenant, const std::string& client,
+                                 const std::string& key) override {
+    return SubmitWrite([&](Db& db) -> absl::Status {
+      auto st = db.Prepare(
+          "DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 AND key = ?3");
+      if (!st.ok()) return st.status();
+      st->Bind(1, tenant).Bind(2, client).Bind(3, key);
+      return st->Run();
+    });
+  }
+
   absl::Status ExpireIdempotency(const std::string& cutoff) override {
     return SubmitWrite([&](Db& db) -> absl::Status {
       auto st = db.Prepare("DELETE FROM idempotency_keys WHERE created_at < ?1");

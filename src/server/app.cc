@@ -1,0 +1,256 @@
+#include "server/app.h"
+
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "audit/audit_log.h"
+#include "common/clock.h"
+#include "common/encoding.h"
+#include "common/error.h"
+#include "crypto/pki.h"
+#include "json/value.h"
+#include "net/server.h"
+#include "policy/policy.h"
+#include "server/authenticator.h"
+#include "server/config.h"
+#include "server/fhir_service.h"
+#include "server/instance.h"
+#include "server/log.h"
+#include "server/rate_limiter.h"
+#include "store/resource_store.h"
+
+namespace fhirward::server {
+namespace {
+
+constexpr int64_t kMaxMintTtl = 86400;
+
+std::string PublicHost(const std::string& host) {
+  if (host == "0.0.0.0" || host == "::" || host.empty()) return "localhost";
+  if (host.find(':') != std::string::npos) return "[" + host + "]";
+  return host;
+}
+
+absl::StatusOr<jose::KeySet> LoadJwksFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error(ErrorCode::kInvalidParameter, "cannot read JWKS file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto doc = json::Parse(ss.str());
+  if (!doc.ok()) return Error(ErrorCode::kInvalidParameter, "JWKS file " + path + " is not JSON");
+  return jose::KeySet::FromJwks(*doc);
+}
+
+// Deletes expired idempotency records every few minutes until stopped.
+class Janitor {
+ public:
+  Janitor(store::ResourceStore* store, int ttl_seconds) : store_(store), ttl_(ttl_seconds) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~Janitor() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      lock.unlock();
+      auto cutoff = SystemClock::Get().Now() - std::chrono::seconds(ttl_);
+      if (auto s = store_->ExpireIdempotency(FormatInstant(cutoff)); !s.ok()) {
+        LogEvent(LogLevel::kWarn, "idempotency_expiry_failed", {});
+      }
+      lock.lock();
+      cv_.wait_for(lock, std::chrono::minutes(5), [this] { return stop_; });
+    }
+  }
+  store::ResourceStore* store_;
+  int ttl_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::Status Serve(const ServeArgs& args) {
+  Config config;
+  if (!args.config_file.empty()) {
+    auto loaded = LoadConfig(args.config_file, config);
+    if (!loaded.ok()) return loaded.status();
+    config = std::move(*loaded);
+  }
+  if (!args.listen.empty()) config.listen = args.listen;
+  config.data_dir = args.data_dir;
+  if (config.data_dir.empty()) return Error(ErrorCode::kInvalidParameter, "--data-dir is required");
+  if (!InitLogging(config.log_level)) {
+    return Error(ErrorCode::kInvalidParameter, "config log.level: unknown level");
+  }
+  std::string host;
+  uint16_t port = 0;
+  if (auto s = ParseListen(config.listen, &host, &port); !s.ok()) return s;
+
+  std::string default_issuer = config.base_url.empty()
+                                   ? "https://localhost:" + std::to_string(port ? port : 8443)
+                                   : config.base_url;
+  auto instance = Instance::Open(config.data_dir, /*create=*/true, default_issuer);
+  if (!instance.ok()) return instance.status();
+  const Instance& inst = **instance;
+
+  if (config.tls_cert_file.empty() || config.tls_key_file.empty()) {
+    std::vector<std::string> hosts;
+    if (host != "localhost" && host != "127.0.0.1" && host != "0.0.0.0" && host != "::") {
+      hosts.push_back(host);
+    }
+    if (auto s = crypto::EnsureDevPki(inst.tls_dir(), hosts); !s.ok()) return s;
+    crypto::DevPkiPaths pki = crypto::DevPkiIn(inst.tls_dir());
+    if (config.tls_cert_file.empty()) config.tls_cert_file = pki.server_cert;
+    if (config.tls_key_file.empty()) config.tls_key_file = pki.server_key;
+  }
+
+  auto store = store::OpenSqliteStore({.path = inst.resource_db_path(), .kek = &inst.kek()});
+  if (!store.ok()) return store.status();
+  auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
+  if (!audit_log.ok()) return audit_log.status();
+
+  AuthenticatorOptions auth_options;
+  auth_options.leeway_seconds = config.clock_leeway_seconds;
+  auth_options.max_lifetime_seconds = config.max_token_lifetime_seconds;
+  auth_options.cache_entries = static_cast<size_t>(std::max(1, config.token_cache_entries));
+
+  net::ServerOptions so;
+  so.host = host;
+  so.port = port;
+  so.io_threads = config.io_threads;
+  so.worker_threads = config.worker_threads;
+  so.plain_http = config.plain_http;
+  so.tls.cert_file = config.tls_cert_file;
+  so.tls.key_file = config.tls_key_file;
+  so.tls.client_ca_file = config.tls_client_ca_file;
+  so.tls.min_version = config.tls_min_version;
+  so.max_header_bytes = config.max_header_bytes;
+  so.max_body_bytes = config.max_body_bytes;
+  so.header_timeout = std::chrono::milliseconds(config.header_timeout_ms);
+  so.body_timeout = std::chrono::milliseconds(config.body_timeout_ms);
+  so.idle_timeout = std::chrono::milliseconds(config.idle_timeout_ms);
+
+  // The service needs the real port (for links) before it can be built, and
+  // the server needs the handler: bind late. No request arrives before Run().
+  std::unique_ptr<FhirService> service;
+  auto server = net::HttpsServer::Create(
+      so, [&service](net::HttpRequest&& r) { return service->Handle(std::move(r)); });
+  if (!server.ok()) return server.status();
+  const uint16_t bound = (*server)->port();
+  std::string scheme = config.plain_http ? "http" : "https";
+  std::string base_url = config.base_url.empty()
+                             ? "https://" + PublicHost(host) + ":" + std::to_string(bound)
+                             : config.base_url;
+  while (!base_url.empty() && base_url.back() == '/') base_url.pop_back();
+
+  IssuerTrust own;
+  own.issuer = inst.issuer();
+  own.audiences = {inst.audience()};
+  if (base_url != inst.audience()) own.audiences.push_back(base_url);
+  own.keys.Add(inst.signing_key().public_key());
+  own.required_typ = "at+jwt";
+  auth_options.issuers.push_back(std::move(own));
+  for (const TrustedIssuer& ti : config.issuers) {
+    IssuerTrust t;
+    t.issuer = ti.issuer;
+    t.audiences = ti.audiences.empty() ? std::vector<std::string>{base_url} : ti.audiences;
+    auto keys = LoadJwksFile(ti.jwks_file);
+    if (!keys.ok()) return keys.status();
+    t.keys = std::move(*keys);
+    auth_options.issuers.push_back(std::move(t));
+  }
+  Authenticator authenticator(std::move(auth_options), &SystemClock::Get());
+  RateLimiter limiter(config.rate_per_second, config.rate_burst);
+  std::unique_ptr<policy::PolicyEngine> policy = policy::NewScopePolicyEngine();
+
+  ServiceDeps deps;
+  deps.config = config;
+  deps.base_url = base_url;
+  deps.store = store->get();
+  deps.audit = audit_log->get();
+  deps.policy = policy.get();
+  deps.authenticator = &authenticator;
+  deps.rate_limiter = &limiter;
+  deps.cursor_key = &inst.cursor_key();
+  deps.clock = &SystemClock::Get();
+  service = std::make_unique<FhirService>(std::move(deps));
+
+  audit::AuditRecord start;
+  start.time = FormatInstant(SystemClock::Get().Now());
+  start.request_id = RandomUuid();
+  start.action = "server-start";
+  start.outcome = "success";
+  if (auto s = (*audit_log)->Append(start); !s.ok()) return s.status();
+
+  Janitor janitor(store->get(), config.idempotency_ttl_seconds);
+  LogEvent(LogLevel::kInfo, "listening",
+           {{"url", json::Value::String(scheme + "://" + PublicHost(host) + ":" +
+                                        std::to_string(bound))},
+            {"tls_min_version", json::Value::String(config.tls_min_version)}});
+  std::printf("listening on %s://%s:%u\n", scheme.c_str(), PublicHost(host).c_str(),
+              static_cast<unsigned>(bound));
+  std::fflush(stdout);
+
+  (*server)->Run();
+
+  audit::AuditRecord stop;
+  stop.time = FormatInstant(SystemClock::Get().Now());
+  stop.request_id = RandomUuid();
+  stop.action = "server-stop";
+  stop.outcome = "success";
+  (void)(*audit_log)->Append(stop);
+  (*audit_log)->Close();
+  LogEvent(LogLevel::kInfo, "stopped", {});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> MintToken(const MintArgs& args) {
+  if (args.subject.empty()) return Error(ErrorCode::kInvalidParameter, "--sub is required");
+  if (args.ttl_seconds < 1 || args.ttl_seconds > kMaxMintTtl) {
+    return Error(ErrorCode::kInvalidParameter, "--ttl must be between 1 and 86400 seconds");
+  }
+  if (!args.patient.empty()) {
+    for (char c : args.patient) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.') {
+        return Error(ErrorCode::kInvalidParameter, "--patient must be a FHIR id");
+      }
+    }
+  }
+  auto instance = Instance::Open(args.data_dir, /*create=*/false, "");
+  if (!instance.ok()) return instance.status();
+  const int64_t now = SystemClock::Get().NowSeconds();
+  json::Value claims = json::Value::MakeObject();
+  claims.Set("iss", json::Value::String((*instance)->issuer()));
+  claims.Set("aud", json::Value::String((*instance)->audience()));
+  claims.Set("sub", json::Value::String(args.subject));
+  claims.Set("client_id", json::Value::String(args.client_id));
+  claims.Set("scope", json::Value::String(args.scope));
+  claims.Set("iat", json::Value::Int(now));
+  claims.Set("exp", json::Value::Int(now + args.ttl_seconds));
+  claims.Set("jti", json::Value::String(RandomUuid()));
+  if (!args.patient.empty()) claims.Set("patient", json::Value::String(args.patient));
+  return jose::SignCompact((*instance)->signing_key(), claims, "at+jwt");
+}
+
+absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir) {
+  auto instance = Instance::Open(data_dir, /*create=*/false, "");
+  if (!instance.ok()) return instance.status();
+  auto report = audit::VerifyAuditLog((*instance)->audit_db_path(), (*instance)->audit_mac_key());
+  if (!report.ok()) return report.status();
+  return AuditVerifyResult{report->ok, report->summary};
+}
+
+}  // namespace fhirward::server

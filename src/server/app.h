@@ -1,0 +1,43 @@
+// Entry points behind the command line: serve, token mint, audit verify.
+#ifndef FHIRWARD_SERVER_APP_H_
+#define FHIRWARD_SERVER_APP_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fhirward::server {
+
+struct ServeArgs {
+  std::string data_dir;
+  std::string listen;       // overrides the config file when set
+  std::string config_file;  // optional TOML
+};
+
+// Initialises DATA_DIR on first start, serves until SIGTERM/SIGINT, drains.
+// Prints "listening on https://HOST:PORT" on stdout once ready.
+absl::Status Serve(const ServeArgs& args);
+
+struct MintArgs {
+  std::string data_dir;
+  std::string subject;
+  std::string scope;
+  int64_t ttl_seconds = 3600;
+  std::string patient;
+  std::string client_id = "fhirward-cli";
+};
+
+// An RFC 9068 access token signed by the instance's issuer key.
+absl::StatusOr<std::string> MintToken(const MintArgs& args);
+
+struct AuditVerifyResult {
+  bool ok = false;
+  std::string summary;
+};
+absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir);
+
+}  // namespace fhirward::server
+
+#endif  // FHIRWARD_SERVER_APP_H_

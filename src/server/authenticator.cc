@@ -1,0 +1,150 @@
+#include "server/authenticator.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "common/encoding.h"
+#include "common/error.h"
+#include "crypto/aead.h"
+#include "json/value.h"
+
+namespace fhirward::server {
+namespace {
+
+constexpr size_t kMaxTokenBytes = 16 * 1024;
+
+bool IEquals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](unsigned char x, unsigned char y) {
+           return std::tolower(x) == std::tolower(y);
+         });
+}
+
+// The `iss` claim of a token that has not been verified yet: only used to
+// choose which keys verify it.
+std::optional<std::string> PeekIssuer(std::string_view token) {
+  size_t d1 = token.find('.');
+  if (d1 == std::string_view::npos) return std::nullopt;
+  size_t d2 = token.find('.', d1 + 1);
+  if (d2 == std::string_view::npos) return std::nullopt;
+  auto text = Base64UrlDecode(token.substr(d1 + 1, d2 - d1 - 1));
+  if (!text) return std::nullopt;
+  json::Limits limits;
+  limits.max_depth = 16;
+  limits.max_total_bytes = kMaxTokenBytes;
+  auto claims = json::Parse(*text, limits);
+  if (!claims.ok() || !claims->is_object()) return std::nullopt;
+  auto iss = claims->GetString("iss");
+  if (!iss) return std::nullopt;
+  return std::string(*iss);
+}
+
+std::string StringClaim(const json::Value& claims, std::string_view name) {
+  auto v = claims.GetString(name);
+  return v ? std::string(*v) : std::string();
+}
+
+}  // namespace
+
+Authenticator::Authenticator(AuthenticatorOptions options, const Clock* clock)
+    : options_(std::move(options)), clock_(clock) {}
+
+absl::StatusOr<policy::Principal> Authenticator::Authenticate(
+    std::string_view authorization) const {
+  // RFC 6750 §2.1: "Bearer" is case-insensitive; exactly one space-separated credential.
+  constexpr std::string_view kScheme = "bearer ";
+  if (authorization.size() <= kScheme.size() ||
+      !IEquals(authorization.substr(0, kScheme.size()), kScheme)) {
+    return Error(ErrorCode::kMissingToken);
+  }
+  std::string_view token = authorization.substr(kScheme.size());
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+  if (token.empty()) return Error(ErrorCode::kMissingToken);
+  if (token.size() > kMaxTokenBytes) return Error(ErrorCode::kInvalidToken, "too_large");
+
+  const int64_t now = clock_->NowSeconds();
+  const std::string digest = crypto::Sha256(token);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(digest);
+    if (it != cache_.end()) {
+      if (it->second.exp > now - options_.leeway_seconds) return it->second.principal;
+      cache_.erase(it);
+      return Error(ErrorCode::kInvalidToken, "expired");
+    }
+  }
+  auto entry = Verify(token);
+  if (!entry.ok()) return entry.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache_.size() >= options_.cache_entries) {
+    // Drop expired entries; if the cache is still full, start over.
+    for (auto it = cache_.begin(); it != cache_.end();) {
+      it = it->second.exp <= now ? cache_.erase(it) : std::next(it);
+    }
+    if (cache_.size() >= options_.cache_entries) cache_.clear();
+  }
+  cache_.emplace(digest, *entry);
+  return entry->principal;
+}
+
+absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view token) const {
+  auto iss = PeekIssuer(token);
+  if (!iss) return Error(ErrorCode::kInvalidToken, "malformed");
+  const IssuerTrust* trust = nullptr;
+  for (const auto& t : options_.issuers) {
+    if (t.issuer == *iss) {
+      trust = &t;
+      break;
+    }
+  }
+  if (!trust) return Error(ErrorCode::kInvalidToken, "wrong_issuer");
+  jose::JwtExpectations expect;
+  expect.issuer = trust->issuer;
+  expect.audience = trust->audiences;
+  expect.typ = trust->required_typ;
+  expect.now = clock_->NowSeconds();
+  expect.leeway_seconds = options_.leeway_seconds;
+  expect.require_exp = true;
+  expect.max_lifetime_seconds = options_.max_lifetime_seconds;
+  auto jwt = jose::VerifyJwt(token, trust->keys, expect);
+  if (!jwt.ok()) return jwt.status();
+  const json::Value& c = jwt->claims;
+  CacheEntry e;
+  policy::Principal& p = e.principal;
+  p.issuer = trust->issuer;
+  p.subject = StringClaim(c, "sub");
+  if (p.subject.empty()) return Error(ErrorCode::kInvalidToken, "missing_sub");
+  p.client_id = StringClaim(c, "client_id");
+  if (p.client_id.empty()) p.client_id = StringClaim(c, "azp");
+  if (const json::Value* scope = c.Find("scope"); scope && scope->is_string()) {
+    p.scope_text = scope->as_string();
+  } else if (const json::Value* scp = c.Find("scp"); scp && scp->is_array()) {
+    for (const auto& s : scp->items()) {
+      if (!s.is_string()) continue;
+      if (!p.scope_text.empty()) p.scope_text += ' ';
+      p.scope_text += s.as_string();
+    }
+  }
+  p.scopes = policy::ParseScopes(p.scope_text);
+  p.patient = StringClaim(c, "patient");
+  if (!p.patient.empty() && !std::all_of(p.patient.begin(), p.patient.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.';
+      })) {
+    return Error(ErrorCode::kInvalidToken, "bad_patient_claim");
+  }
+  p.fhir_user = StringClaim(c, "fhirUser");
+  if (const json::Value* pou = c.Find("purpose_of_use")) {
+    if (pou->is_string()) p.purpose_of_use.push_back(pou->as_string());
+    if (pou->is_array()) {
+      for (const auto& v : pou->items()) {
+        if (v.is_string()) p.purpose_of_use.push_back(v.as_string());
+      }
+    }
+  }
+  const json::Value* exp = c.Find("exp");
+  e.exp = exp && exp->as_int64() ? *exp->as_int64() : 0;
+  return e;
+}
+
+}  // namespace fhirward::server

@@ -1,0 +1,66 @@
+// Bearer-token authentication for the resource server.
+//
+// Access tokens are JWTs verified against the instance's own issuer key and,
+// by configuration, external issuers' JWKS. Algorithms are pinned per key
+// (the key's `alg`, never the token's choice); `alg=none`, algorithm
+// confusion, bad signatures, wrong `iss`/`aud`, expired and not-yet-valid
+// tokens are refused with kInvalidToken. Verified tokens are cached by their
+// SHA-256 (never by their text) until they expire.
+//
+// Thread-safe.
+#ifndef FHIRWARD_SERVER_AUTHENTICATOR_H_
+#define FHIRWARD_SERVER_AUTHENTICATOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/clock.h"
+#include "jose/jws.h"
+#include "policy/policy.h"
+
+namespace fhirward::server {
+
+struct IssuerTrust {
+  std::string issuer;
+  std::vector<std::string> audiences;
+  jose::KeySet keys;
+  std::string required_typ;  // e.g. "at+jwt"; empty: any
+};
+
+struct AuthenticatorOptions {
+  std::vector<IssuerTrust> issuers;
+  int64_t leeway_seconds = 30;
+  int64_t max_lifetime_seconds = 86400;
+  size_t cache_entries = 100000;
+};
+
+class Authenticator {
+ public:
+  Authenticator(AuthenticatorOptions options, const Clock* clock);
+
+  // `authorization` is the Authorization header value. kMissingToken when
+  // there is no Bearer credential, kInvalidToken when it does not verify.
+  absl::StatusOr<policy::Principal> Authenticate(std::string_view authorization) const;
+
+ private:
+  struct CacheEntry {
+    policy::Principal principal;
+    int64_t exp = 0;
+  };
+  absl::StatusOr<CacheEntry> Verify(std::string_view token) const;
+
+  AuthenticatorOptions options_;
+  const Clock* clock_;
+  mutable std::mutex mu_;
+  mutable std::unordered_map<std::string, CacheEntry> cache_;
+};
+
+}  // namespace fhirward::server
+
+#endif  // FHIRWARD_SERVER_AUTHENTICATOR_H_

@@ -1,0 +1,52 @@
+// The FHIR REST request pipeline (see ARCHITECTURE.md): transport checks,
+// routing, content negotiation, authentication, rate limiting, authorization,
+// execution against the ResourceStore, and an audit record that is durable
+// before the response leaves.
+//
+// FhirService::Handle is the net::Handler; it never throws and is
+// thread-safe.
+#ifndef FHIRWARD_SERVER_FHIR_SERVICE_H_
+#define FHIRWARD_SERVER_FHIR_SERVICE_H_
+
+#include <memory>
+#include <string>
+
+#include "audit/audit_log.h"
+#include "common/clock.h"
+#include "common/secret_bytes.h"
+#include "net/message.h"
+#include "policy/policy.h"
+#include "server/authenticator.h"
+#include "server/config.h"
+#include "server/rate_limiter.h"
+#include "store/resource_store.h"
+
+namespace fhirward::server {
+
+struct ServiceDeps {
+  Config config;
+  std::string base_url;  // no trailing slash
+  store::ResourceStore* store = nullptr;
+  audit::AuditLog* audit = nullptr;
+  const policy::PolicyEngine* policy = nullptr;
+  const Authenticator* authenticator = nullptr;
+  RateLimiter* rate_limiter = nullptr;
+  const SecretBytes* cursor_key = nullptr;  // authenticates paging cursors
+  const Clock* clock = nullptr;
+};
+
+class FhirService {
+ public:
+  explicit FhirService(ServiceDeps deps);
+  ~FhirService();
+
+  net::HttpResponse Handle(net::HttpRequest&& request);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fhirward::server
+
+#endif  // FHIRWARD_SERVER_FHIR_SERVICE_H_

@@ -1,0 +1,70 @@
+#include "server/log.h"
+
+#include <memory>
+
+#include "common/clock.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace fhirward::server {
+namespace {
+
+spdlog::level::level_enum ToSpd(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return spdlog::level::debug;
+    case LogLevel::kInfo: return spdlog::level::info;
+    case LogLevel::kWarn: return spdlog::level::warn;
+    case LogLevel::kError: return spdlog::level::err;
+  }
+  return spdlog::level::info;
+}
+
+std::string_view LevelName(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kError: return "error";
+  }
+  return "info";
+}
+
+}  // namespace
+
+bool InitLogging(const std::string& level) {
+  spdlog::level::level_enum lvl;
+  if (level == "debug") {
+    lvl = spdlog::level::debug;
+  } else if (level == "info") {
+    lvl = spdlog::level::info;
+  } else if (level == "warn") {
+    lvl = spdlog::level::warn;
+  } else if (level == "error") {
+    lvl = spdlog::level::err;
+  } else if (level == "off") {
+    lvl = spdlog::level::off;
+  } else {
+    return false;
+  }
+  auto logger = std::make_shared<spdlog::logger>(
+      "fhirward", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  logger->set_pattern("%v");
+  logger->set_level(lvl);
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+  return true;
+}
+
+void LogEvent(LogLevel level, std::string_view event,
+              std::initializer_list<std::pair<std::string_view, json::Value>> fields) {
+  auto logger = spdlog::default_logger_raw();
+  if (!logger->should_log(ToSpd(level))) return;
+  json::Object o;
+  o.emplace_back("time", json::Value::String(FormatInstant(SystemClock::Get().Now())));
+  o.emplace_back("level", json::Value::String(std::string(LevelName(level))));
+  o.emplace_back("event", json::Value::String(std::string(event)));
+  for (const auto& [k, v] : fields) o.emplace_back(std::string(k), v);
+  logger->log(ToSpd(level), "{}", json::Write(json::Value::MakeObject(std::move(o))));
+}
+
+}  // namespace fhirward::server

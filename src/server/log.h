@@ -1,0 +1,28 @@
+// Structured logging: one JSON object per line on stderr (spdlog). Callers
+// pass named fields; nothing here knows about requests, so it is the caller's
+// duty never to pass a token, a secret or PHI (resource content, names,
+// query strings).
+#ifndef FHIRWARD_SERVER_LOG_H_
+#define FHIRWARD_SERVER_LOG_H_
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "json/value.h"
+
+namespace fhirward::server {
+
+enum class LogLevel { kDebug, kInfo, kWarn, kError };
+
+// Sets up the JSON logger; level is "debug", "info", "warn", "error" or "off".
+// Returns false for an unknown level.
+bool InitLogging(const std::string& level);
+
+void LogEvent(LogLevel level, std::string_view event,
+              std::initializer_list<std::pair<std::string_view, json::Value>> fields);
+
+}  // namespace fhirward::server
+
+#endif  // FHIRWARD_SERVER_LOG_H_
