@@ -3,6 +3,8 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <algorithm>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -13,6 +15,7 @@
 #include "common/error.h"
 #include "crypto/pki.h"
 #include "json/value.h"
+#include "net/client.h"
 #include "net/server.h"
 #include "policy/policy.h"
 #include "server/authenticator.h"
@@ -34,15 +37,110 @@ std::string PublicHost(const std::string& host) {
   return host;
 }
 
-absl::StatusOr<jose::KeySet> LoadJwksFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error(ErrorCode::kInvalidParameter, "cannot read JWKS file " + path);
+// Keeps only keys whose algorithm the issuer is allowed to use.
+absl::StatusOr<jose::KeySet> ParseJwks(const std::string& text, const TrustedIssuer& ti,
+                                       const std::string& where) {
+  auto doc = json::Parse(text);
+  if (!doc.ok()) return Error(ErrorCode::kInvalidParameter, "JWKS " + where + " is not JSON");
+  auto all = jose::KeySet::FromJwks(*doc);
+  if (!all.ok()) return all.status();
+  std::vector<std::string> allowed = ti.algorithms;
+  if (allowed.empty()) allowed = {"ES256", "ES384", "RS256", "RS384", "PS256", "EdDSA"};
+  jose::KeySet keys;
+  for (const auto& k : all->keys()) {
+    if (std::find(allowed.begin(), allowed.end(), jose::AlgorithmName(k.alg())) != allowed.end()) {
+      keys.Add(k);
+    }
+  }
+  return keys;
+}
+
+absl::StatusOr<jose::KeySet> LoadJwks(const TrustedIssuer& ti) {
+  if (!ti.jwks_url.empty()) {
+    net::FetchOptions fo;
+    fo.ca_file = ti.jwks_ca_file;
+    auto body = net::HttpsGet(ti.jwks_url, fo);
+    if (!body.ok()) return body.status();
+    return ParseJwks(*body, ti, ti.jwks_url);
+  }
+  std::ifstream in(ti.jwks_file, std::ios::binary);
+  if (!in) return Error(ErrorCode::kInvalidParameter, "cannot read JWKS file " + ti.jwks_file);
   std::stringstream ss;
   ss << in.rdbuf();
-  auto doc = json::Parse(ss.str());
-  if (!doc.ok()) return Error(ErrorCode::kInvalidParameter, "JWKS file " + path + " is not JSON");
-  return jose::KeySet::FromJwks(*doc);
+  return ParseJwks(ss.str(), ti, ti.jwks_file);
 }
+
+// Re-reads issuers' JWKS (files and URLs) on a schedule, and early (at most
+// every 30 s per issuer) when a token names an unknown key id.
+class JwksRefresher {
+ public:
+  JwksRefresher(std::vector<TrustedIssuer> issuers, Authenticator* auth, int interval_seconds)
+      : issuers_(std::move(issuers)), auth_(auth), interval_(std::max(10, interval_seconds)) {
+    if (issuers_.empty()) return;
+    auth_->OnUnknownKid([this](const std::string& issuer) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        wanted_ = issuer;
+      }
+      cv_.notify_all();
+    });
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~JwksRefresher() {
+    if (!thread_.joinable()) return;
+    auth_->OnUnknownKid(nullptr);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Refresh(const TrustedIssuer& ti) {
+    auto keys = LoadJwks(ti);
+    if (!keys.ok()) {
+      LogEvent(LogLevel::kWarn, "jwks_refresh_failed",
+               {{"issuer", json::Value::String(ti.issuer)},
+                {"reason", json::Value::String(DetailOf(keys.status()))}});
+      return;
+    }
+    auth_->SetKeys(ti.issuer, std::move(*keys));
+  }
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto next = std::chrono::steady_clock::now() + std::chrono::seconds(interval_);
+    std::map<std::string, std::chrono::steady_clock::time_point> last_early;
+    while (!stop_) {
+      cv_.wait_until(lock, next, [this] { return stop_ || !wanted_.empty(); });
+      if (stop_) break;
+      std::string wanted = std::move(wanted_);
+      wanted_.clear();
+      lock.unlock();
+      auto now = std::chrono::steady_clock::now();
+      for (const auto& ti : issuers_) {
+        if (!wanted.empty()) {
+          if (ti.issuer != wanted) continue;
+          auto& last = last_early[ti.issuer];
+          if (now - last < std::chrono::seconds(30)) continue;
+          last = now;
+        }
+        Refresh(ti);
+      }
+      if (wanted.empty()) next = now + std::chrono::seconds(interval_);
+      lock.lock();
+    }
+  }
+  std::vector<TrustedIssuer> issuers_;
+  Authenticator* auth_;
+  int interval_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string wanted_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 // Deletes expired idempotency records every few minutes until stopped.
 class Janitor {
@@ -167,12 +265,22 @@ absl::Status Serve(const ServeArgs& args) {
     IssuerTrust t;
     t.issuer = ti.issuer;
     t.audiences = ti.audiences.empty() ? std::vector<std::string>{base_url} : ti.audiences;
-    auto keys = LoadJwksFile(ti.jwks_file);
-    if (!keys.ok()) return keys.status();
-    t.keys = std::move(*keys);
+    auto keys = LoadJwks(ti);
+    if (keys.ok()) {
+      t.keys = std::move(*keys);
+    } else if (!ti.jwks_url.empty()) {
+      // An unreachable identity provider must not keep the server down: its
+      // tokens are refused until the refresher gets its keys.
+      LogEvent(LogLevel::kWarn, "jwks_fetch_failed",
+               {{"issuer", json::Value::String(ti.issuer)},
+                {"reason", json::Value::String(DetailOf(keys.status()))}});
+    } else {
+      return keys.status();
+    }
     auth_options.issuers.push_back(std::move(t));
   }
   Authenticator authenticator(std::move(auth_options), &SystemClock::Get());
+  JwksRefresher refresher(config.issuers, &authenticator, config.jwks_refresh_seconds);
   RateLimiter limiter(config.rate_per_second, config.rate_burst);
   std::unique_ptr<policy::PolicyEngine> policy = policy::NewScopePolicyEngine();
 

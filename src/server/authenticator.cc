@@ -47,7 +47,23 @@ std::string StringClaim(const json::Value& claims, std::string_view name) {
 }  // namespace
 
 Authenticator::Authenticator(AuthenticatorOptions options, const Clock* clock)
-    : options_(std::move(options)), clock_(clock) {}
+    : options_(std::move(options)), clock_(clock) {
+  for (auto& t : options_.issuers) {
+    keys_[t.issuer] = std::make_shared<const jose::KeySet>(std::move(t.keys));
+    t.keys = jose::KeySet();
+  }
+}
+
+void Authenticator::SetKeys(const std::string& issuer, jose::KeySet keys) {
+  std::lock_guard<std::mutex> lock(keys_mu_);
+  auto it = keys_.find(issuer);
+  if (it != keys_.end()) it->second = std::make_shared<const jose::KeySet>(std::move(keys));
+}
+
+void Authenticator::OnUnknownKid(std::function<void(const std::string&)> callback) {
+  std::lock_guard<std::mutex> lock(keys_mu_);
+  on_unknown_kid_ = std::move(callback);
+}
 
 absl::StatusOr<policy::Principal> Authenticator::Authenticate(
     std::string_view authorization) const {
@@ -99,6 +115,13 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
     }
   }
   if (!trust) return Error(ErrorCode::kInvalidToken, "wrong_issuer");
+  std::shared_ptr<const jose::KeySet> keys;
+  std::function<void(const std::string&)> on_unknown_kid;
+  {
+    std::lock_guard<std::mutex> lock(keys_mu_);
+    keys = keys_.at(trust->issuer);
+    on_unknown_kid = on_unknown_kid_;
+  }
   jose::JwtExpectations expect;
   expect.issuer = trust->issuer;
   expect.audience = trust->audiences;
@@ -107,8 +130,11 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
   expect.leeway_seconds = options_.leeway_seconds;
   expect.require_exp = true;
   expect.max_lifetime_seconds = options_.max_lifetime_seconds;
-  auto jwt = jose::VerifyJwt(token, trust->keys, expect);
-  if (!jwt.ok()) return jwt.status();
+  auto jwt = jose::VerifyJwt(token, *keys, expect);
+  if (!jwt.ok()) {
+    if (DetailOf(jwt.status()) == "unknown_kid" && on_unknown_kid) on_unknown_kid(trust->issuer);
+    return jwt.status();
+  }
   const json::Value& c = jwt->claims;
   CacheEntry e;
   policy::Principal& p = e.principal;

@@ -12,6 +12,7 @@
 #define FHIRWARD_SERVER_AUTHENTICATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,7 +30,7 @@ namespace fhirward::server {
 struct IssuerTrust {
   std::string issuer;
   std::vector<std::string> audiences;
-  jose::KeySet keys;
+  jose::KeySet keys;  // may start empty for issuers whose JWKS is fetched later
   std::string required_typ;  // e.g. "at+jwt"; empty: any
 };
 
@@ -48,6 +49,13 @@ class Authenticator {
   // there is no Bearer credential, kInvalidToken when it does not verify.
   absl::StatusOr<policy::Principal> Authenticate(std::string_view authorization) const;
 
+  // Replaces an issuer's keys (a refreshed JWKS). Unknown issuers are ignored.
+  void SetKeys(const std::string& issuer, jose::KeySet keys);
+
+  // Called (outside any lock) when a token names a key id its issuer does not
+  // have, so that a refresher can fetch the issuer's JWKS early.
+  void OnUnknownKid(std::function<void(const std::string& issuer)> callback);
+
  private:
   struct CacheEntry {
     policy::Principal principal;
@@ -57,6 +65,9 @@ class Authenticator {
 
   AuthenticatorOptions options_;
   const Clock* clock_;
+  mutable std::mutex keys_mu_;
+  std::unordered_map<std::string, std::shared_ptr<const jose::KeySet>> keys_;
+  std::function<void(const std::string&)> on_unknown_kid_;
   mutable std::mutex mu_;
   mutable std::unordered_map<std::string, CacheEntry> cache_;
 };

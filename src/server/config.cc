@@ -138,7 +138,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
   }
   if (auto* t = root["auth"].as_table()) {
     FW_TRY(CheckKeys(*t, "auth", {"issuers", "token_cache_entries", "max_token_lifetime_seconds",
-                                  "clock_leeway_seconds"}));
+                                  "clock_leeway_seconds", "jwks_refresh_seconds"}));
+    FW_TRY(Get(*t, "auth", "jwks_refresh_seconds", &c.jwks_refresh_seconds));
     FW_TRY(Get(*t, "auth", "token_cache_entries", &c.token_cache_entries));
     FW_TRY(Get(*t, "auth", "max_token_lifetime_seconds", &c.max_token_lifetime_seconds));
     FW_TRY(Get(*t, "auth", "clock_leeway_seconds", &c.clock_leeway_seconds));
@@ -147,10 +148,19 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
         auto* it = arr->get(i)->as_table();
         std::string sec = "auth.issuers[" + std::to_string(i) + "]";
         if (!it) return Bad(sec, "expected a table");
-        FW_TRY(CheckKeys(*it, sec, {"issuer", "audiences", "jwks_file"}));
+        FW_TRY(CheckKeys(*it, sec, {"issuer", "audiences", "jwks_file", "jwks_url", "jwks_ca_file",
+                                      "algorithms"}));
         TrustedIssuer ti;
         FW_TRY(Get(*it, sec, "issuer", &ti.issuer));
         FW_TRY(Get(*it, sec, "jwks_file", &ti.jwks_file));
+        FW_TRY(Get(*it, sec, "jwks_url", &ti.jwks_url));
+        FW_TRY(Get(*it, sec, "jwks_ca_file", &ti.jwks_ca_file));
+        if (auto* algs = (*it)["algorithms"].as_array()) {
+          for (auto& a : *algs) {
+            if (!a.is_string()) return Bad(sec + ".algorithms", "expected strings");
+            ti.algorithms.push_back(a.as_string()->get());
+          }
+        }
         if (auto* auds = (*it)["audiences"].as_array()) {
           for (auto& a : *auds) {
             if (!a.is_string()) return Bad(sec + ".audiences", "expected strings");
@@ -158,7 +168,12 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
           }
         }
         if (ti.issuer.empty()) return Bad(sec + ".issuer", "required");
-        if (ti.jwks_file.empty()) return Bad(sec + ".jwks_file", "required");
+        if (ti.jwks_file.empty() == ti.jwks_url.empty()) {
+          return Bad(sec, "exactly one of jwks_file and jwks_url is required");
+        }
+        if (!ti.jwks_url.empty() && ti.jwks_url.rfind("https://", 0) != 0) {
+          return Bad(sec + ".jwks_url", "must be an https:// URL");
+        }
         c.issuers.push_back(std::move(ti));
       }
     }

@@ -17,7 +17,12 @@ namespace fhirward::server {
 struct TrustedIssuer {
   std::string issuer;
   std::vector<std::string> audiences;  // empty: the server's base_url
-  std::string jwks_file;               // a JWKS document on disk
+  std::string jwks_file;               // a JWKS document on disk, or
+  std::string jwks_url;                // an https:// URL, fetched at start and refreshed
+  std::string jwks_ca_file;            // trust anchors for jwks_url (default: system store)
+  // Algorithms accepted from this issuer (default ES256 and RS256); each key
+  // is pinned to its own `alg` in any case.
+  std::vector<std::string> algorithms;
 };
 
 struct Config {
@@ -58,6 +63,7 @@ struct Config {
   int token_cache_entries = 100000;
   int64_t max_token_lifetime_seconds = 86400;
   int clock_leeway_seconds = 30;
+  int jwks_refresh_seconds = 300;
 
   // [rate_limit]
   double rate_per_second = 200;  // per principal (client id or subject)
