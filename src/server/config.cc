@@ -187,7 +187,56 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(CheckKeys(*t, "log", {"level"}));
     FW_TRY(Get(*t, "log", "level", &c.log_level));
   }
+  FW_TRY(Validate(c));
   return c;
+}
+
+absl::Status Validate(const Config& c) {
+  std::string host;
+  uint16_t port = 0;
+  FW_TRY(ParseListen(c.listen, &host, &port));
+  if (!c.base_url.empty() && c.base_url.rfind("https://", 0) != 0 &&
+      c.base_url.rfind("http://", 0) != 0) {
+    return Bad("base_url", "must be an http(s):// URL");
+  }
+  if (c.tls_min_version != "1.3" && c.tls_min_version != "1.2") {
+    return Bad("tls.min_version", "must be \"1.3\" or \"1.2\"");
+  }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    return Bad("tls", "cert_file and key_file go together");
+  }
+  if (c.io_threads < 1 || c.io_threads > 256) return Bad("http.io_threads", "must be 1-256");
+  if (c.worker_threads < 1 || c.worker_threads > 1024) {
+    return Bad("http.worker_threads", "must be 1-1024");
+  }
+  if (c.max_header_bytes < 1024) return Bad("http.max_header_bytes", "must be at least 1024");
+  if (c.max_body_bytes < 1024) return Bad("http.max_body_bytes", "must be at least 1024");
+  if (c.header_timeout_ms < 100 || c.body_timeout_ms < 100 || c.idle_timeout_ms < 100) {
+    return Bad("http", "timeouts must be at least 100 ms");
+  }
+  if (c.json_limits.max_depth < 2 || c.json_limits.max_depth > 1000) {
+    return Bad("json.max_depth", "must be 2-1000");
+  }
+  if (c.history_default_count < 1 || c.history_max_count < c.history_default_count) {
+    return Bad("fhir.history_default_count", "must be >= 1 and <= fhir.history_max_count");
+  }
+  if (c.idempotency_ttl_seconds < 1) {
+    return Bad("fhir.idempotency_ttl_seconds", "must be at least 1");
+  }
+  if (c.tenant.empty() || c.tenant.size() > 64 ||
+      c.tenant.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") !=
+          std::string::npos) {
+    return Bad("tenant", "must be 1-64 letters, digits or '-'");
+  }
+  if (c.max_token_lifetime_seconds < 60) {
+    return Bad("auth.max_token_lifetime_seconds", "must be at least 60");
+  }
+  if (c.clock_leeway_seconds > 300) return Bad("auth.clock_leeway_seconds", "must be <= 300");
+  if (c.token_cache_entries < 1) return Bad("auth.token_cache_entries", "must be >= 1");
+  if (c.rate_per_second > 0 && c.rate_burst < 1) return Bad("rate_limit.burst", "must be >= 1");
+  static const std::set<std::string> kLevels = {"debug", "info", "warn", "error", "off"};
+  if (!kLevels.count(c.log_level)) return Bad("log.level", "debug, info, warn, error or off");
+  return absl::OkStatus();
 }
 
 }  // namespace fhirward::server

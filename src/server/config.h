@@ -77,6 +77,9 @@ struct Config {
 // security settings must not pass silently).
 absl::StatusOr<Config> LoadConfig(const std::string& path, Config base);
 
+// Checks ranges and combinations; LoadConfig calls it.
+absl::Status Validate(const Config& config);
+
 // Splits "HOST:PORT" ("[::1]:8443" for IPv6).
 absl::Status ParseListen(const std::string& listen, std::string* host, uint16_t* port);
 

@@ -1,0 +1,110 @@
+#include "server/config.h"
+
+#include <fstream>
+
+#include "common/error.h"
+#include "crypto/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fhirward::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  absl::StatusOr<Config> Load(const std::string& toml) {
+    std::string path = dir_.File("c.toml");
+    std::ofstream(path) << toml;
+    return LoadConfig(path, Config{});
+  }
+  testing_util::TempDir dir_;
+};
+
+TEST_F(ConfigTest, DefaultsAreValidAndSecure) {
+  Config c;
+  EXPECT_TRUE(Validate(c).ok());
+  EXPECT_EQ(c.tls_min_version, "1.3");
+  EXPECT_FALSE(c.plain_http);
+  EXPECT_GT(c.hsts_max_age, 31536000 - 1);
+}
+
+TEST_F(ConfigTest, ReadsEverySection) {
+  auto c = Load(R"(
+listen = "127.0.0.1:9443"
+base_url = "https://fhir.example.org"
+[tls]
+min_version = "1.2"
+[http]
+max_body_bytes = 65536
+[json]
+max_depth = 20
+[fhir]
+update_create = false
+require_if_match = true
+history_max_count = 100
+[auth]
+jwks_refresh_seconds = 60
+[[auth.issuers]]
+issuer = "https://idp.example.org"
+jwks_url = "https://idp.example.org/jwks"
+algorithms = ["RS256"]
+[rate_limit]
+per_second = 5.5
+burst = 10
+[log]
+level = "warn"
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "127.0.0.1:9443");
+  EXPECT_EQ(c->tls_min_version, "1.2");
+  EXPECT_EQ(c->max_body_bytes, 65536u);
+  EXPECT_EQ(c->json_limits.max_depth, 20u);
+  EXPECT_FALSE(c->update_create);
+  EXPECT_TRUE(c->require_if_match);
+  ASSERT_EQ(c->issuers.size(), 1u);
+  EXPECT_EQ(c->issuers[0].algorithms, std::vector<std::string>{"RS256"});
+  EXPECT_DOUBLE_EQ(c->rate_per_second, 5.5);
+  EXPECT_EQ(c->log_level, "warn");
+}
+
+TEST_F(ConfigTest, UnknownKeysAndBadValuesNameTheKey) {
+  auto typo = Load("[tls]\nmin_verison = \"1.2\"\n");
+  ASSERT_FALSE(typo.ok());
+  EXPECT_THAT(typo.status().message(), HasSubstr("tls.min_verison"));
+  EXPECT_THAT(Load("[tls]\nmin_version = \"1.1\"\n").status().message(),
+              HasSubstr("tls.min_version"));
+  EXPECT_THAT(Load("[http]\nmax_body_bytes = -5\n").status().message(),
+              HasSubstr("http.max_body_bytes"));
+  EXPECT_THAT(Load("[fhir]\nupdate_create = \"yes\"\n").status().message(),
+              HasSubstr("fhir.update_create"));
+  EXPECT_THAT(Load("[[auth.issuers]]\nissuer = \"x\"\njwks_url = \"http://plain\"\n")
+                  .status()
+                  .message(),
+              HasSubstr("jwks_url"));
+  EXPECT_THAT(Load("[[auth.issuers]]\nissuer = \"x\"\n").status().message(),
+              HasSubstr("exactly one"));
+  EXPECT_THAT(Load("listen = \"nohost\"\n").status().message(), HasSubstr("listen"));
+  EXPECT_THAT(Load("tenant = \"a b\"\n").status().message(), HasSubstr("tenant"));
+  EXPECT_THAT(Load("[log]\nlevel = \"verbose\"\n").status().message(), HasSubstr("log.level"));
+  auto syntax = Load("[http\n");
+  ASSERT_FALSE(syntax.ok());
+  EXPECT_THAT(syntax.status().message(), HasSubstr("line 1"));
+}
+
+TEST(ParseListenTest, Forms) {
+  std::string host;
+  uint16_t port = 1;
+  ASSERT_TRUE(ParseListen("127.0.0.1:0", &host, &port).ok());
+  EXPECT_EQ(host, "127.0.0.1");
+  EXPECT_EQ(port, 0);
+  ASSERT_TRUE(ParseListen("[::1]:8443", &host, &port).ok());
+  EXPECT_EQ(host, "::1");
+  EXPECT_EQ(port, 8443);
+  EXPECT_FALSE(ParseListen("127.0.0.1:70000", &host, &port).ok());
+  EXPECT_FALSE(ParseListen("127.0.0.1", &host, &port).ok());
+}
+
+}  // namespace
+}  // namespace fhirward::server
