@@ -63,8 +63,13 @@ int main(int argc, char** argv) {
   if (verify_cmd->parsed()) {
     auto result = server::VerifyAudit(audit_dir);
     if (!result.ok()) return Fail(result.status());
-    std::printf("%s\n", result->summary.c_str());
-    return result->ok ? 0 : 2;
+    if (result->ok) {
+      std::printf("%s\n", result->summary.c_str());
+      return 0;
+    }
+    std::printf("%s (first bad record: seq %lld)\n", result->summary.c_str(),
+                static_cast<long long>(result->first_bad_seq));
+    return 2;
   }
   if (app.got_subcommand("version")) {
     std::printf("fhirward %s\n", FHIRWARD_VERSION);

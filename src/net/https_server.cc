@@ -70,6 +70,9 @@ using tcp = asio::ip::tcp;
 using error_code = beast::error_code;
 
 constexpr size_t kReadChunk = 16 * 1024;
+// Oversized declared bodies up to this size are read and discarded before the
+// 413 is sent (see RefuseBody).
+constexpr std::uint64_t kMaxDiscardBytes = 64ull * 1024 * 1024;
 constexpr std::chrono::milliseconds kAcceptRetryDelay{50};
 constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -336,7 +339,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     if (ec == http::error::header_limit) return Dispatch(ErrorCode::kHeadersTooLarge);
     // The parser compares a declared Content-Length with body_limit as soon as
     // the header is complete, so an oversized body is refused unread.
-    if (ec == http::error::body_limit) return Dispatch(ErrorCode::kBodyTooLarge);
+    if (ec == http::error::body_limit) return RefuseBody();
     if (ec) return OnReadError(ec, "read header");
     if (parser_->is_done()) return Dispatch(std::nullopt);
     const auto& msg = parser_->get();
@@ -355,6 +358,40 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       return;
     }
     ReadBody();
+  }
+
+  // A declared Content-Length over the limit: the 413 goes out at once, but
+  // unless the client waits for 100-continue it is already sending. Closing
+  // over unread bytes makes the kernel reset the connection, and clients that
+  // read only once they have written everything (Node's http, for one) then
+  // never see the answer. So after the response the rest of the declared body
+  // (up to kMaxDiscardBytes) is read and discarded, each read bounded by
+  // linger_timeout, before the connection is closed.
+  void RefuseBody() {
+    const auto& msg = parser_->get();
+    auto length = parser_->content_length();
+    discard_remaining_ = 0;
+    if (length && *length <= kMaxDiscardBytes &&
+        !beast::iequals(msg[http::field::expect], "100-continue")) {
+      const std::uint64_t buffered = std::min<std::uint64_t>(buffer_.size(), *length);
+      buffer_.consume(static_cast<size_t>(buffered));
+      discard_remaining_ = *length - buffered;
+    }
+    Dispatch(ErrorCode::kBodyTooLarge);
+  }
+
+  void DiscardThenClose() {
+    if (discard_remaining_ == 0) return GracefulClose();
+    phase_ = Phase::kClosing;
+    Lowest().expires_after(opts_.linger_timeout);
+    buffer_.clear();
+    stream_.async_read_some(buffer_.prepare(kReadChunk),
+                            [self = this->shared_from_this()](const error_code& ec, size_t n) {
+                              if (ec) return self->Close();
+                              self->discard_remaining_ -=
+                                  std::min<std::uint64_t>(n, self->discard_remaining_);
+                              self->DiscardThenClose();
+                            });
   }
 
   void ReadBody() {
@@ -487,7 +524,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
     ++requests_;
     res_ = {};
-    if (close) return GracefulClose();
+    if (close) return DiscardThenClose();
     WaitRequest();
   }
 
@@ -536,6 +573,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
   ServerImpl* const server_;
   const ServerOptions& opts_;
+  std::uint64_t discard_remaining_ = 0;  // declared body bytes still to discard
   const asio::any_io_executor executor_;
   std::shared_ptr<ssl::context> ctx_;  // the stream's SSL* refers to it; declared first
   Stream stream_;

@@ -358,7 +358,7 @@ absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir) {
   if (!instance.ok()) return instance.status();
   auto report = audit::VerifyAuditLog((*instance)->audit_db_path(), (*instance)->audit_mac_key());
   if (!report.ok()) return report.status();
-  return AuditVerifyResult{report->ok, report->summary};
+  return AuditVerifyResult{report->ok, report->records, report->first_bad_seq, report->summary};
 }
 
 }  // namespace fhirward::server

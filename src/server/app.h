@@ -34,6 +34,8 @@ absl::StatusOr<std::string> MintToken(const MintArgs& args);
 
 struct AuditVerifyResult {
   bool ok = false;
+  int64_t records = 0;
+  int64_t first_bad_seq = 0;
   std::string summary;
 };
 absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir);

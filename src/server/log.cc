@@ -3,7 +3,10 @@
 #include <memory>
 
 #include "common/clock.h"
-#include "spdlog/sinks/stdout_sinks.h"
+#include <cstdio>
+#include <mutex>
+
+#include "spdlog/sinks/base_sink.h"
 #include "spdlog/spdlog.h"
 
 namespace fhirward::server {
@@ -29,6 +32,34 @@ std::string_view LevelName(LogLevel l) {
   return "info";
 }
 
+// Writes JSON lines to stderr. Messages that are already JSON objects (from
+// LogEvent) pass through; plain messages from other modules (e.g. src/net)
+// are wrapped so that every line stays machine-readable.
+class JsonLineSink final : public spdlog::sinks::base_sink<std::mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    std::string_view text(msg.payload.data(), msg.payload.size());
+    std::string line;
+    if (!text.empty() && text.front() == '{') {
+      line.assign(text);
+    } else {
+      json::Object o;
+      o.emplace_back("time", json::Value::String(FormatInstant(msg.time)));
+      o.emplace_back("level", json::Value::String(std::string(
+                                  spdlog::level::to_string_view(msg.level).data(),
+                                  spdlog::level::to_string_view(msg.level).size())));
+      o.emplace_back("event", json::Value::String("log"));
+      o.emplace_back("logger", json::Value::String(std::string(msg.logger_name.data(),
+                                                               msg.logger_name.size())));
+      o.emplace_back("msg", json::Value::String(std::string(text)));
+      line = json::Write(json::Value::MakeObject(std::move(o)));
+    }
+    line.push_back('\n');
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+  void flush_() override { std::fflush(stderr); }
+};
+
 }  // namespace
 
 bool InitLogging(const std::string& level) {
@@ -46,9 +77,7 @@ bool InitLogging(const std::string& level) {
   } else {
     return false;
   }
-  auto logger = std::make_shared<spdlog::logger>(
-      "fhirward", std::make_shared<spdlog::sinks::stderr_sink_mt>());
-  logger->set_pattern("%v");
+  auto logger = std::make_shared<spdlog::logger>("fhirward", std::make_shared<JsonLineSink>());
   logger->set_level(lvl);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);

@@ -90,6 +90,14 @@ void StampMeta(json::Value& r, const std::string& type, const std::string& id, i
   r = json::Value::MakeObject(std::move(out));
 }
 
+// The Patient compartments of `resource` as it will be stored, i.e. with id =
+// key.id (StampMeta overwrites the body's id, so a Patient body without an id
+// or with another one must not decide its own compartment).
+std::vector<std::string> CompartmentsAsStored(const ResourceKey& key, json::Value& resource) {
+  if (resource.is_object()) resource.Set("id", json::Value::String(key.id));
+  return fhir::PatientCompartmentsOf(key.type, resource);
+}
+
 struct Prepared {
   int64_t version = 0;
   std::string json;
@@ -109,6 +117,13 @@ class SqliteStore final : public ResourceStore {
     }
     if (auto s = w.Exec(kSchema); !s.ok()) return s;
     std::unique_ptr<SqliteStore> store(new SqliteStore(o));
+    {
+      auto last = w.Prepare("SELECT last_updated FROM resource_versions ORDER BY seq DESC LIMIT 1");
+      if (!last.ok()) return last.status();
+      auto row = last->Step();
+      if (!row.ok()) return row.status();
+      if (*row) store->last_stamp_ = last->Text(0);
+    }
     store->writer_db_ = std::move(*writer);
     for (int i = 0; i < std::max(1, o.read_connections); ++i) {
       auto r = Db::Open(o.path, true);
@@ -151,7 +166,7 @@ class SqliteStore final : public ResourceStore {
 
   absl::StatusOr<StoredVersion> Create(const ResourceKey& key, json::Value resource) override {
     std::string now = FormatInstant(SystemClock::Get().Now());
-    std::vector<std::string> patients = fhir::PatientCompartmentsOf(key.type, resource);
+    std::vector<std::string> patients = CompartmentsAsStored(key, resource);
     auto prepared = Prepare(key, resource, 1, now);
     if (!prepared.ok()) return prepared.status();
     StoredVersion out;
@@ -159,6 +174,11 @@ class SqliteStore final : public ResourceStore {
       auto cur = CurrentVersion(db, key);
       if (!cur.ok()) return cur.status();
       if (*cur != 0) return Error(ErrorCode::kVersionConflict, "id already exists");
+      if (KeepStampMonotonic(now)) {
+        auto again = Prepare(key, resource, 1, now);
+        if (!again.ok()) return again.status();
+        *prepared = std::move(*again);
+      }
       return InsertVersion(db, key, *prepared, false, now, patients);
     });
     if (!s.ok()) return s;
@@ -175,7 +195,7 @@ class SqliteStore final : public ResourceStore {
                                      std::optional<int64_t> if_match,
                                      bool allow_create) override {
     std::string now = FormatInstant(SystemClock::Get().Now());
-    std::vector<std::string> patients = fhir::PatientCompartmentsOf(key.type, resource);
+    std::vector<std::string> patients = CompartmentsAsStored(key, resource);
     // Seal outside the writer for the version we expect; re-seal inside only
     // when another writer got there first.
     int64_t guess = 1;
@@ -201,7 +221,8 @@ class SqliteStore final : public ResourceStore {
       if (*cur == 0 && !allow_create) {
         return Error(ErrorCode::kNotFound, "update-as-create is disabled");
       }
-      if (*cur + 1 != prepared->version) {
+      bool restamped = KeepStampMonotonic(now);
+      if (restamped || *cur + 1 != prepared->version) {
         auto again = Prepare(key, resource, *cur + 1, now);
         if (!again.ok()) return again.status();
         *prepared = std::move(*again);
@@ -252,6 +273,7 @@ class SqliteStore final : public ResourceStore {
       Prepared p;
       p.version = cur + 1;
       out.version = p.version;
+      KeepStampMonotonic(now);
       out.last_updated = now;
       return InsertVersion(db, key, p, true, now, out.patients);
     });
@@ -521,6 +543,18 @@ class SqliteStore final : public ResourceStore {
     return std::optional<IdempotencyRecord>(std::move(r));
   }
 
+  // Keeps last_updated non-decreasing in commit (seq) order: `now` is taken
+  // before the write is queued, so a writer that was overtaken by a later
+  // stamp takes that stamp instead. Writer thread only; true when `now` changed.
+  bool KeepStampMonotonic(std::string& now) {
+    if (now < last_stamp_) {
+      now = last_stamp_;
+      return true;
+    }
+    last_stamp_ = now;
+    return false;
+  }
+
   // Runs `fn` inside the next group-commit transaction; returns once that
   // transaction is durable (or `fn`'s own error, in which case its changes are
   // rolled back to a savepoint without affecting the rest of the batch).
@@ -592,6 +626,7 @@ class SqliteStore final : public ResourceStore {
   std::condition_variable cv_;
   std::deque<Job*> queue_;
   bool closing_ = false;
+  std::string last_stamp_;  // newest last_updated written; writer thread only
   std::thread writer_thread_;
 };
 
