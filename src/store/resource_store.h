@@ -40,8 +40,10 @@ struct StoredVersion {
   std::string last_updated;  // FHIR instant
   bool deleted = false;
   std::string json;  // the resource with meta.versionId/lastUpdated; empty when deleted
-  std::vector<std::string> patients;  // Patient compartments this version belongs to (all reads
-                                      // and writes fill it; history does not)
+  // Patient compartments this version belongs to (reads, writes and history
+  // fill it). Bound into the envelope's associated data: a stored version
+  // whose compartment rows were edited fails to open.
+  std::vector<std::string> patients;
 };
 
 struct WriteResult {

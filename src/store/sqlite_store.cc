@@ -2,6 +2,7 @@
 // with group commit, a pool of read connections, every body sealed.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys(
 )sql";
 
 // Length-prefixed so that no two (tenant, type, id, version) tuples share bytes.
-std::string LengthPrefixed(std::initializer_list<std::string_view> parts) {
+template <typename Parts>
+std::string LengthPrefixedOf(const Parts& parts) {
   std::string out;
   for (std::string_view p : parts) {
     out += std::to_string(p.size());
@@ -57,8 +59,27 @@ std::string LengthPrefixed(std::initializer_list<std::string_view> parts) {
   return out;
 }
 
-std::string ResourceAd(const ResourceKey& k, int64_t version) {
-  return LengthPrefixed({"fhirward-resource-v1", k.tenant, k.type, k.id, std::to_string(version)});
+std::string LengthPrefixed(std::initializer_list<std::string_view> parts) {
+  return LengthPrefixedOf(parts);
+}
+
+// Sorted, without duplicates: the canonical form bound into the AD.
+std::vector<std::string> Canonical(std::vector<std::string> patients) {
+  std::sort(patients.begin(), patients.end());
+  patients.erase(std::unique(patients.begin(), patients.end()), patients.end());
+  return patients;
+}
+
+// The associated data binds tenant, type, id, version and the Patient
+// compartments of the version: the compartment rows are kept in clear (for
+// search narrowing and history filters), and an edit of them makes the
+// version fail to open instead of moving it into another patient's reach.
+std::string ResourceAd(const ResourceKey& k, int64_t version,
+                       const std::vector<std::string>& patients) {
+  std::vector<std::string> parts = {"fhirward-resource-v1", k.tenant, k.type, k.id,
+                                    std::to_string(version), "patients"};
+  for (const auto& p : Canonical(patients)) parts.push_back(p);
+  return LengthPrefixedOf(parts);
 }
 
 std::string IdempotencyAd(const std::string& tenant, const std::string& client,
@@ -167,7 +188,7 @@ class SqliteStore final : public ResourceStore {
   absl::StatusOr<StoredVersion> Create(const ResourceKey& key, json::Value resource) override {
     std::string now = FormatInstant(SystemClock::Get().Now());
     std::vector<std::string> patients = CompartmentsAsStored(key, resource);
-    auto prepared = Prepare(key, resource, 1, now);
+    auto prepared = Prepare(key, resource, 1, now, patients);
     if (!prepared.ok()) return prepared.status();
     StoredVersion out;
     absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
@@ -175,7 +196,7 @@ class SqliteStore final : public ResourceStore {
       if (!cur.ok()) return cur.status();
       if (*cur != 0) return Error(ErrorCode::kVersionConflict, "id already exists");
       if (KeepStampMonotonic(now)) {
-        auto again = Prepare(key, resource, 1, now);
+        auto again = Prepare(key, resource, 1, now, patients);
         if (!again.ok()) return again.status();
         *prepared = std::move(*again);
       }
@@ -207,7 +228,7 @@ class SqliteStore final : public ResourceStore {
       if (!cur.ok()) return cur.status();
       guess = *cur + 1;
     }
-    auto prepared = Prepare(key, resource, guess, now);
+    auto prepared = Prepare(key, resource, guess, now, patients);
     if (!prepared.ok()) return prepared.status();
     WriteResult out;
     absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
@@ -223,7 +244,7 @@ class SqliteStore final : public ResourceStore {
       }
       bool restamped = KeepStampMonotonic(now);
       if (restamped || *cur + 1 != prepared->version) {
-        auto again = Prepare(key, resource, *cur + 1, now);
+        auto again = Prepare(key, resource, *cur + 1, now, patients);
         if (!again.ok()) return again.status();
         *prepared = std::move(*again);
       }
@@ -323,7 +344,9 @@ class SqliteStore final : public ResourceStore {
       e.version.deleted = st->Int(4) != 0;
       e.version.last_updated = st->Text(5);
       if (!e.version.deleted) {
-        auto plain = cipher_.Open(st->Blob(6), ResourceAd(key, e.version.version));
+        e.version.patients = CompartmentsOf(*conn.db, key, e.version.version);
+        auto plain =
+            cipher_.Open(st->Blob(6), ResourceAd(key, e.version.version, e.version.patients));
         if (!plain.ok()) return plain.status();
         e.version.json = std::move(*plain);
       }
@@ -425,12 +448,13 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::StatusOr<Prepared> Prepare(const ResourceKey& key, json::Value resource, int64_t version,
-                                   const std::string& now) const {
+                                   const std::string& now,
+                                   const std::vector<std::string>& patients) const {
     StampMeta(resource, key.type, key.id, version, now);
     Prepared p;
     p.version = version;
     p.json = json::Write(resource);
-    auto sealed = cipher_.Seal(p.json, ResourceAd(key, version));
+    auto sealed = cipher_.Seal(p.json, ResourceAd(key, version, patients));
     if (!sealed.ok()) return sealed.status();
     p.envelope = std::move(*sealed);
     return p;
@@ -448,7 +472,7 @@ class SqliteStore final : public ResourceStore {
     v.last_updated = st.Text(2);
     v.patients = CompartmentsOf(db, key, v.version);
     if (v.deleted) return v;
-    auto plain = cipher_.Open(st.Blob(3), ResourceAd(key, v.version));
+    auto plain = cipher_.Open(st.Blob(3), ResourceAd(key, v.version, v.patients));
     if (!plain.ok()) {
       return Error(ErrorCode::kDecryptionFailed, key.type + "/" + key.id + " version " +
                                                      std::to_string(v.version));

@@ -567,3 +567,33 @@ TEST_F(SqliteStoreTest, Idempotency) {
 }  // namespace
 }  // namespace store
 }  // namespace fhirward
+
+namespace fhirward::store {
+namespace {
+
+void ExecSql(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr), SQLITE_OK);
+  char* err = nullptr;
+  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(db);
+}
+
+TEST_F(SqliteStoreTest, EditedCompartmentRowsFailDecryption) {
+  const ResourceKey obs = Key("Observation", "o1");
+  store_->Create(obs, ObservationOf("p1")).value();
+  store_->Create(Key("Observation", "o2"), ObservationOf("p1")).value();
+  store_.reset();
+  // Move o1 into p2's compartment, and take o2 out of every compartment.
+  ExecSql(DbPath(), "UPDATE compartment_members SET patient = 'p2' WHERE id = 'o1';"
+                    "DELETE FROM compartment_members WHERE id = 'o2';");
+  Reopen();
+  EXPECT_EQ(Code(store_->Read(obs)), ErrorCode::kDecryptionFailed);
+  EXPECT_EQ(Code(store_->Read(Key("Observation", "o2"))), ErrorCode::kDecryptionFailed);
+  EXPECT_EQ(Code(store_->History({.tenant = "t1", .type = "Observation"})),
+            ErrorCode::kDecryptionFailed);
+}
+
+}  // namespace
+}  // namespace fhirward::store
