@@ -278,17 +278,28 @@ class SqliteAuditLog final : public AuditLog {
   }
 
   absl::StatusOr<int64_t> Append(const AuditRecord& record) override {
-    Pending p;
-    p.time = record.time;
-    p.json = record.ToJson();  // in the caller's thread, off the writer's critical path
-    std::future<absl::StatusOr<int64_t>> done = p.result.get_future();
+    std::promise<absl::StatusOr<int64_t>> result;
+    std::future<absl::StatusOr<int64_t>> done = result.get_future();
+    AppendAsync(record, [&result](absl::StatusOr<int64_t> seq) { result.set_value(std::move(seq)); });
+    return done.get();
+  }
+
+  void AppendAsync(const AuditRecord& record, AppendCallback done) override {
+    auto p = std::make_unique<Pending>();
+    p->time = record.time;
+    p->json = record.ToJson();  // in the caller's thread, off the writer's critical path
+    p->done = std::move(done);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (closing_) return Error(ErrorCode::kAuditUnavailable, "audit log is closed");
-      queue_.push_back(&p);
+      if (!closing_) {
+        queue_.push_back(std::move(p));
+      }
+    }
+    if (p) {  // closed: not queued
+      p->done(Error(ErrorCode::kAuditUnavailable, "audit log is closed"));
+      return;
     }
     cv_.notify_one();
-    return done.get();
   }
 
   void Close() override {
@@ -320,11 +331,11 @@ class SqliteAuditLog final : public AuditLog {
   struct Pending {
     std::string time;
     std::string json;
-    std::promise<absl::StatusOr<int64_t>> result;
+    AppendCallback done;
   };
 
   void WriterLoop() {
-    std::vector<Pending*> batch;
+    std::vector<std::unique_ptr<Pending>> batch;
     batch.reserve(options_.max_batch);
     for (;;) {
       {
@@ -337,19 +348,16 @@ class SqliteAuditLog final : public AuditLog {
                        [&] { return queue_.size() >= options_.max_batch || closing_; });
         }
         while (!queue_.empty() && batch.size() < options_.max_batch) {
-          batch.push_back(queue_.front());
+          batch.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
       }
       absl::StatusOr<int64_t> first = CommitBatch(batch);
       for (size_t i = 0; i < batch.size(); ++i) {
-        // Move the promise out first: once the value is set the caller may
-        // return and destroy its Pending while set_value() is still running.
-        std::promise<absl::StatusOr<int64_t>> done = std::move(batch[i]->result);
         if (first.ok()) {
-          done.set_value(*first + static_cast<int64_t>(i));
+          batch[i]->done(*first + static_cast<int64_t>(i));
         } else {
-          done.set_value(first.status());
+          batch[i]->done(first.status());
         }
       }
       batch.clear();
@@ -359,7 +367,7 @@ class SqliteAuditLog final : public AuditLog {
   // One transaction for the whole batch. Returns the seq of batch[0]; the
   // others follow consecutively. On failure nothing is kept and the in-memory
   // head is unchanged.
-  absl::StatusOr<int64_t> CommitBatch(const std::vector<Pending*>& batch) {
+  absl::StatusOr<int64_t> CommitBatch(const std::vector<std::unique_ptr<Pending>>& batch) {
     sqlite3* db = db_.get();
     int64_t seq = head_seq_;
     std::string hash = head_hash_;
@@ -369,7 +377,7 @@ class SqliteAuditLog final : public AuditLog {
         int rc = sqlite3_step(begin_.get());
         if (rc != SQLITE_DONE) return Unavailable("audit: BEGIN failed", db, rc);
       }
-      for (Pending* p : batch) {
+      for (const auto& p : batch) {
         ++seq;
         std::string next = ChainHash(seq, hash, p->json);
         {
@@ -451,7 +459,7 @@ class SqliteAuditLog final : public AuditLog {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Pending*> queue_;
+  std::deque<std::unique_ptr<Pending>> queue_;
   bool closing_ = false;
 
   std::mutex close_mu_;

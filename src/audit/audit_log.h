@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +79,15 @@ class AuditLog {
                                                         const AuditOptions& options = {});
   // Blocks until the record is durable; returns its sequence number.
   virtual absl::StatusOr<int64_t> Append(const AuditRecord& record) = 0;
+
+  // As Append, without blocking: `done` runs once the record is durable (or
+  // failed), on the writer thread, so it must be quick (e.g. post a response
+  // to an I/O thread). Called exactly once, possibly before AppendAsync
+  // returns (when the log is closed).
+  using AppendCallback = std::function<void(absl::StatusOr<int64_t>)>;
+  virtual void AppendAsync(const AuditRecord& record, AppendCallback done) {
+    done(Append(record));
+  }
   // Flushes and stops the writer; further Append() calls fail.
   virtual void Close() = 0;
   // Writer counters; a default for fakes that do not batch.

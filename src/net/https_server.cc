@@ -139,7 +139,7 @@ class SessionBase {
 
 class ServerImpl final : public HttpsServer {
  public:
-  ServerImpl(const ServerOptions& options, Handler handler);
+  ServerImpl(const ServerOptions& options, Handler handler, AsyncHandler async_handler);
   ~ServerImpl() override;
 
   absl::Status Init();
@@ -157,6 +157,8 @@ class ServerImpl final : public HttpsServer {
     asio::post(*pool_, std::forward<Fn>(fn));
   }
   HttpResponse Invoke(HttpRequest&& request);
+  bool has_async_handler() const { return static_cast<bool>(async_handler_); }
+  void InvokeAsync(HttpRequest&& request, Responder respond);
   void Unregister(SessionBase* session);
 
  private:
@@ -172,6 +174,7 @@ class ServerImpl final : public HttpsServer {
 
   const ServerOptions options_;
   const Handler handler_;
+  const AsyncHandler async_handler_;
   uint16_t port_ = 0;
 
   std::mutex mu_;
@@ -453,6 +456,14 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     req.transport_error = transport_error;
     parser_.reset();
 
+    if (server_->has_async_handler()) {
+      server_->InvokeAsync(std::move(req), [self = this->shared_from_this()](HttpResponse res) {
+        asio::post(self->executor_, [self, res = std::move(res)]() mutable {
+          self->Write(std::move(res), /*force_close=*/false);
+        });
+      });
+      return;
+    }
     server_->Submit([self = this->shared_from_this(), req = std::move(req)]() mutable {
       HttpResponse res = self->server_->Invoke(std::move(req));
       asio::post(self->executor_, [self, res = std::move(res)]() mutable {
@@ -595,8 +606,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   std::string client_cert_der_;
 };
 
-ServerImpl::ServerImpl(const ServerOptions& options, Handler handler)
-    : options_(options), handler_(std::move(handler)) {
+ServerImpl::ServerImpl(const ServerOptions& options, Handler handler, AsyncHandler async_handler)
+    : options_(options), handler_(std::move(handler)), async_handler_(std::move(async_handler)) {
   ioc_.emplace(options_.io_threads);  // concurrency hint
   work_.emplace(ioc_->get_executor());
   strand_.emplace(asio::make_strand(ioc_->get_executor()));
@@ -605,7 +616,7 @@ ServerImpl::ServerImpl(const ServerOptions& options, Handler handler)
   poll_timer_.emplace(*strand_);
   drain_timer_.emplace(*strand_);
   accept_timer_.emplace(*strand_);
-  pool_.emplace(static_cast<size_t>(options_.worker_threads));
+  pool_.emplace(static_cast<size_t>(async_handler_ ? 1 : options_.worker_threads));
 }
 
 ServerImpl::~ServerImpl() {
@@ -699,6 +710,24 @@ void ServerImpl::Run() {
 
 void ServerImpl::Stop() {
   asio::post(*strand_, [this] { BeginStop(); });
+}
+
+void ServerImpl::InvokeAsync(HttpRequest&& request, Responder respond) {
+  // `respond` must run exactly once; if the handler throws before calling it,
+  // answer 500 here (a handler that throws after responding is a bug, and
+  // the second call is dropped by the guard).
+  auto once = std::make_shared<std::atomic<bool>>(false);
+  Responder guarded = [once, respond = std::move(respond)](HttpResponse res) {
+    if (!once->exchange(true)) respond(std::move(res));
+  };
+  try {
+    async_handler_(std::move(request), guarded);
+  } catch (...) {
+    spdlog::error("net: handler threw; sending 500");
+    HttpResponse res;
+    res.status = 500;
+    guarded(std::move(res));
+  }
 }
 
 HttpResponse ServerImpl::Invoke(HttpRequest&& request) {
@@ -880,7 +909,16 @@ absl::StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(const ServerOpt
   if (options.io_threads < 1 || options.worker_threads < 1) {
     return absl::InvalidArgumentError("io_threads and worker_threads must be at least 1");
   }
-  auto server = std::make_unique<ServerImpl>(options, std::move(handler));
+  auto server = std::make_unique<ServerImpl>(options, std::move(handler), nullptr);
+  if (absl::Status status = server->Init(); !status.ok()) return status;
+  return std::unique_ptr<HttpsServer>(std::move(server));
+}
+
+absl::StatusOr<std::unique_ptr<HttpsServer>> HttpsServer::Create(const ServerOptions& options,
+                                                                 AsyncHandler handler) {
+  if (!handler) return absl::InvalidArgumentError("a handler is required");
+  if (options.io_threads < 1) return absl::InvalidArgumentError("io_threads must be at least 1");
+  auto server = std::make_unique<ServerImpl>(options, nullptr, std::move(handler));
   if (absl::Status status = server->Init(); !status.ok()) return status;
   return std::unique_ptr<HttpsServer>(std::move(server));
 }

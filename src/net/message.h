@@ -53,6 +53,15 @@ struct HttpResponse {
 // on the audit group commit); must be thread-safe; must not throw.
 using Handler = std::function<HttpResponse(HttpRequest&&)>;
 
+// Completes one request; callable from any thread, exactly once.
+using Responder = std::function<void(HttpResponse)>;
+
+// Asynchronous handler: called on an I/O thread, so it must not block; work
+// that blocks (storage writes, waiting for the audit commit) belongs on
+// another thread, which then calls `respond`. Must call `respond` exactly
+// once (the connection waits for it), and must not throw.
+using AsyncHandler = std::function<void(HttpRequest&&, Responder)>;
+
 }  // namespace fhirward::net
 
 #endif  // FHIRWARD_NET_MESSAGE_H_

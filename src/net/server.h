@@ -69,6 +69,10 @@ class HttpsServer {
   // certificate or key, address in use, plain HTTP on a non-loopback address.
   static absl::StatusOr<std::unique_ptr<HttpsServer>> Create(const ServerOptions& options,
                                                              Handler handler);
+  // As above with an asynchronous handler, called inline on the I/O threads
+  // (the worker pool is then unused).
+  static absl::StatusOr<std::unique_ptr<HttpsServer>> Create(const ServerOptions& options,
+                                                             AsyncHandler handler);
 
   // The bound port (the real one when options.port was 0).
   virtual uint16_t port() const = 0;

@@ -245,7 +245,9 @@ absl::Status Serve(const ServeArgs& args) {
   // the server needs the handler: bind late. No request arrives before Run().
   std::unique_ptr<FhirService> service;
   auto server = net::HttpsServer::Create(
-      so, [&service](net::HttpRequest&& r) { return service->Handle(std::move(r)); });
+      so, net::AsyncHandler([&service](net::HttpRequest&& r, net::Responder respond) {
+        service->HandleAsync(std::move(r), std::move(respond));
+      }));
   if (!server.ok()) return server.status();
   const uint16_t bound = (*server)->port();
   std::string scheme = config.plain_http ? "http" : "https";
@@ -313,6 +315,10 @@ absl::Status Serve(const ServeArgs& args) {
   std::fflush(stdout);
 
   (*server)->Run();
+  // No request arrives any more. Finish what the worker pool still holds (its
+  // responses go to the stopped I/O context and are dropped) while the store,
+  // the audit log and the server are all still alive.
+  service.reset();
 
   audit::AuditRecord stop;
   stop.time = FormatInstant(SystemClock::Get().Now());

@@ -14,6 +14,7 @@
 #include "fhir/resources.h"
 #include "json/value.h"
 #include "server/log.h"
+#include "server/worker_pool.h"
 
 namespace fhirward::server {
 namespace {
@@ -355,6 +356,7 @@ struct FhirService::Impl {
     auto aead = crypto::Aead::NewAes256Gcm(
         SecretBytes(crypto::HmacSha256(d.cursor_key->UnsafeView(), "fhirward-cursor-aead-v1")));
     if (aead.ok()) cursor_aead = std::move(*aead);
+    pool = std::make_unique<WorkerPool>(std::max(1, d.config.worker_threads));
   }
 
   std::string BuildCapability() const {
@@ -1142,7 +1144,8 @@ struct FhirService::Impl {
 
   // --- finishing ------------------------------------------------------------------
 
-  void Finish(Ctx& ctx, const net::HttpRequest& req, net::HttpResponse& r) {
+  // Sets the audit outcome from the response.
+  static void Outcome(Ctx& ctx, const net::HttpResponse& r) {
     ctx.audit.status_code = r.status;
     if (!ctx.forced_outcome.empty()) {
       ctx.audit.outcome = ctx.forced_outcome;
@@ -1157,9 +1160,13 @@ struct FhirService::Impl {
     } else {
       ctx.audit.outcome = "failed";
     }
-    // No response leaves before its audit record is durable.
-    auto seq = d.audit->Append(ctx.audit);
+  }
+
+  // After the audit record is durable (or failed): headers, log line.
+  void Complete(Ctx& ctx, const std::string& method, net::HttpResponse& r,
+                const absl::StatusOr<int64_t>& seq) const {
     if (!seq.ok()) {
+      // No response leaves without its audit record: the answer becomes 503.
       LogEvent(LogLevel::kError, "audit_unavailable",
                {{"request_id", Str(ctx.request_id)}, {"reason", Str(DetailOf(seq.status()))}});
       Ctx fail = ctx;
@@ -1186,7 +1193,7 @@ struct FhirService::Impl {
     LogEvent(r.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo, "request",
              {{"request_id", Str(ctx.request_id)},
               {"trace_id", Str(ctx.trace_id)},
-              {"method", Str(req.method)},
+              {"method", Str(method)},
               {"action", Str(ctx.audit.action)},
               {"type", Str(ctx.audit.resource_type)},
               {"status", json::Value::Int(r.status)},
@@ -1195,7 +1202,7 @@ struct FhirService::Impl {
               {"duration_us", json::Value::Int(us)}});
   }
 
-  net::HttpResponse Handle(net::HttpRequest&& req) {
+  Ctx Begin(const net::HttpRequest& req) const {
     Ctx ctx;
     ctx.start = std::chrono::steady_clock::now();
     ctx.request_id = RandomUuid();
@@ -1209,16 +1216,67 @@ struct FhirService::Impl {
     ctx.audit.client_address = req.remote_ip;
     ctx.audit.user_agent = std::string(req.header("User-Agent").value_or("").substr(0, 256));
     ctx.audit.method = req.method.substr(0, 16);
-    net::HttpResponse r;
+    return ctx;
+  }
+
+  net::HttpResponse SafeDispatch(Ctx& ctx, net::HttpRequest& req) {
     try {
-      r = Dispatch(ctx, req);
+      return Dispatch(ctx, req);
     } catch (const std::exception& e) {
       LogEvent(LogLevel::kError, "handler_exception", {{"request_id", Str(ctx.request_id)}});
-      r = Error(ctx, ErrorCode::kInternal);
+      return Error(ctx, ErrorCode::kInternal);
     }
-    Finish(ctx, req, r);
+  }
+
+  net::HttpResponse Handle(net::HttpRequest&& req) {
+    Ctx ctx = Begin(req);
+    net::HttpResponse r = SafeDispatch(ctx, req);
+    Outcome(ctx, r);
+    auto seq = d.audit->Append(ctx.audit);
+    Complete(ctx, req.method, r, seq);
     return r;
   }
+
+  // Runs the request, then hands the response to `respond` once the audit
+  // record is durable, without a thread waiting for the commit.
+  void Run(net::HttpRequest&& req, net::Responder respond) {
+    auto state = std::make_shared<std::pair<Ctx, net::HttpResponse>>();
+    state->first = Begin(req);
+    state->second = SafeDispatch(state->first, req);
+    Outcome(state->first, state->second);
+    d.audit->AppendAsync(state->first.audit, [this, state, method = req.method,
+                                              respond = std::move(respond)](
+                                                 absl::StatusOr<int64_t> seq) {
+      Complete(state->first, method, state->second, seq);
+      respond(std::move(state->second));
+    });
+  }
+
+  // Reads of one resource (and the capability statement) touch one SQLite
+  // read connection and never wait for a write: they run on the I/O thread.
+  // Everything else (writes wait for the group commit; history pages can be
+  // large) runs on the worker pool.
+  static bool RunsInline(const net::HttpRequest& req) {
+    if (req.transport_error) return true;
+    if (req.method != "GET") return false;
+    std::string_view path(req.target);
+    path = path.substr(0, path.find('?'));
+    if (path.find("_history") != std::string_view::npos) {
+      // vread: /Type/id/_history/vid
+      size_t slashes = std::count(path.begin(), path.end(), '/');
+      return slashes == 4 && path.substr(path.rfind('/')) != "/_history";
+    }
+    return true;
+  }
+
+  void HandleAsync(net::HttpRequest&& req, net::Responder respond) {
+    if (RunsInline(req)) return Run(std::move(req), std::move(respond));
+    pool->Submit([this, req = std::move(req), respond = std::move(respond)]() mutable {
+      Run(std::move(req), std::move(respond));
+    });
+  }
+
+  std::unique_ptr<WorkerPool> pool;
 };
 
 FhirService::FhirService(ServiceDeps deps) : impl_(std::make_unique<Impl>(std::move(deps))) {}
@@ -1226,6 +1284,10 @@ FhirService::~FhirService() = default;
 
 net::HttpResponse FhirService::Handle(net::HttpRequest&& request) {
   return impl_->Handle(std::move(request));
+}
+
+void FhirService::HandleAsync(net::HttpRequest&& request, net::Responder respond) {
+  impl_->HandleAsync(std::move(request), std::move(respond));
 }
 
 }  // namespace fhirward::server

@@ -40,7 +40,13 @@ class FhirService {
   explicit FhirService(ServiceDeps deps);
   ~FhirService();
 
+  // Synchronous: blocks until the audit record is durable.
   net::HttpResponse Handle(net::HttpRequest&& request);
+
+  // net::AsyncHandler: reads of one resource run inline on the calling (I/O)
+  // thread; other requests on the service's worker pool. `respond` is called
+  // once the audit record is durable, from the audit writer thread.
+  void HandleAsync(net::HttpRequest&& request, net::Responder respond);
 
  private:
   struct Impl;
