@@ -313,6 +313,7 @@ absl::Status Serve(const ServeArgs& args) {
   std::printf("listening on %s://%s:%u\n", scheme.c_str(), PublicHost(host).c_str(),
               static_cast<unsigned>(bound));
   std::fflush(stdout);
+  FlushLogs();
 
   (*server)->Run();
   // No request arrives any more. Finish what the worker pool still holds (its
@@ -328,6 +329,7 @@ absl::Status Serve(const ServeArgs& args) {
   (void)(*audit_log)->Append(stop);
   (*audit_log)->Close();
   LogEvent(LogLevel::kInfo, "stopped", {});
+  FlushLogs();
   return absl::OkStatus();
 }
 

@@ -1205,11 +1205,17 @@ struct FhirService::Impl {
   Ctx Begin(const net::HttpRequest& req) const {
     Ctx ctx;
     ctx.start = std::chrono::steady_clock::now();
-    ctx.request_id = RandomUuid();
+    // One draw from the CSPRNG for both ids (it takes a lock per call).
+    std::string random = RandomBytes(32);
+    random[6] = static_cast<char>((random[6] & 0x0f) | 0x40);  // UUID version 4
+    random[8] = static_cast<char>((random[8] & 0x3f) | 0x80);  // RFC 4122 variant
+    std::string hex = HexEncode(std::string_view(random).substr(0, 16));
+    ctx.request_id = hex.substr(0, 8) + "-" + hex.substr(8, 4) + "-" + hex.substr(12, 4) + "-" +
+                     hex.substr(16, 4) + "-" + hex.substr(20);
     ctx.tls = !req.tls_version.empty();
     auto tp = req.header("traceparent");
     auto trace = tp ? TraceIdFrom(*tp) : std::nullopt;
-    ctx.trace_id = trace ? *trace : HexEncode(RandomBytes(16));
+    ctx.trace_id = trace ? *trace : HexEncode(std::string_view(random).substr(16));
     ctx.audit.time = FormatInstant(d.clock->Now());
     ctx.audit.request_id = ctx.request_id;
     ctx.audit.trace_id = ctx.trace_id;

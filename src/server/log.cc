@@ -54,10 +54,23 @@ class JsonLineSink final : public spdlog::sinks::base_sink<std::mutex> {
       o.emplace_back("msg", json::Value::String(std::string(text)));
       line = json::Write(json::Value::MakeObject(std::move(o)));
     }
-    line.push_back('\n');
-    std::fwrite(line.data(), 1, line.size(), stderr);
+    buffer_ += line;
+    buffer_.push_back('\n');
+    // stderr is unbuffered: one write(2) per line costs more than the rest of
+    // a request. Lines are batched; warnings and errors, a full buffer, and
+    // the once-a-second flush (see InitLogging) write them out.
+    if (buffer_.size() >= kFlushBytes || msg.level >= spdlog::level::warn) flush_();
   }
-  void flush_() override { std::fflush(stderr); }
+  void flush_() override {
+    if (buffer_.empty()) return;
+    std::fwrite(buffer_.data(), 1, buffer_.size(), stderr);
+    std::fflush(stderr);
+    buffer_.clear();
+  }
+
+ private:
+  static constexpr size_t kFlushBytes = 16 * 1024;
+  std::string buffer_;
 };
 
 }  // namespace
@@ -79,10 +92,13 @@ bool InitLogging(const std::string& level) {
   }
   auto logger = std::make_shared<spdlog::logger>("fhirward", std::make_shared<JsonLineSink>());
   logger->set_level(lvl);
-  logger->flush_on(spdlog::level::info);
+  logger->flush_on(spdlog::level::warn);
   spdlog::set_default_logger(logger);
+  spdlog::flush_every(std::chrono::seconds(1));
   return true;
 }
+
+void FlushLogs() { spdlog::default_logger_raw()->flush(); }
 
 void LogEvent(LogLevel level, std::string_view event,
               std::initializer_list<std::pair<std::string_view, json::Value>> fields) {

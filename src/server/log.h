@@ -20,6 +20,9 @@ enum class LogLevel { kDebug, kInfo, kWarn, kError };
 // Returns false for an unknown level.
 bool InitLogging(const std::string& level);
 
+// Writes out buffered lines (info lines are batched, at most a second late).
+void FlushLogs();
+
 void LogEvent(LogLevel level, std::string_view event,
               std::initializer_list<std::pair<std::string_view, json::Value>> fields);
 

@@ -167,7 +167,10 @@ class SqliteStore final : public ResourceStore {
   absl::StatusOr<StoredVersion> Read(const ResourceKey& key) override {
     auto conn = AcquireReader();
     auto st = conn.db->Prepare(
-        "SELECT v.version, v.deleted, v.last_updated, v.envelope FROM resource_current c "
+        "SELECT v.version, v.deleted, v.last_updated, v.envelope, "
+        "(SELECT group_concat(m.patient, char(31)) FROM compartment_members m "
+        "WHERE m.tenant = v.tenant AND m.type = v.type AND m.id = v.id AND m.version = v.version) "
+        "FROM resource_current c "
         "JOIN resource_versions v ON v.seq = c.seq "
         "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
     if (!st.ok()) return st.status();
@@ -178,8 +181,11 @@ class SqliteStore final : public ResourceStore {
   absl::StatusOr<StoredVersion> ReadVersion(const ResourceKey& key, int64_t version) override {
     auto conn = AcquireReader();
     auto st = conn.db->Prepare(
-        "SELECT version, deleted, last_updated, envelope FROM resource_versions "
-        "WHERE tenant = ?1 AND type = ?2 AND id = ?3 AND version = ?4");
+        "SELECT v.version, v.deleted, v.last_updated, v.envelope, "
+        "(SELECT group_concat(m.patient, char(31)) FROM compartment_members m "
+        "WHERE m.tenant = v.tenant AND m.type = v.type AND m.id = v.id AND m.version = v.version) "
+        "FROM resource_versions v "
+        "WHERE v.tenant = ?1 AND v.type = ?2 AND v.id = ?3 AND v.version = ?4");
     if (!st.ok()) return st.status();
     st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id).Bind(4, version);
     return LoadOne(*conn.db, *st, key);
@@ -470,7 +476,17 @@ class SqliteStore final : public ResourceStore {
     v.version = st.Int(0);
     v.deleted = st.Int(1) != 0;
     v.last_updated = st.Text(2);
-    v.patients = CompartmentsOf(db, key, v.version);
+    // Compartments come from the same statement (one read transaction).
+    if (!st.IsNull(4)) {
+      const std::string joined = st.Text(4);
+      size_t start = 0;
+      while (start <= joined.size()) {
+        size_t end = joined.find('\x1f', start);
+        if (end == std::string::npos) end = joined.size();
+        v.patients.push_back(joined.substr(start, end - start));
+        start = end + 1;
+      }
+    }
     if (v.deleted) return v;
     auto plain = cipher_.Open(st.Blob(3), ResourceAd(key, v.version, v.patients));
     if (!plain.ok()) {

@@ -43,7 +43,10 @@ absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_
   return std::unique_ptr<Db>(new Db(db));
 }
 
-Db::~Db() { sqlite3_close_v2(db_); }
+Db::~Db() {
+  for (auto& [sql, s] : idle_) sqlite3_finalize(s);
+  sqlite3_close_v2(db_);
+}
 
 absl::Status Db::Exec(const char* sql) {
   char* err = nullptr;
@@ -56,12 +59,35 @@ absl::Status Db::Exec(const char* sql) {
 }
 
 absl::StatusOr<Stmt> Db::Prepare(std::string_view sql) {
+  std::string key(sql);
+  if (auto it = idle_.find(key); it != idle_.end()) {
+    sqlite3_stmt* s = it->second;
+    idle_.erase(it);
+    return Stmt(db_, s, this, std::move(key));
+  }
   sqlite3_stmt* s = nullptr;
   if (sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT,
                          &s, nullptr) != SQLITE_OK) {
     return SqlError(db_, "prepare");
   }
-  return Stmt(db_, s);
+  return Stmt(db_, s, this, std::move(key));
+}
+
+void Db::Return(std::string sql, sqlite3_stmt* s) {
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  // Bounded: queries built from optional clauses have a few shapes each.
+  if (idle_.size() < 64 && idle_.emplace(std::move(sql), s).second) return;
+  sqlite3_finalize(s);
+}
+
+Stmt::~Stmt() {
+  if (s_ == nullptr) return;
+  if (owner_ != nullptr) {
+    owner_->Return(std::move(sql_), s_);
+  } else {
+    sqlite3_finalize(s_);
+  }
 }
 
 }  // namespace fhirward::store::internal

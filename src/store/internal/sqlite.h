@@ -10,21 +10,32 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace fhirward::store::internal {
 
+class Db;
+
+// A prepared statement. One from Db::Prepare goes back to its Db's cache when
+// destroyed (reset, bindings cleared), so it must not outlive the Db.
 class Stmt {
  public:
   Stmt() = default;
-  Stmt(sqlite3* db, sqlite3_stmt* s) : db_(db), s_(s) {}
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_) { o.s_ = nullptr; }
+  Stmt(sqlite3* db, sqlite3_stmt* s, Db* owner = nullptr, std::string sql = {})
+      : db_(db), s_(s), owner_(owner), sql_(std::move(sql)) {}
+  ~Stmt();
+  Stmt(Stmt&& o) noexcept
+      : db_(o.db_), s_(o.s_), owner_(o.owner_), sql_(std::move(o.sql_)) {
+    o.s_ = nullptr;
+  }
   Stmt& operator=(Stmt&& o) noexcept {
     std::swap(db_, o.db_);
     std::swap(s_, o.s_);
+    std::swap(owner_, o.owner_);
+    std::swap(sql_, o.sql_);
     return *this;
   }
 
@@ -67,6 +78,8 @@ class Stmt {
  private:
   sqlite3* db_ = nullptr;
   sqlite3_stmt* s_ = nullptr;
+  Db* owner_ = nullptr;
+  std::string sql_;
 };
 
 class Db {
@@ -74,12 +87,17 @@ class Db {
   static absl::StatusOr<std::unique_ptr<Db>> Open(const std::string& path, bool read_only);
   ~Db();
   absl::Status Exec(const char* sql);
+  // Prepares `sql`, reusing a cached statement when one is idle (parsing SQL
+  // is most of the cost of a point read).
   absl::StatusOr<Stmt> Prepare(std::string_view sql);
   sqlite3* raw() { return db_; }
 
  private:
+  friend class Stmt;
   explicit Db(sqlite3* db) : db_(db) {}
+  void Return(std::string sql, sqlite3_stmt* s);
   sqlite3* db_;
+  std::unordered_map<std::string, sqlite3_stmt*> idle_;
 };
 
 }  // namespace fhirward::store::internal
