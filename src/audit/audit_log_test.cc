@@ -4,6 +4,8 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -716,6 +718,52 @@ TEST_F(AuditLogTest, Throughput) {
   EXPECT_EQ(r.records, kTotal + kSerial);
   std::printf("[ info ] verify: %lld records in %.2f s: %s\n", static_cast<long long>(r.records),
               verify_secs, r.summary.c_str());
+}
+
+}  // namespace
+}  // namespace fhirward::audit
+
+namespace fhirward::audit {
+namespace {
+
+TEST_F(AuditLogTest, AppendAsyncCallsBackOnceDurableAndAfterCloseFailsAtOnce) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  constexpr int kN = 200;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<int64_t> seqs;
+  int failures = 0;
+  for (int i = 0; i < kN; ++i) {
+    log->AppendAsync(MakeRecord(i), [&](absl::StatusOr<int64_t> seq) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (seq.ok()) {
+        seqs.insert(*seq);
+      } else {
+        ++failures;
+      }
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(20),
+                            [&] { return static_cast<int>(seqs.size()) + failures == kN; }));
+  }
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(*seqs.begin(), 1);
+  EXPECT_EQ(*seqs.rbegin(), kN);
+  // Durable: a verifier that opens the file now sees every record.
+  auto report = VerifyAuditLog(path_, Key());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->records, kN);
+  log->Close();
+  bool called = false;
+  log->AppendAsync(MakeRecord(0), [&](absl::StatusOr<int64_t> seq) {
+    called = true;
+    EXPECT_EQ(CodeOf(seq.status()), ErrorCode::kAuditUnavailable);
+  });
+  EXPECT_TRUE(called);
 }
 
 }  // namespace

@@ -442,6 +442,7 @@ struct FhirService::Impl {
         code == ErrorCode::kInsufficientScope) {
       r.SetHeader("WWW-Authenticate", BearerChallenge(code, info.message));
     }
+    if (code == ErrorCode::kTooManyRequests) r.SetHeader("Retry-After", "1");
     if (ctx.audit.error.empty()) {
       ctx.audit.error = std::string(info.name);
       if (code == ErrorCode::kInvalidToken) ctx.audit.error += ":" + DetailOf(status);
@@ -625,6 +626,10 @@ struct FhirService::Impl {
     }
 
     if (route.interaction == Interaction::kCapabilities) {
+      // Anonymous: limited per client address.
+      if (int retry = d.rate_limiter->Acquire(AddressKey(req), std::chrono::steady_clock::now())) {
+        return Throttled(ctx, retry);
+      }
       net::HttpResponse r;
       r.SetHeader("Content-Type", std::string(kFhirJson));
       r.body = ctx.pretty ? Body(ctx, capability_json) : capability_json;
@@ -635,9 +640,7 @@ struct FhirService::Impl {
     const policy::Principal& p = *ctx.principal;
 
     if (int retry = d.rate_limiter->Acquire(PrincipalKey(p), std::chrono::steady_clock::now())) {
-      net::HttpResponse r = Error(ctx, ErrorCode::kTooManyRequests);
-      r.SetHeader("Retry-After", std::to_string(retry));
-      return r;
+      return Throttled(ctx, retry);
     }
 
     policy::AccessRequest areq;
@@ -674,15 +677,35 @@ struct FhirService::Impl {
     return p.issuer + "\x1f" + p.client_id + "\x1f" + p.subject;
   }
 
+  static std::string AddressKey(const net::HttpRequest& req) {
+    return "addr\x1f" + req.remote_ip;
+  }
+
+  net::HttpResponse Throttled(Ctx& ctx, int retry) const {
+    net::HttpResponse r = Error(ctx, ErrorCode::kTooManyRequests);
+    r.SetHeader("Retry-After", std::to_string(retry));
+    return r;
+  }
+
+  // Failed authentications are counted per client address; an address that
+  // used up its budget is refused (429) before any signature is verified, so
+  // a flood of forged tokens cannot buy ECDSA work. Valid tokens are limited
+  // per principal instead (many users can share one address).
   absl::Status Authenticate(Ctx& ctx, const net::HttpRequest& req) const {
+    const auto now = std::chrono::steady_clock::now();
+    if (int retry = d.rate_limiter->Peek(AddressKey(req), now)) {
+      return fhirward::Error(ErrorCode::kTooManyRequests,
+                             "too many failed authentications; retry in " +
+                                 std::to_string(retry) + " s");
+    }
     auto auth = req.header("Authorization");
     if (!auth) {
-      // Count unauthenticated attempts per address too.
-      d.rate_limiter->Acquire("addr\x1f" + req.remote_ip, std::chrono::steady_clock::now());
+      d.rate_limiter->Acquire(AddressKey(req), now);
       return fhirward::Error(ErrorCode::kMissingToken);
     }
     auto principal = d.authenticator->Authenticate(*auth);
     if (!principal.ok()) {
+      d.rate_limiter->Acquire(AddressKey(req), now);
       if (CodeOf(principal.status()) == ErrorCode::kMissingToken) {
         return principal.status();
       }
@@ -827,8 +850,20 @@ struct FhirService::Impl {
     if (!current.ok() && CodeOf(current.status()) != ErrorCode::kNotFound) {
       return ErrorResponse(ctx, current.status());
     }
-    if (current.ok() && !current->deleted) {
-      if (auto rd = authorize(current->patients); !rd.allow) return deny(rd);
+    const bool confined = !decision.patient_compartment.empty();
+    const bool absent = !current.ok() || current->deleted;
+    if (confined && absent) {
+      // A compartment-confined principal may change only what it can read:
+      // an absent id answers exactly like one outside the compartment (no
+      // update-as-create, no delete of nothing), so writes cannot probe
+      // for other patients' resources.
+      return Error(ctx, ErrorCode::kNotFound);
+    }
+    if (!absent) {
+      if (auto rd = authorize(current->patients); !rd.allow) {
+        if (confined) return Hidden(ctx, rd);
+        return deny(rd);
+      }
       if (!decision.patient_compartment.empty() && !expect) {
         expect = current->version;
         bound = true;
@@ -865,7 +900,6 @@ struct FhirService::Impl {
     }
     auto patients = fhir::PatientCompartmentsOf(route.type, *body);
     if (auto rd = authorize(patients); !rd.allow) return deny(rd);
-    bool absent = !current.ok() || current->deleted;
     if (absent && !d.config.update_create && !current.ok()) {
       return Error(ctx, ErrorCode::kMethodNotAllowed, "update cannot create; use POST");
     }

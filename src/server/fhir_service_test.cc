@@ -419,3 +419,51 @@ TEST_F(FhirServiceTest, ConcurrentConditionalUpdatesOneWins) {
 
 }  // namespace
 }  // namespace fhirward::server
+
+namespace fhirward::server {
+namespace {
+
+TEST_F(FhirServiceTest, ConfinedWritesCannotProbeOtherCompartments) {
+  std::string admin = Token("admin", "user/*.cruds");
+  std::string p1 = CreatePatient(admin, "One");
+  std::string p2 = CreatePatient(admin, "Two");
+  auto obs = Call("POST", "/Observation", admin,
+                  R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
+                      p2 + R"("}})");
+  ASSERT_EQ(obs.status, 201);
+  std::string hidden(J(obs).GetString("id").value_or(""));
+  std::string pt = Token("pat", "patient/*.cruds", p1);
+  std::string body_for = R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
+                         p1 + R"("},"id":")";
+  auto put_hidden = Call("PUT", "/Observation/" + hidden, pt, body_for + hidden + "\"}");
+  auto put_absent = Call("PUT", "/Observation/nope", pt, body_for + "nope\"}");
+  EXPECT_EQ(put_hidden.status, 404);
+  EXPECT_EQ(put_absent.status, 404);
+  EXPECT_EQ(put_hidden.body, put_absent.body);
+  auto del_hidden = Call("DELETE", "/Observation/" + hidden, pt);
+  auto del_absent = Call("DELETE", "/Observation/nope", pt);
+  EXPECT_EQ(del_hidden.status, 404);
+  EXPECT_EQ(del_hidden.body, del_absent.body);
+  // The other patient's resource is untouched.
+  auto still = Call("GET", "/Observation/" + hidden, admin);
+  EXPECT_EQ(still.status, 200);
+  EXPECT_EQ(H(still, "ETag"), "W/\"1\"");
+}
+
+TEST_F(FhirServiceTest, FailedAuthenticationsAreThrottledPerAddress) {
+  Config c;
+  c.rate_per_second = 1;
+  c.rate_burst = 3;
+  Build(c);
+  int throttled = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto r = Call("GET", "/Patient/x", "not-a-jwt");
+    if (r.status == 429) ++throttled;
+  }
+  EXPECT_GE(throttled, 4);
+  // The capability statement is limited per address as well.
+  EXPECT_EQ(Call("GET", "/metadata", "").status, 429);
+}
+
+}  // namespace
+}  // namespace fhirward::server

@@ -10,6 +10,15 @@ RateLimiter::RateLimiter(double rate_per_second, double burst, size_t max_keys_p
     : rate_(rate_per_second), burst_(std::max(1.0, burst)), max_keys_(max_keys_per_shard) {}
 
 int RateLimiter::Acquire(const std::string& key, std::chrono::steady_clock::time_point now) {
+  return Take(key, now, true);
+}
+
+int RateLimiter::Peek(const std::string& key, std::chrono::steady_clock::time_point now) {
+  return Take(key, now, false);
+}
+
+int RateLimiter::Take(const std::string& key, std::chrono::steady_clock::time_point now,
+                      bool consume) {
   if (rate_ <= 0) return 0;
   Shard& shard = shards_[std::hash<std::string>{}(key) % shards_.size()];
   std::lock_guard<std::mutex> lock(shard.mu);
@@ -30,7 +39,7 @@ int RateLimiter::Acquire(const std::string& key, std::chrono::steady_clock::time
     }
   }
   if (b.tokens >= 1.0) {
-    b.tokens -= 1.0;
+    if (consume) b.tokens -= 1.0;
     return 0;
   }
   return std::max(1, static_cast<int>(std::ceil((1.0 - b.tokens) / rate_)));

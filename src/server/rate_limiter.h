@@ -21,6 +21,9 @@ class RateLimiter {
   // whole seconds (>= 1) after which a retry can succeed.
   int Acquire(const std::string& key, std::chrono::steady_clock::time_point now);
 
+  // As Acquire without taking a token: 0 when a token is available.
+  int Peek(const std::string& key, std::chrono::steady_clock::time_point now);
+
  private:
   struct Bucket {
     double tokens = 0;
@@ -30,6 +33,7 @@ class RateLimiter {
     std::mutex mu;
     std::unordered_map<std::string, Bucket> buckets;
   };
+  int Take(const std::string& key, std::chrono::steady_clock::time_point now, bool consume);
   double rate_;
   double burst_;
   size_t max_keys_;
