@@ -913,7 +913,9 @@ struct FhirService::Impl {
       }
       return ErrorResponse(ctx, w.status());
     }
-    return Written(ctx, req, w->stored, w->created ? 201 : 200, w->created ? "created" : "updated");
+    // Re-creating a deleted resource is a creation for the client (201).
+    const bool created = w->created || absent;
+    return Written(ctx, req, w->stored, created ? 201 : 200, created ? "created" : "updated");
   }
 
   net::HttpResponse Written(Ctx& ctx, const net::HttpRequest& req, const store::StoredVersion& v,
