@@ -125,6 +125,9 @@ struct SqliteStoreOptions {
   const crypto::KeyEncryptionService* kek = nullptr;  // must outlive the store
   int read_connections = 8;
   size_t max_batch = 128;
+  // In-memory cache of the newest version of each resource, still sealed
+  // (ciphertext and metadata only). 0 disables it.
+  size_t cache_bytes = 64 * 1024 * 1024;
 };
 
 absl::StatusOr<std::unique_ptr<ResourceStore>> OpenSqliteStore(const SqliteStoreOptions& options);

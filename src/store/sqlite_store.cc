@@ -3,6 +3,9 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <array>
+#include <memory>
+#include <unordered_map>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -125,6 +128,73 @@ struct Prepared {
   std::string envelope;
 };
 
+// The newest known version of each resource, still sealed: a point read
+// then costs a hash lookup and the envelope open instead of a SQLite read
+// transaction. Entries hold ciphertext and the clear-text metadata the
+// database holds anyway; they are filled after a commit (by writers) and on
+// read misses, and an entry is only ever replaced by a newer version, so a
+// slow reader cannot put back a version older than one a writer committed.
+// Bounded per shard; a full shard is emptied (the database stays the truth).
+class VersionCache {
+ public:
+  struct Entry {
+    int64_t version = 0;
+    bool deleted = false;
+    std::string last_updated;
+    std::string envelope;
+    std::vector<std::string> patients;
+  };
+
+  explicit VersionCache(size_t max_bytes) : max_shard_bytes_(max_bytes / kShards) {}
+
+  std::shared_ptr<const Entry> Get(const ResourceKey& k) {
+    if (max_shard_bytes_ == 0) return nullptr;
+    std::string key = KeyOf(k);
+    Shard& sh = ShardOf(key);
+    std::lock_guard<std::mutex> lock(sh.mu);
+    auto it = sh.map.find(key);
+    return it == sh.map.end() ? nullptr : it->second;
+  }
+
+  void Offer(const ResourceKey& k, Entry e) {
+    if (max_shard_bytes_ == 0) return;
+    std::string key = KeyOf(k);
+    size_t bytes = key.size() + e.envelope.size() + e.last_updated.size() + 128;
+    for (const auto& p : e.patients) bytes += p.size() + 32;
+    auto entry = std::make_shared<const Entry>(std::move(e));
+    Shard& sh = ShardOf(key);
+    std::lock_guard<std::mutex> lock(sh.mu);
+    auto it = sh.map.find(key);
+    if (it != sh.map.end()) {
+      if (it->second->version >= entry->version) return;
+      it->second = std::move(entry);
+      return;
+    }
+    if (sh.bytes + bytes > max_shard_bytes_) {
+      sh.map.clear();
+      sh.bytes = 0;
+    }
+    sh.bytes += bytes;
+    sh.map.emplace(std::move(key), std::move(entry));
+  }
+
+ private:
+  static constexpr size_t kShards = 16;
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::shared_ptr<const Entry>> map;
+    size_t bytes = 0;
+  };
+  static std::string KeyOf(const ResourceKey& k) {
+    return k.tenant + '\x1f' + k.type + '\x1f' + k.id;
+  }
+  Shard& ShardOf(const std::string& key) {
+    return shards_[std::hash<std::string>{}(key) % kShards];
+  }
+  size_t max_shard_bytes_;
+  std::array<Shard, kShards> shards_;
+};
+
 class SqliteStore final : public ResourceStore {
  public:
   static absl::StatusOr<std::unique_ptr<ResourceStore>> Open(const SqliteStoreOptions& o) {
@@ -165,6 +235,7 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::StatusOr<StoredVersion> Read(const ResourceKey& key) override {
+    if (auto hit = cache_.Get(key)) return FromEntry(key, *hit);
     auto conn = AcquireReader();
     auto st = conn.db->Prepare(
         "SELECT v.version, v.deleted, v.last_updated, v.envelope, "
@@ -175,10 +246,11 @@ class SqliteStore final : public ResourceStore {
         "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
     if (!st.ok()) return st.status();
     st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
-    return LoadOne(*conn.db, *st, key);
+    return LoadOne(*conn.db, *st, key, /*cache=*/true);
   }
 
   absl::StatusOr<StoredVersion> ReadVersion(const ResourceKey& key, int64_t version) override {
+    if (auto hit = cache_.Get(key); hit && hit->version == version) return FromEntry(key, *hit);
     auto conn = AcquireReader();
     auto st = conn.db->Prepare(
         "SELECT v.version, v.deleted, v.last_updated, v.envelope, "
@@ -209,6 +281,7 @@ class SqliteStore final : public ResourceStore {
       return InsertVersion(db, key, *prepared, false, now, patients);
     });
     if (!s.ok()) return s;
+    cache_.Offer(key, {1, false, now, prepared->envelope, patients});
     out.type = key.type;
     out.id = key.id;
     out.version = 1;
@@ -258,6 +331,7 @@ class SqliteStore final : public ResourceStore {
       return InsertVersion(db, key, *prepared, false, now, patients);
     });
     if (!s.ok()) return s;
+    cache_.Offer(key, {prepared->version, false, now, prepared->envelope, patients});
     out.stored.type = key.type;
     out.stored.id = key.id;
     out.stored.version = prepared->version;
@@ -305,6 +379,9 @@ class SqliteStore final : public ResourceStore {
       return InsertVersion(db, key, p, true, now, out.patients);
     });
     if (!s.ok()) return s;
+    if (out.version > 0) {
+      cache_.Offer(key, {out.version, true, out.last_updated, {}, out.patients});
+    }
     return out;
   }
 
@@ -427,7 +504,8 @@ class SqliteStore final : public ResourceStore {
   }
 
  private:
-  explicit SqliteStore(const SqliteStoreOptions& o) : options_(o), cipher_(o.kek) {}
+  explicit SqliteStore(const SqliteStoreOptions& o)
+      : options_(o), cipher_(o.kek), cache_(o.cache_bytes) {}
 
   struct ReaderLease {
     SqliteStore* store;
@@ -466,7 +544,27 @@ class SqliteStore final : public ResourceStore {
     return p;
   }
 
-  absl::StatusOr<StoredVersion> LoadOne(Db& db, Stmt& st, const ResourceKey& key) {
+  // A resource version as stored (the envelope opened) from a cache entry.
+  absl::StatusOr<StoredVersion> FromEntry(const ResourceKey& key, const VersionCache::Entry& e) {
+    StoredVersion v;
+    v.type = key.type;
+    v.id = key.id;
+    v.version = e.version;
+    v.deleted = e.deleted;
+    v.last_updated = e.last_updated;
+    v.patients = e.patients;
+    if (v.deleted) return v;
+    auto plain = cipher_.Open(e.envelope, ResourceAd(key, v.version, v.patients));
+    if (!plain.ok()) {
+      return Error(ErrorCode::kDecryptionFailed, key.type + "/" + key.id + " version " +
+                                                     std::to_string(v.version));
+    }
+    v.json = std::move(*plain);
+    return v;
+  }
+
+  absl::StatusOr<StoredVersion> LoadOne(Db& db, Stmt& st, const ResourceKey& key,
+                                        bool cache = false) {
     auto row = st.Step();
     if (!row.ok()) return row.status();
     if (!*row) return Error(ErrorCode::kNotFound, key.type + "/" + key.id);
@@ -487,13 +585,21 @@ class SqliteStore final : public ResourceStore {
         start = end + 1;
       }
     }
-    if (v.deleted) return v;
-    auto plain = cipher_.Open(st.Blob(3), ResourceAd(key, v.version, v.patients));
+    if (v.deleted) {
+      if (cache) cache_.Offer(key, {v.version, true, v.last_updated, {}, v.patients});
+      return v;
+    }
+    std::string envelope = st.Blob(3);
+    auto plain = cipher_.Open(envelope, ResourceAd(key, v.version, v.patients));
     if (!plain.ok()) {
+      // Never cached: a tampered row keeps failing from the database.
       return Error(ErrorCode::kDecryptionFailed, key.type + "/" + key.id + " version " +
                                                      std::to_string(v.version));
     }
     v.json = std::move(*plain);
+    if (cache) {
+      cache_.Offer(key, {v.version, false, v.last_updated, std::move(envelope), v.patients});
+    }
     return v;
   }
 
@@ -655,6 +761,7 @@ class SqliteStore final : public ResourceStore {
 
   SqliteStoreOptions options_;
   crypto::EnvelopeCipher cipher_;
+  VersionCache cache_;  // after cipher_: initialised from options_
   std::unique_ptr<Db> writer_db_;
   std::vector<std::unique_ptr<Db>> readers_;
   std::mutex readers_mu_;

@@ -597,3 +597,45 @@ TEST_F(SqliteStoreTest, EditedCompartmentRowsFailDecryption) {
 
 }  // namespace
 }  // namespace fhirward::store
+
+namespace fhirward::store {
+namespace {
+
+TEST_F(SqliteStoreTest, ReadsNeverGoBackInTimeWhileWritersCommit) {
+  const ResourceKey key = Key("Patient", "hot");
+  store_->Create(key, Patient("V")).value();
+  std::atomic<bool> done{false};
+  std::atomic<int> regressions{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 4; ++r) {
+    readers.emplace_back([&] {
+      int64_t last = 0;
+      while (!done.load()) {
+        auto v = store_->Read(key);
+        if (!v.ok()) {
+          ++regressions;
+          continue;
+        }
+        if (v->version < last) ++regressions;
+        last = v->version;
+      }
+    });
+  }
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w) {
+    writers.emplace_back([&] {
+      for (int i = 0; i < 25; ++i) store_->Update(key, Patient("V"), std::nullopt, false).value();
+    });
+  }
+  for (auto& t : writers) t.join();
+  // Once the writes have returned, every read sees the last one.
+  EXPECT_EQ(store_->Read(key).value().version, 101);
+  done = true;
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(regressions.load(), 0);
+  store_->Delete(key, std::nullopt).value();
+  EXPECT_TRUE(store_->Read(key).value().deleted);
+}
+
+}  // namespace
+}  // namespace fhirward::store
