@@ -280,7 +280,8 @@ class SqliteAuditLog final : public AuditLog {
   absl::StatusOr<int64_t> Append(const AuditRecord& record) override {
     std::promise<absl::StatusOr<int64_t>> result;
     std::future<absl::StatusOr<int64_t>> done = result.get_future();
-    AppendAsync(record, [&result](absl::StatusOr<int64_t> seq) { result.set_value(std::move(seq)); });
+    AppendAsync(record,
+                [&result](absl::StatusOr<int64_t> seq) { result.set_value(std::move(seq)); });
     return done.get();
   }
 

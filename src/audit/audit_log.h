@@ -85,9 +85,7 @@ class AuditLog {
   // to an I/O thread). Called exactly once, possibly before AppendAsync
   // returns (when the log is closed).
   using AppendCallback = std::function<void(absl::StatusOr<int64_t>)>;
-  virtual void AppendAsync(const AuditRecord& record, AppendCallback done) {
-    done(Append(record));
-  }
+  virtual void AppendAsync(const AuditRecord& record, AppendCallback done) { done(Append(record)); }
   // Flushes and stops the writer; further Append() calls fail.
   virtual void Close() = 0;
   // Writer counters; a default for fakes that do not batch.

@@ -31,8 +31,8 @@ int main(int argc, char** argv) {
   CLI::App* token_cmd = app.add_subcommand("token", "Access tokens");
   token_cmd->require_subcommand(1);
   server::MintArgs mint;
-  CLI::App* mint_cmd =
-      token_cmd->add_subcommand("mint", "Print an access token signed by this instance's issuer key");
+  CLI::App* mint_cmd = token_cmd->add_subcommand(
+      "mint", "Print an access token signed by this instance's issuer key");
   mint_cmd->add_option("--data-dir", mint.data_dir, "Data directory")->required();
   mint_cmd->add_option("--sub", mint.subject, "Subject (user or client id)")->required();
   mint_cmd->add_option("--scope", mint.scope, "Space-separated SMART scopes")->required();

@@ -85,14 +85,33 @@ absl::Status Error(ErrorCode code, std::string_view detail) {
   const ErrorInfo& info = Describe(code);
   absl::StatusCode sc = absl::StatusCode::kInvalidArgument;
   switch (info.http_status) {
-    case 401: sc = absl::StatusCode::kUnauthenticated; break;
-    case 403: sc = absl::StatusCode::kPermissionDenied; break;
-    case 404: case 410: sc = absl::StatusCode::kNotFound; break;
-    case 409: case 412: case 428: case 422: sc = absl::StatusCode::kFailedPrecondition; break;
-    case 429: sc = absl::StatusCode::kResourceExhausted; break;
-    case 500: sc = absl::StatusCode::kInternal; break;
-    case 503: sc = absl::StatusCode::kUnavailable; break;
-    default: break;
+    case 401:
+      sc = absl::StatusCode::kUnauthenticated;
+      break;
+    case 403:
+      sc = absl::StatusCode::kPermissionDenied;
+      break;
+    case 404:
+    case 410:
+      sc = absl::StatusCode::kNotFound;
+      break;
+    case 409:
+    case 412:
+    case 428:
+    case 422:
+      sc = absl::StatusCode::kFailedPrecondition;
+      break;
+    case 429:
+      sc = absl::StatusCode::kResourceExhausted;
+      break;
+    case 500:
+      sc = absl::StatusCode::kInternal;
+      break;
+    case 503:
+      sc = absl::StatusCode::kUnavailable;
+      break;
+    default:
+      break;
   }
   absl::Status s(sc, absl::string_view(detail.data(), detail.size()));
   s.SetPayload(kPayloadUrl, absl::Cord(std::to_string(static_cast<int>(code))));

@@ -15,43 +15,43 @@
 namespace fhirward {
 
 enum class ErrorCode {
-  kInvalidJson,             // 400 invalid
-  kInvalidUtf8,             // 400 invalid
-  kDuplicateKey,            // 400 invalid
-  kJsonTooDeep,             // 400 too-long
-  kJsonTooLarge,            // 400 too-long
-  kInvalidResource,         // 400 invalid
-  kResourceTypeMismatch,    // 400 invalid
-  kIdMismatch,              // 400 invalid
-  kInvalidId,               // 400 invalid
-  kUnknownResourceType,     // 404 not-supported
-  kInvalidRequest,          // 400 invalid
-  kInvalidParameter,        // 400 invalid
-  kTokenInQuery,            // 400 security
-  kBodyTooLarge,            // 413 too-long
-  kHeadersTooLarge,         // 431 too-long
-  kUnsupportedMediaType,    // 415 not-supported
-  kNotAcceptable,           // 406 not-supported
-  kMethodNotAllowed,        // 405 not-supported
-  kNotImplemented,          // 501 not-supported
-  kNotFound,                // 404 not-found
-  kRouteNotFound,           // 404 not-found
-  kGone,                    // 410 deleted
-  kVersionConflict,         // 409 conflict
-  kPreconditionFailed,      // 412 conflict
-  kPreconditionRequired,    // 428 required
-  kIdempotencyKeyReused,    // 422 conflict
-  kMissingToken,            // 401 login
-  kInvalidToken,            // 401 login
-  kInsufficientScope,       // 403 forbidden
-  kForbidden,               // 403 forbidden
-  kTooManyRequests,         // 429 throttled
-  kTooCostly,               // 400 too-costly
-  kDecryptionFailed,        // 500 exception
-  kAuditUnavailable,        // 503 transient
-  kUnavailable,             // 503 transient
-  kInternal,                // 500 exception
-  kCount_,                  // sentinel, keep last
+  kInvalidJson,           // 400 invalid
+  kInvalidUtf8,           // 400 invalid
+  kDuplicateKey,          // 400 invalid
+  kJsonTooDeep,           // 400 too-long
+  kJsonTooLarge,          // 400 too-long
+  kInvalidResource,       // 400 invalid
+  kResourceTypeMismatch,  // 400 invalid
+  kIdMismatch,            // 400 invalid
+  kInvalidId,             // 400 invalid
+  kUnknownResourceType,   // 404 not-supported
+  kInvalidRequest,        // 400 invalid
+  kInvalidParameter,      // 400 invalid
+  kTokenInQuery,          // 400 security
+  kBodyTooLarge,          // 413 too-long
+  kHeadersTooLarge,       // 431 too-long
+  kUnsupportedMediaType,  // 415 not-supported
+  kNotAcceptable,         // 406 not-supported
+  kMethodNotAllowed,      // 405 not-supported
+  kNotImplemented,        // 501 not-supported
+  kNotFound,              // 404 not-found
+  kRouteNotFound,         // 404 not-found
+  kGone,                  // 410 deleted
+  kVersionConflict,       // 409 conflict
+  kPreconditionFailed,    // 412 conflict
+  kPreconditionRequired,  // 428 required
+  kIdempotencyKeyReused,  // 422 conflict
+  kMissingToken,          // 401 login
+  kInvalidToken,          // 401 login
+  kInsufficientScope,     // 403 forbidden
+  kForbidden,             // 403 forbidden
+  kTooManyRequests,       // 429 throttled
+  kTooCostly,             // 400 too-costly
+  kDecryptionFailed,      // 500 exception
+  kAuditUnavailable,      // 503 transient
+  kUnavailable,           // 503 transient
+  kInternal,              // 500 exception
+  kCount_,                // sentinel, keep last
 };
 
 struct ErrorInfo {

@@ -68,8 +68,7 @@ bool InPatientCompartmentDefinition(std::string_view type) {
   return false;
 }
 
-std::vector<std::string> PatientCompartmentsOf(std::string_view type,
-                                               const json::Value& resource) {
+std::vector<std::string> PatientCompartmentsOf(std::string_view type, const json::Value& resource) {
   std::vector<std::string> ids;
   auto add = [&](std::string_view id) {
     if (!id.empty() && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.emplace_back(id);

@@ -31,10 +31,10 @@ using Array = std::vector<Value>;
 using Object = std::vector<Member>;
 
 struct Limits {
-  size_t max_depth = 64;                     // nesting of arrays/objects
+  size_t max_depth = 64;                      // nesting of arrays/objects
   size_t max_string_bytes = 4 * 1024 * 1024;  // one string (after unescaping) or key
-  size_t max_array_items = 100000;           // items in one array
-  size_t max_object_members = 10000;         // members in one object
+  size_t max_array_items = 100000;            // items in one array
+  size_t max_object_members = 10000;          // members in one object
   size_t max_total_bytes = 16 * 1024 * 1024;  // the whole text
 };
 

@@ -388,13 +388,12 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     phase_ = Phase::kClosing;
     Lowest().expires_after(opts_.linger_timeout);
     buffer_.clear();
-    stream_.async_read_some(buffer_.prepare(kReadChunk),
-                            [self = this->shared_from_this()](const error_code& ec, size_t n) {
-                              if (ec) return self->Close();
-                              self->discard_remaining_ -=
-                                  std::min<std::uint64_t>(n, self->discard_remaining_);
-                              self->DiscardThenClose();
-                            });
+    stream_.async_read_some(buffer_.prepare(kReadChunk), [self = this->shared_from_this()](
+                                                             const error_code& ec, size_t n) {
+      if (ec) return self->Close();
+      self->discard_remaining_ -= std::min<std::uint64_t>(n, self->discard_remaining_);
+      self->DiscardThenClose();
+    });
   }
 
   void ReadBody() {

@@ -17,28 +17,39 @@ bool IsTypeName(std::string_view t) {
 // Which permission letter an interaction needs.
 char LetterFor(Interaction i) {
   switch (i) {
-    case Interaction::kCreate: return 'c';
+    case Interaction::kCreate:
+      return 'c';
     case Interaction::kRead:
     case Interaction::kVread:
-    case Interaction::kHistoryInstance: return 'r';
+    case Interaction::kHistoryInstance:
+      return 'r';
     case Interaction::kUpdate:
-    case Interaction::kPatch: return 'u';
-    case Interaction::kDelete: return 'd';
+    case Interaction::kPatch:
+      return 'u';
+    case Interaction::kDelete:
+      return 'd';
     case Interaction::kSearch:
     case Interaction::kHistoryType:
-    case Interaction::kHistorySystem: return 's';
-    case Interaction::kCapabilities: return 0;
+    case Interaction::kHistorySystem:
+      return 's';
+    case Interaction::kCapabilities:
+      return 0;
   }
   return 0;
 }
 
 bool Grants(const ResourceScope& s, char letter) {
   switch (letter) {
-    case 'c': return s.c;
-    case 'r': return s.r;
-    case 'u': return s.u;
-    case 'd': return s.d;
-    case 's': return s.s;
+    case 'c':
+      return s.c;
+    case 'r':
+      return s.r;
+    case 'u':
+      return s.u;
+    case 'd':
+      return s.d;
+    case 's':
+      return s.s;
   }
   return false;
 }
@@ -90,9 +101,8 @@ class ScopePolicyEngine final : public PolicyEngine {
     return d;
   }
 
-  Decision AuthorizeResource(const Principal& p, const Decision& decision,
-                             Interaction interaction, std::string_view type,
-                             const std::vector<std::string>& patients,
+  Decision AuthorizeResource(const Principal& p, const Decision& decision, Interaction interaction,
+                             std::string_view type, const std::vector<std::string>& patients,
                              bool in_compartment_definition) const override {
     Decision d = decision;
     if (!decision.allow) return d;
@@ -115,17 +125,28 @@ class ScopePolicyEngine final : public PolicyEngine {
 
 std::string_view InteractionName(Interaction i) {
   switch (i) {
-    case Interaction::kRead: return "read";
-    case Interaction::kVread: return "vread";
-    case Interaction::kSearch: return "search-type";
-    case Interaction::kHistoryInstance: return "history-instance";
-    case Interaction::kHistoryType: return "history-type";
-    case Interaction::kHistorySystem: return "history-system";
-    case Interaction::kCreate: return "create";
-    case Interaction::kUpdate: return "update";
-    case Interaction::kPatch: return "patch";
-    case Interaction::kDelete: return "delete";
-    case Interaction::kCapabilities: return "capabilities";
+    case Interaction::kRead:
+      return "read";
+    case Interaction::kVread:
+      return "vread";
+    case Interaction::kSearch:
+      return "search-type";
+    case Interaction::kHistoryInstance:
+      return "history-instance";
+    case Interaction::kHistoryType:
+      return "history-type";
+    case Interaction::kHistorySystem:
+      return "history-system";
+    case Interaction::kCreate:
+      return "create";
+    case Interaction::kUpdate:
+      return "update";
+    case Interaction::kPatch:
+      return "patch";
+    case Interaction::kDelete:
+      return "delete";
+    case Interaction::kCapabilities:
+      return "capabilities";
   }
   return "unknown";
 }
@@ -173,11 +194,21 @@ std::optional<ResourceScope> ParseResourceScope(std::string_view token) {
       if (at == std::string_view::npos) return std::nullopt;
       pos = at + 1;
       switch (ch) {
-        case 'c': s.c = true; break;
-        case 'r': s.r = true; break;
-        case 'u': s.u = true; break;
-        case 'd': s.d = true; break;
-        case 's': s.s = true; break;
+        case 'c':
+          s.c = true;
+          break;
+        case 'r':
+          s.r = true;
+          break;
+        case 'u':
+          s.u = true;
+          break;
+        case 'd':
+          s.d = true;
+          break;
+        case 's':
+          s.s = true;
+          break;
       }
     }
   }

@@ -30,9 +30,10 @@ TEST(Scopes, ParsesV2AndMapsV1) {
 }
 
 TEST(Scopes, RejectsMalformed) {
-  for (const char* bad : {"patient/Observation.sr", "patient/Observation.rr", "patient/Observation.",
-                          "patient/Observation.x", "admin/Patient.r", "patient/observation.r",
-                          "patient/.r", "openid", "launch/patient", "patient/Obs-1.r"}) {
+  for (const char* bad :
+       {"patient/Observation.sr", "patient/Observation.rr", "patient/Observation.",
+        "patient/Observation.x", "admin/Patient.r", "patient/observation.r", "patient/.r", "openid",
+        "launch/patient", "patient/Obs-1.r"}) {
     EXPECT_FALSE(ParseResourceScope(bad).has_value()) << bad;
   }
 }
@@ -69,19 +70,22 @@ TEST(ScopePolicy, PatientScopeConfinesToCompartment) {
   Decision d = engine->Authorize(p, {Interaction::kRead, "Observation", "o1"});
   ASSERT_TRUE(d.allow);
   EXPECT_EQ(d.patient_compartment, "p1");
-  EXPECT_TRUE(engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {"p1"}, true).allow);
+  EXPECT_TRUE(
+      engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {"p1"}, true).allow);
   Decision other = engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {"p2"}, true);
   EXPECT_FALSE(other.allow);
   EXPECT_EQ(other.reason, "outside_patient_compartment");
   EXPECT_FALSE(engine->AuthorizeResource(p, d, Interaction::kRead, "Observation", {}, true).allow);
   // Shared reference data is readable but not writable.
   EXPECT_TRUE(engine->AuthorizeResource(p, d, Interaction::kRead, "Medication", {}, false).allow);
-  EXPECT_FALSE(engine->AuthorizeResource(p, d, Interaction::kUpdate, "Medication", {}, false).allow);
+  EXPECT_FALSE(
+      engine->AuthorizeResource(p, d, Interaction::kUpdate, "Medication", {}, false).allow);
 }
 
 TEST(ScopePolicy, PatientScopeNeedsPatientContext) {
   auto engine = NewScopePolicyEngine();
-  Decision d = engine->Authorize(With("patient/Observation.rs"), {Interaction::kRead, "Observation", "1"});
+  Decision d =
+      engine->Authorize(With("patient/Observation.rs"), {Interaction::kRead, "Observation", "1"});
   EXPECT_FALSE(d.allow);
   EXPECT_EQ(d.reason, "patient_scope_without_patient_context");
 }

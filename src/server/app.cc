@@ -1,10 +1,10 @@
 #include "server/app.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <map>
-#include <algorithm>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -215,7 +215,10 @@ absl::Status Serve(const ServeArgs& args) {
     if (config.tls_key_file.empty()) config.tls_key_file = pki.server_key;
   }
 
-  auto store = store::OpenSqliteStore({.path = inst.resource_db_path(), .kek = &inst.kek()});
+  auto store = store::OpenSqliteStore({.path = inst.resource_db_path(),
+                                       .kek = &inst.kek(),
+                                       .read_connections = config.store_read_connections,
+                                       .cache_bytes = config.store_cache_bytes});
   if (!store.ok()) return store.status();
   auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
   if (!audit_log.ok()) return audit_log.status();
@@ -307,8 +310,8 @@ absl::Status Serve(const ServeArgs& args) {
 
   Janitor janitor(store->get(), config.idempotency_ttl_seconds);
   LogEvent(LogLevel::kInfo, "listening",
-           {{"url", json::Value::String(scheme + "://" + PublicHost(host) + ":" +
-                                        std::to_string(bound))},
+           {{"url",
+             json::Value::String(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
             {"tls_min_version", json::Value::String(config.tls_min_version)}});
   std::printf("listening on %s://%s:%u\n", scheme.c_str(), PublicHost(host).c_str(),
               static_cast<unsigned>(bound));

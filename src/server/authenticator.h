@@ -30,7 +30,7 @@ namespace fhirward::server {
 struct IssuerTrust {
   std::string issuer;
   std::vector<std::string> audiences;
-  jose::KeySet keys;  // may start empty for issuers whose JWKS is fetched later
+  jose::KeySet keys;         // may start empty for issuers whose JWKS is fetched later
   std::string required_typ;  // e.g. "at+jwt"; empty: any
 };
 

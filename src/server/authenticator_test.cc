@@ -85,7 +85,8 @@ TEST_F(AuthenticatorTest, RefusesWrongIssuerKeyTypAndScheme) {
 TEST_F(AuthenticatorTest, RefusesHs256KeyedWithThePublicKey) {
   // Algorithm confusion: HMAC keyed with the RSA public key's JWK text.
   std::string header = Base64UrlEncode(R"({"alg":"HS256","typ":"JWT","kid":"ext1"})");
-  std::string payload = Base64UrlEncode(json::Write(Claims("https://idp", "https://fhir", Now(), 300)));
+  std::string payload =
+      Base64UrlEncode(json::Write(Claims("https://idp", "https://fhir", Now(), 300)));
   std::string input = header + "." + payload;
   std::string key = json::Write(ext_.public_key().ToJwk());
   unsigned char mac[32];

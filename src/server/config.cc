@@ -52,10 +52,10 @@ absl::Status CheckKeys(const toml::table& t, const std::string& section,
   return absl::OkStatus();
 }
 
-#define FW_TRY(expr)                 \
-  do {                               \
-    absl::Status _s = (expr);        \
-    if (!_s.ok()) return _s;         \
+#define FW_TRY(expr)          \
+  do {                        \
+    absl::Status _s = (expr); \
+    if (!_s.ok()) return _s;  \
   } while (0)
 
 }  // namespace
@@ -87,14 +87,15 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
                  absl::StrCat("config ", path, " line ", e.source().begin.line, ": ",
                               std::string(e.description())));
   }
-  FW_TRY(CheckKeys(root, "", {"listen", "base_url", "tenant", "tls", "http", "json", "fhir",
-                              "auth", "rate_limit", "log"}));
+  FW_TRY(CheckKeys(root, "",
+                   {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "auth", "store",
+                    "rate_limit", "log"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));
   if (auto* t = root["tls"].as_table()) {
-    FW_TRY(CheckKeys(*t, "tls", {"cert_file", "key_file", "client_ca_file", "min_version",
-                                 "plain_http"}));
+    FW_TRY(CheckKeys(*t, "tls",
+                     {"cert_file", "key_file", "client_ca_file", "min_version", "plain_http"}));
     FW_TRY(Get(*t, "tls", "cert_file", &c.tls_cert_file));
     FW_TRY(Get(*t, "tls", "key_file", &c.tls_key_file));
     FW_TRY(Get(*t, "tls", "client_ca_file", &c.tls_client_ca_file));
@@ -105,9 +106,9 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     }
   }
   if (auto* t = root["http"].as_table()) {
-    FW_TRY(CheckKeys(*t, "http", {"io_threads", "worker_threads", "max_header_bytes",
-                                  "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
-                                  "idle_timeout_ms", "hsts_max_age"}));
+    FW_TRY(CheckKeys(*t, "http",
+                     {"io_threads", "worker_threads", "max_header_bytes", "max_body_bytes",
+                      "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "hsts_max_age"}));
     FW_TRY(Get(*t, "http", "io_threads", &c.io_threads));
     FW_TRY(Get(*t, "http", "worker_threads", &c.worker_threads));
     FW_TRY(Get(*t, "http", "max_header_bytes", &c.max_header_bytes));
@@ -119,8 +120,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     if (c.io_threads < 1 || c.worker_threads < 1) return Bad("http", "threads must be >= 1");
   }
   if (auto* t = root["json"].as_table()) {
-    FW_TRY(CheckKeys(*t, "json", {"max_depth", "max_string_bytes", "max_array_items",
-                                  "max_object_members"}));
+    FW_TRY(CheckKeys(*t, "json",
+                     {"max_depth", "max_string_bytes", "max_array_items", "max_object_members"}));
     FW_TRY(Get(*t, "json", "max_depth", &c.json_limits.max_depth));
     FW_TRY(Get(*t, "json", "max_string_bytes", &c.json_limits.max_string_bytes));
     FW_TRY(Get(*t, "json", "max_array_items", &c.json_limits.max_array_items));
@@ -128,8 +129,9 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
   }
   c.json_limits.max_total_bytes = c.max_body_bytes;
   if (auto* t = root["fhir"].as_table()) {
-    FW_TRY(CheckKeys(*t, "fhir", {"update_create", "require_if_match", "history_default_count",
-                                  "history_max_count", "idempotency_ttl_seconds"}));
+    FW_TRY(CheckKeys(*t, "fhir",
+                     {"update_create", "require_if_match", "history_default_count",
+                      "history_max_count", "idempotency_ttl_seconds"}));
     FW_TRY(Get(*t, "fhir", "update_create", &c.update_create));
     FW_TRY(Get(*t, "fhir", "require_if_match", &c.require_if_match));
     FW_TRY(Get(*t, "fhir", "history_default_count", &c.history_default_count));
@@ -137,8 +139,9 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "fhir", "idempotency_ttl_seconds", &c.idempotency_ttl_seconds));
   }
   if (auto* t = root["auth"].as_table()) {
-    FW_TRY(CheckKeys(*t, "auth", {"issuers", "token_cache_entries", "max_token_lifetime_seconds",
-                                  "clock_leeway_seconds", "jwks_refresh_seconds"}));
+    FW_TRY(CheckKeys(*t, "auth",
+                     {"issuers", "token_cache_entries", "max_token_lifetime_seconds",
+                      "clock_leeway_seconds", "jwks_refresh_seconds"}));
     FW_TRY(Get(*t, "auth", "jwks_refresh_seconds", &c.jwks_refresh_seconds));
     FW_TRY(Get(*t, "auth", "token_cache_entries", &c.token_cache_entries));
     FW_TRY(Get(*t, "auth", "max_token_lifetime_seconds", &c.max_token_lifetime_seconds));
@@ -148,8 +151,9 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
         auto* it = arr->get(i)->as_table();
         std::string sec = "auth.issuers[" + std::to_string(i) + "]";
         if (!it) return Bad(sec, "expected a table");
-        FW_TRY(CheckKeys(*it, sec, {"issuer", "audiences", "jwks_file", "jwks_url", "jwks_ca_file",
-                                      "algorithms"}));
+        FW_TRY(CheckKeys(
+            *it, sec,
+            {"issuer", "audiences", "jwks_file", "jwks_url", "jwks_ca_file", "algorithms"}));
         TrustedIssuer ti;
         FW_TRY(Get(*it, sec, "issuer", &ti.issuer));
         FW_TRY(Get(*it, sec, "jwks_file", &ti.jwks_file));
@@ -177,6 +181,11 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
         c.issuers.push_back(std::move(ti));
       }
     }
+  }
+  if (auto* t = root["store"].as_table()) {
+    FW_TRY(CheckKeys(*t, "store", {"cache_bytes", "read_connections"}));
+    FW_TRY(Get(*t, "store", "cache_bytes", &c.store_cache_bytes));
+    FW_TRY(Get(*t, "store", "read_connections", &c.store_read_connections));
   }
   if (auto* t = root["rate_limit"].as_table()) {
     FW_TRY(CheckKeys(*t, "rate_limit", {"per_second", "burst"}));
@@ -224,14 +233,17 @@ absl::Status Validate(const Config& c) {
     return Bad("fhir.idempotency_ttl_seconds", "must be at least 1");
   }
   if (c.tenant.empty() || c.tenant.size() > 64 ||
-      c.tenant.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") !=
-          std::string::npos) {
+      c.tenant.find_first_not_of(
+          "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != std::string::npos) {
     return Bad("tenant", "must be 1-64 letters, digits or '-'");
   }
   if (c.max_token_lifetime_seconds < 60) {
     return Bad("auth.max_token_lifetime_seconds", "must be at least 60");
   }
   if (c.clock_leeway_seconds > 300) return Bad("auth.clock_leeway_seconds", "must be <= 300");
+  if (c.store_read_connections < 1 || c.store_read_connections > 256) {
+    return Bad("store.read_connections", "must be 1-256");
+  }
   if (c.token_cache_entries < 1) return Bad("auth.token_cache_entries", "must be >= 1");
   if (c.rate_per_second > 0 && c.rate_burst < 1) return Bad("rate_limit.burst", "must be >= 1");
   static const std::set<std::string> kLevels = {"debug", "info", "warn", "error", "off"};

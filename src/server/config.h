@@ -65,6 +65,9 @@ struct Config {
   int clock_leeway_seconds = 30;
   int jwks_refresh_seconds = 300;
 
+  // [store]
+  size_t store_cache_bytes = 64 * 1024 * 1024;  // sealed newest versions kept in memory
+  int store_read_connections = 8;
   // [rate_limit]
   double rate_per_second = 200;  // per principal (client id or subject)
   double rate_burst = 400;

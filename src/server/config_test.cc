@@ -50,6 +50,9 @@ jwks_refresh_seconds = 60
 issuer = "https://idp.example.org"
 jwks_url = "https://idp.example.org/jwks"
 algorithms = ["RS256"]
+[store]
+cache_bytes = 0
+read_connections = 2
 [rate_limit]
 per_second = 5.5
 burst = 10
@@ -65,6 +68,8 @@ level = "warn"
   EXPECT_TRUE(c->require_if_match);
   ASSERT_EQ(c->issuers.size(), 1u);
   EXPECT_EQ(c->issuers[0].algorithms, std::vector<std::string>{"RS256"});
+  EXPECT_EQ(c->store_cache_bytes, 0u);
+  EXPECT_EQ(c->store_read_connections, 2);
   EXPECT_DOUBLE_EQ(c->rate_per_second, 5.5);
   EXPECT_EQ(c->log_level, "warn");
 }
@@ -79,10 +84,9 @@ TEST_F(ConfigTest, UnknownKeysAndBadValuesNameTheKey) {
               HasSubstr("http.max_body_bytes"));
   EXPECT_THAT(Load("[fhir]\nupdate_create = \"yes\"\n").status().message(),
               HasSubstr("fhir.update_create"));
-  EXPECT_THAT(Load("[[auth.issuers]]\nissuer = \"x\"\njwks_url = \"http://plain\"\n")
-                  .status()
-                  .message(),
-              HasSubstr("jwks_url"));
+  EXPECT_THAT(
+      Load("[[auth.issuers]]\nissuer = \"x\"\njwks_url = \"http://plain\"\n").status().message(),
+      HasSubstr("jwks_url"));
   EXPECT_THAT(Load("[[auth.issuers]]\nissuer = \"x\"\n").status().message(),
               HasSubstr("exactly one"));
   EXPECT_THAT(Load("listen = \"nohost\"\n").status().message(), HasSubstr("listen"));

@@ -238,9 +238,8 @@ std::optional<std::string> TraceIdFrom(std::string_view tp) {
   if (tp.size() < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-') return std::nullopt;
   if (tp.substr(0, 2) == "ff") return std::nullopt;
   auto lowhex = [](std::string_view s) {
-    return std::all_of(s.begin(), s.end(), [](char c) {
-      return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-    });
+    return std::all_of(s.begin(), s.end(),
+                       [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
   };
   std::string_view trace = tp.substr(3, 32);
   std::string_view parent = tp.substr(36, 16);
@@ -293,7 +292,8 @@ std::string ClientDiagnostics(ErrorCode code, const absl::Status& status) {
     case ErrorCode::kInvalidToken:  // the reason is audited, not told to a forger
     case ErrorCode::kNotFound:      // identical for absent and hidden resources
       return "";
-    default: return DetailOf(status);
+    default:
+      return DetailOf(status);
   }
 }
 
@@ -660,16 +660,20 @@ struct FhirService::Impl {
     }
 
     switch (route.interaction) {
-      case Interaction::kRead: return Read(ctx, req, route, decision);
-      case Interaction::kVread: return Read(ctx, req, route, decision);
+      case Interaction::kRead:
+        return Read(ctx, req, route, decision);
+      case Interaction::kVread:
+        return Read(ctx, req, route, decision);
       case Interaction::kHistoryInstance:
       case Interaction::kHistoryType:
-      case Interaction::kHistorySystem: return History(ctx, req, route, query, decision);
+      case Interaction::kHistorySystem:
+        return History(ctx, req, route, query, decision);
       case Interaction::kCreate:
       case Interaction::kUpdate:
       case Interaction::kDelete:
         return Idempotent(ctx, req, [&]() { return Write(ctx, req, route, decision); });
-      default: return Error(ctx, ErrorCode::kNotImplemented);
+      default:
+        return Error(ctx, ErrorCode::kNotImplemented);
     }
   }
 
@@ -677,9 +681,7 @@ struct FhirService::Impl {
     return p.issuer + "\x1f" + p.client_id + "\x1f" + p.subject;
   }
 
-  static std::string AddressKey(const net::HttpRequest& req) {
-    return "addr\x1f" + req.remote_ip;
-  }
+  static std::string AddressKey(const net::HttpRequest& req) { return "addr\x1f" + req.remote_ip; }
 
   net::HttpResponse Throttled(Ctx& ctx, int retry) const {
     net::HttpResponse r = Error(ctx, ErrorCode::kTooManyRequests);
@@ -694,9 +696,9 @@ struct FhirService::Impl {
   absl::Status Authenticate(Ctx& ctx, const net::HttpRequest& req) const {
     const auto now = std::chrono::steady_clock::now();
     if (int retry = d.rate_limiter->Peek(AddressKey(req), now)) {
-      return fhirward::Error(ErrorCode::kTooManyRequests,
-                             "too many failed authentications; retry in " +
-                                 std::to_string(retry) + " s");
+      return fhirward::Error(
+          ErrorCode::kTooManyRequests,
+          "too many failed authentications; retry in " + std::to_string(retry) + " s");
     }
     auto auth = req.header("Authorization");
     if (!auth) {
@@ -737,9 +739,9 @@ struct FhirService::Impl {
       }
       return ErrorResponse(ctx, v.status());
     }
-    policy::Decision rd = d.policy->AuthorizeResource(
-        *ctx.principal, decision, route.interaction, route.type, v->patients,
-        fhir::InPatientCompartmentDefinition(route.type));
+    policy::Decision rd =
+        d.policy->AuthorizeResource(*ctx.principal, decision, route.interaction, route.type,
+                                    v->patients, fhir::InPatientCompartmentDefinition(route.type));
     if (!rd.allow) return Hidden(ctx, rd);
     if (!v->patients.empty() && ctx.audit.patient_id.empty()) ctx.audit.patient_id = v->patients[0];
     ctx.audit.version_id = std::to_string(v->version);
@@ -1286,12 +1288,12 @@ struct FhirService::Impl {
     state->first = Begin(req);
     state->second = SafeDispatch(state->first, req);
     Outcome(state->first, state->second);
-    d.audit->AppendAsync(state->first.audit, [this, state, method = req.method,
-                                              respond = std::move(respond)](
-                                                 absl::StatusOr<int64_t> seq) {
-      Complete(state->first, method, state->second, seq);
-      respond(std::move(state->second));
-    });
+    d.audit->AppendAsync(state->first.audit,
+                         [this, state, method = req.method,
+                          respond = std::move(respond)](absl::StatusOr<int64_t> seq) {
+                           Complete(state->first, method, state->second, seq);
+                           respond(std::move(state->second));
+                         });
   }
 
   // Reads of one resource (and the capability statement) touch one SQLite

@@ -14,8 +14,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "jose/jws.h"
-#include "server/log.h"
 #include "json/value.h"
+#include "server/log.h"
 
 namespace fhirward::server {
 namespace {
@@ -178,8 +178,9 @@ TEST_F(FhirServiceTest, CreateReadVreadUpdateDelete) {
   auto v1 = Call("GET", "/Patient/" + id + "/_history/1", t);
   EXPECT_EQ(v1.status, 200);
   EXPECT_THAT(v1.body, HasSubstr("Doe"));
-  auto stale = Call("PUT", "/Patient/" + id, t,
-                    R"({"resourceType":"Patient","id":")" + id + R"("})", {{"If-Match", "W/\"1\""}});
+  auto stale =
+      Call("PUT", "/Patient/" + id, t, R"({"resourceType":"Patient","id":")" + id + R"("})",
+           {{"If-Match", "W/\"1\""}});
   EXPECT_EQ(stale.status, 412);
   auto del = Call("DELETE", "/Patient/" + id, t);
   EXPECT_EQ(del.status, 204);
@@ -219,8 +220,9 @@ TEST_F(FhirServiceTest, BodyChecks) {
   EXPECT_EQ(Call("GET", "/Patient/bad_id!", t).status, 400);
   EXPECT_EQ(Call("GET", "/NotAType/1", t).status, 404);
   // Decimals come back exactly as written.
-  auto obs = Call("POST", "/Observation", t,
-                  R"({"resourceType":"Observation","status":"final","valueQuantity":{"value":1.50}})");
+  auto obs =
+      Call("POST", "/Observation", t,
+           R"({"resourceType":"Observation","status":"final","valueQuantity":{"value":1.50}})");
   EXPECT_EQ(obs.status, 201);
   EXPECT_THAT(obs.body, HasSubstr("\"value\":1.50"));
 }
@@ -250,9 +252,10 @@ TEST_F(FhirServiceTest, ScopesAndPatientCompartment) {
   std::string admin = Token("admin", "user/*.cruds");
   std::string p1 = CreatePatient(admin, "One");
   std::string p2 = CreatePatient(admin, "Two");
-  auto obs2 = Call("POST", "/Observation", admin,
-                   R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
-                       p2 + R"("}})");
+  auto obs2 =
+      Call("POST", "/Observation", admin,
+           R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
+               p2 + R"("}})");
   ASSERT_EQ(obs2.status, 201);
   std::string obs2_id(J(obs2).GetString("id").value_or(""));
 
@@ -261,10 +264,10 @@ TEST_F(FhirServiceTest, ScopesAndPatientCompartment) {
   EXPECT_EQ(Call("GET", "/Patient/" + p2, pt).status, 404);
   EXPECT_EQ(audit_.last().outcome, "denied");
   EXPECT_EQ(Call("GET", "/Observation/" + obs2_id, pt).status, 404);
-  auto write_other = Call(
-      "POST", "/Observation", pt,
-      R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" + p2 +
-          R"("}})");
+  auto write_other =
+      Call("POST", "/Observation", pt,
+           R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
+               p2 + R"("}})");
   EXPECT_EQ(write_other.status, 403);
   auto hist = Call("GET", "/_history", pt);
   ASSERT_EQ(hist.status, 200);
@@ -288,12 +291,12 @@ TEST_F(FhirServiceTest, IdempotencyKeyReplaysAndRejectsReuse) {
   EXPECT_EQ(again.body, first.body);
   EXPECT_EQ(H(again, "Idempotent-Replayed"), "true");
   EXPECT_EQ(H(again, "Location"), H(first, "Location"));
-  auto other = Call("POST", "/Patient", t, R"({"resourceType":"Patient"})",
-                    {{"Idempotency-Key", "k-1"}});
+  auto other =
+      Call("POST", "/Patient", t, R"({"resourceType":"Patient"})", {{"Idempotency-Key", "k-1"}});
   EXPECT_EQ(other.status, 422);
   // The same key from another principal is a different key.
-  auto bob = Call("POST", "/Patient", Token("bob", "user/*.cruds"), body,
-                  {{"Idempotency-Key", "k-1"}});
+  auto bob =
+      Call("POST", "/Patient", Token("bob", "user/*.cruds"), body, {{"Idempotency-Key", "k-1"}});
   EXPECT_EQ(bob.status, 201);
   EXPECT_NE(J(bob).GetString("id"), J(first).GetString("id"));
   auto hist = Call("GET", "/Patient/_history", t);
@@ -316,7 +319,8 @@ TEST_F(FhirServiceTest, HistoryPagesWithCursorBoundToPrincipal) {
     ASSERT_EQ(page.status, 200) << page.body;
     json::Value b = J(page);
     for (const auto& e : b.Find("entry")->items()) {
-      versions.insert(std::string(e.Find("resource")->Find("meta")->GetString("versionId").value()));
+      versions.insert(
+          std::string(e.Find("resource")->Find("meta")->GetString("versionId").value()));
     }
     next.clear();
     for (const auto& l : b.Find("link")->items()) {
@@ -349,8 +353,8 @@ TEST_F(FhirServiceTest, EveryRequestIsAuditedWithoutPayloadOrToken) {
   std::string t = Token("alice", "user/*.cruds");
   size_t before = audit_.records().size();
   std::string id = CreatePatient(t, "Payloadname");
-  Call("GET", "/Patient/" + id, t, "", {{"traceparent",
-                                         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}});
+  Call("GET", "/Patient/" + id, t, "",
+       {{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}});
   Call("GET", "/Patient/" + id, "");
   auto recs = audit_.records();
   ASSERT_EQ(recs.size(), before + 3);
@@ -407,8 +411,9 @@ TEST_F(FhirServiceTest, ConcurrentConditionalUpdatesOneWins) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 8; ++i) {
     threads.emplace_back([&] {
-      auto r = Call("PUT", "/Patient/" + id, t,
-                    R"({"resourceType":"Patient","id":")" + id + R"("})", {{"If-Match", "W/\"1\""}});
+      auto r =
+          Call("PUT", "/Patient/" + id, t, R"({"resourceType":"Patient","id":")" + id + R"("})",
+               {{"If-Match", "W/\"1\""}});
       (r.status == 200 ? ok : failed)++;
     });
   }
@@ -427,14 +432,16 @@ TEST_F(FhirServiceTest, ConfinedWritesCannotProbeOtherCompartments) {
   std::string admin = Token("admin", "user/*.cruds");
   std::string p1 = CreatePatient(admin, "One");
   std::string p2 = CreatePatient(admin, "Two");
-  auto obs = Call("POST", "/Observation", admin,
-                  R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
-                      p2 + R"("}})");
+  auto obs =
+      Call("POST", "/Observation", admin,
+           R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
+               p2 + R"("}})");
   ASSERT_EQ(obs.status, 201);
   std::string hidden(J(obs).GetString("id").value_or(""));
   std::string pt = Token("pat", "patient/*.cruds", p1);
-  std::string body_for = R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
-                         p1 + R"("},"id":")";
+  std::string body_for =
+      R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" + p1 +
+      R"("},"id":")";
   auto put_hidden = Call("PUT", "/Observation/" + hidden, pt, body_for + hidden + "\"}");
   auto put_absent = Call("PUT", "/Observation/nope", pt, body_for + "nope\"}");
   EXPECT_EQ(put_hidden.status, 404);

@@ -85,7 +85,8 @@ absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data
   }
   for (const char* sub : {"/keys", "/db", "/audit"}) {
     if (!create && !Exists(data_dir + sub)) {
-      return Error(ErrorCode::kInternal, data_dir + " is not an initialised fhirward data directory");
+      return Error(ErrorCode::kInternal,
+                   data_dir + " is not an initialised fhirward data directory");
     }
     if (auto s = MakeDir(data_dir + sub, 0700); !s.ok()) return s;
   }
@@ -136,8 +137,8 @@ absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data
                                        "audit-mac", create);
   if (!mac.ok()) return mac.status();
   inst->audit_mac_key_ = std::move(*mac);
-  auto cursor = LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/cursor.wrapped",
-                                          "cursor", create);
+  auto cursor =
+      LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/cursor.wrapped", "cursor", create);
   if (!cursor.ok()) return cursor.status();
   inst->cursor_key_ = std::move(*cursor);
   return inst;

@@ -1,11 +1,10 @@
 #include "server/log.h"
 
-#include <memory>
-
-#include "common/clock.h"
 #include <cstdio>
+#include <memory>
 #include <mutex>
 
+#include "common/clock.h"
 #include "spdlog/sinks/base_sink.h"
 #include "spdlog/spdlog.h"
 
@@ -14,20 +13,28 @@ namespace {
 
 spdlog::level::level_enum ToSpd(LogLevel l) {
   switch (l) {
-    case LogLevel::kDebug: return spdlog::level::debug;
-    case LogLevel::kInfo: return spdlog::level::info;
-    case LogLevel::kWarn: return spdlog::level::warn;
-    case LogLevel::kError: return spdlog::level::err;
+    case LogLevel::kDebug:
+      return spdlog::level::debug;
+    case LogLevel::kInfo:
+      return spdlog::level::info;
+    case LogLevel::kWarn:
+      return spdlog::level::warn;
+    case LogLevel::kError:
+      return spdlog::level::err;
   }
   return spdlog::level::info;
 }
 
 std::string_view LevelName(LogLevel l) {
   switch (l) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kWarn: return "warn";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarn:
+      return "warn";
+    case LogLevel::kError:
+      return "error";
   }
   return "info";
 }
@@ -45,12 +52,12 @@ class JsonLineSink final : public spdlog::sinks::base_sink<std::mutex> {
     } else {
       json::Object o;
       o.emplace_back("time", json::Value::String(FormatInstant(msg.time)));
-      o.emplace_back("level", json::Value::String(std::string(
-                                  spdlog::level::to_string_view(msg.level).data(),
-                                  spdlog::level::to_string_view(msg.level).size())));
+      o.emplace_back("level", json::Value::String(
+                                  std::string(spdlog::level::to_string_view(msg.level).data(),
+                                              spdlog::level::to_string_view(msg.level).size())));
       o.emplace_back("event", json::Value::String("log"));
-      o.emplace_back("logger", json::Value::String(std::string(msg.logger_name.data(),
-                                                               msg.logger_name.size())));
+      o.emplace_back("logger", json::Value::String(
+                                   std::string(msg.logger_name.data(), msg.logger_name.size())));
       o.emplace_back("msg", json::Value::String(std::string(text)));
       line = json::Write(json::Value::MakeObject(std::move(o)));
     }

@@ -53,8 +53,8 @@ struct WriteResult {
 
 struct HistoryQuery {
   std::string tenant;
-  std::string type;  // empty: system history
-  std::string id;    // empty: type or system history
+  std::string type;                  // empty: system history
+  std::string id;                    // empty: type or system history
   std::optional<std::string> since;  // FHIR instant (normalized), inclusive
   int count = 50;
   int64_t before_seq = 0;  // paging: only entries with seq < before_seq (0 = from the newest)

@@ -4,14 +4,14 @@
 
 #include <algorithm>
 #include <array>
-#include <memory>
-#include <unordered_map>
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -79,7 +79,7 @@ std::vector<std::string> Canonical(std::vector<std::string> patients) {
 // version fail to open instead of moving it into another patient's reach.
 std::string ResourceAd(const ResourceKey& k, int64_t version,
                        const std::vector<std::string>& patients) {
-  std::vector<std::string> parts = {"fhirward-resource-v1", k.tenant, k.type, k.id,
+  std::vector<std::string> parts = {"fhirward-resource-v1",  k.tenant,  k.type, k.id,
                                     std::to_string(version), "patients"};
   for (const auto& p : Canonical(patients)) parts.push_back(p);
   return LengthPrefixedOf(parts);
@@ -202,8 +202,8 @@ class SqliteStore final : public ResourceStore {
     auto writer = Db::Open(o.path, false);
     if (!writer.ok()) return writer.status();
     Db& w = **writer;
-    for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
-                            "PRAGMA foreign_keys=ON"}) {
+    for (const char* sql :
+         {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
       if (auto s = w.Exec(sql); !s.ok()) return s;
     }
     if (auto s = w.Exec(kSchema); !s.ok()) return s;
@@ -292,8 +292,7 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::StatusOr<WriteResult> Update(const ResourceKey& key, json::Value resource,
-                                     std::optional<int64_t> if_match,
-                                     bool allow_create) override {
+                                     std::optional<int64_t> if_match, bool allow_create) override {
     std::string now = FormatInstant(SystemClock::Get().Now());
     std::vector<std::string> patients = CompartmentsAsStored(key, resource);
     // Seal outside the writer for the version we expect; re-seal inside only
@@ -438,8 +437,9 @@ class SqliteStore final : public ResourceStore {
     return page;
   }
 
-  absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(
-      const std::string& tenant, const std::string& client, const std::string& key) override {
+  absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(const std::string& tenant,
+                                                                  const std::string& client,
+                                                                  const std::string& key) override {
     auto conn = AcquireReader();
     return LoadIdempotency(*conn.db, tenant, client, key);
   }
@@ -486,8 +486,8 @@ class SqliteStore final : public ResourceStore {
   absl::Status DeleteIdempotency(const std::string& tenant, const std::string& client,
                                  const std::string& key) override {
     return SubmitWrite([&](Db& db) -> absl::Status {
-      auto st = db.Prepare(
-          "DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 AND key = ?3");
+      auto st =
+          db.Prepare("DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 AND key = ?3");
       if (!st.ok()) return st.status();
       st->Bind(1, tenant).Bind(2, client).Bind(3, key);
       return st->Run();
@@ -556,8 +556,8 @@ class SqliteStore final : public ResourceStore {
     if (v.deleted) return v;
     auto plain = cipher_.Open(e.envelope, ResourceAd(key, v.version, v.patients));
     if (!plain.ok()) {
-      return Error(ErrorCode::kDecryptionFailed, key.type + "/" + key.id + " version " +
-                                                     std::to_string(v.version));
+      return Error(ErrorCode::kDecryptionFailed,
+                   key.type + "/" + key.id + " version " + std::to_string(v.version));
     }
     v.json = std::move(*plain);
     return v;
@@ -593,8 +593,8 @@ class SqliteStore final : public ResourceStore {
     auto plain = cipher_.Open(envelope, ResourceAd(key, v.version, v.patients));
     if (!plain.ok()) {
       // Never cached: a tampered row keeps failing from the database.
-      return Error(ErrorCode::kDecryptionFailed, key.type + "/" + key.id + " version " +
-                                                     std::to_string(v.version));
+      return Error(ErrorCode::kDecryptionFailed,
+                   key.type + "/" + key.id + " version " + std::to_string(v.version));
     }
     v.json = std::move(*plain);
     if (cache) {
@@ -603,8 +603,7 @@ class SqliteStore final : public ResourceStore {
     return v;
   }
 
-  static std::vector<std::string> CompartmentsOf(Db& db, const ResourceKey& key,
-                                                 int64_t version) {
+  static std::vector<std::string> CompartmentsOf(Db& db, const ResourceKey& key, int64_t version) {
     std::vector<std::string> out;
     if (version == 0) return out;
     auto st = db.Prepare(
@@ -630,8 +629,8 @@ class SqliteStore final : public ResourceStore {
     return *row ? st->Int(0) : 0;
   }
 
-  static absl::Status InsertVersion(Db& db, const ResourceKey& key, const Prepared& p,
-                                    bool deleted, const std::string& now,
+  static absl::Status InsertVersion(Db& db, const ResourceKey& key, const Prepared& p, bool deleted,
+                                    const std::string& now,
                                     const std::vector<std::string>& patients) {
     auto ins = db.Prepare(
         "INSERT INTO resource_versions(tenant, type, id, version, deleted, last_updated, "

@@ -586,8 +586,9 @@ TEST_F(SqliteStoreTest, EditedCompartmentRowsFailDecryption) {
   store_->Create(Key("Observation", "o2"), ObservationOf("p1")).value();
   store_.reset();
   // Move o1 into p2's compartment, and take o2 out of every compartment.
-  ExecSql(DbPath(), "UPDATE compartment_members SET patient = 'p2' WHERE id = 'o1';"
-                    "DELETE FROM compartment_members WHERE id = 'o2';");
+  ExecSql(DbPath(),
+          "UPDATE compartment_members SET patient = 'p2' WHERE id = 'o1';"
+          "DELETE FROM compartment_members WHERE id = 'o2';");
   Reopen();
   EXPECT_EQ(Code(store_->Read(obs)), ErrorCode::kDecryptionFailed);
   EXPECT_EQ(Code(store_->Read(Key("Observation", "o2"))), ErrorCode::kDecryptionFailed);

@@ -27,8 +27,7 @@ class Stmt {
   Stmt(sqlite3* db, sqlite3_stmt* s, Db* owner = nullptr, std::string sql = {})
       : db_(db), s_(s), owner_(owner), sql_(std::move(sql)) {}
   ~Stmt();
-  Stmt(Stmt&& o) noexcept
-      : db_(o.db_), s_(o.s_), owner_(o.owner_), sql_(std::move(o.sql_)) {
+  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_), owner_(o.owner_), sql_(std::move(o.sql_)) {
     o.s_ = nullptr;
   }
   Stmt& operator=(Stmt&& o) noexcept {
