@@ -65,7 +65,7 @@ void Authenticator::OnUnknownKid(std::function<void(const std::string&)> callbac
   on_unknown_kid_ = std::move(callback);
 }
 
-absl::StatusOr<policy::Principal> Authenticator::Authenticate(
+absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticator::Authenticate(
     std::string_view authorization) const {
   // RFC 6750 §2.1: "Bearer" is case-insensitive; exactly one space-separated credential.
   constexpr std::string_view kScheme = "bearer ";
@@ -137,7 +137,8 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
   }
   const json::Value& c = jwt->claims;
   CacheEntry e;
-  policy::Principal& p = e.principal;
+  auto principal = std::make_shared<policy::Principal>();
+  policy::Principal& p = *principal;
   p.issuer = trust->issuer;
   p.subject = StringClaim(c, "sub");
   if (p.subject.empty()) return Error(ErrorCode::kInvalidToken, "missing_sub");
@@ -170,6 +171,7 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
   }
   const json::Value* exp = c.Find("exp");
   e.exp = exp && exp->as_int64() ? *exp->as_int64() : 0;
+  e.principal = std::move(principal);
   return e;
 }
 

@@ -47,7 +47,8 @@ class Authenticator {
 
   // `authorization` is the Authorization header value. kMissingToken when
   // there is no Bearer credential, kInvalidToken when it does not verify.
-  absl::StatusOr<policy::Principal> Authenticate(std::string_view authorization) const;
+  absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticate(
+      std::string_view authorization) const;
 
   // Replaces an issuer's keys (a refreshed JWKS). Unknown issuers are ignored.
   void SetKeys(const std::string& issuer, jose::KeySet keys);
@@ -58,7 +59,7 @@ class Authenticator {
 
  private:
   struct CacheEntry {
-    policy::Principal principal;
+    std::shared_ptr<const policy::Principal> principal;
     int64_t exp = 0;
   };
   absl::StatusOr<CacheEntry> Verify(std::string_view token) const;

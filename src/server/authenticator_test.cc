@@ -62,10 +62,10 @@ class AuthenticatorTest : public ::testing::Test {
 TEST_F(AuthenticatorTest, OwnAndExternalIssuers) {
   auto p = auth_->Authenticate("Bearer " + Sign(own_, "https://own"));
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->subject, "u1");
-  EXPECT_EQ(p->client_id, "app");
-  EXPECT_EQ(p->patient, "p1");
-  EXPECT_EQ(p->scopes.size(), 1u);
+  EXPECT_EQ((*p)->subject, "u1");
+  EXPECT_EQ((*p)->client_id, "app");
+  EXPECT_EQ((*p)->patient, "p1");
+  EXPECT_EQ((*p)->scopes.size(), 1u);
   auto q = auth_->Authenticate("bearer " + Sign(ext_, "https://idp", 300, "JWT"));
   EXPECT_TRUE(q.ok()) << q.status();
 }

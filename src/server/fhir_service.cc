@@ -317,7 +317,7 @@ struct Ctx {
   std::string trace_id;
   bool pretty = false;
   bool tls = false;
-  std::optional<policy::Principal> principal;
+  std::shared_ptr<const policy::Principal> principal;  // shared with the token cache
   audit::AuditRecord audit;
   std::string forced_outcome;  // e.g. "denied" for a hidden 404
   std::chrono::steady_clock::time_point start;
