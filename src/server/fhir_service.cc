@@ -26,6 +26,8 @@ constexpr std::string_view kFhirJson = "application/fhir+json; charset=utf-8";
 constexpr std::string_view kErrorSystem = "https://fhirward.dev/CodeSystem/error";
 constexpr int64_t kCursorLifetimeSeconds = 3600;
 constexpr size_t kMaxIdempotencyKey = 255;
+// Far longer than any request can take (body deadline, group commit).
+constexpr std::chrono::seconds kAbandonedReservation{120};
 
 // ---------------------------------------------------------------------------
 // Small parsers
@@ -962,7 +964,11 @@ struct FhirService::Impl {
     for (int attempt = 0; attempt < 2; ++attempt) {
       auto existing = d.store->GetIdempotency(d.config.tenant, client, key);
       if (!existing.ok()) return ErrorResponse(ctx, existing.status());
-      if (existing->has_value() && (*existing)->created_at < cutoff) {
+      // Expired records, and reservations left pending by a request that
+      // never finished (the process died mid-write), no longer hold the key.
+      const bool abandoned = existing->has_value() && (*existing)->status == 0 &&
+                             (*existing)->created_at < FormatInstant(now - kAbandonedReservation);
+      if (existing->has_value() && ((*existing)->created_at < cutoff || abandoned)) {
         if (auto s = d.store->DeleteIdempotency(d.config.tenant, client, key); !s.ok()) {
           return ErrorResponse(ctx, s);
         }

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/encoding.h"
+#include "crypto/aead.h"
 #include "crypto/kms.h"
 #include "crypto/test_util.h"
 #include "gmock/gmock.h"
@@ -470,6 +471,35 @@ TEST_F(FhirServiceTest, FailedAuthenticationsAreThrottledPerAddress) {
   EXPECT_GE(throttled, 4);
   // The capability statement is limited per address as well.
   EXPECT_EQ(Call("GET", "/metadata", "").status, 429);
+}
+
+}  // namespace
+}  // namespace fhirward::server
+
+namespace fhirward::server {
+namespace {
+
+TEST_F(FhirServiceTest, AbandonedIdempotencyReservationDoesNotBlockTheKey) {
+  std::string t = Token("alice", "user/*.cruds");
+  // What a request that died mid-write leaves behind: a pending reservation.
+  std::string client =
+      HexEncode(crypto::Sha256(std::string(kIssuer) + "\x1f" + "" + "\x1f" + "alice"));
+  store::IdempotencyRecord pending;
+  pending.request_hash = "whatever";
+  pending.status = 0;
+  pending.response_headers = "pending:x";
+  pending.created_at = FormatInstant(SystemClock::Get().Now() - std::chrono::minutes(10));
+  ASSERT_TRUE(store_->PutIdempotency("default", client, "k-dead", pending).ok());
+  auto r =
+      Call("POST", "/Patient", t, R"({"resourceType":"Patient"})", {{"Idempotency-Key", "k-dead"}});
+  EXPECT_EQ(r.status, 201) << r.body;
+  // A fresh reservation of the same request still means "in progress".
+  std::string body = R"({"resourceType":"Patient"})";
+  pending.request_hash = crypto::Sha256(std::string("POST") + '\0' + "/Patient" + '\0' + body);
+  pending.created_at = FormatInstant(SystemClock::Get().Now());
+  ASSERT_TRUE(store_->PutIdempotency("default", client, "k-live", pending).ok());
+  auto busy = Call("POST", "/Patient", t, body, {{"Idempotency-Key", "k-live"}});
+  EXPECT_EQ(busy.status, 409);
 }
 
 }  // namespace
