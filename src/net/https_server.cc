@@ -158,6 +158,10 @@ class ServerImpl final : public HttpsServer {
   }
   HttpResponse Invoke(HttpRequest&& request);
   bool has_async_handler() const { return static_cast<bool>(async_handler_); }
+  // Runs `fn` on an I/O thread. Responses completed by another thread (the
+  // audit writer releases a whole batch at once) are queued here and handed
+  // to the I/O threads with one wake-up per batch instead of one per response.
+  void PostCompletion(std::function<void()> fn);
   void InvokeAsync(HttpRequest&& request, Responder respond);
   void Unregister(SessionBase* session);
 
@@ -178,6 +182,8 @@ class ServerImpl final : public HttpsServer {
   uint16_t port_ = 0;
 
   std::mutex mu_;
+  std::mutex mailbox_mu_;
+  std::vector<std::function<void()>> mailbox_;                             // guarded by mailbox_mu_
   std::unordered_map<SessionBase*, std::weak_ptr<SessionBase>> sessions_;  // guarded by mu_
   bool destroying_ = false;                                                // guarded by mu_
   std::shared_ptr<ssl::context> tls_ctx_;                                  // guarded by mu_
@@ -457,8 +463,11 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
     if (server_->has_async_handler()) {
       server_->InvokeAsync(std::move(req), [self = this->shared_from_this()](HttpResponse res) {
-        asio::post(self->executor_, [self, res = std::move(res)]() mutable {
-          self->Write(std::move(res), /*force_close=*/false);
+        self->server_->PostCompletion([self, res = std::move(res)]() mutable {
+          // On an I/O thread now: entering the connection's strand is cheap.
+          asio::post(self->executor_, [self, res = std::move(res)]() mutable {
+            self->Write(std::move(res), /*force_close=*/false);
+          });
         });
       });
       return;
@@ -709,6 +718,24 @@ void ServerImpl::Run() {
 
 void ServerImpl::Stop() {
   asio::post(*strand_, [this] { BeginStop(); });
+}
+
+void ServerImpl::PostCompletion(std::function<void()> fn) {
+  bool first = false;
+  {
+    std::lock_guard lock(mailbox_mu_);
+    first = mailbox_.empty();
+    mailbox_.push_back(std::move(fn));
+  }
+  if (!first) return;  // a drain is already on its way
+  asio::post(*ioc_, [this] {
+    std::vector<std::function<void()>> batch;
+    {
+      std::lock_guard lock(mailbox_mu_);
+      batch.swap(mailbox_);
+    }
+    for (auto& f : batch) f();
+  });
 }
 
 void ServerImpl::InvokeAsync(HttpRequest&& request, Responder respond) {

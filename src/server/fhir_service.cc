@@ -1,8 +1,10 @@
 #include "server/fhir_service.h"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 #include <optional>
 #include <string_view>
@@ -232,6 +234,31 @@ std::optional<std::chrono::system_clock::time_point> ParseInstant(std::string_vi
   time_t t = timegm(&tm);
   return std::chrono::system_clock::from_time_t(t - offset_seconds) +
          std::chrono::microseconds(micros);
+}
+
+// 32 bytes from a per-thread xoshiro256** generator seeded by the CSPRNG.
+std::string RequestIdBytes() {
+  thread_local std::array<uint64_t, 4> st = [] {
+    std::array<uint64_t, 4> seed{};
+    std::string r = RandomBytes(sizeof(seed));
+    std::memcpy(seed.data(), r.data(), sizeof(seed));
+    if ((seed[0] | seed[1] | seed[2] | seed[3]) == 0) seed[0] = 1;
+    return seed;
+  }();
+  auto rotl = [](uint64_t x, int k) { return (x << k) | (x >> (64 - k)); };
+  std::string out(32, '\0');
+  for (int i = 0; i < 4; ++i) {
+    uint64_t result = rotl(st[1] * 5, 7) * 9;
+    uint64_t t = st[1] << 17;
+    st[2] ^= st[0];
+    st[3] ^= st[1];
+    st[1] ^= st[2];
+    st[0] ^= st[3];
+    st[2] ^= t;
+    st[3] = rotl(st[3], 45);
+    std::memcpy(out.data() + i * 8, &result, 8);
+  }
+  return out;
 }
 
 // W3C traceparent: "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>".
@@ -1249,8 +1276,10 @@ struct FhirService::Impl {
   Ctx Begin(const net::HttpRequest& req) const {
     Ctx ctx;
     ctx.start = std::chrono::steady_clock::now();
-    // One draw from the CSPRNG for both ids (it takes a lock per call).
-    std::string random = RandomBytes(32);
+    // Request and trace ids are identifiers, not secrets: a per-thread
+    // generator seeded from the CSPRNG avoids a locked RAND_bytes call (and
+    // its fork-check syscall) on every request.
+    std::string random = RequestIdBytes();
     random[6] = static_cast<char>((random[6] & 0x0f) | 0x40);  // UUID version 4
     random[8] = static_cast<char>((random[8] & 0x3f) | 0x80);  // RFC 4122 variant
     std::string hex = HexEncode(std::string_view(random).substr(0, 16));
