@@ -102,8 +102,7 @@ class JwksRefresher {
     auto keys = LoadJwks(ti);
     if (!keys.ok()) {
       LogEvent(LogLevel::kWarn, "jwks_refresh_failed",
-               {{"issuer", json::Value::String(ti.issuer)},
-                {"reason", json::Value::String(DetailOf(keys.status()))}});
+               {{"issuer", LogValue(ti.issuer)}, {"reason", LogValue(DetailOf(keys.status()))}});
       return;
     }
     auth_->SetKeys(ti.issuer, std::move(*keys));
@@ -277,8 +276,7 @@ absl::Status Serve(const ServeArgs& args) {
       // An unreachable identity provider must not keep the server down: its
       // tokens are refused until the refresher gets its keys.
       LogEvent(LogLevel::kWarn, "jwks_fetch_failed",
-               {{"issuer", json::Value::String(ti.issuer)},
-                {"reason", json::Value::String(DetailOf(keys.status()))}});
+               {{"issuer", LogValue(ti.issuer)}, {"reason", LogValue(DetailOf(keys.status()))}});
     } else {
       return keys.status();
     }
@@ -310,9 +308,8 @@ absl::Status Serve(const ServeArgs& args) {
 
   Janitor janitor(store->get(), config.idempotency_ttl_seconds);
   LogEvent(LogLevel::kInfo, "listening",
-           {{"url",
-             json::Value::String(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
-            {"tls_min_version", json::Value::String(config.tls_min_version)}});
+           {{"url", LogValue(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
+            {"tls_min_version", LogValue(config.tls_min_version)}});
   std::printf("listening on %s://%s:%u\n", scheme.c_str(), PublicHost(host).c_str(),
               static_cast<unsigned>(bound));
   std::fflush(stdout);

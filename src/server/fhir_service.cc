@@ -763,8 +763,9 @@ struct FhirService::Impl {
                                                       : d.store->Read(key);
     if (!v.ok()) {
       if (CodeOf(v.status()) == ErrorCode::kDecryptionFailed) {
-        LogEvent(LogLevel::kError, "decryption_failed",
-                 {{"request_id", Str(ctx.request_id)}, {"resource_type", Str(route.type)}});
+        LogEvent(
+            LogLevel::kError, "decryption_failed",
+            {{"request_id", LogValue(ctx.request_id)}, {"resource_type", LogValue(route.type)}});
       }
       return ErrorResponse(ctx, v.status());
     }
@@ -1039,7 +1040,8 @@ struct FhirService::Impl {
     if (auto s = d.store->PutIdempotency(d.config.tenant, client, key, std::move(done)); !s.ok()) {
       // The write itself is durable; the client can still read it. Record why
       // a replay would not work.
-      LogEvent(LogLevel::kWarn, "idempotency_record_failed", {{"request_id", Str(ctx.request_id)}});
+      LogEvent(LogLevel::kWarn, "idempotency_record_failed",
+               {{"request_id", LogValue(ctx.request_id)}});
     }
     return r;
   }
@@ -1238,8 +1240,9 @@ struct FhirService::Impl {
                 const absl::StatusOr<int64_t>& seq) const {
     if (!seq.ok()) {
       // No response leaves without its audit record: the answer becomes 503.
-      LogEvent(LogLevel::kError, "audit_unavailable",
-               {{"request_id", Str(ctx.request_id)}, {"reason", Str(DetailOf(seq.status()))}});
+      LogEvent(
+          LogLevel::kError, "audit_unavailable",
+          {{"request_id", LogValue(ctx.request_id)}, {"reason", LogValue(DetailOf(seq.status()))}});
       Ctx fail = ctx;
       fail.audit.error.clear();
       r = Error(fail, ErrorCode::kAuditUnavailable);
@@ -1262,15 +1265,15 @@ struct FhirService::Impl {
     // Ids, names and query strings stay out of the log: the audit record,
     // found by request_id, holds what an investigator needs.
     LogEvent(r.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo, "request",
-             {{"request_id", Str(ctx.request_id)},
-              {"trace_id", Str(ctx.trace_id)},
-              {"method", Str(method)},
-              {"action", Str(ctx.audit.action)},
-              {"type", Str(ctx.audit.resource_type)},
-              {"status", json::Value::Int(r.status)},
-              {"outcome", Str(ctx.audit.outcome)},
-              {"error", Str(ctx.audit.error.substr(0, ctx.audit.error.find(':')))},
-              {"duration_us", json::Value::Int(us)}});
+             {{"request_id", LogValue(ctx.request_id)},
+              {"trace_id", LogValue(ctx.trace_id)},
+              {"method", LogValue(method)},
+              {"action", LogValue(ctx.audit.action)},
+              {"type", LogValue(ctx.audit.resource_type)},
+              {"status", LogValue(r.status)},
+              {"outcome", LogValue(ctx.audit.outcome)},
+              {"error", LogValue(ctx.audit.error.substr(0, ctx.audit.error.find(':')))},
+              {"duration_us", LogValue(us)}});
   }
 
   Ctx Begin(const net::HttpRequest& req) const {
@@ -1302,7 +1305,7 @@ struct FhirService::Impl {
     try {
       return Dispatch(ctx, req);
     } catch (const std::exception& e) {
-      LogEvent(LogLevel::kError, "handler_exception", {{"request_id", Str(ctx.request_id)}});
+      LogEvent(LogLevel::kError, "handler_exception", {{"request_id", LogValue(ctx.request_id)}});
       return Error(ctx, ErrorCode::kInternal);
     }
   }

@@ -108,15 +108,47 @@ bool InitLogging(const std::string& level) {
 void FlushLogs() { spdlog::default_logger_raw()->flush(); }
 
 void LogEvent(LogLevel level, std::string_view event,
-              std::initializer_list<std::pair<std::string_view, json::Value>> fields) {
+              std::initializer_list<std::pair<std::string_view, LogValue>> fields) {
   auto logger = spdlog::default_logger_raw();
   if (!logger->should_log(ToSpd(level))) return;
-  json::Object o;
-  o.emplace_back("time", json::Value::String(FormatInstant(SystemClock::Get().Now())));
-  o.emplace_back("level", json::Value::String(std::string(LevelName(level))));
-  o.emplace_back("event", json::Value::String(std::string(event)));
-  for (const auto& [k, v] : fields) o.emplace_back(std::string(k), v);
-  logger->log(ToSpd(level), "{}", json::Write(json::Value::MakeObject(std::move(o))));
+  // Built by hand: this runs once per request.
+  std::string line;
+  line.reserve(256);
+  auto str = [&line](std::string_view v) {
+    line.push_back('"');
+    for (unsigned char c : v) {
+      if (c == '"' || c == '\\') {
+        line.push_back('\\');
+        line.push_back(static_cast<char>(c));
+      } else if (c < 0x20 || c == 0x7f) {
+        static constexpr char kHex[] = "0123456789abcdef";
+        line += "\\u00";
+        line.push_back(kHex[c >> 4]);
+        line.push_back(kHex[c & 15]);
+      } else {
+        line.push_back(static_cast<char>(c));
+      }
+    }
+    line.push_back('"');
+  };
+  line += "{\"time\":";
+  str(FormatInstant(SystemClock::Get().Now()));
+  line += ",\"level\":";
+  str(LevelName(level));
+  line += ",\"event\":";
+  str(event);
+  for (const auto& [k, v] : fields) {
+    line.push_back(',');
+    str(k);
+    line.push_back(':');
+    if (v.is_number) {
+      line += std::to_string(v.number);
+    } else {
+      str(v.text);
+    }
+  }
+  line.push_back('}');
+  logger->log(ToSpd(level), "{}", line);
 }
 
 }  // namespace fhirward::server

@@ -23,8 +23,20 @@ bool InitLogging(const std::string& level);
 // Writes out buffered lines (info lines are batched, at most a second late).
 void FlushLogs();
 
+// A field value: a string (escaped as JSON) or an integer.
+struct LogValue {
+  LogValue(std::string_view s) : text(s) {}
+  LogValue(const std::string& s) : text(s) {}
+  LogValue(const char* s) : text(s) {}
+  LogValue(int64_t n) : number(n), is_number(true) {}
+  LogValue(int n) : number(n), is_number(true) {}
+  std::string_view text;
+  int64_t number = 0;
+  bool is_number = false;
+};
+
 void LogEvent(LogLevel level, std::string_view event,
-              std::initializer_list<std::pair<std::string_view, json::Value>> fields);
+              std::initializer_list<std::pair<std::string_view, LogValue>> fields);
 
 }  // namespace fhirward::server
 
