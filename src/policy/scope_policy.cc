@@ -107,10 +107,23 @@ class ScopePolicyEngine final : public PolicyEngine {
     Decision d = decision;
     if (!decision.allow) return d;
     if (decision.patient_compartment.empty()) return d;
-    if (std::find(patients.begin(), patients.end(), decision.patient_compartment) !=
-        patients.end()) {
+    const bool in_own = std::find(patients.begin(), patients.end(),
+                                  decision.patient_compartment) != patients.end();
+    if (in_own && IsWrite(interaction)) {
+      // A write must stay inside the patient's own record: a resource that
+      // also lands in another patient's compartment (subject B, performer A)
+      // would put data into B's chart.
+      for (const auto& other : patients) {
+        if (other != decision.patient_compartment) {
+          d.allow = false;
+          d.deny_code = ErrorCode::kForbidden;
+          d.reason = "write_reaches_another_patient_compartment";
+          return d;
+        }
+      }
       return d;
     }
+    if (in_own) return d;
     // Types outside the Patient compartment (Medication, Organization, ...)
     // are shared reference data: readable, not writable, under patient scopes.
     if (!in_compartment_definition && type != "Patient" && !IsWrite(interaction)) return d;

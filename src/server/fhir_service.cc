@@ -706,8 +706,17 @@ struct FhirService::Impl {
     }
   }
 
+  // Who is asking, for rate limits, idempotency keys and cursors: issuer,
+  // client, subject and patient context, length-prefixed so that no two
+  // principals share a key.
   static std::string PrincipalKey(const policy::Principal& p) {
-    return p.issuer + "\x1f" + p.client_id + "\x1f" + p.subject;
+    std::string k;
+    for (const std::string* part : {&p.issuer, &p.client_id, &p.subject, &p.patient}) {
+      k += std::to_string(part->size());
+      k += ':';
+      k += *part;
+    }
+    return k;
   }
 
   static std::string AddressKey(const net::HttpRequest& req) { return "addr\x1f" + req.remote_ip; }
@@ -896,9 +905,15 @@ struct FhirService::Impl {
         if (confined) return Hidden(ctx, rd);
         return deny(rd);
       }
-      if (!decision.patient_compartment.empty() && !expect) {
+      if (confined) {
+        // The write is bound to the version that was authorized: a client's
+        // own If-Match must name it, and without one it is implied.
+        if (expect && *expect != current->version) {
+          return Error(ctx, ErrorCode::kPreconditionFailed,
+                       "current version is W/\"" + std::to_string(current->version) + "\"");
+        }
+        bound = !expect.has_value();
         expect = current->version;
-        bound = true;
       }
     }
 
@@ -1021,8 +1036,8 @@ struct FhirService::Impl {
     }
 
     net::HttpResponse r = execute();
-    if (r.status >= 500) {
-      // A failed attempt must not block a retry.
+    if (r.status >= 500 || r.status == 409) {
+      // A failed or conflicting attempt must not block a retry.
       (void)d.store->DeleteIdempotency(d.config.tenant, client, key);
       return r;
     }
@@ -1338,17 +1353,18 @@ struct FhirService::Impl {
   // read connection and never wait for a write: they run on the I/O thread.
   // Everything else (writes wait for the group commit; history pages can be
   // large) runs on the worker pool.
-  static bool RunsInline(const net::HttpRequest& req) {
+  bool RunsInline(const net::HttpRequest& req) const {
     if (req.transport_error) return true;
     if (req.method != "GET") return false;
-    std::string_view path(req.target);
-    path = path.substr(0, path.find('?'));
-    if (path.find("_history") != std::string_view::npos) {
-      // vread: /Type/id/_history/vid
-      size_t slashes = std::count(path.begin(), path.end(), '/');
-      return slashes == 4 && path.substr(path.rfind('/')) != "/_history";
-    }
-    return true;
+    // Decided on the parsed route (not the raw target), so that no spelling
+    // of a history request ("/_history/", "%5Fhistory") lands on an I/O thread.
+    std::vector<std::string> segments;
+    Query query;
+    if (!ParseTarget(req.target, &segments, &query).ok()) return true;  // an error answer
+    Route route;
+    if (!ParseRoute(req.method, segments, &route).ok()) return true;
+    return route.interaction == Interaction::kRead || route.interaction == Interaction::kVread ||
+           route.interaction == Interaction::kCapabilities;
   }
 
   void HandleAsync(net::HttpRequest&& req, net::Responder respond) {

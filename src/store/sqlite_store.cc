@@ -153,10 +153,25 @@ class VersionCache {
     Shard& sh = ShardOf(key);
     std::lock_guard<std::mutex> lock(sh.mu);
     auto it = sh.map.find(key);
-    return it == sh.map.end() ? nullptr : it->second;
+    return it == sh.map.end() ? nullptr : it->second.entry;
   }
 
-  void Offer(const ResourceKey& k, Entry e) {
+  // Take this before reading or writing the database, and pass it to Offer.
+  uint64_t Generation(const ResourceKey& k) {
+    std::string key = KeyOf(k);
+    Shard& sh = ShardOf(key);
+    std::lock_guard<std::mutex> lock(sh.mu);
+    return sh.generation;
+  }
+
+  // Offers what a read found (`committed` false) or a write committed.
+  // Refused when the cache already holds this version or a newer one, and
+  // when the shard's generation moved since `generation` was taken (a shard
+  // that was emptied forgot versions, so a read result from before cannot be
+  // trusted to be the newest). A refused write also drops the key's entry
+  // and moves the generation on: a reader that looked at the database before
+  // this commit can then no longer put its older version in.
+  void Offer(const ResourceKey& k, Entry e, uint64_t generation, bool committed) {
     if (max_shard_bytes_ == 0) return;
     std::string key = KeyOf(k);
     size_t bytes = key.size() + e.envelope.size() + e.last_updated.size() + 128;
@@ -164,26 +179,43 @@ class VersionCache {
     auto entry = std::make_shared<const Entry>(std::move(e));
     Shard& sh = ShardOf(key);
     std::lock_guard<std::mutex> lock(sh.mu);
-    auto it = sh.map.find(key);
-    if (it != sh.map.end()) {
-      if (it->second->version >= entry->version) return;
-      it->second = std::move(entry);
+    if (sh.generation != generation) {
+      if (committed) {
+        if (auto stale = sh.map.find(key); stale != sh.map.end()) {
+          sh.bytes -= stale->second.bytes;
+          sh.map.erase(stale);
+        }
+        ++sh.generation;
+      }
       return;
     }
-    if (sh.bytes + bytes > max_shard_bytes_) {
+    auto it = sh.map.find(key);
+    if (it != sh.map.end()) {
+      if (it->second.entry->version >= entry->version) return;
+      sh.bytes = sh.bytes - it->second.bytes + bytes;
+      it->second = {std::move(entry), bytes};
+    } else {
+      sh.bytes += bytes;
+      sh.map.emplace(std::move(key), Slot{std::move(entry), bytes});
+    }
+    if (sh.bytes > max_shard_bytes_) {
       sh.map.clear();
       sh.bytes = 0;
+      ++sh.generation;
     }
-    sh.bytes += bytes;
-    sh.map.emplace(std::move(key), std::move(entry));
   }
 
  private:
   static constexpr size_t kShards = 16;
+  struct Slot {
+    std::shared_ptr<const Entry> entry;
+    size_t bytes = 0;
+  };
   struct Shard {
     std::mutex mu;
-    std::unordered_map<std::string, std::shared_ptr<const Entry>> map;
+    std::unordered_map<std::string, Slot> map;
     size_t bytes = 0;
+    uint64_t generation = 0;
   };
   static std::string KeyOf(const ResourceKey& k) {
     return k.tenant + '\x1f' + k.type + '\x1f' + k.id;
@@ -236,6 +268,7 @@ class SqliteStore final : public ResourceStore {
 
   absl::StatusOr<StoredVersion> Read(const ResourceKey& key) override {
     if (auto hit = cache_.Get(key)) return FromEntry(key, *hit);
+    const uint64_t generation = cache_.Generation(key);
     auto conn = AcquireReader();
     auto st = conn.db->Prepare(
         "SELECT v.version, v.deleted, v.last_updated, v.envelope, "
@@ -246,7 +279,7 @@ class SqliteStore final : public ResourceStore {
         "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
     if (!st.ok()) return st.status();
     st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
-    return LoadOne(*conn.db, *st, key, /*cache=*/true);
+    return LoadOne(*conn.db, *st, key, generation);
   }
 
   absl::StatusOr<StoredVersion> ReadVersion(const ResourceKey& key, int64_t version) override {
@@ -264,6 +297,7 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::StatusOr<StoredVersion> Create(const ResourceKey& key, json::Value resource) override {
+    const uint64_t generation = cache_.Generation(key);
     std::string now = FormatInstant(SystemClock::Get().Now());
     std::vector<std::string> patients = CompartmentsAsStored(key, resource);
     auto prepared = Prepare(key, resource, 1, now, patients);
@@ -281,7 +315,7 @@ class SqliteStore final : public ResourceStore {
       return InsertVersion(db, key, *prepared, false, now, patients);
     });
     if (!s.ok()) return s;
-    cache_.Offer(key, {1, false, now, prepared->envelope, patients});
+    cache_.Offer(key, {1, false, now, prepared->envelope, patients}, generation, true);
     out.type = key.type;
     out.id = key.id;
     out.version = 1;
@@ -293,6 +327,7 @@ class SqliteStore final : public ResourceStore {
 
   absl::StatusOr<WriteResult> Update(const ResourceKey& key, json::Value resource,
                                      std::optional<int64_t> if_match, bool allow_create) override {
+    const uint64_t generation = cache_.Generation(key);
     std::string now = FormatInstant(SystemClock::Get().Now());
     std::vector<std::string> patients = CompartmentsAsStored(key, resource);
     // Seal outside the writer for the version we expect; re-seal inside only
@@ -330,7 +365,8 @@ class SqliteStore final : public ResourceStore {
       return InsertVersion(db, key, *prepared, false, now, patients);
     });
     if (!s.ok()) return s;
-    cache_.Offer(key, {prepared->version, false, now, prepared->envelope, patients});
+    cache_.Offer(key, {prepared->version, false, now, prepared->envelope, patients}, generation,
+                 true);
     out.stored.type = key.type;
     out.stored.id = key.id;
     out.stored.version = prepared->version;
@@ -342,6 +378,7 @@ class SqliteStore final : public ResourceStore {
 
   absl::StatusOr<StoredVersion> Delete(const ResourceKey& key,
                                        std::optional<int64_t> if_match) override {
+    const uint64_t generation = cache_.Generation(key);
     std::string now = FormatInstant(SystemClock::Get().Now());
     StoredVersion out;
     out.type = key.type;
@@ -379,7 +416,7 @@ class SqliteStore final : public ResourceStore {
     });
     if (!s.ok()) return s;
     if (out.version > 0) {
-      cache_.Offer(key, {out.version, true, out.last_updated, {}, out.patients});
+      cache_.Offer(key, {out.version, true, out.last_updated, {}, out.patients}, generation, true);
     }
     return out;
   }
@@ -563,8 +600,9 @@ class SqliteStore final : public ResourceStore {
     return v;
   }
 
+  // `cache_generation`: offer what was read to the cache (Read only).
   absl::StatusOr<StoredVersion> LoadOne(Db& db, Stmt& st, const ResourceKey& key,
-                                        bool cache = false) {
+                                        std::optional<uint64_t> cache_generation = {}) {
     auto row = st.Step();
     if (!row.ok()) return row.status();
     if (!*row) return Error(ErrorCode::kNotFound, key.type + "/" + key.id);
@@ -586,7 +624,10 @@ class SqliteStore final : public ResourceStore {
       }
     }
     if (v.deleted) {
-      if (cache) cache_.Offer(key, {v.version, true, v.last_updated, {}, v.patients});
+      if (cache_generation) {
+        cache_.Offer(key, {v.version, true, v.last_updated, {}, v.patients}, *cache_generation,
+                     false);
+      }
       return v;
     }
     std::string envelope = st.Blob(3);
@@ -597,8 +638,9 @@ class SqliteStore final : public ResourceStore {
                    key.type + "/" + key.id + " version " + std::to_string(v.version));
     }
     v.json = std::move(*plain);
-    if (cache) {
-      cache_.Offer(key, {v.version, false, v.last_updated, std::move(envelope), v.patients});
+    if (cache_generation) {
+      cache_.Offer(key, {v.version, false, v.last_updated, std::move(envelope), v.patients},
+                   *cache_generation, false);
     }
     return v;
   }

@@ -640,3 +640,44 @@ TEST_F(SqliteStoreTest, ReadsNeverGoBackInTimeWhileWritersCommit) {
 
 }  // namespace
 }  // namespace fhirward::store
+
+namespace fhirward::store {
+namespace {
+
+TEST_F(SqliteStoreTest, TinyCacheNeverServesAVersionOlderThanAnAcknowledgedWrite) {
+  // 16 KiB over 16 shards: shards are emptied all the time.
+  auto small = OpenSqliteStore({.path = dir_ + "/small.db", .kek = kek_.get(), .cache_bytes = 16384})
+                   .value();
+  constexpr int kKeys = 40;
+  for (int i = 0; i < kKeys; ++i) small->Create(Key("Patient", "k" + std::to_string(i)), Patient("V")).value();
+  std::atomic<bool> done{false};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&, r] {
+      for (int i = 0; !done.load(); i = (i + 7 + r) % kKeys) {
+        (void)small->Read(Key("Patient", "k" + std::to_string(i)));
+      }
+    });
+  }
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < kKeys; ++i) {
+      const ResourceKey k = Key("Patient", "k" + std::to_string(i));
+      auto w = small->Update(k, Patient("V"), std::nullopt, false).value();
+      auto seen = small->Read(k).value();
+      EXPECT_GE(seen.version, w.stored.version) << k.id;
+    }
+  }
+  for (int i = 0; i < kKeys; ++i) {
+    const ResourceKey k = Key("Patient", "k" + std::to_string(i));
+    small->Delete(k, std::nullopt).value();
+    EXPECT_TRUE(small->Read(k).value().deleted) << k.id;
+  }
+  done = true;
+  for (auto& t : readers) t.join();
+  for (int i = 0; i < kKeys; ++i) {
+    EXPECT_TRUE(small->Read(Key("Patient", "k" + std::to_string(i))).value().deleted);
+  }
+}
+
+}  // namespace
+}  // namespace fhirward::store
