@@ -482,8 +482,10 @@ namespace {
 TEST_F(FhirServiceTest, AbandonedIdempotencyReservationDoesNotBlockTheKey) {
   std::string t = Token("alice", "user/*.cruds");
   // What a request that died mid-write leaves behind: a pending reservation.
-  std::string client =
-      HexEncode(crypto::Sha256(std::string(kIssuer) + "\x1f" + "" + "\x1f" + "alice"));
+  // PrincipalKey: length-prefixed issuer, client id, subject, patient.
+  std::string principal_key =
+      std::to_string(std::string(kIssuer).size()) + ":" + kIssuer + "0:" + "5:alice" + "0:";
+  std::string client = HexEncode(crypto::Sha256(principal_key));
   store::IdempotencyRecord pending;
   pending.request_hash = "whatever";
   pending.status = 0;
