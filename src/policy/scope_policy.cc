@@ -107,8 +107,8 @@ class ScopePolicyEngine final : public PolicyEngine {
     Decision d = decision;
     if (!decision.allow) return d;
     if (decision.patient_compartment.empty()) return d;
-    const bool in_own = std::find(patients.begin(), patients.end(),
-                                  decision.patient_compartment) != patients.end();
+    const bool in_own =
+        std::find(patients.begin(), patients.end(), decision.patient_compartment) != patients.end();
     if (in_own && IsWrite(interaction)) {
       // A write must stay inside the patient's own record: a resource that
       // also lands in another patient's compartment (subject B, performer A)

@@ -111,12 +111,14 @@ TEST(ScopePolicy, PatientWritesMustStayInTheirOwnCompartment) {
   p.patient = "A";
   Decision d = engine->Authorize(p, {Interaction::kCreate, "Observation", ""});
   ASSERT_TRUE(d.allow);
-  EXPECT_TRUE(engine->AuthorizeResource(p, d, Interaction::kCreate, "Observation", {"A"}, true).allow);
+  EXPECT_TRUE(
+      engine->AuthorizeResource(p, d, Interaction::kCreate, "Observation", {"A"}, true).allow);
   EXPECT_FALSE(
       engine->AuthorizeResource(p, d, Interaction::kCreate, "Observation", {"A", "B"}, true).allow);
   // Reading a resource shared with another patient stays allowed.
   Decision r = engine->Authorize(p, {Interaction::kRead, "Observation", "x"});
-  EXPECT_TRUE(engine->AuthorizeResource(p, r, Interaction::kRead, "Observation", {"B", "A"}, true).allow);
+  EXPECT_TRUE(
+      engine->AuthorizeResource(p, r, Interaction::kRead, "Observation", {"B", "A"}, true).allow);
 }
 
 }  // namespace

@@ -1004,7 +1004,8 @@ struct FhirService::Impl {
     mine.status = 0;
     mine.response_headers = "pending:" + RandomUuid();
     mine.created_at = FormatInstant(now);
-    for (int attempt = 0; attempt < 2; ++attempt) {
+    bool reserved = false;
+    for (int attempt = 0; attempt < 3 && !reserved; ++attempt) {
       auto existing = d.store->GetIdempotency(d.config.tenant, client, key);
       if (!existing.ok()) return ErrorResponse(ctx, existing.status());
       // Expired records, and reservations left pending by a request that
@@ -1012,10 +1013,12 @@ struct FhirService::Impl {
       const bool abandoned = existing->has_value() && (*existing)->status == 0 &&
                              (*existing)->created_at < FormatInstant(now - kAbandonedReservation);
       if (existing->has_value() && ((*existing)->created_at < cutoff || abandoned)) {
-        if (auto s = d.store->DeleteIdempotency(d.config.tenant, client, key); !s.ok()) {
+        // Only that very record: a concurrent retry may have replaced it.
+        if (auto s = d.store->DeleteIdempotency(d.config.tenant, client, key, &**existing);
+            !s.ok()) {
           return ErrorResponse(ctx, s);
         }
-        existing->reset();
+        continue;  // look again
       }
       if (existing->has_value()) {
         const store::IdempotencyRecord& rec = **existing;
@@ -1031,17 +1034,22 @@ struct FhirService::Impl {
       }
       auto stored = d.store->PutIdempotency(d.config.tenant, client, key, mine);
       if (!stored.ok()) return ErrorResponse(ctx, stored.status());
-      if (stored->response_headers == mine.response_headers) break;  // reserved
-      // Another request reserved the key first: decide again on its record.
+      reserved = stored->response_headers == mine.response_headers;
+      // Otherwise another request reserved the key first: decide again on its record.
+    }
+    if (!reserved) {
+      return Error(ctx, ErrorCode::kVersionConflict,
+                   "a request with this Idempotency-Key is still in progress");
     }
 
     net::HttpResponse r = execute();
     if (r.status >= 500 || r.status == 409) {
       // A failed or conflicting attempt must not block a retry.
-      (void)d.store->DeleteIdempotency(d.config.tenant, client, key);
+      (void)d.store->DeleteIdempotency(d.config.tenant, client, key, &mine);
       return r;
     }
     store::IdempotencyRecord done = mine;
+    done.reservation = mine.response_headers;
     done.status = r.status;
     json::Value headers = json::Value::MakeArray();
     for (const auto& [name, value] : r.headers) {

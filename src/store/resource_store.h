@@ -78,6 +78,9 @@ struct IdempotencyRecord {
   std::string response_headers;  // JSON array of [name, value]
   std::string response_body;
   std::string created_at;
+  // Completing a reservation: the pending record's token (its
+  // response_headers while status is 0). Only that reservation is replaced.
+  std::string reservation;
 };
 
 class ResourceStore {
@@ -114,8 +117,12 @@ class ResourceStore {
                                                            const std::string& key,
                                                            IdempotencyRecord record) = 0;
   // Removes one record (a reservation whose request failed, so a retry can run).
+  // With `only_if`, only when the stored record is still that one (same
+  // created_at and response_headers), so that a stale view never removes a
+  // newer reservation.
   virtual absl::Status DeleteIdempotency(const std::string& tenant, const std::string& client,
-                                         const std::string& key) = 0;
+                                         const std::string& key,
+                                         const IdempotencyRecord* only_if = nullptr) = 0;
   // Deletes idempotency records created before `cutoff` (FHIR instant).
   virtual absl::Status ExpireIdempotency(const std::string& cutoff) = 0;
 };

@@ -495,9 +495,10 @@ class SqliteStore final : public ResourceStore {
     absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
       auto existing = LoadIdempotency(db, tenant, client, key);
       if (!existing.ok()) return existing.status();
-      // A pending reservation (status 0) is completed by the same request.
+      // A pending reservation (status 0) is completed only by the request
+      // that holds it (its token), never by another one with the same body.
       if (existing->has_value() && ((*existing)->status != 0 || record.status == 0 ||
-                                    (*existing)->request_hash != record.request_hash)) {
+                                    (*existing)->response_headers != record.reservation)) {
         stored = std::move(**existing);
         return absl::OkStatus();
       }
@@ -521,12 +522,17 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::Status DeleteIdempotency(const std::string& tenant, const std::string& client,
-                                 const std::string& key) override {
+                                 const std::string& key,
+                                 const IdempotencyRecord* only_if) override {
     return SubmitWrite([&](Db& db) -> absl::Status {
-      auto st =
-          db.Prepare("DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 AND key = ?3");
+      auto st = db.Prepare(only_if == nullptr
+                               ? "DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 "
+                                 "AND key = ?3"
+                               : "DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 "
+                                 "AND key = ?3 AND created_at = ?4 AND headers = ?5");
       if (!st.ok()) return st.status();
       st->Bind(1, tenant).Bind(2, client).Bind(3, key);
+      if (only_if != nullptr) st->Bind(4, only_if->created_at).Bind(5, only_if->response_headers);
       return st->Run();
     });
   }

@@ -547,13 +547,22 @@ TEST_F(SqliteStoreTest, Idempotency) {
   // Keys are per client.
   EXPECT_EQ(Tie(store_->PutIdempotency("t1", "other", "k", second).value()), Tie(second));
 
-  // A pending reservation (status 0) is completed only by the same request.
-  const IdempotencyRecord pending{.request_hash = "r", .created_at = first.created_at};
+  // A pending reservation (status 0) is completed only by the request that
+  // holds its token, not by another one with the same body.
+  const IdempotencyRecord pending{
+      .request_hash = "r", .response_headers = "pending:A", .created_at = first.created_at};
   store_->PutIdempotency("t1", "c", "p", pending).value();
-  IdempotencyRecord done{.request_hash = "s", .status = 200, .created_at = pending.created_at};
+  IdempotencyRecord done{.request_hash = "r", .status = 200, .created_at = pending.created_at};
+  done.reservation = "pending:B";
   EXPECT_EQ(Tie(store_->PutIdempotency("t1", "c", "p", done).value()), Tie(pending));
-  done.request_hash = "r";
+  done.reservation = "pending:A";
   EXPECT_EQ(Tie(store_->PutIdempotency("t1", "c", "p", done).value()), Tie(done));
+
+  // A conditional delete removes only the record it names.
+  ASSERT_TRUE(store_->DeleteIdempotency("t1", "c", "p", &pending).ok());
+  EXPECT_TRUE(store_->GetIdempotency("t1", "c", "p").value().has_value());
+  ASSERT_TRUE(store_->DeleteIdempotency("t1", "c", "p", &done).ok());
+  EXPECT_FALSE(store_->GetIdempotency("t1", "c", "p").value().has_value());
 
   ASSERT_TRUE(store_->ExpireIdempotency("2019-12-31T23:59:59.999Z").ok());
   EXPECT_TRUE(store_->GetIdempotency("t1", "c", "k").value().has_value());
@@ -646,10 +655,12 @@ namespace {
 
 TEST_F(SqliteStoreTest, TinyCacheNeverServesAVersionOlderThanAnAcknowledgedWrite) {
   // 16 KiB over 16 shards: shards are emptied all the time.
-  auto small = OpenSqliteStore({.path = dir_ + "/small.db", .kek = kek_.get(), .cache_bytes = 16384})
-                   .value();
+  auto small =
+      OpenSqliteStore({.path = dir_ + "/small.db", .kek = kek_.get(), .cache_bytes = 16384})
+          .value();
   constexpr int kKeys = 40;
-  for (int i = 0; i < kKeys; ++i) small->Create(Key("Patient", "k" + std::to_string(i)), Patient("V")).value();
+  for (int i = 0; i < kKeys; ++i)
+    small->Create(Key("Patient", "k" + std::to_string(i)), Patient("V")).value();
   std::atomic<bool> done{false};
   std::vector<std::thread> readers;
   for (int r = 0; r < 3; ++r) {
