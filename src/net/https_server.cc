@@ -632,6 +632,16 @@ ServerImpl::~ServerImpl() {
     std::lock_guard lock(mu_);
     destroying_ = true;  // sessions dying from here on must not post to the io_context
   }
+  {
+    // Completions that arrived after the I/O threads stopped: drop them (and
+    // the sessions they hold) while the io_context and the session registry
+    // still exist.
+    std::vector<std::function<void()>> late;
+    {
+      std::lock_guard lock(mailbox_mu_);
+      late.swap(mailbox_);
+    }
+  }
   ioc_->stop();
   // Handlers still running (drain_timeout passed) are waited for; queued ones
   // are dropped. Their sessions die with them.

@@ -316,11 +316,12 @@ absl::Status Serve(const ServeArgs& args) {
   FlushLogs();
 
   (*server)->Run();
-  // No request arrives any more. Finish what the worker pool still holds (its
-  // responses go to the stopped I/O context and are dropped) while the store,
-  // the audit log and the server are all still alive.
-  service.reset();
-
+  // No request arrives any more. In order: finish what the worker pool still
+  // holds (each appends its audit record); record the stop; close the audit
+  // log, which flushes every pending record and runs its callbacks while the
+  // service is alive (responses to connections already gone are dropped by
+  // the server); only then destroy the service. The server is destroyed last.
+  service->Shutdown();
   audit::AuditRecord stop;
   stop.time = FormatInstant(SystemClock::Get().Now());
   stop.request_id = RandomUuid();
@@ -328,6 +329,7 @@ absl::Status Serve(const ServeArgs& args) {
   stop.outcome = "success";
   (void)(*audit_log)->Append(stop);
   (*audit_log)->Close();
+  service.reset();
   LogEvent(LogLevel::kInfo, "stopped", {});
   FlushLogs();
   return absl::OkStatus();

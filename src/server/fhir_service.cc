@@ -1392,6 +1392,8 @@ net::HttpResponse FhirService::Handle(net::HttpRequest&& request) {
   return impl_->Handle(std::move(request));
 }
 
+void FhirService::Shutdown() { impl_->pool->Join(); }
+
 void FhirService::HandleAsync(net::HttpRequest&& request, net::Responder respond) {
   impl_->HandleAsync(std::move(request), std::move(respond));
 }

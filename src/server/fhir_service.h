@@ -48,6 +48,12 @@ class FhirService {
   // once the audit record is durable, from the audit writer thread.
   void HandleAsync(net::HttpRequest&& request, net::Responder respond);
 
+  // After the server stopped accepting: finishes the requests queued on the
+  // worker pool (their audit records are appended). Close the audit log
+  // after this and before destroying the service, so that every pending
+  // audit callback runs while the service is alive.
+  void Shutdown();
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -1,5 +1,5 @@
-// A fixed pool of threads running submitted tasks in FIFO order. The
-// destructor runs the tasks already queued, then joins.
+// A fixed pool of threads running submitted tasks in FIFO order. Join() (and
+// the destructor) runs the tasks already queued, then joins.
 #ifndef FHIRWARD_SERVER_WORKER_POOL_H_
 #define FHIRWARD_SERVER_WORKER_POOL_H_
 
@@ -17,13 +17,19 @@ class WorkerPool {
   explicit WorkerPool(int threads) {
     for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
   }
-  ~WorkerPool() {
+  ~WorkerPool() { Join(); }
+
+  // Runs what is queued, then stops the threads. Later Submit() calls run
+  // the task on the caller's thread. Idempotent.
+  void Join() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
-    for (auto& t : threads_) t.join();
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   }
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -31,7 +37,14 @@ class WorkerPool {
   void Submit(std::function<void()> task) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      tasks_.push_back(std::move(task));
+      if (!stop_) {
+        tasks_.push_back(std::move(task));
+        task = nullptr;
+      }
+    }
+    if (task) {
+      task();
+      return;
     }
     cv_.notify_one();
   }
