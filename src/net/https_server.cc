@@ -374,8 +374,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   // over unread bytes makes the kernel reset the connection, and clients that
   // read only once they have written everything (Node's http, for one) then
   // never see the answer. So after the response the rest of the declared body
-  // (up to kMaxDiscardBytes) is read and discarded, each read bounded by
-  // linger_timeout, before the connection is closed.
+  // (up to kMaxDiscardBytes) is read and discarded, all of it within the
+  // body deadline and each read within linger_timeout, before closing.
   void RefuseBody() {
     const auto& msg = parser_->get();
     auto length = parser_->content_length();
@@ -391,8 +391,15 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
   void DiscardThenClose() {
     if (discard_remaining_ == 0) return GracefulClose();
-    phase_ = Phase::kClosing;
-    Lowest().expires_after(opts_.linger_timeout);
+    const auto now = std::chrono::steady_clock::now();
+    if (phase_ != Phase::kClosing) {
+      // The whole discard gets the deadline a body gets, so a client
+      // trickling bytes cannot hold the connection beyond it; a client that
+      // stops sending is let go after linger_timeout.
+      phase_ = Phase::kClosing;
+      discard_deadline_ = now + opts_.body_timeout;
+    }
+    Lowest().expires_at(std::min(discard_deadline_, now + opts_.linger_timeout));
     buffer_.clear();
     stream_.async_read_some(buffer_.prepare(kReadChunk), [self = this->shared_from_this()](
                                                              const error_code& ec, size_t n) {
@@ -593,6 +600,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   ServerImpl* const server_;
   const ServerOptions& opts_;
   std::uint64_t discard_remaining_ = 0;  // declared body bytes still to discard
+  std::chrono::steady_clock::time_point discard_deadline_;
   const asio::any_io_executor executor_;
   std::shared_ptr<ssl::context> ctx_;  // the stream's SSL* refers to it; declared first
   Stream stream_;

@@ -54,6 +54,22 @@ Authenticator::Authenticator(AuthenticatorOptions options, const Clock* clock)
   }
 }
 
+bool Authenticator::IsCached(std::string_view authorization) const {
+  constexpr std::string_view kScheme = "bearer ";
+  if (authorization.size() <= kScheme.size() ||
+      !IEquals(authorization.substr(0, kScheme.size()), kScheme)) {
+    return false;
+  }
+  std::string_view token = authorization.substr(kScheme.size());
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+  if (token.empty() || token.size() > kMaxTokenBytes) return false;
+  const std::string digest = crypto::Sha256(token);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = cache_.find(digest);
+  return it != cache_.end() && it->second.exp > clock_->NowSeconds();
+}
+
 void Authenticator::SetKeys(const std::string& issuer, jose::KeySet keys) {
   std::lock_guard<std::mutex> lock(keys_mu_);
   auto it = keys_.find(issuer);

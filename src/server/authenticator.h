@@ -50,6 +50,10 @@ class Authenticator {
   absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticate(
       std::string_view authorization) const;
 
+  // True when this Authorization value carries a token that verified before
+  // and has not expired (a cache hit, no signature work).
+  bool IsCached(std::string_view authorization) const;
+
   // Replaces an issuer's keys (a refreshed JWKS). Unknown issuers are ignored.
   void SetKeys(const std::string& issuer, jose::KeySet keys);
 

@@ -656,7 +656,8 @@ struct FhirService::Impl {
 
     if (route.interaction == Interaction::kCapabilities) {
       // Anonymous: limited per client address.
-      if (int retry = d.rate_limiter->Acquire(AddressKey(req), std::chrono::steady_clock::now())) {
+      if (int retry = d.rate_limiter->Acquire("meta\x1f" + req.remote_ip,
+                                              std::chrono::steady_clock::now())) {
         return Throttled(ctx, retry);
       }
       net::HttpResponse r;
@@ -733,12 +734,17 @@ struct FhirService::Impl {
   // per principal instead (many users can share one address).
   absl::Status Authenticate(Ctx& ctx, const net::HttpRequest& req) const {
     const auto now = std::chrono::steady_clock::now();
-    if (int retry = d.rate_limiter->Peek(AddressKey(req), now)) {
+    auto auth_header = req.header("Authorization");
+    // Tokens already verified cost nothing more: an address whose failure
+    // budget is spent (e.g. a NAT shared with an attacker) keeps working for
+    // them.
+    if (int retry = d.rate_limiter->Peek(AddressKey(req), now);
+        retry && !(auth_header && d.authenticator->IsCached(*auth_header))) {
       return fhirward::Error(
           ErrorCode::kTooManyRequests,
           "too many failed authentications; retry in " + std::to_string(retry) + " s");
     }
-    auto auth = req.header("Authorization");
+    const auto& auth = auth_header;
     if (!auth) {
       d.rate_limiter->Acquire(AddressKey(req), now);
       return fhirward::Error(ErrorCode::kMissingToken);

@@ -463,14 +463,26 @@ TEST_F(FhirServiceTest, FailedAuthenticationsAreThrottledPerAddress) {
   c.rate_per_second = 1;
   c.rate_burst = 3;
   Build(c);
+  std::string known = Token("alice", "user/*.cruds");
+  ASSERT_EQ(Call("GET", "/Patient/x", known).status, 404);  // verified once: now cached
+  std::string fresh = Token("bob", "user/*.cruds");
   int throttled = 0;
   for (int i = 0; i < 8; ++i) {
     auto r = Call("GET", "/Patient/x", "not-a-jwt");
-    if (r.status == 429) ++throttled;
+    if (r.status == 429) {
+      ++throttled;
+      EXPECT_FALSE(H(r, "Retry-After").empty());
+    }
   }
   EXPECT_GE(throttled, 4);
-  // The capability statement is limited per address as well.
-  EXPECT_EQ(Call("GET", "/metadata", "").status, 429);
+  // The address is out of failure budget: a token that would need a
+  // signature check waits, one verified before goes through.
+  EXPECT_EQ(Call("GET", "/Patient/x", fresh).status, 429);
+  EXPECT_EQ(Call("GET", "/Patient/x", known).status, 404);
+  // The capability statement has its own per-address budget.
+  int meta_throttled = 0;
+  for (int i = 0; i < 6; ++i) meta_throttled += Call("GET", "/metadata", "").status == 429;
+  EXPECT_GE(meta_throttled, 2);
 }
 
 }  // namespace

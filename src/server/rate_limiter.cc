@@ -23,11 +23,15 @@ int RateLimiter::Take(const std::string& key, std::chrono::steady_clock::time_po
   Shard& shard = shards_[std::hash<std::string>{}(key) % shards_.size()];
   std::lock_guard<std::mutex> lock(shard.mu);
   if (shard.buckets.size() >= max_keys_ && !shard.buckets.contains(key)) {
-    // Evict buckets that have refilled completely: forgetting them changes nothing.
+    // Evict buckets that have refilled completely: forgetting them changes
+    // nothing. If that frees less than a quarter of the shard (a flood of new
+    // keys), forget the shard: memory stays bounded, and the scan runs at
+    // most once per max_keys/4 new keys.
     for (auto it = shard.buckets.begin(); it != shard.buckets.end();) {
       double elapsed = std::chrono::duration<double>(now - it->second.updated).count();
       it = it->second.tokens + elapsed * rate_ >= burst_ ? shard.buckets.erase(it) : std::next(it);
     }
+    if (shard.buckets.size() > max_keys_ - max_keys_ / 4) shard.buckets.clear();
   }
   auto [it, inserted] = shard.buckets.try_emplace(key, Bucket{burst_, now});
   Bucket& b = it->second;
