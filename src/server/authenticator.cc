@@ -39,6 +39,21 @@ std::optional<std::string> PeekIssuer(std::string_view token) {
   return std::string(*iss);
 }
 
+// The credential of an RFC 6750 §2.1 Authorization value ("Bearer" is
+// case-insensitive), or nullopt when there is none.
+std::optional<std::string_view> BearerToken(std::string_view authorization) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (authorization.size() <= kScheme.size() ||
+      !IEquals(authorization.substr(0, kScheme.size()), kScheme)) {
+    return std::nullopt;
+  }
+  std::string_view token = authorization.substr(kScheme.size());
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+  if (token.empty()) return std::nullopt;
+  return token;
+}
+
 std::string StringClaim(const json::Value& claims, std::string_view name) {
   auto v = claims.GetString(name);
   return v ? std::string(*v) : std::string();
@@ -55,16 +70,9 @@ Authenticator::Authenticator(AuthenticatorOptions options, const Clock* clock)
 }
 
 bool Authenticator::IsCached(std::string_view authorization) const {
-  constexpr std::string_view kScheme = "bearer ";
-  if (authorization.size() <= kScheme.size() ||
-      !IEquals(authorization.substr(0, kScheme.size()), kScheme)) {
-    return false;
-  }
-  std::string_view token = authorization.substr(kScheme.size());
-  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
-  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
-  if (token.empty() || token.size() > kMaxTokenBytes) return false;
-  const std::string digest = crypto::Sha256(token);
+  std::optional<std::string_view> token = BearerToken(authorization);
+  if (!token || token->size() > kMaxTokenBytes) return false;
+  const std::string digest = crypto::Sha256(*token);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = cache_.find(digest);
   return it != cache_.end() && it->second.exp > clock_->NowSeconds();
@@ -83,16 +91,9 @@ void Authenticator::OnUnknownKid(std::function<void(const std::string&)> callbac
 
 absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticator::Authenticate(
     std::string_view authorization) const {
-  // RFC 6750 §2.1: "Bearer" is case-insensitive; exactly one space-separated credential.
-  constexpr std::string_view kScheme = "bearer ";
-  if (authorization.size() <= kScheme.size() ||
-      !IEquals(authorization.substr(0, kScheme.size()), kScheme)) {
-    return Error(ErrorCode::kMissingToken);
-  }
-  std::string_view token = authorization.substr(kScheme.size());
-  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
-  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
-  if (token.empty()) return Error(ErrorCode::kMissingToken);
+  std::optional<std::string_view> bearer = BearerToken(authorization);
+  if (!bearer) return Error(ErrorCode::kMissingToken);
+  std::string_view token = *bearer;
   if (token.size() > kMaxTokenBytes) return Error(ErrorCode::kInvalidToken, "too_large");
 
   const int64_t now = clock_->NowSeconds();

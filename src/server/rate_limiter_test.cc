@@ -16,7 +16,7 @@ TEST(RateLimiterTest, BurstThenRefillAtRate) {
   EXPECT_EQ(rl.Acquire("a", t), 0);
   EXPECT_GE(rl.Acquire("a", t), 1);
   EXPECT_GE(rl.Peek("a", t), 1);
-  EXPECT_EQ(rl.Acquire("b", t), 0);  // keys are independent
+  EXPECT_EQ(rl.Acquire("b", t), 0);                      // keys are independent
   EXPECT_EQ(rl.Acquire("a", t + milliseconds(600)), 0);  // 2/s refill
 }
 
