@@ -18,6 +18,7 @@
 #include <optional>
 #include <string_view>
 
+#include "common/c_ptr.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "crypto/secure_file.h"
@@ -25,19 +26,15 @@
 namespace fhirward::crypto {
 namespace {
 
-template <typename T, void (*F)(T*)>
-struct Deleter {
-  void operator()(T* p) const { F(p); }
-};
-using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
-using NamePtr = std::unique_ptr<X509_NAME, Deleter<X509_NAME, X509_NAME_free>>;
-using BnPtr = std::unique_ptr<BIGNUM, Deleter<BIGNUM, BN_free>>;
-using ExtPtr = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
-using GenNamesPtr = std::unique_ptr<GENERAL_NAMES, Deleter<GENERAL_NAMES, GENERAL_NAMES_free>>;
-using GenNamePtr = std::unique_ptr<GENERAL_NAME, Deleter<GENERAL_NAME, GENERAL_NAME_free>>;
+using X509Ptr = CPtr<X509, X509_free>;
+using PkeyPtr = CPtr<EVP_PKEY, EVP_PKEY_free>;
+using NamePtr = CPtr<X509_NAME, X509_NAME_free>;
+using BnPtr = CPtr<BIGNUM, BN_free>;
+using ExtPtr = CPtr<X509_EXTENSION, X509_EXTENSION_free>;
+using GenNamesPtr = CPtr<GENERAL_NAMES, GENERAL_NAMES_free>;
+using GenNamePtr = CPtr<GENERAL_NAME, GENERAL_NAME_free>;
 void FreeBio(BIO* b) { BIO_free_all(b); }
-using BioPtr = std::unique_ptr<BIO, Deleter<BIO, FreeBio>>;
+using BioPtr = CPtr<BIO, FreeBio>;
 
 constexpr int kCaDays = 3650;            // 10 years
 constexpr int kLeafDays = 397;           // CA/Browser Forum maximum

@@ -7,6 +7,7 @@
 
 #include <array>
 
+#include "common/c_ptr.h"
 #include "common/encoding.h"
 #include "common/error.h"
 #include "jose/jws.h"
@@ -19,15 +20,11 @@ using internal::KeyFamily;
 
 constexpr size_t kMaxJwksKeys = 100;
 
-template <typename T, void (*F)(T*)>
-struct Deleter {
-  void operator()(T* p) const { F(p); }
-};
-using BnPtr = std::unique_ptr<BIGNUM, Deleter<BIGNUM, BN_free>>;
-using ParamBldPtr = std::unique_ptr<OSSL_PARAM_BLD, Deleter<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>>;
-using ParamsPtr = std::unique_ptr<OSSL_PARAM, Deleter<OSSL_PARAM, OSSL_PARAM_free>>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, Deleter<EVP_PKEY_CTX, EVP_PKEY_CTX_free>>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, Deleter<EVP_MD_CTX, EVP_MD_CTX_free>>;
+using BnPtr = CPtr<BIGNUM, BN_free>;
+using ParamBldPtr = CPtr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
+using ParamsPtr = CPtr<OSSL_PARAM, OSSL_PARAM_free>;
+using PkeyCtxPtr = CPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using MdCtxPtr = CPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
 
 constexpr std::array<std::pair<Algorithm, std::string_view>, 6> kAlgorithms = {{
     {Algorithm::kES256, "ES256"},

@@ -7,6 +7,7 @@
 #include <openssl/params.h>
 #include <openssl/pem.h>
 
+#include "common/c_ptr.h"
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/secure_file.h"
@@ -17,15 +18,11 @@ namespace {
 
 using internal::KeyFamily;
 
-template <typename T, void (*F)(T*)>
-struct Deleter {
-  void operator()(T* p) const { F(p); }
-};
 void FreeBio(BIO* b) { BIO_free_all(b); }
-using BioPtr = std::unique_ptr<BIO, Deleter<BIO, FreeBio>>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, Deleter<EVP_MD_CTX, EVP_MD_CTX_free>>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, Deleter<EVP_PKEY_CTX, EVP_PKEY_CTX_free>>;
-using ParamsPtr = std::unique_ptr<OSSL_PARAM, Deleter<OSSL_PARAM, OSSL_PARAM_free>>;
+using BioPtr = CPtr<BIO, FreeBio>;
+using MdCtxPtr = CPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using PkeyCtxPtr = CPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using ParamsPtr = CPtr<OSSL_PARAM, OSSL_PARAM_free>;
 
 constexpr size_t kMaxPemBytes = 64 * 1024;
 

@@ -361,6 +361,16 @@ struct Route {
   int64_t vid = 0;
 };
 
+// The request target, parsed once (HandleAsync needs the route to choose a
+// thread; Dispatch needs all of it).
+struct Parsed {
+  absl::Status target;  // malformed path or query string
+  std::vector<std::string> segments;
+  Query query;
+  Route route;
+  absl::Status routed;  // unknown type, bad id, method not allowed, ...
+};
+
 std::string Allowed(const Route& r) {
   if (r.interaction == Interaction::kCapabilities) return "GET";
   if (r.interaction == Interaction::kHistorySystem || r.interaction == Interaction::kHistoryType ||
@@ -609,12 +619,17 @@ struct FhirService::Impl {
 
   // --- the pipeline -----------------------------------------------------------
 
-  net::HttpResponse Dispatch(Ctx& ctx, net::HttpRequest& req) {
-    if (req.transport_error) return Error(ctx, *req.transport_error);
+  Parsed Parse(const net::HttpRequest& req) const {
+    Parsed p;
+    p.target = ParseTarget(req.target, &p.segments, &p.query);
+    if (p.target.ok()) p.routed = ParseRoute(req.method, p.segments, &p.route);
+    return p;
+  }
 
-    std::vector<std::string> segments;
-    Query query;
-    if (auto s = ParseTarget(req.target, &segments, &query); !s.ok()) return ErrorResponse(ctx, s);
+  net::HttpResponse Dispatch(Ctx& ctx, net::HttpRequest& req, const Parsed& parsed) {
+    if (req.transport_error) return Error(ctx, *req.transport_error);
+    if (!parsed.target.ok()) return ErrorResponse(ctx, parsed.target);
+    const Query& query = parsed.query;
     for (const auto& [k, v] : query) {
       if (k == "access_token") return Error(ctx, ErrorCode::kTokenInQuery);
     }
@@ -637,8 +652,8 @@ struct FhirService::Impl {
     }
     if (const std::string* pretty = QueryParam(query, "_pretty")) ctx.pretty = *pretty == "true";
 
-    Route route;
-    absl::Status routed = ParseRoute(req.method, segments, &route);
+    const Route& route = parsed.route;
+    const absl::Status& routed = parsed.routed;
     ctx.audit.action = std::string(policy::InteractionName(route.interaction));
     ctx.audit.resource_type = route.type;
     ctx.audit.resource_id = route.id;
@@ -1330,9 +1345,9 @@ struct FhirService::Impl {
     return ctx;
   }
 
-  net::HttpResponse SafeDispatch(Ctx& ctx, net::HttpRequest& req) {
+  net::HttpResponse SafeDispatch(Ctx& ctx, net::HttpRequest& req, const Parsed& parsed) {
     try {
-      return Dispatch(ctx, req);
+      return Dispatch(ctx, req, parsed);
     } catch (const std::exception& e) {
       LogEvent(LogLevel::kError, "handler_exception", {{"request_id", LogValue(ctx.request_id)}});
       return Error(ctx, ErrorCode::kInternal);
@@ -1341,7 +1356,7 @@ struct FhirService::Impl {
 
   net::HttpResponse Handle(net::HttpRequest&& req) {
     Ctx ctx = Begin(req);
-    net::HttpResponse r = SafeDispatch(ctx, req);
+    net::HttpResponse r = SafeDispatch(ctx, req, Parse(req));
     Outcome(ctx, r);
     auto seq = d.audit->Append(ctx.audit);
     Complete(ctx, req.method, r, seq);
@@ -1350,10 +1365,10 @@ struct FhirService::Impl {
 
   // Runs the request, then hands the response to `respond` once the audit
   // record is durable, without a thread waiting for the commit.
-  void Run(net::HttpRequest&& req, net::Responder respond) {
+  void Run(net::HttpRequest&& req, const Parsed& parsed, net::Responder respond) {
     auto state = std::make_shared<std::pair<Ctx, net::HttpResponse>>();
     state->first = Begin(req);
-    state->second = SafeDispatch(state->first, req);
+    state->second = SafeDispatch(state->first, req, parsed);
     Outcome(state->first, state->second);
     d.audit->AppendAsync(state->first.audit,
                          [this, state, method = req.method,
@@ -1366,25 +1381,24 @@ struct FhirService::Impl {
   // Reads of one resource (and the capability statement) touch one SQLite
   // read connection and never wait for a write: they run on the I/O thread.
   // Everything else (writes wait for the group commit; history pages can be
-  // large) runs on the worker pool.
-  bool RunsInline(const net::HttpRequest& req) const {
-    if (req.transport_error) return true;
+  // large) runs on the worker pool. Decided on the parsed route, not the raw
+  // target, so that no spelling of a history request ("/_history/",
+  // "%5Fhistory") lands on an I/O thread; requests refused while parsing are
+  // answered inline.
+  static bool RunsInline(const net::HttpRequest& req, const Parsed& p) {
+    if (req.transport_error || !p.target.ok() || !p.routed.ok()) return true;
     if (req.method != "GET") return false;
-    // Decided on the parsed route (not the raw target), so that no spelling
-    // of a history request ("/_history/", "%5Fhistory") lands on an I/O thread.
-    std::vector<std::string> segments;
-    Query query;
-    if (!ParseTarget(req.target, &segments, &query).ok()) return true;  // an error answer
-    Route route;
-    if (!ParseRoute(req.method, segments, &route).ok()) return true;
-    return route.interaction == Interaction::kRead || route.interaction == Interaction::kVread ||
-           route.interaction == Interaction::kCapabilities;
+    return p.route.interaction == Interaction::kRead ||
+           p.route.interaction == Interaction::kVread ||
+           p.route.interaction == Interaction::kCapabilities;
   }
 
   void HandleAsync(net::HttpRequest&& req, net::Responder respond) {
-    if (RunsInline(req)) return Run(std::move(req), std::move(respond));
-    pool->Submit([this, req = std::move(req), respond = std::move(respond)]() mutable {
-      Run(std::move(req), std::move(respond));
+    Parsed parsed = Parse(req);
+    if (RunsInline(req, parsed)) return Run(std::move(req), parsed, std::move(respond));
+    pool->Submit([this, req = std::move(req), parsed = std::move(parsed),
+                  respond = std::move(respond)]() mutable {
+      Run(std::move(req), parsed, std::move(respond));
     });
   }
 
