@@ -1,5 +1,6 @@
-// fhirward command line: serve, token mint, audit verify, version.
+// fhirward command line: serve, token mint, audit verify, validate, version.
 #include <cstdio>
+#include <iostream>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -46,6 +47,18 @@ int main(int argc, char** argv) {
   CLI::App* verify_cmd = audit_cmd->add_subcommand("verify", "Verify the audit hash chain");
   verify_cmd->add_option("--data-dir", audit_dir, "Data directory")->required();
 
+  server::ValidateArgs validate;
+  CLI::App* validate_cmd = app.add_subcommand(
+      "validate", "Validate FHIR R4 JSON resources (exit 1 when any has errors)");
+  validate_cmd->add_option("files", validate.files, "Resource files (- for standard input)")
+      ->required();
+  validate_cmd
+      ->add_option("--config", validate.config_file,
+                   "TOML configuration file (its [validation] section applies)")
+      ->check(CLI::ExistingFile);
+  validate_cmd->add_flag("--outcome", validate.outcome_json,
+                         "Print each file's OperationOutcome as JSON");
+
   app.add_subcommand("version", "Print the version");
 
   CLI11_PARSE(app, argc, argv);
@@ -70,6 +83,11 @@ int main(int argc, char** argv) {
     std::printf("%s (first bad record: seq %lld)\n", result->summary.c_str(),
                 static_cast<long long>(result->first_bad_seq));
     return 2;
+  }
+  if (validate_cmd->parsed()) {
+    auto failed = server::ValidateFiles(validate, std::cout);
+    if (!failed.ok()) return Fail(failed.status());
+    return *failed == 0 ? 0 : 1;
   }
   if (app.got_subcommand("version")) {
     std::printf("fhirward %s\n", FHIRWARD_VERSION);

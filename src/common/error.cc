@@ -55,6 +55,8 @@ constexpr std::array<ErrorInfo, static_cast<size_t>(ErrorCode::kCount_)> kTable 
      "This server requires If-Match on update and delete"},
     {ErrorCode::kIdempotencyKeyReused, 422, "conflict", "idempotency_key_reused",
      "The Idempotency-Key was already used with a different request"},
+    {ErrorCode::kValidationFailed, 422, "processing", "validation_failed",
+     "The resource does not conform to the FHIR R4 specification"},
     {ErrorCode::kMissingToken, 401, "login", "missing_token", "An access token is required"},
     {ErrorCode::kInvalidToken, 401, "login", "invalid_token", "The access token is not valid"},
     {ErrorCode::kInsufficientScope, 403, "forbidden", "insufficient_scope",

@@ -41,6 +41,7 @@ enum class ErrorCode {
   kPreconditionFailed,    // 412 conflict
   kPreconditionRequired,  // 428 required
   kIdempotencyKeyReused,  // 422 conflict
+  kValidationFailed,      // 422 processing (body: the validator's OperationOutcome)
   kMissingToken,          // 401 login
   kInvalidToken,          // 401 login
   kInsufficientScope,     // 403 forbidden

@@ -76,7 +76,7 @@ Model::Model() : storage_(new Storage) {
     TypeDef& type = s.types.emplace_back();
     type.name = Str(t, "n");
     std::string_view kind = Str(t, "k");
-    type.kind = kind == "p" ? TypeKind::kPrimitive
+    type.kind = kind == "p"   ? TypeKind::kPrimitive
                 : kind == "r" ? TypeKind::kResource
                               : TypeKind::kComplex;
     type.is_abstract = Int(t, "a", 0) != 0;
@@ -150,6 +150,12 @@ Model::Model() : storage_(new Storage) {
     el->children = it->second->children;
     el->types = it->second->types;
   }
+  for (ElementDef& el : s.elements) {
+    for (const std::string& t : el.types) {
+      auto it = s.type_by_name.find(t);
+      el.type_defs.push_back(it == s.type_by_name.end() ? nullptr : it->second);
+    }
+  }
   for (const json::Value& v : doc->Find("valueSets")->items()) {
     ValueSetExpansion& vs = s.value_sets.emplace_back();
     vs.url = Str(v, "u");
@@ -196,16 +202,18 @@ std::optional<Model::ChildMatch> Model::ResolveChild(std::span<const ElementDef*
   for (const ElementDef* el : children) {
     if (!el->is_choice) {
       if (el->name == json_name) {
-        return ChildMatch{el, el->types.empty() ? std::string_view() : el->types[0]};
+        if (el->types.empty()) return ChildMatch{el, std::string_view(), nullptr};
+        return ChildMatch{el, el->types[0], el->type_defs[0]};
       }
       continue;
     }
     if (!json_name.starts_with(el->name) || json_name.size() == el->name.size()) continue;
     std::string_view suffix = json_name.substr(el->name.size());
-    for (const std::string& t : el->types) {
+    for (size_t i = 0; i < el->types.size(); ++i) {
+      const std::string& t = el->types[i];
       if (t.size() == suffix.size() && suffix[0] == static_cast<char>(std::toupper(t[0])) &&
           std::string_view(t).substr(1) == suffix.substr(1)) {
-        return ChildMatch{el, t};
+        return ChildMatch{el, t, el->type_defs[i]};
       }
     }
   }
@@ -220,9 +228,10 @@ bool Model::IsA(std::string_view type, std::string_view base) const {
 }
 
 bool ValueSetExpansion::Contains(std::string_view system, std::string_view code) const {
-  auto it = std::lower_bound(
-      codes.begin(), codes.end(), code,
-      [](const std::pair<std::string, std::string>& e, std::string_view c) { return e.second < c; });
+  auto it = std::lower_bound(codes.begin(), codes.end(), code,
+                             [](const std::pair<std::string, std::string>& e, std::string_view c) {
+                               return e.second < c;
+                             });
   for (; it != codes.end() && it->second == code; ++it) {
     if (system.empty() || it->first == system) return true;
   }

@@ -34,17 +34,21 @@ struct Constraint {
   std::string expression;  // FHIRPath, evaluated with the element as focus
 };
 
+struct TypeDef;
+
 struct ElementDef {
-  std::string path;         // "Patient.contact.name", "Observation.value[x]"
-  std::string name;         // JSON name; for a choice the prefix without "[x]": "value"
+  std::string path;  // "Patient.contact.name", "Observation.value[x]"
+  std::string name;  // JSON name; for a choice the prefix without "[x]": "value"
   uint32_t min = 0;
-  uint32_t max = 1;         // kUnbounded for "*"
-  bool is_choice = false;   // name + capitalised type code is the JSON member
+  uint32_t max = 1;        // kUnbounded for "*"
+  bool is_choice = false;  // name + capitalised type code is the JSON member
   bool is_array() const { return max > 1; }
   // Type codes as FHIR names: "string", "Quantity", "Reference", "BackboneElement",
   // "Resource" (for contained / Bundle.entry.resource). For a primitive's `.value`
   // element the FHIRPath system type: "System.String", "System.Boolean", ...
   std::vector<std::string> types;
+  // The TypeDef of each entry of `types` (null for System types).
+  std::vector<const TypeDef*> type_defs;
   // For Reference / canonical: allowed target type names ("Patient", "Resource").
   std::vector<std::string> target_types;
   // Inline children (BackboneElement / Element defined in place, or the target of
@@ -52,7 +56,7 @@ struct ElementDef {
   // Empty when the children come from the type (types[0]).
   std::vector<const ElementDef*> children;
   BindingStrength binding = BindingStrength::kNone;
-  std::string value_set;  // canonical URL without "|version"
+  std::string value_set;                // canonical URL without "|version"
   std::vector<Constraint> constraints;  // element-level, as in the snapshot
   bool is_modifier = false;
   bool is_summary = false;
@@ -65,9 +69,9 @@ struct TypeDef {
   std::string name;  // "Patient", "HumanName", "string"
   TypeKind kind = TypeKind::kComplex;
   bool is_abstract = false;
-  std::string base;                 // "DomainResource"; empty for Element / Resource
+  std::string base;  // "DomainResource"; empty for Element / Resource
   const TypeDef* base_def = nullptr;
-  const ElementDef* root = nullptr;  // the element named by the type itself (constraints)
+  const ElementDef* root = nullptr;         // the element named by the type itself (constraints)
   std::vector<const ElementDef*> children;  // direct children in snapshot order
   // Primitives: the regular expression from the specification (ECMAScript syntax,
   // anchored), or empty where the specification gives none (boolean, xhtml).
@@ -92,7 +96,7 @@ class Model {
   static const Model& R4();
 
   const TypeDef* FindType(std::string_view name) const;
-  const ElementDef* FindElement(std::string_view path) const;  // by snapshot path
+  const ElementDef* FindElement(std::string_view path) const;         // by snapshot path
   const ValueSetExpansion* FindValueSet(std::string_view url) const;  // url without version
 
   // The children of a value of `element` whose type is `type` (one of element->types):
@@ -106,6 +110,7 @@ class Model {
   struct ChildMatch {
     const ElementDef* element;
     std::string_view type;
+    const TypeDef* type_def;  // null for System types
   };
   static std::optional<ChildMatch> ResolveChild(std::span<const ElementDef* const> children,
                                                 std::string_view json_name);

@@ -4,6 +4,8 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -14,6 +16,8 @@
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/pki.h"
+#include "fhir/profiles.h"
+#include "fhir/validator.h"
 #include "json/value.h"
 #include "net/client.h"
 #include "net/server.h"
@@ -177,7 +181,77 @@ class Janitor {
   std::thread thread_;
 };
 
+// The profiles of [validation] profile_packages (null when none are configured).
+absl::StatusOr<std::unique_ptr<fhir::ProfileSet>> LoadProfiles(const Config& config) {
+  if (config.profile_packages.empty()) return std::unique_ptr<fhir::ProfileSet>();
+  auto set = fhir::ProfileSet::Load(config.profile_packages);
+  if (!set.ok()) {
+    return fhirward::Error(ErrorCode::kInvalidRequest,
+                           "validation.profile_packages: " + DetailOf(set.status()));
+  }
+  return set;
+}
+
+fhir::ValidatorOptions ValidatorOptionsFor(const Config& config, const fhir::ProfileSet* profiles) {
+  fhir::ValidatorOptions o;
+  o.check_invariants = config.validate_invariants;
+  o.check_bindings = config.validate_bindings;
+  o.max_issues = config.validation_max_issues;
+  o.profiles = profiles;
+  return o;
+}
+
 }  // namespace
+
+absl::StatusOr<int> ValidateFiles(const ValidateArgs& args, std::ostream& out) {
+  Config config;
+  if (!args.config_file.empty()) {
+    auto loaded = LoadConfig(args.config_file, config);
+    if (!loaded.ok()) return loaded.status();
+    config = std::move(*loaded);
+  }
+  auto profiles = LoadProfiles(config);
+  if (!profiles.ok()) return profiles.status();
+  fhir::Validator validator(ValidatorOptionsFor(config, profiles->get()));
+  int failed = 0;
+  for (const std::string& file : args.files) {
+    std::string text;
+    if (file == "-") {
+      text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    } else {
+      std::ifstream in(file, std::ios::binary);
+      if (!in) {
+        out << file << ": cannot be read\n";
+        ++failed;
+        continue;
+      }
+      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    auto doc = json::Parse(text, config.json_limits);
+    if (!doc.ok()) {
+      out << file << ": 1 errors, 0 warnings\n  error  [json] " << DetailOf(doc.status()) << "\n";
+      ++failed;
+      continue;
+    }
+    fhir::ValidationReport report = validator.Validate(*doc);
+    if (!report.valid()) ++failed;
+    if (args.outcome_json) {
+      out << json::Write(report.ToOperationOutcome(), {.pretty = true}) << "\n";
+      continue;
+    }
+    if (report.valid()) {
+      out << file << ": OK (0 errors, " << report.warnings << " warnings)\n";
+    } else {
+      out << file << ": " << report.errors << " errors, " << report.warnings << " warnings\n";
+    }
+    for (const fhir::ValidationIssue& i : report.issues) {
+      out << "  " << fhir::SeverityName(i.severity) << "  [" << i.rule << "] " << i.expression
+          << ": " << i.message << "\n";
+    }
+    if (report.truncated) out << "  (more findings not listed)\n";
+  }
+  return failed;
+}
 
 absl::Status Serve(const ServeArgs& args) {
   Config config;
@@ -286,6 +360,9 @@ absl::Status Serve(const ServeArgs& args) {
   JwksRefresher refresher(config.issuers, &authenticator, config.jwks_refresh_seconds);
   RateLimiter limiter(config.rate_per_second, config.rate_burst);
   std::unique_ptr<policy::PolicyEngine> policy = policy::NewScopePolicyEngine();
+  auto profiles = LoadProfiles(config);
+  if (!profiles.ok()) return profiles.status();
+  fhir::Validator validator(ValidatorOptionsFor(config, profiles->get()));
 
   ServiceDeps deps;
   deps.config = config;
@@ -297,6 +374,7 @@ absl::Status Serve(const ServeArgs& args) {
   deps.rate_limiter = &limiter;
   deps.cursor_key = &inst.cursor_key();
   deps.clock = &SystemClock::Get();
+  deps.validator = &validator;
   service = std::make_unique<FhirService>(std::move(deps));
 
   audit::AuditRecord start;

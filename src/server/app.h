@@ -3,7 +3,9 @@
 #define FHIRWARD_SERVER_APP_H_
 
 #include <cstdint>
+#include <ostream>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -39,6 +41,17 @@ struct AuditVerifyResult {
   std::string summary;
 };
 absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir);
+
+struct ValidateArgs {
+  std::vector<std::string> files;  // FHIR JSON resources; "-" reads standard input
+  std::string config_file;         // optional: the [validation] section applies
+  bool outcome_json = false;       // print each file's OperationOutcome instead of lines
+};
+// Validates each file with the server's validator. Per file, prints
+// "FILE: OK (0 errors, W warnings)" or "FILE: N errors, W warnings" and one
+// line per finding. Returns the number of files with errors (unreadable or
+// unparsable files count as files with errors).
+absl::StatusOr<int> ValidateFiles(const ValidateArgs& args, std::ostream& out);
 
 }  // namespace fhirward::server
 

@@ -88,8 +88,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
                               std::string(e.description())));
   }
   FW_TRY(CheckKeys(root, "",
-                   {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "auth", "store",
-                    "rate_limit", "log"}));
+                   {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "validation",
+                    "auth", "store", "rate_limit", "log"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));
@@ -137,6 +137,23 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "fhir", "history_default_count", &c.history_default_count));
     FW_TRY(Get(*t, "fhir", "history_max_count", &c.history_max_count));
     FW_TRY(Get(*t, "fhir", "idempotency_ttl_seconds", &c.idempotency_ttl_seconds));
+  }
+  if (auto* t = root["validation"].as_table()) {
+    FW_TRY(CheckKeys(*t, "validation",
+                     {"mode", "invariants", "bindings", "max_issues", "profile_packages"}));
+    FW_TRY(Get(*t, "validation", "mode", &c.validation_mode));
+    FW_TRY(Get(*t, "validation", "invariants", &c.validate_invariants));
+    FW_TRY(Get(*t, "validation", "bindings", &c.validate_bindings));
+    FW_TRY(Get(*t, "validation", "max_issues", &c.validation_max_issues));
+    if (const toml::node* n = t->get("profile_packages")) {
+      const toml::array* dirs = n->as_array();
+      if (dirs == nullptr) return Bad("validation.profile_packages", "expected an array of paths");
+      c.profile_packages.clear();
+      for (const toml::node& d : *dirs) {
+        if (!d.is_string()) return Bad("validation.profile_packages", "expected strings");
+        c.profile_packages.push_back(d.as_string()->get());
+      }
+    }
   }
   if (auto* t = root["auth"].as_table()) {
     FW_TRY(CheckKeys(*t, "auth",
@@ -231,6 +248,12 @@ absl::Status Validate(const Config& c) {
   }
   if (c.idempotency_ttl_seconds < 1) {
     return Bad("fhir.idempotency_ttl_seconds", "must be at least 1");
+  }
+  if (c.validation_mode != "strict" && c.validation_mode != "off") {
+    return Bad("validation.mode", "must be \"strict\" or \"off\"");
+  }
+  if (c.validation_max_issues < 1 || c.validation_max_issues > 10000) {
+    return Bad("validation.max_issues", "must be between 1 and 10000");
   }
   if (c.tenant.empty() || c.tenant.size() > 64 ||
       c.tenant.find_first_not_of(

@@ -58,6 +58,13 @@ struct Config {
   int history_max_count = 500;
   int idempotency_ttl_seconds = 86400;
 
+  // [validation]
+  std::string validation_mode = "strict";  // "strict": errors refuse writes (422); "off"
+  bool validate_invariants = true;
+  bool validate_bindings = true;
+  size_t validation_max_issues = 100;
+  std::vector<std::string> profile_packages;  // npm-format FHIR package directories
+
   // [auth]
   std::vector<TrustedIssuer> issuers;  // besides the instance's own issuer
   int token_cache_entries = 100000;

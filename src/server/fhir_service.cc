@@ -356,6 +356,7 @@ struct Route {
   Interaction interaction = Interaction::kRead;
   bool search = false;  // not implemented yet (issue 4)
   bool operation = false;
+  std::string operation_name;  // "validate"
   std::string type;
   std::string id;
   int64_t vid = 0;
@@ -389,8 +390,13 @@ struct FhirService::Impl {
   ServiceDeps d;
   std::string capability_json;
   std::unique_ptr<crypto::Aead> cursor_aead;
+  std::unique_ptr<fhir::Validator> default_validator;  // when the deps name none
 
   explicit Impl(ServiceDeps deps) : d(std::move(deps)) {
+    if (d.validator == nullptr) {
+      default_validator = std::make_unique<fhir::Validator>();
+      d.validator = default_validator.get();
+    }
     capability_json = BuildCapability();
     auto aead = crypto::Aead::NewAes256Gcm(
         SecretBytes(crypto::HmacSha256(d.cursor_key->UnsafeView(), "fhirward-cursor-aead-v1")));
@@ -582,6 +588,12 @@ struct FhirService::Impl {
     }
     if (!seg[1].empty() && seg[1][0] == '$') {
       r->operation = true;
+      if (n == 2 && seg[1] == "$validate") {
+        // Authorized as the write it checks (mode, Dispatch); never stores.
+        r->operation_name = "validate";
+        r->interaction = Interaction::kCreate;
+        return method_is({"POST"}) ? absl::OkStatus() : not_allowed();
+      }
       return fhirward::Error(ErrorCode::kNotImplemented, "operations are not supported yet");
     }
     if (auto s = check_id(seg[1]); !s.ok()) return s;
@@ -601,6 +613,16 @@ struct FhirService::Impl {
         return not_allowed();
       }
       return absl::OkStatus();
+    }
+    if (n == 3 && seg[2] == "$validate") {
+      r->operation = true;
+      r->operation_name = "validate";
+      r->interaction = Interaction::kRead;  // the stored instance, or a body (mode, Dispatch)
+      return method_is({"GET", "POST"}) ? absl::OkStatus() : not_allowed();
+    }
+    if (!seg[2].empty() && seg[2][0] == '$') {
+      r->operation = true;
+      return fhirward::Error(ErrorCode::kNotImplemented, "operations are not supported yet");
     }
     if (seg[2] != "_history") return fhirward::Error(ErrorCode::kRouteNotFound);
     if (n == 3) {
@@ -688,8 +710,19 @@ struct FhirService::Impl {
       return Throttled(ctx, retry);
     }
 
+    // $validate is authorized as the interaction it checks: a body to create
+    // or update needs that permission; the stored instance needs read.
+    Interaction interaction = route.interaction;
+    std::optional<json::Value> validate_body;
+    if (route.operation_name == "validate") {
+      ctx.audit.action = "validate";
+      auto in = ValidateInput(req, route, query, &interaction);
+      if (!in.ok()) return ErrorResponse(ctx, in.status());
+      validate_body = std::move(*in);
+    }
+
     policy::AccessRequest areq;
-    areq.interaction = route.interaction;
+    areq.interaction = interaction;
     areq.resource_type = route.type;
     areq.resource_id = route.id;
     policy::Decision decision = d.policy->Authorize(p, areq);
@@ -702,6 +735,10 @@ struct FhirService::Impl {
 
     if (route.search) {
       return Error(ctx, ErrorCode::kNotImplemented, "search is not supported yet");
+    }
+
+    if (route.operation_name == "validate") {
+      return ValidateOperation(ctx, route, interaction, std::move(validate_body), decision);
     }
 
     switch (route.interaction) {
@@ -894,6 +931,7 @@ struct FhirService::Impl {
       key.id = RandomUuid();
       body->Set("id", Str(key.id));
       ctx.audit.resource_id = key.id;
+      if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
       auto patients = fhir::PatientCompartmentsOf(route.type, *body);
       if (auto rd = authorize(patients); !rd.allow) return deny(rd);
       auto stored = d.store->Create(key, std::move(*body));
@@ -966,6 +1004,7 @@ struct FhirService::Impl {
     if (id->as_string() != route.id) {
       return Error(ctx, ErrorCode::kIdMismatch, "the body's id does not match the URL");
     }
+    if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
     auto patients = fhir::PatientCompartmentsOf(route.type, *body);
     if (auto rd = authorize(patients); !rd.allow) return deny(rd);
     if (absent && !d.config.update_create && !current.ok()) {
@@ -984,6 +1023,137 @@ struct FhirService::Impl {
     // Re-creating a deleted resource is a creation for the client (201).
     const bool created = w->created || absent;
     return Written(ctx, req, w->stored, created ? 201 : 200, created ? "created" : "updated");
+  }
+
+  // --- validation ---------------------------------------------------------------
+
+  net::HttpResponse OutcomeResponse(Ctx& ctx, int status, const json::Value& outcome) const {
+    net::HttpResponse r;
+    r.status = status;
+    r.SetHeader("Content-Type", std::string(kFhirJson));
+    r.body = Body(ctx, outcome);
+    return r;
+  }
+
+  // Under validation mode "strict", a resource with errors is refused with the
+  // validator's OperationOutcome (422) before authorization looks at it or the
+  // store sees it. Warnings never refuse.
+  std::optional<net::HttpResponse> Refuse(Ctx& ctx, const json::Value& resource) const {
+    if (d.config.validation_mode != "strict") return std::nullopt;
+    fhir::ValidationReport report = d.validator->Validate(resource);
+    if (report.valid()) return std::nullopt;
+    ctx.audit.error = std::string(Describe(ErrorCode::kValidationFailed).name) + ":" +
+                      std::to_string(report.errors);
+    return OutcomeResponse(ctx, 422, report.ToOperationOutcome());
+  }
+
+  // The resource a $validate request carries (a resource, or Parameters with
+  // `resource` and `mode`), or nullopt for the stored instance; sets the
+  // interaction to authorize.
+  absl::StatusOr<std::optional<json::Value>> ValidateInput(const net::HttpRequest& req,
+                                                           const Route& route, const Query& query,
+                                                           Interaction* interaction) const {
+    std::string mode;
+    if (const std::string* m = QueryParam(query, "mode")) mode = *m;
+    const bool instance = !route.id.empty();
+    if (req.body.empty()) {
+      if (!instance) {
+        return fhirward::Error(ErrorCode::kInvalidRequest, "$validate needs a resource to check");
+      }
+      if (!mode.empty()) {
+        return fhirward::Error(ErrorCode::kInvalidParameter, "mode needs a resource in the body");
+      }
+      *interaction = Interaction::kRead;
+      return std::optional<json::Value>();
+    }
+    auto ct = req.header("Content-Type");
+    if (!ct || !IsJsonMediaType(*ct)) {
+      return fhirward::Error(ErrorCode::kUnsupportedMediaType,
+                             "send application/fhir+json or application/json");
+    }
+    auto v = json::Parse(req.body, d.config.json_limits);
+    if (!v.ok()) return v.status();
+    if (!v->is_object()) {
+      return fhirward::Error(ErrorCode::kInvalidResource, "the body must be a JSON object");
+    }
+    json::Value resource;
+    if (v->GetString("resourceType") == "Parameters" && route.type != "Parameters") {
+      const json::Value* params = v->Find("parameter");
+      bool found = false;
+      if (params != nullptr && params->is_array()) {
+        for (const json::Value& param : params->items()) {
+          auto name = param.GetString("name");
+          if (name == "resource" && param.Find("resource") != nullptr && !found) {
+            resource = *param.Find("resource");
+            found = true;
+          } else if (name == "mode") {
+            if (auto m = param.GetString("valueCode")) mode = std::string(*m);
+          } else if (name == "profile") {
+            return fhirward::Error(ErrorCode::kInvalidParameter,
+                                   "the profile parameter is not supported; use meta.profile");
+          }
+        }
+      }
+      if (!found) {
+        return fhirward::Error(ErrorCode::kInvalidRequest,
+                               "Parameters needs a 'resource' parameter holding the resource");
+      }
+    } else {
+      resource = std::move(*v);
+    }
+    if (resource.GetString("resourceType") != route.type) {
+      return fhirward::Error(ErrorCode::kResourceTypeMismatch,
+                             "the resource's resourceType does not match the URL");
+    }
+    if (mode.empty()) mode = instance ? "update" : "create";
+    if (mode == "create") {
+      *interaction = Interaction::kCreate;
+    } else if (mode == "update") {
+      *interaction = Interaction::kUpdate;
+      if (instance && resource.GetString("id") != route.id) {
+        return fhirward::Error(ErrorCode::kIdMismatch, "the resource's id does not match the URL");
+      }
+    } else {
+      return fhirward::Error(ErrorCode::kInvalidParameter,
+                             "mode must be create or update (delete is not supported)");
+    }
+    return std::optional<json::Value>(std::move(resource));
+  }
+
+  // $validate answers 200 with the OperationOutcome whatever it finds; nothing
+  // is stored.
+  net::HttpResponse ValidateOperation(Ctx& ctx, const Route& route, Interaction interaction,
+                                      std::optional<json::Value> body,
+                                      const policy::Decision& decision) {
+    const policy::Principal& p = *ctx.principal;
+    const bool in_def = fhir::InPatientCompartmentDefinition(route.type);
+    if (!body) {
+      store::ResourceKey key{d.config.tenant, route.type, route.id};
+      auto v = d.store->Read(key);
+      if (!v.ok()) return ErrorResponse(ctx, v.status());
+      policy::Decision rd = d.policy->AuthorizeResource(p, decision, Interaction::kRead, route.type,
+                                                        v->patients, in_def);
+      if (!rd.allow) return Hidden(ctx, rd);
+      if (v->deleted) return Error(ctx, ErrorCode::kGone);
+      if (!v->patients.empty()) ctx.audit.patient_id = v->patients[0];
+      ctx.audit.version_id = std::to_string(v->version);
+      auto stored = json::Parse(v->json, d.config.json_limits);
+      if (!stored.ok()) return Error(ctx, ErrorCode::kInternal, "stored resource is unreadable");
+      body = std::move(*stored);
+    } else {
+      // The principal must be allowed to write what it asks about: a
+      // patient-scoped client validates only its own compartment's data.
+      auto patients = fhir::PatientCompartmentsOf(route.type, *body);
+      policy::Decision rd =
+          d.policy->AuthorizeResource(p, decision, interaction, route.type, patients, in_def);
+      if (!rd.allow) {
+        ctx.audit.error = "forbidden:" + rd.reason;
+        return Error(ctx, ErrorCode::kForbidden, rd.reason);
+      }
+    }
+    fhir::ValidationReport report = d.validator->Validate(*body);
+    ctx.audit.count = 1;
+    return OutcomeResponse(ctx, 200, report.ToOperationOutcome());
   }
 
   net::HttpResponse Written(Ctx& ctx, const net::HttpRequest& req, const store::StoredVersion& v,
@@ -1387,7 +1557,7 @@ struct FhirService::Impl {
   // answered inline.
   static bool RunsInline(const net::HttpRequest& req, const Parsed& p) {
     if (req.transport_error || !p.target.ok() || !p.routed.ok()) return true;
-    if (req.method != "GET") return false;
+    if (req.method != "GET" || p.route.operation) return false;
     return p.route.interaction == Interaction::kRead ||
            p.route.interaction == Interaction::kVread ||
            p.route.interaction == Interaction::kCapabilities;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "audit/audit_log.h"
+#include "fhir/validator.h"
 #include "common/clock.h"
 #include "common/secret_bytes.h"
 #include "net/message.h"
@@ -33,6 +34,10 @@ struct ServiceDeps {
   RateLimiter* rate_limiter = nullptr;
   const SecretBytes* cursor_key = nullptr;  // authenticates paging cursors
   const Clock* clock = nullptr;
+  // Validates created and updated resources (refused with 422 when
+  // config.validation_mode is "strict") and serves $validate. When null, the
+  // service uses a validator with default options.
+  const fhir::Validator* validator = nullptr;
 };
 
 class FhirService {

@@ -92,6 +92,7 @@ class FhirServiceTest : public ::testing::Test {
     d.rate_limiter = limiter_.get();
     d.cursor_key = &cursor_key_;
     d.clock = &SystemClock::Get();
+    d.validator = &validator_;
     service_ = std::make_unique<FhirService>(std::move(d));
   }
 
@@ -160,6 +161,7 @@ class FhirServiceTest : public ::testing::Test {
   std::unique_ptr<RateLimiter> limiter_;
   SecretBytes cursor_key_{std::string(32, 'c')};
   RecordingAudit audit_;
+  fhir::Validator validator_;
   std::unique_ptr<FhirService> service_;
 };
 
@@ -200,6 +202,31 @@ TEST_F(FhirServiceTest, IfNoneMatchGives304) {
   EXPECT_TRUE(r.body.empty());
 }
 
+TEST_F(FhirServiceTest, InvalidResourcesAreRefusedWith422AndNotStored) {
+  std::string t = Token("u", "user/*.cruds");
+  auto r = Call("POST", "/Patient", t, R"({"resourceType":"Patient","gender":"man","foo":1})");
+  EXPECT_EQ(r.status, 422);
+  EXPECT_THAT(r.body, HasSubstr("\"OperationOutcome\""));
+  EXPECT_THAT(r.body, HasSubstr("Patient.gender"));
+  EXPECT_THAT(r.body, HasSubstr("Patient.foo"));
+  auto h = Call("GET", "/Patient/_history", t);
+  EXPECT_EQ(h.status, 200);
+  EXPECT_THAT(h.body, HasSubstr("\"entry\":[]"));
+  // $validate answers 200 with the same findings and stores nothing.
+  auto v = Call("POST", "/Patient/$validate", t, R"({"resourceType":"Patient","gender":"man"})");
+  EXPECT_EQ(v.status, 200);
+  EXPECT_THAT(v.body, HasSubstr("Patient.gender"));
+}
+
+TEST_F(FhirServiceTest, ValidationModeOffStoresWhatStrictRefuses) {
+  Config c;
+  c.validation_mode = "off";
+  Build(c);
+  std::string t = Token("u", "user/*.cruds");
+  EXPECT_EQ(Call("POST", "/Patient", t, R"({"resourceType":"Patient","gender":"man"})").status,
+            201);
+}
+
 TEST_F(FhirServiceTest, BodyChecks) {
   std::string t = Token("alice", "user/*.cruds");
   EXPECT_EQ(Call("POST", "/Patient", t, R"({"resourceType":"Observation"})").status, 400);
@@ -221,9 +248,9 @@ TEST_F(FhirServiceTest, BodyChecks) {
   EXPECT_EQ(Call("GET", "/Patient/bad_id!", t).status, 400);
   EXPECT_EQ(Call("GET", "/NotAType/1", t).status, 404);
   // Decimals come back exactly as written.
-  auto obs =
-      Call("POST", "/Observation", t,
-           R"({"resourceType":"Observation","status":"final","valueQuantity":{"value":1.50}})");
+  auto obs = Call(
+      "POST", "/Observation", t,
+      R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1.50}})");
   EXPECT_EQ(obs.status, 201);
   EXPECT_THAT(obs.body, HasSubstr("\"value\":1.50"));
 }
@@ -253,10 +280,10 @@ TEST_F(FhirServiceTest, ScopesAndPatientCompartment) {
   std::string admin = Token("admin", "user/*.cruds");
   std::string p1 = CreatePatient(admin, "One");
   std::string p2 = CreatePatient(admin, "Two");
-  auto obs2 =
-      Call("POST", "/Observation", admin,
-           R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
-               p2 + R"("}})");
+  auto obs2 = Call(
+      "POST", "/Observation", admin,
+      R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/)" +
+          p2 + R"("}})");
   ASSERT_EQ(obs2.status, 201);
   std::string obs2_id(J(obs2).GetString("id").value_or(""));
 
@@ -265,10 +292,10 @@ TEST_F(FhirServiceTest, ScopesAndPatientCompartment) {
   EXPECT_EQ(Call("GET", "/Patient/" + p2, pt).status, 404);
   EXPECT_EQ(audit_.last().outcome, "denied");
   EXPECT_EQ(Call("GET", "/Observation/" + obs2_id, pt).status, 404);
-  auto write_other =
-      Call("POST", "/Observation", pt,
-           R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
-               p2 + R"("}})");
+  auto write_other = Call(
+      "POST", "/Observation", pt,
+      R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/)" +
+          p2 + R"("}})");
   EXPECT_EQ(write_other.status, 403);
   auto hist = Call("GET", "/_history", pt);
   ASSERT_EQ(hist.status, 200);
@@ -433,16 +460,16 @@ TEST_F(FhirServiceTest, ConfinedWritesCannotProbeOtherCompartments) {
   std::string admin = Token("admin", "user/*.cruds");
   std::string p1 = CreatePatient(admin, "One");
   std::string p2 = CreatePatient(admin, "Two");
-  auto obs =
-      Call("POST", "/Observation", admin,
-           R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" +
-               p2 + R"("}})");
+  auto obs = Call(
+      "POST", "/Observation", admin,
+      R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/)" +
+          p2 + R"("}})");
   ASSERT_EQ(obs.status, 201);
   std::string hidden(J(obs).GetString("id").value_or(""));
   std::string pt = Token("pat", "patient/*.cruds", p1);
   std::string body_for =
-      R"({"resourceType":"Observation","status":"final","subject":{"reference":"Patient/)" + p1 +
-      R"("},"id":")";
+      R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/)" +
+      p1 + R"("},"id":")";
   auto put_hidden = Call("PUT", "/Observation/" + hidden, pt, body_for + hidden + "\"}");
   auto put_absent = Call("PUT", "/Observation/nope", pt, body_for + "nope\"}");
   EXPECT_EQ(put_hidden.status, 404);
