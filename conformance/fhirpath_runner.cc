@@ -58,18 +58,27 @@ std::string TemporalText(const fp::Temporal& t) {
 Rendered Render(const fp::Item& item) {
   using K = fp::Item::Kind;
   switch (item.kind()) {
-    case K::kBoolean: return {"boolean", item.boolean() ? "true" : "false"};
-    case K::kInteger: return {"integer", std::to_string(item.integer())};
-    case K::kDecimal: return {"decimal", item.decimal().ToString()};
-    case K::kString: return {"string", std::string(item.string())};
-    case K::kDate: return {"date", TemporalText(item.temporal())};
-    case K::kDateTime: return {"dateTime", TemporalText(item.temporal())};
-    case K::kTime: return {"time", TemporalText(item.temporal())};
-    case K::kQuantity: return {"Quantity", item.quantity().ToString()};
+    case K::kBoolean:
+      return {"boolean", item.boolean() ? "true" : "false"};
+    case K::kInteger:
+      return {"integer", std::to_string(item.integer())};
+    case K::kDecimal:
+      return {"decimal", item.decimal().ToString()};
+    case K::kString:
+      return {"string", std::string(item.string())};
+    case K::kDate:
+      return {"date", TemporalText(item.temporal())};
+    case K::kDateTime:
+      return {"dateTime", TemporalText(item.temporal())};
+    case K::kTime:
+      return {"time", TemporalText(item.temporal())};
+    case K::kQuantity:
+      return {"Quantity", item.quantity().ToString()};
     case K::kTypeInfo:
-      return {"TypeInfo", std::string(item.type_info().ns) + "." +
-                              std::string(item.type_info().name)};
-    case K::kNode: break;
+      return {"TypeInfo",
+              std::string(item.type_info().ns) + "." + std::string(item.type_info().name)};
+    case K::kNode:
+      break;
   }
   const fp::Item::Node& n = item.node();
   std::string type(item.type_name());
@@ -77,7 +86,8 @@ Rendered Render(const fp::Item& item) {
   const Value& v = *n.value;
   if (v.is_string()) {
     std::string_view s = v.as_string();
-    if (type == "date" || type == "dateTime" || type == "instant") return {type, "@" + v.as_string()};
+    if (type == "date" || type == "dateTime" || type == "instant")
+      return {type, "@" + v.as_string()};
     if (type == "time") return {type, "@T" + v.as_string()};
     return {type, std::string(s)};
   }
@@ -225,8 +235,9 @@ int main(int argc, char** argv) {
     if (!parsed.ok()) {
       if (!invalid.empty()) {
         ++passed;
-        if (verbose) std::printf("PASS %s (parse error: %s)\n", label.c_str(),
-                                 std::string(parsed.status().message()).c_str());
+        if (verbose)
+          std::printf("PASS %s (parse error: %s)\n", label.c_str(),
+                      std::string(parsed.status().message()).c_str());
       } else {
         fail(DescribeExpected(*outputs), "parse error: " + std::string(parsed.status().message()));
       }
@@ -236,8 +247,9 @@ int main(int argc, char** argv) {
     if (!result.ok()) {
       if (!invalid.empty()) {
         ++passed;
-        if (verbose) std::printf("PASS %s (error: %s)\n", label.c_str(),
-                                 std::string(result.status().message()).c_str());
+        if (verbose)
+          std::printf("PASS %s (error: %s)\n", label.c_str(),
+                      std::string(result.status().message()).c_str());
       } else {
         fail(DescribeExpected(*outputs), "error: " + std::string(result.status().message()));
       }

@@ -31,6 +31,18 @@ function typeCode(elementType, isPrimitiveValue) {
   return code;
 }
 
+// Constraints of the profiles the core definitions put on element types
+// (SimpleQuantity's sqty-1, MoneyQuantity's mqty-1): copied onto every element
+// that uses the profile, since the model has no profile of its own.
+const typeProfiles = new Map();
+for (const r of load('profiles-types.json')) {
+  if (r.resourceType !== 'StructureDefinition' || r.derivation !== 'constraint' || !r.snapshot) continue;
+  const root = r.snapshot.element[0];
+  const own = (root.constraint || []).filter((c) => c.expression && c.key !== 'ele-1' &&
+    !(r.snapshot.element[0].base && c.source && !c.source.endsWith('/' + r.id)));
+  typeProfiles.set(r.url, own.map((c) => [c.key, c.severity === 'error' ? 1 : 0, c.human || '', c.expression]));
+}
+
 const requiredValueSets = new Set();
 const types = [];
 for (const sd of structureDefs) {
@@ -64,8 +76,16 @@ for (const sd of structureDefs) {
     if (el.constraint && el.constraint.length) {
       e.c = el.constraint.filter((c) => c.expression).map((c) =>
         [c.key, c.severity === 'error' ? 1 : 0, c.human || '', c.expression]);
-      if (!e.c.length) delete e.c;
     }
+    for (const ty of el.type || []) {
+      for (const p of ty.profile || []) {
+        for (const c of typeProfiles.get(p) || []) {
+          e.c = e.c || [];
+          if (!e.c.some((x) => x[0] === c[0])) e.c.push(c);
+        }
+      }
+    }
+    if (e.c && !e.c.length) delete e.c;
     if (el.isModifier) e.m = 1;
     if (el.isSummary) e.s = 1;
     t.e.push(e);

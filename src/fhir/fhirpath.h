@@ -5,30 +5,44 @@
 //   absl::StatusOr<Expression> e = Expression::Parse("name.where(use = 'official').given");
 //   Environment env = Environment::ForResource(patient_json);
 //   absl::StatusOr<Collection> r = Evaluate(*e, Item::Resource(patient_json), env);
-//   // constraints, with the focus at any element:
-//   absl::StatusOr<std::optional<bool>> ok = EvaluateBoolean(*e, Item::Node(...), env);
+//   // invariants, with the focus at any element (the validator's use):
+//   absl::StatusOr<std::optional<bool>> ok =
+//       EvaluateBoolean(*e, Item::MakeNode(&period_json, "Period", element_def), env);
 //
 // Contract:
 //   - Parse compiles once into an immutable AST; unknown functions, wrong argument counts,
-//     unknown type names in is/as/ofType, malformed literals and limit violations are parse
-//     errors: absl::InvalidArgumentError("fhirpath: <what> at <line>:<column>").
+//     unknown lower-case type names in is/as/ofType (string1), malformed literals, invalid
+//     literal regular expressions and limit violations (ParseOptions) are parse errors:
+//     absl::InvalidArgumentError("fhirpath: <what> at <line>:<column>").
 //   - An Expression is immutable and cheap to copy (copies share the AST); one Expression may be
 //     evaluated from many threads at once. Regular expressions given as literals to matches(),
 //     matchesFull() and replaceMatches() are compiled at parse time.
 //   - Evaluation never throws and never recurses deeper than the AST (bounded at parse). Errors:
 //     absl::InvalidArgumentError for FHIRPath execution errors (a collection of several items
-//     where one is required, operands of the wrong type, as() on several items, ...), and
+//     where one is required, operands of the wrong type, ...), and
 //     absl::ResourceExhaustedError when a Limits budget is spent (steps, time, collection size,
-//     string size, regular-expression input size).
+//     string size, regular-expression input size). Every operation whose cost grows faster than
+//     its input (deduplication, equivalence, subsetOf, ...) is charged to the step budget.
 //   - Results may point into the evaluated documents, into the Expression (string literals) and
 //     into the Model: keep all three alive while using a result. Environment and its documents
-//     are only read.
+//     are only read. No global mutable state: caches live in one evaluation.
 //
 // FHIR specifics (http://hl7.org/fhir/R4/fhirpath.html): a primitive's id/extension come from the
 // "_name" sibling (a primitive with only "_name" still exists, without a value); choice elements
 // are reached by their base name (Observation.value finds valueQuantity, typed Quantity) and also,
 // outside strict mode, by their JSON name (Observation.valueQuantity); a type name as first step
-// (Patient.name) selects the focus when it is of that type and gives empty otherwise.
+// (Patient.name) selects the focus when it is of that type and gives empty otherwise. Resource.id
+// is typed "id" as R4 documents it. Decimals are exact (1.0 = 1.00, 0.1 + 0.2 = 0.3); quantities
+// compare across UCUM units of the same dimension (mg/g/kg, cm/m, mm[Hg]/kPa, '10*3/uL', ...), and
+// calendar durations (1 week = 7 'd'; years and months compare only with each other).
+//
+// Where this engine departs from the letter of N1 (outside strict mode), for the R4 invariants:
+//   - as() on several items returns those of the type instead of failing (dom-3 applies
+//     descendants().as(canonical)); strict mode fails as N1 says.
+//   - Unknown capitalised type names (R4B resources named by the R4 definitions' dom-r4b) match
+//     nothing instead of failing to parse.
+//   - `answer is Boolean` (R4's que-7) is, per N1, System.Boolean and false for FHIR booleans;
+//     callers wanting R4's intent must rewrite it to `answer is boolean`.
 //
 // Deliberately incomplete (documented, never an error):
 //   - conformsTo(url): true/false for the core StructureDefinition of a type
@@ -37,9 +51,9 @@
 //   - subsumes(), subsumedBy(), elementDefinition(), slice(), checkModifiers(): empty.
 //   - resolve(): contained resources ("#id"), and entries of a Bundle that is %rootResource or
 //     %resource (by fullUrl, or "Type/id"); anything else resolves to empty.
-//   - Semantic errors that need static typing (a path that cannot exist after as(), ordered
-//     functions applied to unordered collections) are not detected; strict mode (Environment)
-//     detects unknown element names, JSON choice names and type names that cannot match.
+//   - Static (semantic) checking is limited to strict mode (Environment::strict): unknown element
+//     names, JSON choice names, type names that cannot match the focus, element names absent
+//     from the type given to as()/ofType(), and first()/skip()/... on children()/descendants().
 #ifndef FHIRWARD_FHIR_FHIRPATH_H_
 #define FHIRWARD_FHIR_FHIRPATH_H_
 
@@ -52,7 +66,6 @@
 #include <string>
 #include <string_view>
 #include <utility>
-#include <variant>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/statusor.h"
@@ -111,9 +124,10 @@ struct Temporal {
   // FHIR / FHIRPath text without '@': "2014-01-05", "2015-02-04T14:34:28.123+09:00",
   // "14:34:28" (Time without 'T'). A DateTime of day precision or less prints as a date.
   std::string ToString() const;
-  // FHIR lexical forms: date "YYYY[-MM[-DD]]", dateTime/instant "YYYY[-MM[-DD[Thh:mm:ss[.f+][tz]]]]"
-  // (the FHIRPath forms "YYYY-MM-DDThh" and "YYYY-MM-DDThh:mm" are accepted too), time
-  // "hh[:mm[:ss[.f+]]]". Values are range-checked (month 1-12, day within month, ...).
+  // FHIR lexical forms: date "YYYY[-MM[-DD]]", dateTime/instant
+  // "YYYY[-MM[-DD[Thh:mm:ss[.f+][tz]]]]" (the FHIRPath forms "YYYY-MM-DDThh" and "YYYY-MM-DDThh:mm"
+  // are accepted too), time "hh[:mm[:ss[.f+]]]". Values are range-checked (month 1-12, day within
+  // month, ...).
   static std::optional<Temporal> ParseDate(std::string_view text);
   static std::optional<Temporal> ParseDateTime(std::string_view text);
   static std::optional<Temporal> ParseTime(std::string_view text);
@@ -137,7 +151,16 @@ struct Quantity {
 class Item {
  public:
   enum class Kind : uint8_t {
-    kNode, kBoolean, kInteger, kDecimal, kString, kDate, kDateTime, kTime, kQuantity, kTypeInfo
+    kNode,
+    kBoolean,
+    kInteger,
+    kDecimal,
+    kString,
+    kDate,
+    kDateTime,
+    kTime,
+    kQuantity,
+    kTypeInfo
   };
   // A FHIR node. `value` is the JSON value (nullptr for a primitive that only has "_name");
   // `ext` the "_name" object of a primitive (id, extension); `def` the ElementDef that holds it
@@ -244,6 +267,8 @@ std::string ToDebugString(const Collection& items);  // "[a, b]"
 // ---------------------------------------------------------------------------------------------
 // Expressions
 
+// Parsing and evaluating an expression at max_depth take roughly 2 KB of stack per level
+// (about 256 KB at the default): far below the 8 MB of a default thread.
 struct ParseOptions {
   size_t max_length = 64 * 1024;  // bytes of expression text
   size_t max_depth = 128;         // nesting of the AST
@@ -265,12 +290,12 @@ class Expression {
 
 // Budgets of one evaluation. Exceeding one is absl::ResourceExhaustedError.
 struct Limits {
-  uint64_t max_steps = 2'000'000;         // AST node visits plus items processed
-  std::chrono::milliseconds max_time{0};  // wall time, 0 = no limit (checked every 4096 steps)
-  size_t max_collection_size = 100'000;   // items in one intermediate collection
-  size_t max_string_bytes = 1 << 20;      // length of one computed string
-  size_t max_regex_input_bytes = 16 * 1024;   // text given to matches()/replaceMatches()
-  size_t max_regex_pattern_bytes = 1024;      // a pattern computed at evaluation time
+  uint64_t max_steps = 2'000'000;            // AST node visits plus items processed
+  std::chrono::milliseconds max_time{0};     // wall time, 0 = no limit (checked every 4096 steps)
+  size_t max_collection_size = 100'000;      // items in one intermediate collection
+  size_t max_string_bytes = 1 << 20;         // length of one computed string
+  size_t max_regex_input_bytes = 16 * 1024;  // text given to matches()/replaceMatches()
+  size_t max_regex_pattern_bytes = 1024;     // a pattern computed at evaluation time
 };
 
 struct Environment {
@@ -307,8 +332,8 @@ absl::StatusOr<Collection> Evaluate(const Expression& expression, const Item& fo
 
 // For invariants: the result as a Boolean by the singleton evaluation rules. Empty → nullopt,
 // one Boolean → its value, one other item → true, several items → InvalidArgumentError.
-absl::StatusOr<std::optional<bool>> EvaluateBoolean(const Expression& expression,
-                                                    const Item& focus, const Environment& env);
+absl::StatusOr<std::optional<bool>> EvaluateBoolean(const Expression& expression, const Item& focus,
+                                                    const Environment& env);
 
 }  // namespace fhirward::fhir::fhirpath
 

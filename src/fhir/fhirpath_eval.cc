@@ -106,8 +106,7 @@ absl::Status Evaluator::Error(const AstNode& node, std::string_view message) con
       Cat("fhirpath: ", message, " (at ", Position(text_, node.pos), ")"));
 }
 
-absl::StatusOr<const Item*> Evaluator::Singleton(const Collection& c,
-                                                 std::string_view what) const {
+absl::StatusOr<const Item*> Evaluator::Singleton(const Collection& c, std::string_view what) const {
   if (c.empty()) return nullptr;
   if (c.size() > 1) {
     return absl::InvalidArgumentError(
@@ -139,11 +138,10 @@ absl::Status Evaluator::EvalLambda(const AstNode& call, size_t i, const Collecti
 const Temporal& Evaluator::Now() {
   if (!now_) {
     const Clock& clock = env_.clock ? *env_.clock : SystemClock::Get();
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  clock.Now().time_since_epoch())
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock.Now().time_since_epoch())
                   .count();
-    std::string text = FormatInstant(std::chrono::system_clock::time_point(
-        std::chrono::milliseconds(ms)));
+    std::string text =
+        FormatInstant(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
     now_ = Temporal::ParseDateTime(text);
     if (!now_) now_ = Temporal::ParseDateTime("1970-01-01T00:00:00.000Z");
   }
@@ -182,8 +180,7 @@ void Evaluator::AddMember(const json::Object& obj, std::string_view key, const E
   for (const auto& [k, val] : obj) {
     if (k.size() == key.size() && k == key) {
       v = &val;
-    } else if (k.size() == key.size() + 1 && k[0] == '_' &&
-               std::string_view(k).substr(1) == key) {
+    } else if (k.size() == key.size() + 1 && k[0] == '_' && std::string_view(k).substr(1) == key) {
       ext = &val;
     }
   }
@@ -244,8 +241,8 @@ absl::Status Evaluator::Member(const Item& item, std::string_view name, Collecti
       }
     }
     if (env_.strict) {
-      return absl::InvalidArgumentError(Cat(
-          "fhirpath: '", name, "' can never match a ", n.type ? n.type->name : "node"));
+      return absl::InvalidArgumentError(
+          Cat("fhirpath: '", name, "' can never match a ", n.type ? n.type->name : "node"));
     }
     return absl::OkStatus();
   }
@@ -284,16 +281,16 @@ absl::Status Evaluator::Member(const Item& item, std::string_view name, Collecti
   if (!defs.empty()) {
     if (auto m = Model::ResolveChild(defs, name)) {
       if (env_.strict) {
-        return absl::InvalidArgumentError(Cat(
-            "fhirpath: '", name, "' is a JSON name; use the element name '", m->element->name,
-            "'"));
+        return absl::InvalidArgumentError(Cat("fhirpath: '", name,
+                                              "' is a JSON name; use the element name '",
+                                              m->element->name, "'"));
       }
       AddMember(obj, name, m->element, m->type_def, out);
       return absl::OkStatus();
     }
     if (env_.strict) {
-      return absl::InvalidArgumentError(Cat("fhirpath: unknown element '", name,
-                                                     "' on ", n.type ? n.type->name : "node"));
+      return absl::InvalidArgumentError(
+          Cat("fhirpath: unknown element '", name, "' on ", n.type ? n.type->name : "node"));
     }
   }
   size_t before = out->size();
@@ -416,9 +413,9 @@ bool Evaluator::TypeMatches(const Item& item, const TypeSpec& spec, bool exact) 
 absl::Status Evaluator::Variable(const AstNode& node, Collection* out) {
   std::string_view name = node.name;
   if (name == "resource" || name == "rootResource") {
-    const json::Value* r = name == "resource" ? (env_.resource ? env_.resource : env_.root_resource)
-                                              : (env_.root_resource ? env_.root_resource
-                                                                    : env_.resource);
+    const json::Value* r = name == "resource"
+                               ? (env_.resource ? env_.resource : env_.root_resource)
+                               : (env_.root_resource ? env_.root_resource : env_.resource);
     if (r != nullptr) out->push_back(Item::Resource(*r));
     return absl::OkStatus();
   }
@@ -439,8 +436,8 @@ absl::Status Evaluator::Variable(const AstNode& node, Collection* out) {
   } else if (name.starts_with("vs-") && name.size() > 3) {
     out->push_back(Item::MakeString(Cat("http://hl7.org/fhir/ValueSet/", name.substr(3))));
   } else if (name.starts_with("ext-") && name.size() > 4) {
-    out->push_back(Item::MakeString(
-        Cat("http://hl7.org/fhir/StructureDefinition/", name.substr(4))));
+    out->push_back(
+        Item::MakeString(Cat("http://hl7.org/fhir/StructureDefinition/", name.substr(4))));
   } else {
     return Error(node, Cat("unknown variable %", name));
   }
@@ -562,9 +559,9 @@ absl::Status Evaluator::StrictCheck(const AstNode& invoke) const {
     return Error(rhs, Cat(rhs.name, "() needs an ordered collection; ", producer.name,
                           "() gives an unordered one"));
   }
-  bool cast = producer.kind == NodeKind::kAs ||
-              (producer.kind == NodeKind::kFunction &&
-               (producer.name == "as" || producer.name == "ofType"));
+  bool cast =
+      producer.kind == NodeKind::kAs || (producer.kind == NodeKind::kFunction &&
+                                         (producer.name == "as" || producer.name == "ofType"));
   if (cast && rhs.kind == NodeKind::kMember && producer.type.fhir != nullptr &&
       !IsUpper(rhs.name.empty() ? 'a' : rhs.name[0])) {
     auto defs = producer.type.fhir->children;
@@ -598,19 +595,25 @@ absl::Status Evaluator::Binary(const AstNode& node, const Collection& input, con
     std::optional<bool> x = *a, y = *b, result;
     switch (op) {
       case BinOp::kAnd:
-        if (y == false) result = false;
-        else if (x && y) result = true;
+        if (y == false)
+          result = false;
+        else if (x && y)
+          result = true;
         break;
       case BinOp::kOr:
-        if (y == true) result = true;
-        else if (x && y) result = false;
+        if (y == true)
+          result = true;
+        else if (x && y)
+          result = false;
         break;
       case BinOp::kXor:
         if (x && y) result = *x != *y;
         break;
       default:  // implies; x is true or empty here
-        if (y == true) result = true;
-        else if (x && y) result = false;
+        if (y == true)
+          result = true;
+        else if (x && y)
+          result = false;
         break;
     }
     if (result) out->push_back(Item::MakeBoolean(*result));
@@ -690,8 +693,10 @@ absl::Status Evaluator::Binary(const AstNode& node, const Collection& input, con
       if (!c.ok()) return Error(node, std::string(c.status().message()));
       if (!*c) return absl::OkStatus();
       int v = **c;
-      bool result = op == BinOp::kLt ? v < 0 : op == BinOp::kGt ? v > 0
-                  : op == BinOp::kLe ? v <= 0 : v >= 0;
+      bool result = op == BinOp::kLt   ? v < 0
+                    : op == BinOp::kGt ? v > 0
+                    : op == BinOp::kLe ? v <= 0
+                                       : v >= 0;
       out->push_back(Item::MakeBoolean(result));
       return absl::OkStatus();
     }
@@ -766,8 +771,8 @@ absl::StatusOr<Collection> Evaluate(const Expression& expression, const Item& fo
   return Evaluate(expression, c, env);
 }
 
-absl::StatusOr<std::optional<bool>> EvaluateBoolean(const Expression& expression,
-                                                    const Item& focus, const Environment& env) {
+absl::StatusOr<std::optional<bool>> EvaluateBoolean(const Expression& expression, const Item& focus,
+                                                    const Environment& env) {
   auto r = Evaluate(expression, focus, env);
   if (!r.ok()) return r.status();
   if (r->empty()) return std::optional<bool>();

@@ -5,8 +5,8 @@
 #include <cmath>
 #include <regex>
 #include <string>
-#include <unordered_map>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -19,14 +19,14 @@
 namespace fhirward::fhir::fhirpath::internal {
 namespace {
 
-#define FP_RETURN_IF_ERROR(expr)             \
-  do {                                       \
-    absl::Status _st = (expr);               \
-    if (!_st.ok()) return _st;               \
+#define FP_RETURN_IF_ERROR(expr) \
+  do {                           \
+    absl::Status _st = (expr);   \
+    if (!_st.ok()) return _st;   \
   } while (false)
 
-#define FP_ASSIGN_OR_RETURN(lhs, expr) \
-  auto lhs##_or = (expr);              \
+#define FP_ASSIGN_OR_RETURN(lhs, expr)          \
+  auto lhs##_or = (expr);                       \
   if (!lhs##_or.ok()) return lhs##_or.status(); \
   auto lhs = std::move(*lhs##_or)
 
@@ -38,8 +38,8 @@ absl::StatusOr<std::optional<Item>> SingleValue(Evaluator& ev, const AstNode& ca
                                                 const Collection& c, std::string_view what) {
   if (c.empty()) return std::optional<Item>();
   if (c.size() > 1) {
-    return ev.Error(call, Cat(call.name, "() requires a single ", what, ", got ",
-                                       c.size(), " items"));
+    return ev.Error(call,
+                    Cat(call.name, "() requires a single ", what, ", got ", c.size(), " items"));
   }
   return ToSystem(c[0]);
 }
@@ -49,8 +49,8 @@ absl::StatusOr<std::optional<Item>> InputString(Evaluator& ev, const AstNode& ca
                                                 const Collection& input) {
   if (input.empty()) return std::optional<Item>();
   if (input.size() > 1) {
-    return ev.Error(call, Cat(call.name, "() requires a single string, got ",
-                                       input.size(), " items"));
+    return ev.Error(call,
+                    Cat(call.name, "() requires a single string, got ", input.size(), " items"));
   }
   auto s = ToSystem(input[0]);
   if (!s || s->kind() != Item::Kind::kString) {
@@ -280,26 +280,23 @@ Status FnSingle(Evaluator& ev, const AstNode& call, const Collection& input, con
   return absl::OkStatus();
 }
 
-Status FnFirst(Evaluator&, const AstNode&, const Collection& input, const Frame&,
-               Collection* out) {
+Status FnFirst(Evaluator&, const AstNode&, const Collection& input, const Frame&, Collection* out) {
   if (!input.empty()) out->push_back(input.front());
   return absl::OkStatus();
 }
 
-Status FnLast(Evaluator&, const AstNode&, const Collection& input, const Frame&,
-              Collection* out) {
+Status FnLast(Evaluator&, const AstNode&, const Collection& input, const Frame&, Collection* out) {
   if (!input.empty()) out->push_back(input.back());
   return absl::OkStatus();
 }
 
-Status FnTail(Evaluator&, const AstNode&, const Collection& input, const Frame&,
-              Collection* out) {
+Status FnTail(Evaluator&, const AstNode&, const Collection& input, const Frame&, Collection* out) {
   if (input.size() > 1) out->insert(out->end(), input.begin() + 1, input.end());
   return absl::OkStatus();
 }
 
-Status FnSkipTake(Evaluator& ev, const AstNode& call, const Collection& input,
-                  const Frame& frame, Collection* out) {
+Status FnSkipTake(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                  Collection* out) {
   FP_ASSIGN_OR_RETURN(n, ArgInteger(ev, call, 0, frame));
   if (!n) return absl::OkStatus();
   int64_t k = std::clamp<int64_t>(*n, 0, static_cast<int64_t>(input.size()));
@@ -387,7 +384,8 @@ bool IsDecimalText(std::string_view s) {
 
 std::optional<Item> ConvertBoolean(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kBoolean: return v;
+    case Item::Kind::kBoolean:
+      return v;
     case Item::Kind::kInteger:
       if (v.integer() == 0 || v.integer() == 1) return Item::MakeBoolean(v.integer() == 1);
       return std::nullopt;
@@ -408,14 +406,17 @@ std::optional<Item> ConvertBoolean(const Item& v) {
       }
       return std::nullopt;
     }
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<Item> ConvertInteger(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kInteger: return v;
-    case Item::Kind::kBoolean: return Item::MakeInteger(v.boolean() ? 1 : 0);
+    case Item::Kind::kInteger:
+      return v;
+    case Item::Kind::kBoolean:
+      return Item::MakeInteger(v.boolean() ? 1 : 0);
     case Item::Kind::kString: {
       if (!IsIntegerText(v.string())) return std::nullopt;
       auto d = Decimal::Parse(v.string());
@@ -424,22 +425,27 @@ std::optional<Item> ConvertInteger(const Item& v) {
       if (!i || *i > INT32_MAX || *i < INT32_MIN) return std::nullopt;
       return Item::MakeInteger(*i);
     }
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<Item> ConvertDecimal(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kDecimal: return v;
-    case Item::Kind::kInteger: return Item::MakeDecimal(Decimal::FromInt(v.integer()));
-    case Item::Kind::kBoolean: return Item::MakeDecimal(Decimal(v.boolean() ? 10 : 0, 1));
+    case Item::Kind::kDecimal:
+      return v;
+    case Item::Kind::kInteger:
+      return Item::MakeDecimal(Decimal::FromInt(v.integer()));
+    case Item::Kind::kBoolean:
+      return Item::MakeDecimal(Decimal(v.boolean() ? 10 : 0, 1));
     case Item::Kind::kString: {
       if (!IsDecimalText(v.string())) return std::nullopt;
       auto d = Decimal::Parse(v.string());
       if (!d) return std::nullopt;
       return Item::MakeDecimal(*d);
     }
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -452,8 +458,10 @@ std::optional<Item> ConvertString(const Item& v) {
 
 std::optional<Item> ConvertDate(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kDate: return v;
-    case Item::Kind::kDateTime: return Item::MakeTemporal(TemporalToDate(v.temporal()));
+    case Item::Kind::kDate:
+      return v;
+    case Item::Kind::kDateTime:
+      return Item::MakeTemporal(TemporalToDate(v.temporal()));
     case Item::Kind::kString: {
       if (auto d = Temporal::ParseDate(v.string())) return Item::MakeTemporal(*d);
       if (auto dt = Temporal::ParseDateTime(v.string())) {
@@ -461,13 +469,15 @@ std::optional<Item> ConvertDate(const Item& v) {
       }
       return std::nullopt;
     }
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<Item> ConvertDateTime(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kDateTime: return v;
+    case Item::Kind::kDateTime:
+      return v;
     case Item::Kind::kDate: {
       Temporal t = v.temporal();
       t.kind = Temporal::Kind::kDateTime;
@@ -476,27 +486,30 @@ std::optional<Item> ConvertDateTime(const Item& v) {
     case Item::Kind::kString:
       if (auto dt = Temporal::ParseDateTime(v.string())) return Item::MakeTemporal(*dt);
       return std::nullopt;
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<Item> ConvertTime(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kTime: return v;
+    case Item::Kind::kTime:
+      return v;
     case Item::Kind::kString: {
       std::string_view s = v.string();
       if (!s.empty() && s[0] == 'T') s.remove_prefix(1);
       if (auto t = Temporal::ParseTime(s)) return Item::MakeTemporal(*t);
       return std::nullopt;
     }
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<Quantity> ParseQuantityString(std::string_view s) {
   size_t i = 0;
-  while (i < s.size() && (s[i] == '+' || s[i] == '-' || s[i] == '.' ||
-                          (s[i] >= '0' && s[i] <= '9'))) {
+  while (i < s.size() &&
+         (s[i] == '+' || s[i] == '-' || s[i] == '.' || (s[i] >= '0' && s[i] <= '9'))) {
     ++i;
   }
   std::string_view number = s.substr(0, i);
@@ -523,7 +536,8 @@ std::optional<Quantity> ParseQuantityString(std::string_view s) {
 
 std::optional<Item> ConvertQuantityItem(const Item& v) {
   switch (v.kind()) {
-    case Item::Kind::kQuantity: return v;
+    case Item::Kind::kQuantity:
+      return v;
     case Item::Kind::kInteger:
     case Item::Kind::kDecimal: {
       Quantity q;
@@ -538,7 +552,8 @@ std::optional<Item> ConvertQuantityItem(const Item& v) {
     case Item::Kind::kString:
       if (auto q = ParseQuantityString(v.string())) return Item::MakeQuantity(std::move(*q));
       return std::nullopt;
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -559,8 +574,7 @@ Status FnConvert(Evaluator& ev, const AstNode& call, const Collection& input, co
                  Collection* out) {
   if (input.empty()) return absl::OkStatus();
   if (input.size() > 1) {
-    return ev.Error(call, Cat(call.name, "() requires a single item, got ",
-                                       input.size()));
+    return ev.Error(call, Cat(call.name, "() requires a single item, got ", input.size()));
   }
   bool converts = call.name.starts_with("convertsTo");
   auto s = ToSystem(input[0]);
@@ -632,8 +646,8 @@ Status FnIndexOf(Evaluator& ev, const AstNode& call, const Collection& input, co
   return absl::OkStatus();
 }
 
-Status FnSubstring(Evaluator& ev, const AstNode& call, const Collection& input,
-                   const Frame& frame, Collection* out) {
+Status FnSubstring(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                   Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(start, ArgInteger(ev, call, 0, frame));
   if (!s || !start) return absl::OkStatus();
@@ -650,8 +664,8 @@ Status FnSubstring(Evaluator& ev, const AstNode& call, const Collection& input,
   return absl::OkStatus();
 }
 
-Status FnStringTest(Evaluator& ev, const AstNode& call, const Collection& input,
-                    const Frame& frame, Collection* out) {
+Status FnStringTest(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                    Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(arg, ArgString(ev, call, 0, frame));
   if (!s || !arg) return absl::OkStatus();
@@ -847,13 +861,17 @@ Status FnEncode(Evaluator& ev, const AstNode& call, const Collection& input, con
   std::optional<std::string> r;
   bool encode = call.name == "encode";
   if (f == "hex") {
-    r = encode ? std::optional<std::string>(HexEncode(text)) : HexDecode(absl::AsciiStrToLower(text));
+    r = encode ? std::optional<std::string>(HexEncode(text))
+               : HexDecode(absl::AsciiStrToLower(text));
   } else if (f == "base64" || f == "urlbase64") {
     if (encode) {
       r = Base64Encode(text);
-      if (f == "urlbase64") std::replace(r->begin(), r->end(), '+', '-'), std::replace(r->begin(), r->end(), '/', '_');
+      if (f == "urlbase64")
+        std::replace(r->begin(), r->end(), '+', '-'), std::replace(r->begin(), r->end(), '/', '_');
     } else {
-      if (f == "urlbase64") std::replace(text.begin(), text.end(), '-', '+'), std::replace(text.begin(), text.end(), '_', '/');
+      if (f == "urlbase64")
+        std::replace(text.begin(), text.end(), '-', '+'),
+            std::replace(text.begin(), text.end(), '_', '/');
       r = Base64Decode(text);
     }
   } else {
@@ -887,12 +905,23 @@ std::string EscapeHtml(std::string_view s) {
   std::string r;
   for (char c : s) {
     switch (c) {
-      case '&': r += "&amp;"; break;
-      case '<': r += "&lt;"; break;
-      case '>': r += "&gt;"; break;
-      case '"': r += "&quot;"; break;
-      case '\'': r += "&#39;"; break;
-      default: r.push_back(c);
+      case '&':
+        r += "&amp;";
+        break;
+      case '<':
+        r += "&lt;";
+        break;
+      case '>':
+        r += "&gt;";
+        break;
+      case '"':
+        r += "&quot;";
+        break;
+      case '\'':
+        r += "&#39;";
+        break;
+      default:
+        r.push_back(c);
     }
   }
   return r;
@@ -912,11 +941,16 @@ std::string UnescapeHtml(std::string_view s) {
     }
     std::string_view e = s.substr(i + 1, semi - i - 1);
     std::optional<uint32_t> cp;
-    if (e == "amp") cp = '&';
-    else if (e == "lt") cp = '<';
-    else if (e == "gt") cp = '>';
-    else if (e == "quot") cp = '"';
-    else if (e == "apos") cp = '\'';
+    if (e == "amp")
+      cp = '&';
+    else if (e == "lt")
+      cp = '<';
+    else if (e == "gt")
+      cp = '>';
+    else if (e == "quot")
+      cp = '"';
+    else if (e == "apos")
+      cp = '\'';
     else if (e.size() > 1 && e[0] == '#') {
       bool hex = e[1] == 'x' || e[1] == 'X';
       std::string digits(e.substr(hex ? 2 : 1));
@@ -938,13 +972,27 @@ std::string EscapeJson(std::string_view s) {
   std::string r;
   for (unsigned char c : s) {
     switch (c) {
-      case '"': r += "\\\""; break;
-      case '\\': r += "\\\\"; break;
-      case '\n': r += "\\n"; break;
-      case '\r': r += "\\r"; break;
-      case '\t': r += "\\t"; break;
-      case '\b': r += "\\b"; break;
-      case '\f': r += "\\f"; break;
+      case '"':
+        r += "\\\"";
+        break;
+      case '\\':
+        r += "\\\\";
+        break;
+      case '\n':
+        r += "\\n";
+        break;
+      case '\r':
+        r += "\\r";
+        break;
+      case '\t':
+        r += "\\t";
+        break;
+      case '\b':
+        r += "\\b";
+        break;
+      case '\f':
+        r += "\\f";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -967,11 +1015,21 @@ std::string UnescapeJson(std::string_view s) {
     }
     char e = s[++i];
     switch (e) {
-      case 'n': r.push_back('\n'); break;
-      case 'r': r.push_back('\r'); break;
-      case 't': r.push_back('\t'); break;
-      case 'b': r.push_back('\b'); break;
-      case 'f': r.push_back('\f'); break;
+      case 'n':
+        r.push_back('\n');
+        break;
+      case 'r':
+        r.push_back('\r');
+        break;
+      case 't':
+        r.push_back('\t');
+        break;
+      case 'b':
+        r.push_back('\b');
+        break;
+      case 'f':
+        r.push_back('\f');
+        break;
       case 'u':
         if (i + 4 < s.size()) {
           std::string hex(s.substr(i + 1, 4));
@@ -985,7 +1043,8 @@ std::string UnescapeJson(std::string_view s) {
         }
         r.push_back('u');
         break;
-      default: r.push_back(e);
+      default:
+        r.push_back(e);
     }
   }
   return r;
@@ -1055,7 +1114,8 @@ Status FnRoundTo(Evaluator& ev, const AstNode& call, const Collection& input, co
     return absl::OkStatus();
   }
   Rounding mode = call.name == "ceiling" ? Rounding::kCeiling
-                  : call.name == "floor" ? Rounding::kFloor : Rounding::kTruncate;
+                  : call.name == "floor" ? Rounding::kFloor
+                                         : Rounding::kTruncate;
   auto r = DecRescale(v->decimal(), 0, mode);
   auto i = r ? DecToInt64(*r) : std::nullopt;
   if (i) out->push_back(Item::MakeInteger(*i));
@@ -1079,8 +1139,8 @@ Status FnRound(Evaluator& ev, const AstNode& call, const Collection& input, cons
   return absl::OkStatus();
 }
 
-Status FnMathDouble(Evaluator& ev, const AstNode& call, const Collection& input,
-                    const Frame& frame, Collection* out) {
+Status FnMathDouble(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                    Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, false));
   std::optional<Item> arg;
   if (!call.args.empty()) {
@@ -1118,9 +1178,12 @@ Status FnMathDouble(Evaluator& ev, const AstNode& call, const Collection& input,
   }
   double x = ToDec(*v).ToDouble();
   double r;
-  if (name == "exp") r = std::exp(x);
-  else if (name == "ln") r = x > 0 ? std::log(x) : NAN;
-  else if (name == "sqrt") r = x >= 0 ? std::sqrt(x) : NAN;
+  if (name == "exp")
+    r = std::exp(x);
+  else if (name == "ln")
+    r = x > 0 ? std::log(x) : NAN;
+  else if (name == "sqrt")
+    r = x >= 0 ? std::sqrt(x) : NAN;
   else if (name == "log") {
     double b = ToDec(*arg).ToDouble();
     r = x > 0 && b > 0 && b != 1 ? std::log(x) / std::log(b) : NAN;
@@ -1154,8 +1217,7 @@ Status FnTrace(Evaluator& ev, const AstNode& call, const Collection& input, cons
       Collection projected;
       for (size_t i = 0; i < input.size(); ++i) {
         Collection one{input[i]};
-        FP_RETURN_IF_ERROR(
-            ev.EvalLambda(call, 1, one, static_cast<int64_t>(i), frame, &projected));
+        FP_RETURN_IF_ERROR(ev.EvalLambda(call, 1, one, static_cast<int64_t>(i), frame, &projected));
       }
       ev.env().trace(n, projected);
     } else {
@@ -1166,8 +1228,7 @@ Status FnTrace(Evaluator& ev, const AstNode& call, const Collection& input, cons
   return absl::OkStatus();
 }
 
-Status FnNow(Evaluator& ev, const AstNode& call, const Collection&, const Frame&,
-             Collection* out) {
+Status FnNow(Evaluator& ev, const AstNode& call, const Collection&, const Frame&, Collection* out) {
   Temporal t = ev.Now();
   if (call.name == "today") {
     t = TemporalToDate(t);
@@ -1199,8 +1260,8 @@ Status FnNot(Evaluator& ev, const AstNode& call, const Collection& input, const 
   return absl::OkStatus();
 }
 
-Status FnAggregate(Evaluator& ev, const AstNode& call, const Collection& input,
-                   const Frame& frame, Collection* out) {
+Status FnAggregate(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                   Collection* out) {
   Collection total;
   if (call.args.size() > 1) FP_RETURN_IF_ERROR(ev.EvalArg(call, 1, frame, &total));
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
@@ -1310,7 +1371,9 @@ std::optional<Temporal> TemporalBoundary(const Temporal& t0, std::optional<int64
   Temporal r = t;
   for (int p = t.precision + 1; p <= target; ++p) {
     switch (p) {
-      case Temporal::kMonth: r.month = high ? 12 : 1; break;
+      case Temporal::kMonth:
+        r.month = high ? 12 : 1;
+        break;
       case Temporal::kDay: {
         static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
         int y = r.year;
@@ -1318,10 +1381,18 @@ std::optional<Temporal> TemporalBoundary(const Temporal& t0, std::optional<int64
         r.day = high ? static_cast<uint8_t>(r.month == 2 && leap ? 29 : kDays[r.month - 1]) : 1;
         break;
       }
-      case Temporal::kHour: r.hour = high ? 23 : 0; break;
-      case Temporal::kMinute: r.minute = high ? 59 : 0; break;
-      case Temporal::kSecond: r.second = high ? 59 : 0; break;
-      case Temporal::kMillisecond: r.millisecond = high ? 999 : 0; break;
+      case Temporal::kHour:
+        r.hour = high ? 23 : 0;
+        break;
+      case Temporal::kMinute:
+        r.minute = high ? 59 : 0;
+        break;
+      case Temporal::kSecond:
+        r.second = high ? 59 : 0;
+        break;
+      case Temporal::kMillisecond:
+        r.millisecond = high ? 999 : 0;
+        break;
     }
   }
   r.precision = target;
@@ -1332,8 +1403,8 @@ std::optional<Temporal> TemporalBoundary(const Temporal& t0, std::optional<int64
   return r;
 }
 
-Status FnBoundary(Evaluator& ev, const AstNode& call, const Collection& input,
-                  const Frame& frame, Collection* out) {
+Status FnBoundary(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                  Collection* out) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "value"));
   std::optional<int64_t> digits;
   if (!call.args.empty()) {
@@ -1376,20 +1447,25 @@ Status FnPrecision(Evaluator& ev, const AstNode& call, const Collection& input, 
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "value"));
   if (!v) return absl::OkStatus();
   switch (v->kind()) {
-    case Item::Kind::kInteger: out->push_back(Item::MakeInteger(0)); break;
-    case Item::Kind::kDecimal: out->push_back(Item::MakeInteger(v->decimal().scale())); break;
+    case Item::Kind::kInteger:
+      out->push_back(Item::MakeInteger(0));
+      break;
+    case Item::Kind::kDecimal:
+      out->push_back(Item::MakeInteger(v->decimal().scale()));
+      break;
     case Item::Kind::kDate:
     case Item::Kind::kDateTime:
     case Item::Kind::kTime:
       out->push_back(Item::MakeInteger(TemporalDigits(v->temporal())));
       break;
-    default: return ev.Error(call, "precision() requires a number or a date/time");
+    default:
+      return ev.Error(call, "precision() requires a number or a date/time");
   }
   return absl::OkStatus();
 }
 
-Status FnComparable(Evaluator& ev, const AstNode& call, const Collection& input,
-                    const Frame& frame, Collection* out) {
+Status FnComparable(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                    Collection* out) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "quantity"));
   Collection c;
   FP_RETURN_IF_ERROR(ev.EvalArg(call, 0, frame, &c));
@@ -1404,8 +1480,8 @@ Status FnComparable(Evaluator& ev, const AstNode& call, const Collection& input,
 
 // ---- FHIR additions (http://hl7.org/fhir/R4/fhirpath.html#functions)
 
-Status FnExtension(Evaluator& ev, const AstNode& call, const Collection& input,
-                   const Frame& frame, Collection* out) {
+Status FnExtension(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                   Collection* out) {
   FP_ASSIGN_OR_RETURN(url, ArgString(ev, call, 0, frame));
   if (!url) return absl::OkStatus();
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
@@ -1508,8 +1584,8 @@ Status FnResolve(Evaluator& ev, const AstNode& call, const Collection& input, co
   return absl::OkStatus();
 }
 
-Status FnConformsTo(Evaluator& ev, const AstNode& call, const Collection& input,
-                    const Frame& frame, Collection* out) {
+Status FnConformsTo(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                    Collection* out) {
   FP_ASSIGN_OR_RETURN(url, ArgString(ev, call, 0, frame));
   auto one = ev.Singleton(input, "conformsTo()");
   if (!one.ok()) return one.status();
@@ -1524,8 +1600,8 @@ Status FnConformsTo(Evaluator& ev, const AstNode& call, const Collection& input,
   return Push(out, ev.TypeMatches(**one, spec, false));
 }
 
-Status FnMemberOf(Evaluator& ev, const AstNode& call, const Collection& input,
-                  const Frame& frame, Collection* out) {
+Status FnMemberOf(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                  Collection* out) {
   FP_ASSIGN_OR_RETURN(url, ArgString(ev, call, 0, frame));
   auto one = ev.Singleton(input, "memberOf()");
   if (!one.ok()) return one.status();
@@ -1566,8 +1642,8 @@ Status FnHtmlChecks(Evaluator& ev, const AstNode& call, const Collection& input,
 
 // subsumes(), subsumedBy(), elementDefinition(), slice(), checkModifiers(): need terminology
 // or profile knowledge this engine does not have; they give empty (no verdict).
-Status FnNoVerdict(Evaluator& ev, const AstNode& call, const Collection& input,
-                   const Frame& frame, Collection* out) {
+Status FnNoVerdict(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+                   Collection* out) {
   return absl::OkStatus();
 }
 
@@ -1746,11 +1822,20 @@ std::string SimplifyForSearch(std::string_view p) {
     size_t k = end;
     bool cls = false;
     for (; k < p.size(); ++k) {
-      if (p[k] == '\\') { ++k; continue; }
-      if (cls) { if (p[k] == ']') cls = false; continue; }
-      if (p[k] == '[') cls = true;
-      else if (p[k] == '(') ++d;
-      else if (p[k] == ')' && --d == 0) break;
+      if (p[k] == '\\') {
+        ++k;
+        continue;
+      }
+      if (cls) {
+        if (p[k] == ']') cls = false;
+        continue;
+      }
+      if (p[k] == '[')
+        cls = true;
+      else if (p[k] == '(')
+        ++d;
+      else if (p[k] == ')' && --d == 0)
+        break;
     }
     end = k + 1;
   } else {
@@ -1851,9 +1936,9 @@ absl::StatusOr<std::shared_ptr<const std::regex>> CompileRegex(std::string_view 
     rewritten.push_back(c);
   }
   try {
-    return std::make_shared<const std::regex>(
-        rewritten, std::regex_constants::ECMAScript | std::regex_constants::optimize |
-            std::regex_constants::__polynomial);
+    return std::make_shared<const std::regex>(rewritten, std::regex_constants::ECMAScript |
+                                                             std::regex_constants::optimize |
+                                                             std::regex_constants::__polynomial);
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(Cat("invalid regular expression: ", e.what()));
   }

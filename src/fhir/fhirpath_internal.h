@@ -43,14 +43,27 @@ enum class NodeKind : uint8_t {
 };
 
 enum class BinOp : uint8_t {
-  kMul, kDiv, kIntDiv, kMod,
-  kAdd, kSub, kConcat,
+  kMul,
+  kDiv,
+  kIntDiv,
+  kMod,
+  kAdd,
+  kSub,
+  kConcat,
   kUnion,
-  kLt, kGt, kLe, kGe,
-  kEq, kEquiv, kNe, kNotEquiv,
-  kIn, kContains,
+  kLt,
+  kGt,
+  kLe,
+  kGe,
+  kEq,
+  kEquiv,
+  kNe,
+  kNotEquiv,
+  kIn,
+  kContains,
   kAnd,
-  kOr, kXor,
+  kOr,
+  kXor,
   kImplies,
 };
 
@@ -59,8 +72,8 @@ struct TypeSpec {
   enum class Ns : uint8_t { kAny, kSystem, kFhir };
   Ns ns = Ns::kAny;
   std::string name;
-  const TypeDef* fhir = nullptr;       // when the name is a FHIR type and ns allows it
-  std::optional<Item::Kind> system;    // when the name is a System type and ns allows it
+  const TypeDef* fhir = nullptr;     // when the name is a FHIR type and ns allows it
+  std::optional<Item::Kind> system;  // when the name is a System type and ns allows it
 };
 
 class Evaluator;
@@ -89,11 +102,11 @@ struct AstNode {
   // focus or $this and that sit inside a lambda argument (re-evaluated per item): dom-3's
   // %resource.descendants() inside contained.where(...). Equal subexpressions share a slot.
   int32_t memo_slot = -1;
-  std::string name;         // member, function or variable name; string literal text
+  std::string name;  // member, function or variable name; string literal text
   std::vector<std::unique_ptr<AstNode>> args;
   Item literal;
-  TypeSpec type;                     // kIs, kAs, and type-argument functions
-  const FunctionDef* fn = nullptr;   // kFunction
+  TypeSpec type;                            // kIs, kAs, and type-argument functions
+  const FunctionDef* fn = nullptr;          // kFunction
   std::shared_ptr<const std::regex> regex;  // literal pattern of matches()/replaceMatches()
 };
 

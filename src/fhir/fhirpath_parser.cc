@@ -21,9 +21,38 @@ namespace internal {
 namespace {
 
 enum class Tok : uint8_t {
-  kEnd, kIdent, kDelimited, kString, kNumber, kDate, kDateTime, kTime, kSpecial, kPercent,
-  kDot, kComma, kLParen, kRParen, kLBracket, kRBracket, kLBrace, kRBrace,
-  kPlus, kMinus, kStar, kSlash, kAmp, kPipe, kEq, kNe, kEquiv, kNotEquiv, kLt, kLe, kGt, kGe,
+  kEnd,
+  kIdent,
+  kDelimited,
+  kString,
+  kNumber,
+  kDate,
+  kDateTime,
+  kTime,
+  kSpecial,
+  kPercent,
+  kDot,
+  kComma,
+  kLParen,
+  kRParen,
+  kLBracket,
+  kRBracket,
+  kLBrace,
+  kRBrace,
+  kPlus,
+  kMinus,
+  kStar,
+  kSlash,
+  kAmp,
+  kPipe,
+  kEq,
+  kNe,
+  kEquiv,
+  kNotEquiv,
+  kLt,
+  kLe,
+  kGt,
+  kGe,
 };
 
 struct Token {
@@ -160,30 +189,50 @@ class Lexer {
         t->kind = Tok::kSpecial;
         return absl::OkStatus();
       }
-      case '%': return single(Tok::kPercent);
-      case '.': return single(Tok::kDot);
-      case ',': return single(Tok::kComma);
-      case '(': return single(Tok::kLParen);
-      case ')': return single(Tok::kRParen);
-      case '[': return single(Tok::kLBracket);
-      case ']': return single(Tok::kRBracket);
-      case '{': return single(Tok::kLBrace);
-      case '}': return single(Tok::kRBrace);
-      case '+': return single(Tok::kPlus);
-      case '-': return single(Tok::kMinus);
-      case '*': return single(Tok::kStar);
-      case '/': return single(Tok::kSlash);
-      case '&': return single(Tok::kAmp);
-      case '|': return single(Tok::kPipe);
-      case '=': return single(Tok::kEq);
-      case '~': return single(Tok::kEquiv);
+      case '%':
+        return single(Tok::kPercent);
+      case '.':
+        return single(Tok::kDot);
+      case ',':
+        return single(Tok::kComma);
+      case '(':
+        return single(Tok::kLParen);
+      case ')':
+        return single(Tok::kRParen);
+      case '[':
+        return single(Tok::kLBracket);
+      case ']':
+        return single(Tok::kRBracket);
+      case '{':
+        return single(Tok::kLBrace);
+      case '}':
+        return single(Tok::kRBrace);
+      case '+':
+        return single(Tok::kPlus);
+      case '-':
+        return single(Tok::kMinus);
+      case '*':
+        return single(Tok::kStar);
+      case '/':
+        return single(Tok::kSlash);
+      case '&':
+        return single(Tok::kAmp);
+      case '|':
+        return single(Tok::kPipe);
+      case '=':
+        return single(Tok::kEq);
+      case '~':
+        return single(Tok::kEquiv);
       case '!':
         if (n == '=') return pair(Tok::kNe);
         if (n == '~') return pair(Tok::kNotEquiv);
         break;
-      case '<': return n == '=' ? pair(Tok::kLe) : single(Tok::kLt);
-      case '>': return n == '=' ? pair(Tok::kGe) : single(Tok::kGt);
-      default: break;
+      case '<':
+        return n == '=' ? pair(Tok::kLe) : single(Tok::kLt);
+      case '>':
+        return n == '=' ? pair(Tok::kGe) : single(Tok::kGt);
+      default:
+        break;
     }
     return Error(start, Cat("unexpected character '", std::string(1, c), "'"));
   }
@@ -202,11 +251,25 @@ class Lexer {
       if (i_ >= s_.size()) return Error(start, "unterminated string");
       char e = s_[i_++];
       switch (e) {
-        case '\'': case '"': case '`': case '\\': case '/': value.push_back(e); break;
-        case 'f': value.push_back('\f'); break;
-        case 'n': value.push_back('\n'); break;
-        case 'r': value.push_back('\r'); break;
-        case 't': value.push_back('\t'); break;
+        case '\'':
+        case '"':
+        case '`':
+        case '\\':
+        case '/':
+          value.push_back(e);
+          break;
+        case 'f':
+          value.push_back('\f');
+          break;
+        case 'n':
+          value.push_back('\n');
+          break;
+        case 'r':
+          value.push_back('\r');
+          break;
+        case 't':
+          value.push_back('\t');
+          break;
         case 'u': {
           uint32_t cp;
           if (!Hex4(&cp)) return Error(i_ - 2, "invalid \\u escape");
@@ -241,8 +304,10 @@ class Lexer {
     uint32_t v = 0;
     for (int k = 0; k < 4; ++k) {
       char c = s_[i_ + k];
-      int d = IsDigit(c) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-                                   : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+      int d = IsDigit(c)               ? c - '0'
+              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                       : -1;
       if (d < 0) return false;
       v = v * 16 + d;
     }
@@ -357,8 +422,7 @@ class Parser {
   }
 
   absl::Status Error(size_t pos, std::string_view what) const {
-    return absl::InvalidArgumentError(
-        Cat("fhirpath: ", what, " at ", Position(text_, pos)));
+    return absl::InvalidArgumentError(Cat("fhirpath: ", what, " at ", Position(text_, pos)));
   }
 
   NodePtr Make(NodeKind kind, uint32_t pos) {
@@ -389,31 +453,86 @@ class Parser {
     const Token& t = Peek();
     *type_op = false;
     switch (t.kind) {
-      case Tok::kStar: *op = BinOp::kMul; return 10;
-      case Tok::kSlash: *op = BinOp::kDiv; return 10;
-      case Tok::kPlus: *op = BinOp::kAdd; return 9;
-      case Tok::kMinus: *op = BinOp::kSub; return 9;
-      case Tok::kAmp: *op = BinOp::kConcat; return 9;
-      case Tok::kPipe: *op = BinOp::kUnion; return 7;
-      case Tok::kLt: *op = BinOp::kLt; return 6;
-      case Tok::kGt: *op = BinOp::kGt; return 6;
-      case Tok::kLe: *op = BinOp::kLe; return 6;
-      case Tok::kGe: *op = BinOp::kGe; return 6;
-      case Tok::kEq: *op = BinOp::kEq; return 5;
-      case Tok::kEquiv: *op = BinOp::kEquiv; return 5;
-      case Tok::kNe: *op = BinOp::kNe; return 5;
-      case Tok::kNotEquiv: *op = BinOp::kNotEquiv; return 5;
+      case Tok::kStar:
+        *op = BinOp::kMul;
+        return 10;
+      case Tok::kSlash:
+        *op = BinOp::kDiv;
+        return 10;
+      case Tok::kPlus:
+        *op = BinOp::kAdd;
+        return 9;
+      case Tok::kMinus:
+        *op = BinOp::kSub;
+        return 9;
+      case Tok::kAmp:
+        *op = BinOp::kConcat;
+        return 9;
+      case Tok::kPipe:
+        *op = BinOp::kUnion;
+        return 7;
+      case Tok::kLt:
+        *op = BinOp::kLt;
+        return 6;
+      case Tok::kGt:
+        *op = BinOp::kGt;
+        return 6;
+      case Tok::kLe:
+        *op = BinOp::kLe;
+        return 6;
+      case Tok::kGe:
+        *op = BinOp::kGe;
+        return 6;
+      case Tok::kEq:
+        *op = BinOp::kEq;
+        return 5;
+      case Tok::kEquiv:
+        *op = BinOp::kEquiv;
+        return 5;
+      case Tok::kNe:
+        *op = BinOp::kNe;
+        return 5;
+      case Tok::kNotEquiv:
+        *op = BinOp::kNotEquiv;
+        return 5;
       case Tok::kIdent: {
         std::string_view w = t.text;
-        if (w == "div") { *op = BinOp::kIntDiv; return 10; }
-        if (w == "mod") { *op = BinOp::kMod; return 10; }
-        if (w == "is" || w == "as") { *type_op = true; return 8; }
-        if (w == "in") { *op = BinOp::kIn; return 4; }
-        if (w == "contains") { *op = BinOp::kContains; return 4; }
-        if (w == "and") { *op = BinOp::kAnd; return 3; }
-        if (w == "or") { *op = BinOp::kOr; return 2; }
-        if (w == "xor") { *op = BinOp::kXor; return 2; }
-        if (w == "implies") { *op = BinOp::kImplies; return 1; }
+        if (w == "div") {
+          *op = BinOp::kIntDiv;
+          return 10;
+        }
+        if (w == "mod") {
+          *op = BinOp::kMod;
+          return 10;
+        }
+        if (w == "is" || w == "as") {
+          *type_op = true;
+          return 8;
+        }
+        if (w == "in") {
+          *op = BinOp::kIn;
+          return 4;
+        }
+        if (w == "contains") {
+          *op = BinOp::kContains;
+          return 4;
+        }
+        if (w == "and") {
+          *op = BinOp::kAnd;
+          return 3;
+        }
+        if (w == "or") {
+          *op = BinOp::kOr;
+          return 2;
+        }
+        if (w == "xor") {
+          *op = BinOp::kXor;
+          return 2;
+        }
+        if (w == "implies") {
+          *op = BinOp::kImplies;
+          return 1;
+        }
         return 0;
       }
       default:
@@ -623,8 +742,9 @@ class Parser {
   absl::StatusOr<NodePtr> Invocation(int depth, bool after_dot = false) {
     const Token& t = Take();
     if (t.kind == Tok::kSpecial) {
-      NodeKind k = t.text == "$this" ? NodeKind::kThis
-                   : t.text == "$index" ? NodeKind::kIndex : NodeKind::kTotal;
+      NodeKind k = t.text == "$this"    ? NodeKind::kThis
+                   : t.text == "$index" ? NodeKind::kIndex
+                                        : NodeKind::kTotal;
       return Make(k, t.pos);
     }
     if (t.kind != Tok::kIdent && t.kind != Tok::kDelimited) {
@@ -746,8 +866,7 @@ class Parser {
     // names (resources of other FHIR versions: the R4 definitions' dom-r4b names R4B types).
     // An unknown lower-case name (string1) is an error.
     bool capitalised = !name.empty() && name[0] >= 'A' && name[0] <= 'Z';
-    if (spec.fhir == nullptr && !spec.system && spec.ns != TypeSpec::Ns::kSystem &&
-        !capitalised) {
+    if (spec.fhir == nullptr && !spec.system && spec.ns != TypeSpec::Ns::kSystem && !capitalised) {
       return Error(pos, Cat("unknown type '", ns.empty() ? "" : ns + ".", name, "'"));
     }
     return spec;
@@ -777,9 +896,9 @@ class MemoPlanner {
 
  private:
   struct Info {
-    bool context_free = false;   // independent of the input, $this, $index and $total
+    bool context_free = false;  // independent of the input, $this, $index and $total
     bool uses_index_total = false;
-    std::string key;             // structural key: equal keys, equal subexpressions
+    std::string key;  // structural key: equal keys, equal subexpressions
   };
 
   Info Visit(AstNode* n, bool in_lambda) {
@@ -792,8 +911,8 @@ class MemoPlanner {
     Info info;
     info.uses_index_total = n->kind == NodeKind::kIndex || n->kind == NodeKind::kTotal;
     for (const Info& a : args) info.uses_index_total |= a.uses_index_total;
-    bool all_args = std::all_of(args.begin(), args.end(),
-                                [](const Info& a) { return a.context_free; });
+    bool all_args =
+        std::all_of(args.begin(), args.end(), [](const Info& a) { return a.context_free; });
     switch (n->kind) {
       case NodeKind::kLiteral:
       case NodeKind::kEmpty:

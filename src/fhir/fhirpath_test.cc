@@ -122,7 +122,7 @@ TEST_F(FhirPathTest, OperatorPrecedence) {
   EXPECT_EQ(Calc("2 - 3 - 4"), "[-5]");
   EXPECT_EQ(Calc("false implies false or true"), "[true]");
   EXPECT_EQ(Calc("true xor false and false"), "[true]");
-  EXPECT_TRUE(IsError(Calc("1 > 2 is Boolean")));  // 1 > (2 is Boolean)
+  EXPECT_TRUE(IsError(Calc("1 > 2 is Boolean")));        // 1 > (2 is Boolean)
   EXPECT_TRUE(IsError(Calc("-1.convertsToInteger()")));  // -(true)
   EXPECT_EQ(Calc("(-1).convertsToInteger()"), "[true]");
 }
@@ -136,8 +136,9 @@ TEST_F(FhirPathTest, Comments) {
 
 TEST_F(FhirPathTest, DelimitedIdentifiersAndKeywordsAsNames) {
   EXPECT_EQ(Run("`Patient`.name.`given`.first()"), "[string \"Peter\"]");
-  EXPECT_EQ(Run("name.given.contains('et')"), "error: fhirpath: contains() requires a single "
-                                               "string, got 5 items (at 1:12)");
+  EXPECT_EQ(Run("name.given.contains('et')"),
+            "error: fhirpath: contains() requires a single "
+            "string, got 5 items (at 1:12)");
   EXPECT_EQ(Run("name.first().given.first().contains('et')"), "[true]");
 }
 
@@ -145,18 +146,17 @@ TEST_F(FhirPathTest, ParseErrorsNameThePosition) {
   auto e = Expression::Parse("name.where(given = 'x'");
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(e.status().message()).find("at 1:23"), std::string::npos)
-      << e.status();
+  EXPECT_NE(std::string(e.status().message()).find("at 1:23"), std::string::npos) << e.status();
   auto bad = Expression::Parse("name.\n  frobnicate()");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(std::string(bad.status().message()).find("unknown function 'frobnicate' at 2:3"),
             std::string::npos)
       << bad.status();
-  EXPECT_FALSE(Expression::Parse("name.where()").ok());           // arity
-  EXPECT_FALSE(Expression::Parse("name.as(string1)").ok());       // unknown type
+  EXPECT_FALSE(Expression::Parse("name.where()").ok());      // arity
+  EXPECT_FALSE(Expression::Parse("name.as(string1)").ok());  // unknown type
   EXPECT_FALSE(Expression::Parse("1 +").ok());
-  EXPECT_FALSE(Expression::Parse("@T14:34:28Z").ok());            // a Time has no zone
-  EXPECT_FALSE(Expression::Parse("@2015-13-01").ok());            // month 13
+  EXPECT_FALSE(Expression::Parse("@T14:34:28Z").ok());  // a Time has no zone
+  EXPECT_FALSE(Expression::Parse("@2015-13-01").ok());  // month 13
   EXPECT_FALSE(Expression::Parse("'unterminated").ok());
   EXPECT_FALSE(Expression::Parse("'bad \\q escape'").ok());
   EXPECT_FALSE(Expression::Parse("$thus").ok());
@@ -319,8 +319,7 @@ TEST_F(FhirPathTest, FocusAtAnElement) {
   // What the validator does: per-1 on a Period, with the Period as focus.
   auto doc = json::Parse(R"({"start": "2020-01-02", "end": "2020-01-01"})");
   ASSERT_TRUE(doc.ok());
-  auto per1 = Expression::Parse(
-      "start.hasValue().not() or end.hasValue().not() or (start <= end)");
+  auto per1 = Expression::Parse("start.hasValue().not() or end.hasValue().not() or (start <= end)");
   ASSERT_TRUE(per1.ok());
   const ElementDef* def = Model::R4().FindElement("Encounter.period");
   ASSERT_NE(def, nullptr);
@@ -340,7 +339,7 @@ TEST_F(FhirPathTest, IsAsOfTypeWithNamespaces) {
   EXPECT_EQ(Run("gender.is(code)"), "[true]");
   EXPECT_EQ(Run("gender.is(string)"), "[true]");  // code specialises string
   EXPECT_EQ(Run("gender.is(id)"), "[false]");
-  EXPECT_EQ(Run("gender.as(string)"), "[]");      // as()/ofType() want the exact primitive type
+  EXPECT_EQ(Run("gender.as(string)"), "[]");  // as()/ofType() want the exact primitive type
   EXPECT_EQ(Run("gender.ofType(code)"), "[code \"male\"]");
   EXPECT_EQ(Run("active.is(boolean)"), "[true]");
   EXPECT_EQ(Run("active.is(Boolean)"), "[false]");  // System.Boolean
@@ -439,7 +438,7 @@ TEST_F(FhirPathTest, QuantitiesCompareAcrossUnits) {
   EXPECT_EQ(Calc("1 'h' = 60 'min'"), "[true]");
   EXPECT_EQ(Calc("1000 'ms' = 1 second"), "[true]");
   EXPECT_EQ(Calc("1 year = 12 months"), "[true]");
-  EXPECT_EQ(Calc("1 'a' = 1 year"), "[]");   // calendar years are not definite
+  EXPECT_EQ(Calc("1 'a' = 1 year"), "[]");  // calendar years are not definite
   EXPECT_EQ(Calc("1 'mo' = 1 month"), "[]");
   EXPECT_EQ(Calc("1 'mg' = 1 'mL'"), "[]");  // not comparable
   EXPECT_EQ(Calc("2.0 'cm' * 2.0 'm' = 0.040 'm2'"), "[true]");
@@ -500,16 +499,26 @@ TEST_F(FhirPathTest, BooleanLogicTruthTables) {
     const char* want;
   };
   for (const Row& r : std::vector<Row>{
-           {"true and true", "[true]"},     {"true and false", "[false]"},
-           {"true and {}", "[]"},           {"false and {}", "[false]"},
-           {"{} and false", "[false]"},     {"{} and {}", "[]"},
-           {"true or {}", "[true]"},        {"false or {}", "[]"},
-           {"{} or true", "[true]"},        {"false or false", "[false]"},
-           {"true xor true", "[false]"},    {"true xor {}", "[]"},
-           {"false implies {}", "[true]"},  {"{} implies true", "[true]"},
-           {"{} implies false", "[]"},      {"true implies {}", "[]"},
-           {"true implies false", "[false]"}, {"(true and 'foo')", "[true]"},
-           {"{}.not()", "[]"},              {"(0).not()", "[false]"},
+           {"true and true", "[true]"},
+           {"true and false", "[false]"},
+           {"true and {}", "[]"},
+           {"false and {}", "[false]"},
+           {"{} and false", "[false]"},
+           {"{} and {}", "[]"},
+           {"true or {}", "[true]"},
+           {"false or {}", "[]"},
+           {"{} or true", "[true]"},
+           {"false or false", "[false]"},
+           {"true xor true", "[false]"},
+           {"true xor {}", "[]"},
+           {"false implies {}", "[true]"},
+           {"{} implies true", "[true]"},
+           {"{} implies false", "[]"},
+           {"true implies {}", "[]"},
+           {"true implies false", "[false]"},
+           {"(true and 'foo')", "[true]"},
+           {"{}.not()", "[]"},
+           {"(0).not()", "[false]"},
        }) {
     EXPECT_EQ(Calc(r.expr), r.want) << r.expr;
   }
@@ -554,10 +563,12 @@ TEST_F(FhirPathTest, FilteringAndProjection) {
 }
 
 TEST_F(FhirPathTest, RepeatFollowsNestedItems) {
-  constexpr std::string_view kQuestionnaire = R"({"resourceType": "Questionnaire", "status": "draft",
+  constexpr std::string_view kQuestionnaire =
+      R"({"resourceType": "Questionnaire", "status": "draft",
     "item": [{"linkId": "1", "type": "group",
               "item": [{"linkId": "1.1", "type": "string"},
-                       {"linkId": "1.2", "type": "group", "item": [{"linkId": "1.2.1", "type": "string"}]}]},
+                       {"linkId": "1.2", "type": "group",
+                        "item": [{"linkId": "1.2.1", "type": "string"}]}]},
              {"linkId": "2", "type": "string"}]})";
   EXPECT_EQ(Run("Questionnaire.repeat(item).linkId", kQuestionnaire),
             "[string \"1\", string \"2\", string \"1.1\", string \"1.2\", string \"1.2.1\"]");
@@ -672,8 +683,7 @@ TEST_F(FhirPathTest, MatchesSearchesInSingleLineMode) {
 
 TEST_F(FhirPathTest, MathFunctions) {
   EXPECT_EQ(Calc("(-5).abs() | (-5.5).abs() | (-5.5 'mg').abs()"), "[5, 5.5, 5.5 'mg']");
-  EXPECT_EQ(Calc("1.1.ceiling() | (-1.1).ceiling() | 2.1.floor() | (-2.1).floor()"),
-            "[2, -1, -3]");
+  EXPECT_EQ(Calc("1.1.ceiling() | (-1.1).ceiling() | 2.1.floor() | (-2.1).floor()"), "[2, -1, -3]");
   EXPECT_EQ(Calc("(-1.56).truncate()"), "[-1]");
   EXPECT_EQ(Calc("3.14159.round(3)"), "[3.142]");
   EXPECT_EQ(Calc("(-2.5).round()"), "[-3]");
@@ -752,22 +762,19 @@ TEST_F(FhirPathTest, ResolveFindsContainedAndBundleEntries) {
                     "performer": [{"reference": "urn:uuid:0d4bd3d8-7b50-4f1f-a6bf-3c4b6a1b7e3a"},
                                   {"reference": "http://example.org/fhir/Patient/p1"}]}}]})";
   EXPECT_EQ(Run("entry[1].resource.subject.resolve().gender", kBundle), "[code \"female\"]");
-  EXPECT_EQ(Run("entry[1].resource.performer.resolve().id", kBundle),
-            "[id \"o1\", id \"p1\"]");
+  EXPECT_EQ(Run("entry[1].resource.performer.resolve().id", kBundle), "[id \"o1\", id \"p1\"]");
   EXPECT_EQ(Run("entry.resource.ofType(Patient).id", kBundle), "[id \"p1\"]");
 }
 
 TEST_F(FhirPathTest, MemberOfUsesTheModelsExpansions) {
-  EXPECT_EQ(Run("gender.memberOf('http://hl7.org/fhir/ValueSet/administrative-gender')"),
-            "[true]");
+  EXPECT_EQ(Run("gender.memberOf('http://hl7.org/fhir/ValueSet/administrative-gender')"), "[true]");
   EXPECT_EQ(Run("'nope'.memberOf(%`vs-administrative-gender`)"), "[false]");
   EXPECT_EQ(Run("gender.memberOf('http://example.org/unknown')"), "[]");
   constexpr std::string_view kCoded = R"({"resourceType": "Observation", "status": "final",
     "code": {"coding": [{"system": "http://hl7.org/fhir/observation-status", "code": "final"}]}})";
   EXPECT_EQ(Run("code.memberOf('http://hl7.org/fhir/ValueSet/observation-status')", kCoded),
             "[true]");
-  EXPECT_EQ(Run("code.coding.memberOf('http://hl7.org/fhir/ValueSet/observation-status')",
-                kCoded),
+  EXPECT_EQ(Run("code.coding.memberOf('http://hl7.org/fhir/ValueSet/observation-status')", kCoded),
             "[true]");
 }
 
@@ -785,8 +792,7 @@ TEST_F(FhirPathTest, HtmlChecksCallsTheHook) {
 
 TEST_F(FhirPathTest, ConformsToKnowsOnlyCoreTypes) {
   EXPECT_EQ(Run("conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')"), "[true]");
-  EXPECT_EQ(Run("conformsTo('http://hl7.org/fhir/StructureDefinition/DomainResource')"),
-            "[true]");
+  EXPECT_EQ(Run("conformsTo('http://hl7.org/fhir/StructureDefinition/DomainResource')"), "[true]");
   EXPECT_EQ(Run("conformsTo('http://hl7.org/fhir/StructureDefinition/Person')"), "[false]");
   EXPECT_EQ(Run("conformsTo('http://example.org/StructureDefinition/my-patient')"), "[]");
   EXPECT_EQ(Run("subsumes('x') | elementDefinition() | slice('a', 'b')"), "[]");
@@ -814,8 +820,7 @@ TEST_F(FhirPathTest, RepeatedSubexpressionsGiveTheSameResults) {
             "[3]");
   EXPECT_EQ(Run("name.select(%resource.telecom.where(use = 'home').count() + $index)"),
             "[1, 2, 3]");
-  EXPECT_EQ(Run("name.select(%resource.name.given.combine($this.given).count())"),
-            "[7, 6, 7]");
+  EXPECT_EQ(Run("name.select(%resource.name.given.combine($this.given).count())"), "[7, 6, 7]");
   EXPECT_EQ(Calc("(1 | 2).select((3 | 4).where($this > 3) | $this)"), "[4, 1, 4, 2]");
   EXPECT_EQ(Calc("(1 | 2).aggregate($total + (10 | 20).select($this).count(), 0)"), "[4]");
   // Same left side, different right sides: different slots.
@@ -846,8 +851,8 @@ TEST_F(FhirPathTest, R4InvariantsOnResources) {
   ASSERT_TRUE(ref1.ok());
   const json::Value& patient = Doc(kPatient);
   const json::Value* ref = patient.Find("managingOrganization");
-  auto ok = EvaluateBoolean(*ref1, Item::MakeNode(ref, "Reference"),
-                            Environment::ForResource(patient));
+  auto ok =
+      EvaluateBoolean(*ref1, Item::MakeNode(ref, "Reference"), Environment::ForResource(patient));
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(*ok, std::optional<bool>(true));
 }
@@ -934,8 +939,9 @@ TEST_F(FhirPathTest, StepBudgetStopsRunawayEvaluation) {
 TEST_F(FhirPathTest, CollectionAndStringSizesAreBounded) {
   Environment env;
   env.limits.max_collection_size = 500;
-  auto e = Expression::Parse("(1|2|3|4|5|6|7|8|9|10).select((1|2|3|4|5|6|7|8|9|10)"
-                             ".select((1|2|3|4|5|6|7|8|9|10).select($this)))");
+  auto e = Expression::Parse(
+      "(1|2|3|4|5|6|7|8|9|10).select((1|2|3|4|5|6|7|8|9|10)"
+      ".select((1|2|3|4|5|6|7|8|9|10).select($this)))");
   ASSERT_TRUE(e.ok());
   auto r = Evaluate(*e, Collection(), env);
   ASSERT_FALSE(r.ok());
@@ -948,7 +954,9 @@ TEST_F(FhirPathTest, CollectionAndStringSizesAreBounded) {
   auto g = Evaluate(*grow, Collection(), small);
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().code(), absl::StatusCode::kResourceExhausted);
-  auto replace = Expression::Parse("'aaaaaaaaaa'.replace('a', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb')");
+  // 10 a -> 100 b -> 1200 c: over the 1000-byte limit.
+  auto replace =
+      Expression::Parse("'aaaaaaaaaa'.replace('a', 'bbbbbbbbbb').replace('b', 'cccccccccccc')");
   ASSERT_TRUE(replace.ok());
   EXPECT_EQ(Evaluate(*replace, Collection(), small).status().code(),
             absl::StatusCode::kResourceExhausted);
@@ -982,15 +990,25 @@ TEST_F(FhirPathTest, RegularExpressionsCannotHang) {
 TEST_F(FhirPathTest, HostileInputsNeverCrash) {
   // Arbitrary expressions over arbitrary JSON: every outcome is a value or a Status.
   const char* exprs[] = {
-      "descendants().descendants().count()", "children().repeat(children()).count()",
-      "repeat($this)", "descendants().select($this = $this)", "aggregate($total)",
-      "select(%context).select(%resource)", "name.given.toChars().distinct()",
-      "descendants().ofType(string).matches('.*')", "descendants().toString()",
-      "descendants().where(resolve().exists())", "(1|2).aggregate($this, $total)",
-      "descendants().convertsToDecimal()", "descendants().lowBoundary()",
-      "(descendants() | descendants()).isDistinct()", "1.0.power(1000000)",
-      "'x'.substring(-5, 99999999999)", "(1 'm').toQuantity('10*99')",
-      "@2015 + 99999999999 years", "9999999999.round(99999)",
+      "descendants().descendants().count()",
+      "children().repeat(children()).count()",
+      "repeat($this)",
+      "descendants().select($this = $this)",
+      "aggregate($total)",
+      "select(%context).select(%resource)",
+      "name.given.toChars().distinct()",
+      "descendants().ofType(string).matches('.*')",
+      "descendants().toString()",
+      "descendants().where(resolve().exists())",
+      "(1|2).aggregate($this, $total)",
+      "descendants().convertsToDecimal()",
+      "descendants().lowBoundary()",
+      "(descendants() | descendants()).isDistinct()",
+      "1.0.power(1000000)",
+      "'x'.substring(-5, 99999999999)",
+      "(1 'm').toQuantity('10*99')",
+      "@2015 + 99999999999 years",
+      "9999999999.round(99999)",
   };
   const char* docs[] = {
       R"({"resourceType": "Patient", "name": [{"given": [1, true, null, {"a": []}]}],
@@ -1019,13 +1037,14 @@ TEST_F(FhirPathTest, LargeHostileDocumentsStayWithinBudget) {
   // chain: children(), descendants() and deduplication stay linear or hit the step budget.
   std::string wide = R"({"resourceType": "Basic", "code": {"text": "x"})";
   for (int i = 0; i < 4900; ++i) {
-    wide += ",\"m" + std::to_string(i) + "\": \"v\", \"_m" + std::to_string(i) +
-            "\": {\"id\": \"i\"}";
+    wide +=
+        ",\"m" + std::to_string(i) + "\": \"v\", \"_m" + std::to_string(i) + "\": {\"id\": \"i\"}";
   }
   wide += R"(, "dates": [)";
   for (int i = 0; i < 20000; ++i) wide += (i ? ",\"" : "\"") + std::string("2020-01-01\"");
   wide += R"(], "qty": [)";
-  for (int i = 0; i < 20000; ++i) wide += (i ? "," : "") + std::string(R"({"value": 1, "code": "mg"})");
+  for (int i = 0; i < 20000; ++i)
+    wide += (i ? "," : "") + std::string(R"({"value": 1, "code": "mg"})");
   wide += R"(], "deep": )";
   for (int i = 0; i < 60; ++i) wide += R"({"a": )";
   wide += "1";
@@ -1072,14 +1091,80 @@ TEST_F(FhirPathTest, RandomExpressionsNeverCrash) {
   // A deterministic stream of random token sequences: each must parse or fail cleanly, and
   // evaluate or fail cleanly.
   const char* tokens[] = {
-      "name", "given", "family", "telecom", "use", "where(", "select(", "exists(", "all(",
-      "repeat(", "iif(", "first()", "last()", "count()", "distinct()", "children()",
-      "descendants()", "ofType(HumanName)", "as(string)", "is(Period)", "toString()",
-      "toInteger()", "substring(", "matches(", "replace(", "contains(", "extension(",
-      "resolve()", "aggregate(", "$this", "$index", "$total", "%resource", "%context", "1",
-      "2.5", "'a'", "'x.*'", "@2015", "@T10:00", "4 'mg'", "true", "{}", "+", "-", "*", "/",
-      "div", "mod", "&", "|", "=", "!=", "~", "<", ">=", "and", "or", "xor", "implies", "in",
-      " is ", " as ", ".", ".", ".", "(", ")", ")", ")", ",", "[0]", "not()", "empty()",
+      "name",
+      "given",
+      "family",
+      "telecom",
+      "use",
+      "where(",
+      "select(",
+      "exists(",
+      "all(",
+      "repeat(",
+      "iif(",
+      "first()",
+      "last()",
+      "count()",
+      "distinct()",
+      "children()",
+      "descendants()",
+      "ofType(HumanName)",
+      "as(string)",
+      "is(Period)",
+      "toString()",
+      "toInteger()",
+      "substring(",
+      "matches(",
+      "replace(",
+      "contains(",
+      "extension(",
+      "resolve()",
+      "aggregate(",
+      "$this",
+      "$index",
+      "$total",
+      "%resource",
+      "%context",
+      "1",
+      "2.5",
+      "'a'",
+      "'x.*'",
+      "@2015",
+      "@T10:00",
+      "4 'mg'",
+      "true",
+      "{}",
+      "+",
+      "-",
+      "*",
+      "/",
+      "div",
+      "mod",
+      "&",
+      "|",
+      "=",
+      "!=",
+      "~",
+      "<",
+      ">=",
+      "and",
+      "or",
+      "xor",
+      "implies",
+      "in",
+      " is ",
+      " as ",
+      ".",
+      ".",
+      ".",
+      "(",
+      ")",
+      ")",
+      ")",
+      ",",
+      "[0]",
+      "not()",
+      "empty()",
   };
   const json::Value& doc = Doc(kPatient);
   Environment env = Environment::ForResource(doc);
@@ -1113,8 +1198,9 @@ TEST_F(FhirPathTest, RandomExpressionsNeverCrash) {
 }
 
 TEST_F(FhirPathTest, OneExpressionManyThreads) {
-  auto e = Expression::Parse("name.where(use = 'official').given.first() + ' ' + "
-                             "name.family.first() + ':' + birthDate.toString()");
+  auto e = Expression::Parse(
+      "name.where(use = 'official').given.first() + ' ' + "
+      "name.family.first() + ':' + birthDate.toString()");
   ASSERT_TRUE(e.ok());
   const json::Value& doc = Doc(kPatient);
   std::atomic<int> good{0};

@@ -6,10 +6,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
-#include <string_view>
 
 #include "common/str_cat.h"
 #include "fhir/fhirpath.h"
@@ -571,11 +571,21 @@ std::optional<int> TemporalCompare(const Temporal& a0, const Temporal& b0) {
   for (int p = first; p <= common; ++p) {
     int x = 0, y = 0;
     switch (p) {
-      case Temporal::kYear: x = a.year, y = b.year; break;
-      case Temporal::kMonth: x = a.month, y = b.month; break;
-      case Temporal::kDay: x = a.day, y = b.day; break;
-      case Temporal::kHour: x = a.hour, y = b.hour; break;
-      case Temporal::kMinute: x = a.minute, y = b.minute; break;
+      case Temporal::kYear:
+        x = a.year, y = b.year;
+        break;
+      case Temporal::kMonth:
+        x = a.month, y = b.month;
+        break;
+      case Temporal::kDay:
+        x = a.day, y = b.day;
+        break;
+      case Temporal::kHour:
+        x = a.hour, y = b.hour;
+        break;
+      case Temporal::kMinute:
+        x = a.minute, y = b.minute;
+        break;
       default:
         x = a.second * 1000 + (a.precision == Temporal::kMillisecond ? a.millisecond : 0);
         y = b.second * 1000 + (b.precision == Temporal::kMillisecond ? b.millisecond : 0);
@@ -601,20 +611,28 @@ absl::StatusOr<Temporal> TemporalAdd(const Temporal& a, const Quantity& q, int s
   enum Unit { kYears, kMonths, kWeeks, kDays, kHours, kMinutes, kSeconds, kMillis };
   std::string_view u = q.unit;
   if (!q.calendar && (u == "a" || u == "mo")) {
-    return absl::InvalidArgumentError(
-        Cat("date arithmetic with the UCUM unit '", u, "' is not defined (use ",
-                     u == "a" ? "year" : "month", ")"));
+    return absl::InvalidArgumentError(Cat("date arithmetic with the UCUM unit '", u,
+                                          "' is not defined (use ", u == "a" ? "year" : "month",
+                                          ")"));
   }
   if (u.ends_with('s') && u.size() > 3 && u != "ms") u.remove_suffix(1);  // plurals
   Unit unit;
-  if (u == "year") unit = kYears;
-  else if (u == "month") unit = kMonths;
-  else if (u == "week" || u == "wk") unit = kWeeks;
-  else if (u == "day" || u == "d") unit = kDays;
-  else if (u == "hour" || u == "h") unit = kHours;
-  else if (u == "minute" || u == "min") unit = kMinutes;
-  else if (u == "second" || u == "s") unit = kSeconds;
-  else if (u == "millisecond" || u == "ms") unit = kMillis;
+  if (u == "year")
+    unit = kYears;
+  else if (u == "month")
+    unit = kMonths;
+  else if (u == "week" || u == "wk")
+    unit = kWeeks;
+  else if (u == "day" || u == "d")
+    unit = kDays;
+  else if (u == "hour" || u == "h")
+    unit = kHours;
+  else if (u == "minute" || u == "min")
+    unit = kMinutes;
+  else if (u == "second" || u == "s")
+    unit = kSeconds;
+  else if (u == "millisecond" || u == "ms")
+    unit = kMillis;
   else {
     return absl::InvalidArgumentError(
         Cat("cannot add a quantity in '", q.unit, "' to a date/time"));
@@ -628,10 +646,18 @@ absl::StatusOr<Temporal> TemporalAdd(const Temporal& a, const Quantity& q, int s
   if (a.kind == Temporal::Kind::kTime) {
     int64_t ms;
     switch (unit) {
-      case kHours: ms = n * 3600000; break;
-      case kMinutes: ms = n * 60000; break;
-      case kSeconds: ms = n * 1000; break;
-      case kMillis: ms = n; break;
+      case kHours:
+        ms = n * 3600000;
+        break;
+      case kMinutes:
+        ms = n * 60000;
+        break;
+      case kSeconds:
+        ms = n * 1000;
+        break;
+      case kMillis:
+        ms = n;
+        break;
       default:
         return absl::InvalidArgumentError("cannot add a calendar duration to a time");
     }
@@ -646,7 +672,8 @@ absl::StatusOr<Temporal> TemporalAdd(const Temporal& a, const Quantity& q, int s
     return r;
   }
   if (unit == kYears || unit == kMonths) {
-    int64_t months = static_cast<int64_t>(a.year) * 12 + (a.month - 1) + (unit == kYears ? n * 12 : n);
+    int64_t months =
+        static_cast<int64_t>(a.year) * 12 + (a.month - 1) + (unit == kYears ? n * 12 : n);
     if (months < 12 || months >= 10000 * 12) {
       return absl::InvalidArgumentError("date arithmetic out of range");
     }
@@ -658,12 +685,24 @@ absl::StatusOr<Temporal> TemporalAdd(const Temporal& a, const Quantity& q, int s
   }
   int64_t ms;
   switch (unit) {
-    case kWeeks: ms = n * 7 * 86400000; break;
-    case kDays: ms = n * 86400000; break;
-    case kHours: ms = n * 3600000; break;
-    case kMinutes: ms = n * 60000; break;
-    case kSeconds: ms = n * 1000; break;
-    default: ms = n; break;
+    case kWeeks:
+      ms = n * 7 * 86400000;
+      break;
+    case kDays:
+      ms = n * 86400000;
+      break;
+    case kHours:
+      ms = n * 3600000;
+      break;
+    case kMinutes:
+      ms = n * 60000;
+      break;
+    case kSeconds:
+      ms = n * 1000;
+      break;
+    default:
+      ms = n;
+      break;
   }
   if (!SetFromEpochMillis(EpochMillis(a) + ms, &r)) {
     return absl::InvalidArgumentError("date arithmetic out of range");
@@ -769,9 +808,9 @@ struct Prefix {
   int exponent;
 };
 constexpr Prefix kPrefixes[] = {
-    {"da", 1},  {"Y", 24}, {"Z", 21}, {"E", 18},  {"P", 15},  {"T", 12},  {"G", 9},
-    {"M", 6},   {"k", 3},  {"h", 2},  {"d", -1},  {"c", -2},  {"m", -3},  {"u", -6},
-    {"n", -9},  {"p", -12}, {"f", -15}, {"a", -18}, {"z", -21}, {"y", -24},
+    {"da", 1}, {"Y", 24},  {"Z", 21},  {"E", 18},  {"P", 15},  {"T", 12},  {"G", 9},
+    {"M", 6},  {"k", 3},   {"h", 2},   {"d", -1},  {"c", -2},  {"m", -3},  {"u", -6},
+    {"n", -9}, {"p", -12}, {"f", -15}, {"a", -18}, {"z", -21}, {"y", -24},
 };
 
 struct Atom {
@@ -901,14 +940,16 @@ class UnitParser {
     if (j < s_.size() && (s_[j] == '-' || s_[j] == '+')) sign = s_[j++] == '-' ? -1 : 1;
     if (j >= s_.size() || s_[j] < '0' || s_[j] > '9') return false;
     int v = 0;
-    while (j < s_.size() && s_[j] >= '0' && s_[j] <= '9') v = std::min(v * 10 + (s_[j++] - '0'), 99);
+    while (j < s_.size() && s_[j] >= '0' && s_[j] <= '9')
+      v = std::min(v * 10 + (s_[j++] - '0'), 99);
     i_ = j;
     *e = sign * v;
     return true;
   }
 
   static bool AllDigits(std::string_view s) {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
   }
 
   static bool Symbol(std::string_view sym, UnitInfo* out) {
@@ -977,11 +1018,10 @@ struct CalendarWord {
   std::string_view ucum;
 };
 constexpr CalendarWord kCalendar[] = {
-    {"year", "a"},        {"years", "a"},        {"month", "mo"},   {"months", "mo"},
-    {"week", "wk"},       {"weeks", "wk"},       {"day", "d"},      {"days", "d"},
-    {"hour", "h"},        {"hours", "h"},        {"minute", "min"}, {"minutes", "min"},
-    {"second", "s"},      {"seconds", "s"},      {"millisecond", "ms"},
-    {"milliseconds", "ms"},
+    {"year", "a"},   {"years", "a"},   {"month", "mo"},       {"months", "mo"},
+    {"week", "wk"},  {"weeks", "wk"},  {"day", "d"},          {"days", "d"},
+    {"hour", "h"},   {"hours", "h"},   {"minute", "min"},     {"minutes", "min"},
+    {"second", "s"}, {"seconds", "s"}, {"millisecond", "ms"}, {"milliseconds", "ms"},
 };
 
 }  // namespace
@@ -1236,13 +1276,16 @@ size_t DecimalHash(const Decimal& d) {
 // the evaluator charges to the step budget.
 size_t JsonHash(const json::Value& v, int depth) {
   switch (v.kind()) {
-    case json::Value::Kind::kNull: return 1;
-    case json::Value::Kind::kBool: return v.as_bool() ? 2 : 3;
+    case json::Value::Kind::kNull:
+      return 1;
+    case json::Value::Kind::kBool:
+      return v.as_bool() ? 2 : 3;
     case json::Value::Kind::kNumber: {
       auto d = Decimal::Parse(v.number_text());
       return d ? DecimalHash(*d) : std::hash<std::string_view>{}(v.number_text());
     }
-    case json::Value::Kind::kString: return std::hash<std::string_view>{}(v.as_string());
+    case json::Value::Kind::kString:
+      return std::hash<std::string_view>{}(v.as_string());
     case json::Value::Kind::kArray: {
       size_t h = Mix(5, v.items().size());
       if (depth > 0) return h;
@@ -1318,10 +1361,14 @@ std::optional<Item> ToSystem(const Item& item) {
   const json::Value& v = *n.value;
   if (n.type == nullptr) {
     switch (v.kind()) {
-      case json::Value::Kind::kBool: return Item::MakeBoolean(v.as_bool());
-      case json::Value::Kind::kNumber: return NumberItem(v);
-      case json::Value::Kind::kString: return Item::MakeStringView(v.as_string());
-      default: return std::nullopt;
+      case json::Value::Kind::kBool:
+        return Item::MakeBoolean(v.as_bool());
+      case json::Value::Kind::kNumber:
+        return NumberItem(v);
+      case json::Value::Kind::kString:
+        return Item::MakeStringView(v.as_string());
+      default:
+        return std::nullopt;
     }
   }
   if (!IsPrimitiveType(n.type)) {
@@ -1342,10 +1389,17 @@ std::optional<Item> ToSystem(const Item& item) {
       std::string_view s = v.as_string();
       std::optional<Temporal> t;
       switch (PrimitiveCategory(n.type->name)) {
-        case Prim::kDate: t = Temporal::ParseDate(s); break;
-        case Prim::kDateTime: t = Temporal::ParseDateTime(s); break;
-        case Prim::kTime: t = Temporal::ParseTime(s); break;
-        default: break;
+        case Prim::kDate:
+          t = Temporal::ParseDate(s);
+          break;
+        case Prim::kDateTime:
+          t = Temporal::ParseDateTime(s);
+          break;
+        case Prim::kTime:
+          t = Temporal::ParseTime(s);
+          break;
+        default:
+          break;
       }
       if (t) return Item::MakeTemporal(*t);
       return Item::MakeStringView(s);
@@ -1429,8 +1483,8 @@ absl::StatusOr<std::optional<int>> ItemCompare(const Item& a, const Item& b) {
     }
     if (x.kind() == Item::Kind::kQuantity) return QuantityCompare(x.quantity(), y.quantity());
   }
-  return absl::InvalidArgumentError(Cat("cannot compare ", KindName(x.kind()), " with ",
-                                                 KindName(y.kind())));
+  return absl::InvalidArgumentError(
+      Cat("cannot compare ", KindName(x.kind()), " with ", KindName(y.kind())));
 }
 
 size_t ItemHash(const Item& a) {
@@ -1444,18 +1498,23 @@ size_t ItemHash(const Item& a) {
     return n.ext ? JsonHash(*n.ext, 0) : 13;
   }
   switch (s->kind()) {
-    case Item::Kind::kBoolean: return s->boolean() ? 2 : 3;
-    case Item::Kind::kInteger: return DecimalHash(Decimal::FromInt(s->integer()));
-    case Item::Kind::kDecimal: return DecimalHash(s->decimal());
-    case Item::Kind::kString: return std::hash<std::string_view>{}(s->string());
-    case Item::Kind::kTypeInfo: return std::hash<std::string_view>{}(s->type_info().name);
+    case Item::Kind::kBoolean:
+      return s->boolean() ? 2 : 3;
+    case Item::Kind::kInteger:
+      return DecimalHash(Decimal::FromInt(s->integer()));
+    case Item::Kind::kDecimal:
+      return DecimalHash(s->decimal());
+    case Item::Kind::kString:
+      return std::hash<std::string_view>{}(s->string());
+    case Item::Kind::kTypeInfo:
+      return std::hash<std::string_view>{}(s->type_info().name);
     case Item::Kind::kDate:
     case Item::Kind::kDateTime:
     case Item::Kind::kTime: {
       // Equal values: same precision class, same instant once in UTC (Date and DateTime alike).
       const Temporal& t0 = s->temporal();
-      Temporal t = t0.kind != Temporal::Kind::kTime && t0.precision >= Temporal::kHour ? ToUtc(t0)
-                                                                                         : t0;
+      Temporal t =
+          t0.kind != Temporal::Kind::kTime && t0.precision >= Temporal::kHour ? ToUtc(t0) : t0;
       size_t h = Mix(t.kind == Temporal::Kind::kTime ? 23 : 29, EffectivePrecision(t));
       h = Mix(h, ((t.year * 13 + t.month) * 32 + t.day) * 24 + t.hour);
       return Mix(h, (t.minute * 60 + t.second) * 1000 + t.millisecond);
@@ -1474,16 +1533,26 @@ size_t ItemHash(const Item& a) {
 
 std::string_view KindName(Item::Kind kind) {
   switch (kind) {
-    case Item::Kind::kNode: return "node";
-    case Item::Kind::kBoolean: return "Boolean";
-    case Item::Kind::kInteger: return "Integer";
-    case Item::Kind::kDecimal: return "Decimal";
-    case Item::Kind::kString: return "String";
-    case Item::Kind::kDate: return "Date";
-    case Item::Kind::kDateTime: return "DateTime";
-    case Item::Kind::kTime: return "Time";
-    case Item::Kind::kQuantity: return "Quantity";
-    case Item::Kind::kTypeInfo: return "TypeInfo";
+    case Item::Kind::kNode:
+      return "node";
+    case Item::Kind::kBoolean:
+      return "Boolean";
+    case Item::Kind::kInteger:
+      return "Integer";
+    case Item::Kind::kDecimal:
+      return "Decimal";
+    case Item::Kind::kString:
+      return "String";
+    case Item::Kind::kDate:
+      return "Date";
+    case Item::Kind::kDateTime:
+      return "DateTime";
+    case Item::Kind::kTime:
+      return "Time";
+    case Item::Kind::kQuantity:
+      return "Quantity";
+    case Item::Kind::kTypeInfo:
+      return "TypeInfo";
   }
   return "?";
 }
@@ -1553,8 +1622,18 @@ absl::StatusOr<std::optional<Item>> QuantityArithmetic(BinOp op, const Item& x, 
   }
   if (op == BinOp::kMul || op == BinOp::kDiv) {
     Quantity a, b;
-    if (qx) a = x.quantity(); else if (IsNumber(x)) a.value = AsDecimal(x); else return fail();
-    if (qy) b = y.quantity(); else if (IsNumber(y)) b.value = AsDecimal(y); else return fail();
+    if (qx)
+      a = x.quantity();
+    else if (IsNumber(x))
+      a.value = AsDecimal(x);
+    else
+      return fail();
+    if (qy)
+      b = y.quantity();
+    else if (IsNumber(y))
+      b.value = AsDecimal(y);
+    else
+      return fail();
     auto v = op == BinOp::kMul ? DecMul(a.value, b.value) : DecDiv(a.value, b.value);
     if (!v) return std::optional<Item>();
     Quantity r;
@@ -1583,8 +1662,8 @@ absl::StatusOr<std::optional<Item>> Arithmetic(BinOp op, const Item& a, const It
   const Item& y = *sb;
   using K = Item::Kind;
   auto type_error = [&] {
-    return absl::InvalidArgumentError(Cat("operator not defined for ", KindName(x.kind()),
-                                                   " and ", KindName(y.kind())));
+    return absl::InvalidArgumentError(
+        Cat("operator not defined for ", KindName(x.kind()), " and ", KindName(y.kind())));
   };
   if (x.kind() == K::kString && y.kind() == K::kString) {
     if (op != BinOp::kAdd) return type_error();
@@ -1597,9 +1676,15 @@ absl::StatusOr<std::optional<Item>> Arithmetic(BinOp op, const Item& a, const It
     int64_t p = x.integer(), q = y.integer(), r = 0;
     bool overflow = false;
     switch (op) {
-      case BinOp::kAdd: overflow = __builtin_add_overflow(p, q, &r); break;
-      case BinOp::kSub: overflow = __builtin_sub_overflow(p, q, &r); break;
-      case BinOp::kMul: overflow = __builtin_mul_overflow(p, q, &r); break;
+      case BinOp::kAdd:
+        overflow = __builtin_add_overflow(p, q, &r);
+        break;
+      case BinOp::kSub:
+        overflow = __builtin_sub_overflow(p, q, &r);
+        break;
+      case BinOp::kMul:
+        overflow = __builtin_mul_overflow(p, q, &r);
+        break;
       case BinOp::kIntDiv:
         if (q == 0 || (p == INT64_MIN && q == -1)) return std::optional<Item>();
         r = p / q;
@@ -1608,7 +1693,8 @@ absl::StatusOr<std::optional<Item>> Arithmetic(BinOp op, const Item& a, const It
         if (q == 0 || (p == INT64_MIN && q == -1)) return std::optional<Item>();
         r = p % q;
         break;
-      default: return type_error();
+      default:
+        return type_error();
     }
     if (overflow) return std::optional<Item>();
     return std::optional<Item>(Item::MakeInteger(r));
@@ -1617,11 +1703,21 @@ absl::StatusOr<std::optional<Item>> Arithmetic(BinOp op, const Item& a, const It
     Decimal p = AsDecimal(x), q = AsDecimal(y);
     std::optional<Decimal> r;
     switch (op) {
-      case BinOp::kAdd: r = DecAdd(p, q); break;
-      case BinOp::kSub: r = DecSub(p, q); break;
-      case BinOp::kMul: r = DecMul(p, q); break;
-      case BinOp::kDiv: r = DecDiv(p, q); break;
-      case BinOp::kMod: r = DecMod(p, q); break;
+      case BinOp::kAdd:
+        r = DecAdd(p, q);
+        break;
+      case BinOp::kSub:
+        r = DecSub(p, q);
+        break;
+      case BinOp::kMul:
+        r = DecMul(p, q);
+        break;
+      case BinOp::kDiv:
+        r = DecDiv(p, q);
+        break;
+      case BinOp::kMod:
+        r = DecMod(p, q);
+        break;
       case BinOp::kIntDiv: {
         r = DecIntDiv(p, q);
         if (!r) return std::optional<Item>();
@@ -1629,7 +1725,8 @@ absl::StatusOr<std::optional<Item>> Arithmetic(BinOp op, const Item& a, const It
         if (!i) return std::optional<Item>();
         return std::optional<Item>(Item::MakeInteger(*i));
       }
-      default: return type_error();
+      default:
+        return type_error();
     }
     if (!r) return std::optional<Item>();
     return std::optional<Item>(Item::MakeDecimal(*r));
@@ -1647,15 +1744,22 @@ std::optional<std::string> ItemToString(const Item& item) {
   auto s = ToSystem(item);
   if (!s) return std::nullopt;
   switch (s->kind()) {
-    case Item::Kind::kBoolean: return std::string(s->boolean() ? "true" : "false");
-    case Item::Kind::kInteger: return std::to_string(s->integer());
-    case Item::Kind::kDecimal: return s->decimal().ToString();
-    case Item::Kind::kString: return std::string(s->string());
+    case Item::Kind::kBoolean:
+      return std::string(s->boolean() ? "true" : "false");
+    case Item::Kind::kInteger:
+      return std::to_string(s->integer());
+    case Item::Kind::kDecimal:
+      return s->decimal().ToString();
+    case Item::Kind::kString:
+      return std::string(s->string());
     case Item::Kind::kDate:
     case Item::Kind::kDateTime:
-    case Item::Kind::kTime: return s->temporal().ToString();
-    case Item::Kind::kQuantity: return s->quantity().ToString();
-    default: return std::nullopt;
+    case Item::Kind::kTime:
+      return s->temporal().ToString();
+    case Item::Kind::kQuantity:
+      return s->quantity().ToString();
+    default:
+      return std::nullopt;
   }
 }
 
@@ -1807,9 +1911,12 @@ std::string ToDebugString(const Item& item) {
       if (n.ext) out += Cat(" _", json::Write(*n.ext));
       return out;
     }
-    case Item::Kind::kBoolean: return item.boolean() ? "true" : "false";
-    case Item::Kind::kInteger: return std::to_string(item.integer());
-    case Item::Kind::kDecimal: return item.decimal().ToString();
+    case Item::Kind::kBoolean:
+      return item.boolean() ? "true" : "false";
+    case Item::Kind::kInteger:
+      return std::to_string(item.integer());
+    case Item::Kind::kDecimal:
+      return item.decimal().ToString();
     case Item::Kind::kString: {
       std::string out = "'";
       for (char c : item.string()) {
@@ -1820,14 +1927,15 @@ std::string ToDebugString(const Item& item) {
       return out;
     }
     case Item::Kind::kDate:
-    case Item::Kind::kDateTime: return Cat("@", item.temporal().ToString(),
-                                                    item.kind() == Item::Kind::kDateTime &&
-                                                            item.temporal().precision <=
-                                                                Temporal::kDay
-                                                        ? "T"
-                                                        : "");
-    case Item::Kind::kTime: return Cat("@T", item.temporal().ToString());
-    case Item::Kind::kQuantity: return item.quantity().ToString();
+    case Item::Kind::kDateTime:
+      return Cat("@", item.temporal().ToString(),
+                 item.kind() == Item::Kind::kDateTime && item.temporal().precision <= Temporal::kDay
+                     ? "T"
+                     : "");
+    case Item::Kind::kTime:
+      return Cat("@T", item.temporal().ToString());
+    case Item::Kind::kQuantity:
+      return item.quantity().ToString();
     case Item::Kind::kTypeInfo:
       return Cat(item.type_info().ns, ".", item.type_info().name);
   }

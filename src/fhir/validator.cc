@@ -1,6 +1,7 @@
 #include "fhir/validator.h"
 
 #include <algorithm>
+#include <cctype>
 #include <string>
 #include <unordered_map>
 
@@ -188,6 +189,7 @@ class ValidationRun : public IssueSink {
     frame_ = &frame;
     ValidateObject(resource, type->root, type_name, type, type->children, here,
                    /*is_resource=*/true);
+    if (type_name == "Bundle") CheckBundleEntries(resource, here);
     if (const json::Value* meta = resource.Find("meta"); meta != nullptr && meta->is_object()) {
       CheckProfiles(resource, *meta, here);
     }
@@ -216,12 +218,16 @@ class ValidationRun : public IssueSink {
   // element definitions are `children`.
   void ValidateObject(const json::Value& obj, const ElementDef* element, std::string_view type,
                       const TypeDef* type_def, std::span<const ElementDef* const> children,
-                      const Loc& expr, bool is_resource) {
+                      const Loc& expr, bool is_resource, bool has_value = false) {
     const json::Object& members = obj.members();
     if (members.empty() && !is_resource) {
       Error("structure", expr,
             "an element must have a value or children: empty objects are not allowed", "ele-1");
       return;
+    }
+    // ele-1: hasValue() or (children().count() > id.count())
+    if (!is_resource && !has_value && members.size() == 1 && members[0].first == "id") {
+      Error("structure", expr, "an element must have a value or children other than id", "ele-1");
     }
     // Occurrences per child definition; presence by JSON name (choices).
     absl::InlinedVector<uint32_t, 64> counts(children.size(), 0);
@@ -235,6 +241,11 @@ class ValidationRun : public IssueSink {
       std::string_view base = extension_sibling ? std::string_view(name).substr(1) : name;
       auto match = Model::ResolveChild(children, base);
       const Loc child_expr{&expr, base};
+      // A primitive's `value` is the JSON value itself, never a member of "_x".
+      if (match && match->type_def == nullptr && !match->element->types.empty() &&
+          match->element->types[0].starts_with("System.")) {
+        match.reset();
+      }
       if (!match || base.empty()) {
         Error("structure", Loc{&expr, name}, Cat("unknown element '", Snippet(name), "' in ", type),
               "unknown-element");
@@ -376,7 +387,9 @@ class ValidationRun : public IssueSink {
           continue;
         }
         ++n;
-        ValidateObject(item, nullptr, type, type_def, kids, item_expr, false);
+        const bool has_value = value != nullptr && value->is_array() && i < value->items().size() &&
+                               !value->items()[i].is_null();
+        ValidateObject(item, nullptr, type, type_def, kids, item_expr, false, has_value);
       }
       return n;
     }
@@ -384,7 +397,8 @@ class ValidationRun : public IssueSink {
       Error("structure", expr, "the '_' sibling of a primitive must be an object", "json-type");
       return 0;
     }
-    ValidateObject(ext, nullptr, type, type_def, kids, expr, false);
+    ValidateObject(ext, nullptr, type, type_def, kids, expr, false,
+                   value != nullptr && !value->is_null());
     return 1;
   }
 
@@ -408,8 +422,15 @@ class ValidationRun : public IssueSink {
         return;
       }
       if (type == "xhtml") {
-        for (const XhtmlIssue& x : CheckNarrativeXhtml(value.as_string())) {
-          Error("security", expr, x.message, x.rule);
+        std::vector<XhtmlIssue> issues = CheckNarrativeXhtml(value.as_string());
+        for (const XhtmlIssue& x : issues) Error("security", expr, x.message, x.rule);
+        // txt-2 as the HL7 validator applies it to R4: its R4 expression is
+        // htmlChecks(), which checks markup, not content; an empty narrative is
+        // reported but does not refuse the resource (several official examples
+        // have one).
+        if (issues.empty() && !NarrativeHasContent(value.as_string())) {
+          Report(IssueSeverity::kWarning, "invariant", expr.str(),
+                 "txt-2: The narrative SHALL have some non-whitespace content", "txt-2");
         }
         return;
       }
@@ -446,9 +467,9 @@ class ValidationRun : public IssueSink {
   void CheckExtension(const json::Value& ext, const Loc& expr) {
     bool has_value = false;
     for (const json::Member& m : ext.members()) {
-      if (m.first.size() > 5 && m.first.starts_with("value") && IsUpperAlpha(m.first[5])) {
-        has_value = true;
-      }
+      std::string_view n = m.first;
+      if (n.starts_with("_")) n.remove_prefix(1);  // a primitive value with only extensions
+      if (n.size() > 5 && n.starts_with("value") && IsUpperAlpha(n[5])) has_value = true;
     }
     bool has_nested = ext.Find("extension") != nullptr;
     if (has_value == has_nested) {
@@ -469,28 +490,51 @@ class ValidationRun : public IssueSink {
     }
   }
 
-  void CheckReference(const json::Value& ref, const ElementDef& def, const Loc& expr) {
-    const json::Value* r = ref.Find("reference");
-    if (r == nullptr || !r->is_string()) return;
-    std::string_view s = r->as_string();
-    const Loc where{&expr, "reference"};
-    if (s.starts_with("#")) return;  // local: ref-1 checks the contained resource exists
-    if (s.starts_with("urn:uuid:") || s.starts_with("urn:oid:")) return;
-    std::string_view type;
-    std::string_view id;
-    bool absolute = s.find("://") != std::string_view::npos;
-    // The last "Type/id" (or "Type/id/_history/vid") of the reference.
+  // The resource type a reference points at, when it can be told: "Type/id"
+  // (relative or at the end of a RESTful URL), a contained resource ("#id"), or
+  // a Bundle entry by fullUrl. Empty when unknown. Reports malformed references.
+  std::string_view ReferencedType(std::string_view s, const Loc& where, bool* bad) {
+    *bad = false;
+    if (s.starts_with("#")) {
+      const json::Value* container = frame_->root;
+      if (s.size() == 1) return container->GetString("resourceType").value_or("");
+      const json::Value* contained = container->Find("contained");
+      if (contained == nullptr || !contained->is_array()) return {};  // ref-1 reports it
+      for (const json::Value& c : contained->items()) {
+        if (c.is_object() && c.GetString("id") == s.substr(1)) {
+          return c.GetString("resourceType").value_or("");
+        }
+      }
+      return {};
+    }
+    // scheme ":" (RFC 3986): an absolute URI.
+    size_t colon = 0;
+    if (!s.empty() && std::isalpha(static_cast<unsigned char>(s[0]))) {
+      colon = 1;
+      while (colon < s.size() && (std::isalnum(static_cast<unsigned char>(s[colon])) ||
+                                  s[colon] == '+' || s[colon] == '-' || s[colon] == '.')) {
+        ++colon;
+      }
+      if (colon >= s.size() || s[colon] != ':') colon = 0;
+    }
+    const bool absolute = colon > 0;
+    if (absolute && s.find_first_of(" \t\r\n") == std::string_view::npos) {
+      // A Bundle entry named by this fullUrl.
+      if (std::string_view t = BundleEntryType(s); !t.empty()) return t;
+    }
     std::string_view path = s;
     size_t hist = path.find("/_history/");
     if (hist != std::string_view::npos) {
-      std::string_view vid = path.substr(hist + 10);
-      if (!IsValidId(vid)) {
+      if (!IsValidId(path.substr(hist + 10))) {
         Error("value", where, Cat("invalid version in reference '", Snippet(s), "'"),
               "reference-format");
-        return;
+        *bad = true;
+        return {};
       }
       path = path.substr(0, hist);
     }
+    std::string_view type;
+    std::string_view id;
     size_t slash = path.rfind('/');
     if (slash != std::string_view::npos) {
       id = path.substr(slash + 1);
@@ -499,15 +543,65 @@ class ValidationRun : public IssueSink {
       type = prev == std::string_view::npos ? head : head.substr(prev + 1);
       if (!absolute && prev != std::string_view::npos) type = {};  // "a/b/c" relative
     }
-    bool known = !type.empty() && IsResourceType(type) && IsValidId(id);
-    if (!absolute && !known) {
-      Error("value", where,
-            Cat("invalid reference '", Snippet(s),
-                "': expected Type/id, an absolute URL, #id or a urn:uuid:"),
-            "reference-format");
-      return;
+    const bool rest_like = !type.empty() && IsResourceType(type) && IsValidId(id);
+    if (absolute) {
+      if (s.find_first_of(" \t\r\n") != std::string_view::npos) {
+        Error("value", where, Cat("invalid reference '", Snippet(s), "': whitespace in a URI"),
+              "reference-format");
+        *bad = true;
+        return {};
+      }
+      return rest_like && (s.starts_with("http://") || s.starts_with("https://"))
+                 ? type
+                 : std::string_view();
     }
-    if (!known || def.target_types.empty()) return;
+    if (rest_like) return type;
+    // A conditional reference ("Patient?identifier=...") is resolved by the
+    // server when a transaction is processed; nowhere else.
+    size_t q = s.find('?');
+    if (q != std::string_view::npos && IsResourceType(s.substr(0, q)) && InTransaction()) {
+      return s.substr(0, q);
+    }
+    Error("value", where,
+          Cat("invalid reference '", Snippet(s),
+              "': expected Type/id, an absolute URI, #id or a urn:uuid:"),
+          "reference-format");
+    *bad = true;
+    return {};
+  }
+
+  bool InTransaction() const {
+    auto rt = root_.GetString("resourceType");
+    auto bt = root_.GetString("type");
+    return rt == "Bundle" && (bt == "transaction" || bt == "batch");
+  }
+
+  // The resourceType of the entry of the validated Bundle whose fullUrl is `url`.
+  std::string_view BundleEntryType(std::string_view url) const {
+    if (root_.GetString("resourceType") != "Bundle") return {};
+    const json::Value* entries = root_.Find("entry");
+    if (entries == nullptr || !entries->is_array()) return {};
+    for (const json::Value& e : entries->items()) {
+      if (!e.is_object() || e.GetString("fullUrl") != url) continue;
+      const json::Value* r = e.Find("resource");
+      if (r != nullptr && r->is_object()) return r->GetString("resourceType").value_or("");
+    }
+    return {};
+  }
+
+  void CheckReference(const json::Value& ref, const ElementDef& def, const Loc& expr) {
+    const json::Value* r = ref.Find("reference");
+    if (r == nullptr || !r->is_string()) return;
+    const Loc where{&expr, "reference"};
+    bool bad = false;
+    std::string_view type = ReferencedType(r->as_string(), where, &bad);
+    if (bad || type.empty()) return;
+    if (auto declared = ref.GetString("type"); declared && *declared != type) {
+      Error("structure", Loc{&expr, "type"},
+            Cat("Reference.type is ", Snippet(*declared), " but the reference points to a ", type),
+            "reference-target");
+    }
+    if (def.target_types.empty()) return;
     for (const std::string& t : def.target_types) {
       if (t == type || t == "Resource") return;
     }
@@ -516,6 +610,39 @@ class ValidationRun : public IssueSink {
     Error("structure", where,
           Cat("a reference to ", type, " is not allowed here (allowed: ", allowed, ")"),
           "reference-target");
+  }
+
+  // Bundle.entry.fullUrl "SHALL NOT disagree with the id in the resource": a
+  // RESTful fullUrl ends with the entry's Type/id.
+  void CheckBundleEntries(const json::Value& bundle, const Loc& here) {
+    const json::Value* entries = bundle.Find("entry");
+    if (entries == nullptr || !entries->is_array()) return;
+    const Loc entry_loc{&here, "entry"};
+    for (size_t i = 0; i < entries->items().size(); ++i) {
+      const json::Value& e = entries->items()[i];
+      if (!e.is_object()) continue;
+      auto full = e.GetString("fullUrl");
+      const json::Value* r = e.Find("resource");
+      if (!full || r == nullptr || !r->is_object()) continue;
+      auto id = r->GetString("id");
+      auto rt = r->GetString("resourceType");
+      if (!id || !rt || !(full->starts_with("http://") || full->starts_with("https://"))) continue;
+      std::string_view path = *full;
+      if (size_t h = path.find("/_history/"); h != std::string_view::npos) path = path.substr(0, h);
+      size_t slash = path.rfind('/');
+      if (slash == std::string_view::npos) continue;
+      std::string_view tail_id = path.substr(slash + 1);
+      std::string_view head = path.substr(0, slash);
+      std::string_view tail_type = head.substr(head.rfind('/') + 1);
+      if (!IsResourceType(tail_type)) continue;  // not RESTful-looking
+      if (tail_type != *rt || tail_id != *id) {
+        const Loc item{entry_loc.parent, "entry", i};
+        Error("invariant", Loc{&item, "fullUrl"},
+              Cat("the fullUrl names ", tail_type, "/", Snippet(tail_id), " but the resource is ",
+                  *rt, "/", Snippet(*id)),
+              "bundle-fullurl");
+      }
+    }
   }
 
   const ValueSetExpansion* RequiredValueSet(const ElementDef& def) {
@@ -532,10 +659,20 @@ class ValidationRun : public IssueSink {
           "binding");
   }
 
+  // Value set members are system + code: a Coding without a system is in none.
   void CheckCoding(const ElementDef& def, const json::Value& coding, const Loc& expr) {
     auto code = coding.GetString("code");
     if (!code) return;
-    CheckCode(def, coding.GetString("system").value_or(""), *code, expr);
+    const ValueSetExpansion* vs = RequiredValueSet(def);
+    if (vs == nullptr) return;
+    auto system = coding.GetString("system");
+    if (system && !system->empty() && vs->Contains(*system, *code)) return;
+    Error("code-invalid", expr,
+          system ? Cat("the code '", Snippet(*code), "' of ", Snippet(*system),
+                       " is not in the required value set ", def.value_set)
+                 : Cat("the coding has no system, so it cannot be in the required value set ",
+                       def.value_set),
+          "binding");
   }
 
   void CheckCodeableConcept(const ElementDef& def, const json::Value& cc, const Loc& expr) {
@@ -549,7 +686,8 @@ class ValidationRun : public IssueSink {
         auto code = c.GetString("code");
         if (!code) continue;
         any_code = true;
-        if (vs->Contains(c.GetString("system").value_or(""), *code)) return;
+        auto system = c.GetString("system");
+        if (system && !system->empty() && vs->Contains(*system, *code)) return;
       }
     }
     Error("code-invalid", expr,

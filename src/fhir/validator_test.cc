@@ -161,6 +161,20 @@ TEST(ValidatorTest, ResourceWithoutNarrativeGetsTheDom6Warning) {
   EXPECT_EQ(r.issues[0].code, "invariant");
 }
 
+TEST(ValidatorTest, EmptyNarrativeIsATxt2Warning) {
+  for (std::string_view div :
+       {R"(<div xmlns=\"http://www.w3.org/1999/xhtml\"></div>)",
+        R"(<div xmlns=\"http://www.w3.org/1999/xhtml\"> <p>\n</p> </div>)"}) {
+    ValidationReport r = TheValidator().Validate(ParseOrDie(
+        std::string(R"({"resourceType": "Patient", "text": {"status": "generated", "div": ")") +
+        std::string(div) + "\"}}"));
+    EXPECT_TRUE(r.valid()) << Describe(r);
+    ASSERT_EQ(r.warnings, 1u) << Describe(r);
+    EXPECT_EQ(r.issues[0].rule, "txt-2");
+    EXPECT_EQ(r.issues[0].expression, "Patient.text.div");
+  }
+}
+
 TEST(ValidatorTest, NonObjectsAreRejected) {
   EXPECT_FALSE(TheValidator().Validate(ParseOrDie("[]")).valid());
   EXPECT_FALSE(TheValidator().Validate(ParseOrDie(R"("Patient")")).valid());

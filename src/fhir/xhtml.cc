@@ -52,7 +52,13 @@ constexpr std::string_view kUrlAttributes[] = {
     "background", "poster",   "dynsrc",  "lowsrc",   "data",   "codebase", "classid",
     "profile",    "manifest", "archive", "icon",     "base"};
 
-constexpr std::string_view kAllowedSchemes[] = {"http", "https", "mailto", "tel", "urn"};
+// Schemes a browser resolves to script, local content or an opaque document
+// (the narrative rules forbid active content; other schemes, e.g. ftp, doi or
+// urn, are plain links).
+constexpr std::string_view kActiveSchemes[] = {
+    "javascript", "vbscript", "livescript", "mocha",  "data",        "blob",
+    "filesystem", "file",     "jar",        "mhtml",  "view-source", "ms-its",
+    "res",        "wyciwyg",  "about",      "chrome", "resource",    "x-javascript"};
 
 // Inline images that cannot carry script (SVG can, so it is absent).
 constexpr std::string_view kInlineImageTypes[] = {"image/png", "image/gif", "image/jpeg",
@@ -214,7 +220,7 @@ std::optional<std::string> UnsafeUrl(std::string_view value, bool inline_image_o
   }
   if (i > 0 && i < u.size() && u[i] == ':') {
     const std::string scheme = ToLower(u.substr(0, i));
-    if (Contains(kAllowedSchemes, scheme)) return std::nullopt;
+    if (!Contains(kActiveSchemes, scheme)) return std::nullopt;
     if (scheme == "data" && inline_image_ok) {
       // data:[ ]image/png;base64,<base64>  (the official examples put a space after "data:")
       std::string_view rest = u.substr(i + 1);
@@ -233,8 +239,8 @@ std::optional<std::string> UnsafeUrl(std::string_view value, bool inline_image_o
       return "a data: URL is allowed only as a base64 PNG, GIF, JPEG or WebP image";
     }
     return Cat({"URL scheme '", Quote(scheme),
-                ":' is not allowed (only http, https, mailto, tel, urn and relative "
-                "references)"});
+                ":' is not allowed in narrative: it can run script or open local or opaque "
+                "content"});
   }
   // No scheme: a relative reference. Refuse anything that becomes a dangerous
   // scheme once all spaces and controls are dropped, whatever a parser does with them.
@@ -808,5 +814,32 @@ class Checker {
 }  // namespace
 
 std::vector<XhtmlIssue> CheckNarrativeXhtml(std::string_view div) { return Checker(div).Run(); }
+
+bool NarrativeHasContent(std::string_view div) {
+  size_t i = 0;
+  while (i < div.size()) {
+    if (div[i] == '<') {
+      // A comment's text is not content.
+      if (div.substr(i).starts_with("<!--")) {
+        size_t end = div.find("-->", i + 4);
+        if (end == std::string_view::npos) return false;
+        i = end + 3;
+        continue;
+      }
+      size_t end = div.find('>', i);
+      if (end == std::string_view::npos) return false;
+      std::string_view tag = div.substr(i + 1, end - i - 1);
+      if (tag.starts_with("img") && tag.size() > 3 && (IsXmlSpace(tag[3]) || tag[3] == '/') &&
+          tag.find("src") != std::string_view::npos) {
+        return true;
+      }
+      i = end + 1;
+      continue;
+    }
+    if (!IsXmlSpace(div[i])) return true;
+    ++i;
+  }
+  return false;
+}
 
 }  // namespace fhirward::fhir

@@ -36,8 +36,8 @@ inline constexpr std::string_view kNamespace = "xhtml-namespace";
 inline constexpr std::string_view kElement = "xhtml-element";             // element not allowed
 inline constexpr std::string_view kAttribute = "xhtml-attribute";         // attribute not allowed
 inline constexpr std::string_view kEventHandler = "xhtml-event-handler";  // on* attribute
-// A URL attribute (href, src, ...) with a scheme other than http, https, mailto,
-// tel, urn (or an inline PNG/GIF/JPEG/WebP image in img src).
+// A URL attribute (href, src, ...) with an active scheme: javascript, vbscript,
+// data (except an inline PNG/GIF/JPEG/WebP image in img src), file, blob, ...
 inline constexpr std::string_view kUrlScheme = "xhtml-url-scheme";
 inline constexpr std::string_view kStyle = "xhtml-style";  // active content in a style attribute
 // An entity other than the five XML ones (HTML names such as &nbsp; are undefined
@@ -65,6 +65,11 @@ inline constexpr size_t kMaxXhtmlDepth = 256;
 // All findings for the XHTML text of a Narrative.div (the JSON string value,
 // already unescaped), in document order.
 std::vector<XhtmlIssue> CheckNarrativeXhtml(std::string_view div);
+
+// txt-2, "The narrative SHALL have some non-whitespace content": true when the
+// div has text other than XML whitespace outside markup, or an <img> with a
+// src. Meaningful only for a div CheckNarrativeXhtml accepts.
+bool NarrativeHasContent(std::string_view div);
 
 }  // namespace fhirward::fhir
 
