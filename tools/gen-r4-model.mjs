@@ -43,6 +43,18 @@ for (const r of load('profiles-types.json')) {
   typeProfiles.set(r.url, own.map((c) => [c.key, c.severity === 'error' ? 1 : 0, c.human || '', c.expression]));
 }
 
+// Errata of R4 invariants, each fixed the way a later FHIR version fixed it.
+//   que-7: "answer is Boolean" names the System type, which a FHIR boolean is not, so the
+//          constraint fails for every valid Questionnaire using operator 'exists'
+//          (R5 writes "answer is boolean").
+const ERRATA = new Map([
+  ['que-7', ["operator = 'exists' implies (answer is Boolean)", "operator = 'exists' implies (answer is boolean)"]],
+]);
+function fixExpression(key, expr) {
+  const fix = ERRATA.get(key);
+  return fix && expr === fix[0] ? fix[1] : expr;
+}
+
 const requiredValueSets = new Set();
 const types = [];
 for (const sd of structureDefs) {
@@ -75,7 +87,7 @@ for (const sd of structureDefs) {
     }
     if (el.constraint && el.constraint.length) {
       e.c = el.constraint.filter((c) => c.expression).map((c) =>
-        [c.key, c.severity === 'error' ? 1 : 0, c.human || '', c.expression]);
+        [c.key, c.severity === 'error' ? 1 : 0, c.human || '', fixExpression(c.key, c.expression)]);
     }
     for (const ty of el.type || []) {
       for (const p of ty.profile || []) {

@@ -57,6 +57,7 @@
 #ifndef FHIRWARD_FHIR_FHIRPATH_H_
 #define FHIRWARD_FHIR_FHIRPATH_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -176,7 +177,29 @@ class Item {
     std::string_view name;  // "Integer", "Patient"
   };
 
-  Item() { p_.integer = 0; }
+  Item() { p_.integer = 0; }  // the Boolean false, for containers
+  Item(const Item& o) : kind_(o.kind_), p_(o.p_), owned_(o.owned_) { Retain(); }
+  Item(Item&& o) noexcept : kind_(o.kind_), p_(o.p_), owned_(o.owned_) { o.owned_ = nullptr; }
+  Item& operator=(const Item& o) {
+    if (this == &o) return *this;
+    o.Retain();
+    Release();
+    kind_ = o.kind_;
+    p_ = o.p_;
+    owned_ = o.owned_;
+    return *this;
+  }
+  Item& operator=(Item&& o) noexcept {
+    if (this != &o) {
+      Release();
+      kind_ = o.kind_;
+      p_ = o.p_;
+      owned_ = o.owned_;
+      o.owned_ = nullptr;
+    }
+    return *this;
+  }
+  ~Item() { Release(); }
   // A node typed `fhir_type` (resolved in Model::R4(); unknown names give an untyped node). A
   // "Resource"-typed node takes its type from "resourceType".
   static Item MakeNode(const json::Value* value, std::string_view fhir_type,
@@ -236,8 +259,25 @@ class Item {
  private:
   explicit Item(Kind kind) : kind_(kind) {}
 
-  // A tagged union of trivially copyable values: copying an Item is a small memcpy plus, for
-  // computed strings and quantities, a reference count (owner_).
+  // The storage of a computed string or quantity, shared by the copies of an Item (an intrusive
+  // count: copying an Item that owns nothing is a plain copy).
+  struct Owned {
+    std::atomic<uint32_t> refs{1};
+    virtual ~Owned() = default;
+  };
+  struct OwnedString;
+  struct OwnedQuantity;
+  void Retain() const {
+    if (owned_ != nullptr) owned_->refs.fetch_add(1, std::memory_order_relaxed);
+  }
+  void Release() {
+    if (owned_ != nullptr && owned_->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      delete owned_;
+    }
+    owned_ = nullptr;
+  }
+
+  // A tagged union of trivially copyable values.
   union Payload {
     Payload() : integer(0) {}
     Node node;
@@ -254,7 +294,7 @@ class Item {
   };
   Kind kind_ = Kind::kBoolean;
   Payload p_;
-  std::shared_ptr<const void> owner_;  // keeps a computed string or a quantity alive
+  Owned* owned_ = nullptr;  // keeps a computed string or a quantity alive
 };
 
 using Collection = absl::InlinedVector<Item, 1>;
@@ -302,8 +342,9 @@ struct Environment {
   // %resource (defaults to root_resource) and %rootResource (defaults to resource).
   const json::Value* resource = nullptr;
   const json::Value* root_resource = nullptr;
-  // Caller-supplied variables, by name without '%'. They shadow nothing: %resource,
-  // %rootResource, %context, %ucum, %sct, %loinc, %vs-*, %ext-* are built in.
+  // Caller-supplied variables, by name without '%'. %resource, %rootResource and %context are
+  // always the built-in ones; a variable named here overrides %ucum, %sct, %loinc, %vs-* and
+  // %ext-* (which otherwise give the FHIR URLs).
   std::map<std::string, Collection, std::less<>> variables;
   // htmlChecks(): called with the XHTML text of the focus; true when absent.
   std::function<bool(std::string_view xhtml)> html_checks;
@@ -311,8 +352,10 @@ struct Environment {
   std::function<void(std::string_view name, const Collection& items)> trace;
   // now(), today(), timeOfDay() (UTC); SystemClock when null.
   const Clock* clock = nullptr;
-  // Strict mode: unknown element names on typed nodes, JSON choice names (valueQuantity) and
-  // type names as first step that cannot match the focus are errors instead of empty.
+  // Strict mode (N1's letter): unknown element names on typed nodes, JSON choice names
+  // (valueQuantity), type names as first step that cannot match the focus, names absent from
+  // the type given to as()/ofType(), ordered functions on children()/descendants() and as() on
+  // several items are errors instead of empty.
   bool strict = false;
   Limits limits;
 

@@ -106,7 +106,7 @@ absl::Status Evaluator::Error(const AstNode& node, std::string_view message) con
       Cat("fhirpath: ", message, " (at ", Position(text_, node.pos), ")"));
 }
 
-absl::StatusOr<const Item*> Evaluator::Singleton(const Collection& c, std::string_view what) const {
+absl::StatusOr<const Item*> Evaluator::Singleton(Input c, std::string_view what) const {
   if (c.empty()) return nullptr;
   if (c.size() > 1) {
     return absl::InvalidArgumentError(
@@ -115,7 +115,7 @@ absl::StatusOr<const Item*> Evaluator::Singleton(const Collection& c, std::strin
   return &c[0];
 }
 
-absl::StatusOr<std::optional<bool>> Evaluator::ToBoolean(const Collection& c,
+absl::StatusOr<std::optional<bool>> Evaluator::ToBoolean(Input c,
                                                          std::string_view what) const {
   if (c.empty()) return std::optional<bool>();
   if (c.size() > 1) {
@@ -127,10 +127,10 @@ absl::StatusOr<std::optional<bool>> Evaluator::ToBoolean(const Collection& c,
   return std::optional<bool>(true);  // singleton evaluation: one non-Boolean item is true
 }
 
-absl::Status Evaluator::EvalLambda(const AstNode& call, size_t i, const Collection& this_,
+absl::Status Evaluator::EvalLambda(const AstNode& call, size_t i, Input this_,
                                    int64_t index, const Frame& frame, Collection* out) {
   Frame f = frame;
-  f.this_ = &this_;
+  f.this_ = this_;
   f.index = index;
   return Eval(*call.args[i], this_, f, out);
 }
@@ -372,7 +372,7 @@ absl::Status Evaluator::Children(const Item& item, Collection* out) {
   return CheckSize(out->size());
 }
 
-absl::Status Evaluator::Descendants(const Collection& input, Collection* out) {
+absl::Status Evaluator::Descendants(Input input, Collection* out) {
   size_t start = out->size();
   for (const Item& item : input) {
     if (absl::Status st = Children(item, out); !st.ok()) return st;
@@ -444,7 +444,7 @@ absl::Status Evaluator::Variable(const AstNode& node, Collection* out) {
   return absl::OkStatus();
 }
 
-absl::Status Evaluator::Eval(const AstNode& node, const Collection& input, const Frame& frame,
+absl::Status Evaluator::Eval(const AstNode& node, Input input, const Frame& frame,
                              Collection* out) {
   if (absl::Status st = Step(); !st.ok()) return st;
   switch (node.kind) {
@@ -454,7 +454,7 @@ absl::Status Evaluator::Eval(const AstNode& node, const Collection& input, const
       out->push_back(node.literal);
       return absl::OkStatus();
     case NodeKind::kThis:
-      out->insert(out->end(), frame.this_->begin(), frame.this_->end());
+      out->insert(out->end(), frame.this_.begin(), frame.this_.end());
       return absl::OkStatus();
     case NodeKind::kIndex:
       if (frame.index < 0) return Error(node, "$index is not defined here");
@@ -480,6 +480,7 @@ absl::Status Evaluator::Eval(const AstNode& node, const Collection& input, const
         if (absl::Status st = StrictCheck(node); !st.ok()) return st;
       }
       if (node.memo_slot >= 0) {
+        if (memo_.empty()) memo_.resize(memo_slots_);
         std::optional<Collection>& memo = memo_[node.memo_slot];
         if (!memo) {
           Collection lhs, value;
@@ -572,7 +573,7 @@ absl::Status Evaluator::StrictCheck(const AstNode& invoke) const {
   return absl::OkStatus();
 }
 
-absl::Status Evaluator::Binary(const AstNode& node, const Collection& input, const Frame& frame,
+absl::Status Evaluator::Binary(const AstNode& node, Input input, const Frame& frame,
                                Collection* out) {
   BinOp op = node.op;
   Collection l, r;
@@ -758,7 +759,7 @@ absl::StatusOr<Collection> Evaluate(const Expression& expression, const Collecti
   internal::Evaluator ev(env, focus);
   ev.set_ast(expression.ast());
   internal::Frame frame;
-  frame.this_ = &focus;
+  frame.this_ = focus;
   Collection out;
   if (absl::Status st = ev.Eval(*expression.ast().root, focus, frame, &out); !st.ok()) return st;
   return out;

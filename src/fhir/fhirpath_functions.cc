@@ -35,7 +35,7 @@ using Status = absl::Status;
 // ---- argument helpers
 
 absl::StatusOr<std::optional<Item>> SingleValue(Evaluator& ev, const AstNode& call,
-                                                const Collection& c, std::string_view what) {
+                                                Input c, std::string_view what) {
   if (c.empty()) return std::optional<Item>();
   if (c.size() > 1) {
     return ev.Error(call,
@@ -46,7 +46,7 @@ absl::StatusOr<std::optional<Item>> SingleValue(Evaluator& ev, const AstNode& ca
 
 // The input as one String (empty → nullopt); an error for a non-string item.
 absl::StatusOr<std::optional<Item>> InputString(Evaluator& ev, const AstNode& call,
-                                                const Collection& input) {
+                                                Input input) {
   if (input.empty()) return std::optional<Item>();
   if (input.size() > 1) {
     return ev.Error(call,
@@ -91,13 +91,13 @@ Status Push(Collection* out, bool b) {
 }
 
 // Boolean of a criteria result: empty → false.
-absl::StatusOr<bool> Criteria(Evaluator& ev, const Collection& c) {
+absl::StatusOr<bool> Criteria(Evaluator& ev, Input c) {
   auto b = ev.ToBoolean(c, "a criteria expression");
   if (!b.ok()) return b.status();
   return b->value_or(false);
 }
 
-bool ContainsEqual(const Collection& set, const Item& item) {
+bool ContainsEqual(Input set, const Item& item) {
   for (const Item& x : set) {
     if (ItemEqual(x, item) == Tri::kTrue) return true;
   }
@@ -106,17 +106,18 @@ bool ContainsEqual(const Collection& set, const Item& item) {
 
 // ---- existence
 
-Status FnEmpty(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnEmpty(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                Collection* out) {
   return Push(out, input.empty());
 }
 
-Status FnExists(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnExists(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                 Collection* out) {
   if (call.args.empty()) return Push(out, !input.empty());
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (size_t i = 0; i < input.size(); ++i) {
-    Collection one{input[i]}, r;
+    Input one = input.subspan(i, 1);
+    Collection r;
     FP_RETURN_IF_ERROR(ev.EvalLambda(call, 0, one, static_cast<int64_t>(i), frame, &r));
     FP_ASSIGN_OR_RETURN(b, Criteria(ev, r));
     if (b) return Push(out, true);
@@ -124,11 +125,12 @@ Status FnExists(Evaluator& ev, const AstNode& call, const Collection& input, con
   return Push(out, false);
 }
 
-Status FnAll(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnAll(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
              Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (size_t i = 0; i < input.size(); ++i) {
-    Collection one{input[i]}, r;
+    Input one = input.subspan(i, 1);
+    Collection r;
     FP_RETURN_IF_ERROR(ev.EvalLambda(call, 0, one, static_cast<int64_t>(i), frame, &r));
     FP_ASSIGN_OR_RETURN(b, Criteria(ev, r));
     if (!b) return Push(out, false);
@@ -136,7 +138,7 @@ Status FnAll(Evaluator& ev, const AstNode& call, const Collection& input, const 
   return Push(out, true);
 }
 
-Status BooleanAggregate(Evaluator& ev, const AstNode& call, const Collection& input,
+Status BooleanAggregate(Evaluator& ev, const AstNode& call, Input input,
                         Collection* out, bool want, bool all) {
   bool result = all;
   for (const Item& item : input) {
@@ -150,46 +152,46 @@ Status BooleanAggregate(Evaluator& ev, const AstNode& call, const Collection& in
   return Push(out, result);
 }
 
-Status FnAllTrue(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnAllTrue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                  Collection* out) {
   return BooleanAggregate(ev, call, input, out, true, true);
 }
-Status FnAnyTrue(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnAnyTrue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                  Collection* out) {
   return BooleanAggregate(ev, call, input, out, true, false);
 }
-Status FnAllFalse(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnAllFalse(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                   Collection* out) {
   return BooleanAggregate(ev, call, input, out, false, true);
 }
-Status FnAnyFalse(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnAnyFalse(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                   Collection* out) {
   return BooleanAggregate(ev, call, input, out, false, false);
 }
 
-Status FnSubsetOf(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnSubsetOf(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                   Collection* out) {
   Collection other;
   FP_RETURN_IF_ERROR(ev.EvalArg(call, 0, frame, &other));
   FP_RETURN_IF_ERROR(ev.Step(input.size() * std::max<size_t>(other.size(), 1)));
-  const Collection& a = call.name == "subsetOf" ? input : other;
-  const Collection& b = call.name == "subsetOf" ? other : input;
+  Input a = call.name == "subsetOf" ? input : Input(other);
+  Input b = call.name == "subsetOf" ? Input(other) : input;
   for (const Item& item : a) {
     if (!ContainsEqual(b, item)) return Push(out, false);
   }
   return Push(out, true);
 }
 
-Status FnCount(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnCount(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                Collection* out) {
   out->push_back(Item::MakeInteger(static_cast<int64_t>(input.size())));
   return absl::OkStatus();
 }
 
-Status FnDistinct(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnDistinct(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                   Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
-  Collection c = input;
+  Collection c(input.begin(), input.end());
   FP_RETURN_IF_ERROR(ev.Dedupe(&c));
   if (call.name == "isDistinct") return Push(out, c.size() == input.size());
   out->insert(out->end(), c.begin(), c.end());
@@ -198,11 +200,12 @@ Status FnDistinct(Evaluator& ev, const AstNode& call, const Collection& input, c
 
 // ---- filtering and projection
 
-Status FnWhere(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnWhere(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (size_t i = 0; i < input.size(); ++i) {
-    Collection one{input[i]}, r;
+    Input one = input.subspan(i, 1);
+    Collection r;
     FP_RETURN_IF_ERROR(ev.EvalLambda(call, 0, one, static_cast<int64_t>(i), frame, &r));
     FP_ASSIGN_OR_RETURN(b, Criteria(ev, r));
     if (b) out->push_back(input[i]);
@@ -210,25 +213,26 @@ Status FnWhere(Evaluator& ev, const AstNode& call, const Collection& input, cons
   return absl::OkStatus();
 }
 
-Status FnSelect(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnSelect(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                 Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (size_t i = 0; i < input.size(); ++i) {
-    Collection one{input[i]};
+    Input one = input.subspan(i, 1);
     FP_RETURN_IF_ERROR(ev.EvalLambda(call, 0, one, static_cast<int64_t>(i), frame, out));
     FP_RETURN_IF_ERROR(ev.CheckSize(out->size()));
   }
   return absl::OkStatus();
 }
 
-Status FnRepeat(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnRepeat(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                 Collection* out) {
   // Items already produced are not followed again (equality), so cycles end.
   Deduplicator seen(ev.remaining_steps());
-  Collection queue = input;
+  Collection queue(input.begin(), input.end());
   for (size_t i = 0; i < queue.size(); ++i) {
     uint64_t before = seen.comparisons();
-    Collection one{queue[i]}, r;
+    Collection r;
+    Input one(&queue[i], 1);
     FP_RETURN_IF_ERROR(ev.EvalLambda(call, 0, one, static_cast<int64_t>(i), frame, &r));
     for (Item& x : r) {
       bool added;
@@ -245,7 +249,7 @@ Status FnRepeat(Evaluator& ev, const AstNode& call, const Collection& input, con
   return absl::OkStatus();
 }
 
-Status FnOfType(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnOfType(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                 Collection* out) {
   for (const Item& item : input) {
     if (ev.TypeMatches(item, call.type, true)) out->push_back(item);
@@ -253,7 +257,7 @@ Status FnOfType(Evaluator& ev, const AstNode& call, const Collection& input, con
   return absl::OkStatus();
 }
 
-Status FnIs(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnIs(Evaluator& ev, const AstNode& call, Input input, const Frame&,
             Collection* out) {
   auto one = ev.Singleton(input, "is()");
   if (!one.ok()) return one.status();
@@ -263,7 +267,7 @@ Status FnIs(Evaluator& ev, const AstNode& call, const Collection& input, const F
 
 // as() on several items: an error in strict mode (FHIRPath N1); otherwise the matching items,
 // as the R4 invariants expect (dom-3 applies descendants().as(canonical)).
-Status FnAs(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnAs(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
             Collection* out) {
   if (input.size() > 1 && ev.env().strict) {
     return ev.Error(call, Cat("as() requires a single item, got ", input.size()));
@@ -273,29 +277,29 @@ Status FnAs(Evaluator& ev, const AstNode& call, const Collection& input, const F
 
 // ---- subsetting and combining
 
-Status FnSingle(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnSingle(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                 Collection* out) {
   if (input.size() > 1) return ev.Error(call, "single() on a collection of several items");
   out->insert(out->end(), input.begin(), input.end());
   return absl::OkStatus();
 }
 
-Status FnFirst(Evaluator&, const AstNode&, const Collection& input, const Frame&, Collection* out) {
+Status FnFirst(Evaluator&, const AstNode&, Input input, const Frame&, Collection* out) {
   if (!input.empty()) out->push_back(input.front());
   return absl::OkStatus();
 }
 
-Status FnLast(Evaluator&, const AstNode&, const Collection& input, const Frame&, Collection* out) {
+Status FnLast(Evaluator&, const AstNode&, Input input, const Frame&, Collection* out) {
   if (!input.empty()) out->push_back(input.back());
   return absl::OkStatus();
 }
 
-Status FnTail(Evaluator&, const AstNode&, const Collection& input, const Frame&, Collection* out) {
+Status FnTail(Evaluator&, const AstNode&, Input input, const Frame&, Collection* out) {
   if (input.size() > 1) out->insert(out->end(), input.begin() + 1, input.end());
   return absl::OkStatus();
 }
 
-Status FnSkipTake(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnSkipTake(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                   Collection* out) {
   FP_ASSIGN_OR_RETURN(n, ArgInteger(ev, call, 0, frame));
   if (!n) return absl::OkStatus();
@@ -308,7 +312,7 @@ Status FnSkipTake(Evaluator& ev, const AstNode& call, const Collection& input, c
   return absl::OkStatus();
 }
 
-Status FnIntersectExclude(Evaluator& ev, const AstNode& call, const Collection& input,
+Status FnIntersectExclude(Evaluator& ev, const AstNode& call, Input input,
                           const Frame& frame, Collection* out) {
   Collection other;
   FP_RETURN_IF_ERROR(ev.EvalArg(call, 0, frame, &other));
@@ -323,9 +327,9 @@ Status FnIntersectExclude(Evaluator& ev, const AstNode& call, const Collection& 
   return absl::OkStatus();
 }
 
-Status FnUnionCombine(Evaluator& ev, const AstNode& call, const Collection& input,
+Status FnUnionCombine(Evaluator& ev, const AstNode& call, Input input,
                       const Frame& frame, Collection* out) {
-  Collection r = input;
+  Collection r(input.begin(), input.end());
   FP_RETURN_IF_ERROR(ev.EvalArg(call, 0, frame, &r));
   FP_RETURN_IF_ERROR(ev.CheckSize(r.size()));
   FP_RETURN_IF_ERROR(ev.Step(r.size()));
@@ -336,11 +340,11 @@ Status FnUnionCombine(Evaluator& ev, const AstNode& call, const Collection& inpu
 
 // ---- conversion
 
-Status FnIif(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnIif(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
              Collection* out) {
   if (input.size() > 1) return ev.Error(call, "iif() on a collection of several items");
   Frame f = frame;
-  f.this_ = &input;
+  f.this_ = input;
   Collection c;
   FP_RETURN_IF_ERROR(ev.Eval(*call.args[0], input, f, &c));
   if (c.size() > 1) return ev.Error(call, "iif() criterion must be a single Boolean");
@@ -570,7 +574,7 @@ Converter ConverterFor(std::string_view name) {
   return ConvertQuantityItem;
 }
 
-Status FnConvert(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnConvert(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                  Collection* out) {
   if (input.empty()) return absl::OkStatus();
   if (input.size() > 1) {
@@ -633,7 +637,7 @@ Status CheckString(Evaluator& ev, size_t n) {
   return absl::OkStatus();
 }
 
-Status FnIndexOf(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnIndexOf(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                  Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(sub, ArgString(ev, call, 0, frame));
@@ -646,7 +650,7 @@ Status FnIndexOf(Evaluator& ev, const AstNode& call, const Collection& input, co
   return absl::OkStatus();
 }
 
-Status FnSubstring(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnSubstring(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                    Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(start, ArgInteger(ev, call, 0, frame));
@@ -664,7 +668,7 @@ Status FnSubstring(Evaluator& ev, const AstNode& call, const Collection& input, 
   return absl::OkStatus();
 }
 
-Status FnStringTest(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnStringTest(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                     Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(arg, ArgString(ev, call, 0, frame));
@@ -675,7 +679,7 @@ Status FnStringTest(Evaluator& ev, const AstNode& call, const Collection& input,
   return Push(out, a.find(b) != std::string_view::npos);
 }
 
-Status FnCase(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnCase(Evaluator& ev, const AstNode& call, Input input, const Frame&,
               Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   if (!s) return absl::OkStatus();
@@ -691,7 +695,7 @@ Status FnCase(Evaluator& ev, const AstNode& call, const Collection& input, const
   return absl::OkStatus();
 }
 
-Status FnReplace(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnReplace(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                  Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(pattern, ArgString(ev, call, 0, frame));
@@ -746,7 +750,7 @@ Status CheckRegexInput(Evaluator& ev, std::string_view s) {
   return ev.Step(s.size() + 1);
 }
 
-Status FnMatches(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnMatches(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                  Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   bool empty;
@@ -763,7 +767,7 @@ Status FnMatches(Evaluator& ev, const AstNode& call, const Collection& input, co
   }
 }
 
-Status FnReplaceMatches(Evaluator& ev, const AstNode& call, const Collection& input,
+Status FnReplaceMatches(Evaluator& ev, const AstNode& call, Input input,
                         const Frame& frame, Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   bool empty;
@@ -795,14 +799,14 @@ Status FnReplaceMatches(Evaluator& ev, const AstNode& call, const Collection& in
   return absl::OkStatus();
 }
 
-Status FnLength(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnLength(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                 Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   if (s) out->push_back(Item::MakeInteger(static_cast<int64_t>(Utf8Length(s->string()))));
   return absl::OkStatus();
 }
 
-Status FnToChars(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnToChars(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                  Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   if (!s) return absl::OkStatus();
@@ -812,7 +816,7 @@ Status FnToChars(Evaluator& ev, const AstNode& call, const Collection& input, co
   return absl::OkStatus();
 }
 
-Status FnSplit(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnSplit(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(sep, ArgString(ev, call, 0, frame));
@@ -832,7 +836,7 @@ Status FnSplit(Evaluator& ev, const AstNode& call, const Collection& input, cons
   }
 }
 
-Status FnJoin(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnJoin(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
               Collection* out) {
   std::string sep;
   if (!call.args.empty()) {
@@ -851,7 +855,7 @@ Status FnJoin(Evaluator& ev, const AstNode& call, const Collection& input, const
   return absl::OkStatus();
 }
 
-Status FnEncode(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnEncode(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                 Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(format, ArgString(ev, call, 0, frame));
@@ -1050,7 +1054,7 @@ std::string UnescapeJson(std::string_view s) {
   return r;
 }
 
-Status FnEscape(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnEscape(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                 Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   FP_ASSIGN_OR_RETURN(format, ArgString(ev, call, 0, frame));
@@ -1073,7 +1077,7 @@ Status FnEscape(Evaluator& ev, const AstNode& call, const Collection& input, con
 // ---- math
 
 absl::StatusOr<std::optional<Item>> NumberInput(Evaluator& ev, const AstNode& call,
-                                                const Collection& input, bool allow_quantity) {
+                                                Input input, bool allow_quantity) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "number"));
   if (!v) return std::optional<Item>();
   Item::Kind k = v->kind();
@@ -1088,7 +1092,7 @@ Decimal ToDec(const Item& v) {
   return v.kind() == Item::Kind::kInteger ? Decimal::FromInt(v.integer()) : v.decimal();
 }
 
-Status FnAbs(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnAbs(Evaluator& ev, const AstNode& call, Input input, const Frame&,
              Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, true));
   if (!v) return absl::OkStatus();
@@ -1105,7 +1109,7 @@ Status FnAbs(Evaluator& ev, const AstNode& call, const Collection& input, const 
   return absl::OkStatus();
 }
 
-Status FnRoundTo(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnRoundTo(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                  Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, false));
   if (!v) return absl::OkStatus();
@@ -1122,7 +1126,7 @@ Status FnRoundTo(Evaluator& ev, const AstNode& call, const Collection& input, co
   return absl::OkStatus();
 }
 
-Status FnRound(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnRound(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, false));
   int64_t precision = 0;
@@ -1139,7 +1143,7 @@ Status FnRound(Evaluator& ev, const AstNode& call, const Collection& input, cons
   return absl::OkStatus();
 }
 
-Status FnMathDouble(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnMathDouble(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                     Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, false));
   std::optional<Item> arg;
@@ -1196,39 +1200,41 @@ Status FnMathDouble(Evaluator& ev, const AstNode& call, const Collection& input,
 
 // ---- tree and utility
 
-Status FnChildren(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnChildren(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                   Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (const Item& item : input) FP_RETURN_IF_ERROR(ev.Children(item, out));
   return absl::OkStatus();
 }
 
-Status FnDescendants(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnDescendants(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                      Collection* out) {
   return ev.Descendants(input, out);
 }
 
-Status FnTrace(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnTrace(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                Collection* out) {
-  FP_ASSIGN_OR_RETURN(name, ArgString(ev, call, 0, frame));
+  // Without a hook, trace() is the identity: its arguments are not even evaluated (the R4
+  // invariants dom-3 and ref-1 trace on every resource and reference).
   if (ev.env().trace) {
+    FP_ASSIGN_OR_RETURN(name, ArgString(ev, call, 0, frame));
     std::string_view n = name ? name->string() : std::string_view();
     if (call.args.size() > 1) {
       Collection projected;
       for (size_t i = 0; i < input.size(); ++i) {
-        Collection one{input[i]};
+        Input one = input.subspan(i, 1);
         FP_RETURN_IF_ERROR(ev.EvalLambda(call, 1, one, static_cast<int64_t>(i), frame, &projected));
       }
       ev.env().trace(n, projected);
     } else {
-      ev.env().trace(n, input);
+      ev.env().trace(n, Collection(input.begin(), input.end()));
     }
   }
   out->insert(out->end(), input.begin(), input.end());
   return absl::OkStatus();
 }
 
-Status FnNow(Evaluator& ev, const AstNode& call, const Collection&, const Frame&, Collection* out) {
+Status FnNow(Evaluator& ev, const AstNode& call, Input, const Frame&, Collection* out) {
   Temporal t = ev.Now();
   if (call.name == "today") {
     t = TemporalToDate(t);
@@ -1240,7 +1246,7 @@ Status FnNow(Evaluator& ev, const AstNode& call, const Collection&, const Frame&
   return absl::OkStatus();
 }
 
-Status FnType(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnType(Evaluator& ev, const AstNode& call, Input input, const Frame&,
               Collection* out) {
   for (const Item& item : input) {
     if (item.is_node()) {
@@ -1252,7 +1258,7 @@ Status FnType(Evaluator& ev, const AstNode& call, const Collection& input, const
   return absl::OkStatus();
 }
 
-Status FnNot(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnNot(Evaluator& ev, const AstNode& call, Input input, const Frame&,
              Collection* out) {
   auto b = ev.ToBoolean(input, "not()");
   if (!b.ok()) return b.status();
@@ -1260,15 +1266,16 @@ Status FnNot(Evaluator& ev, const AstNode& call, const Collection& input, const 
   return absl::OkStatus();
 }
 
-Status FnAggregate(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnAggregate(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                    Collection* out) {
   Collection total;
   if (call.args.size() > 1) FP_RETURN_IF_ERROR(ev.EvalArg(call, 1, frame, &total));
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (size_t i = 0; i < input.size(); ++i) {
-    Collection one{input[i]}, next;
+    Input one = input.subspan(i, 1);
+    Collection next;
     Frame f = frame;
-    f.this_ = &one;
+    f.this_ = one;
     f.index = static_cast<int64_t>(i);
     f.total = &total;
     FP_RETURN_IF_ERROR(ev.Eval(*call.args[0], one, f, &next));
@@ -1279,14 +1286,15 @@ Status FnAggregate(Evaluator& ev, const AstNode& call, const Collection& input, 
   return absl::OkStatus();
 }
 
-Status FnSort(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnSort(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
               Collection* out) {
   size_t nkeys = std::max<size_t>(call.args.size(), 1);
   std::vector<std::vector<std::optional<Item>>> keys(input.size());
   FP_RETURN_IF_ERROR(ev.Step(input.size() * nkeys));
   for (size_t i = 0; i < input.size(); ++i) {
     for (size_t k = 0; k < call.args.size(); ++k) {
-      Collection one{input[i]}, r;
+      Input one = input.subspan(i, 1);
+    Collection r;
       FP_RETURN_IF_ERROR(ev.EvalLambda(call, k, one, static_cast<int64_t>(i), frame, &r));
       if (r.size() > 1) return ev.Error(call, "sort() key must be a single item");
       keys[i].push_back(r.empty() ? std::nullopt : ToSystem(r[0]));
@@ -1403,7 +1411,7 @@ std::optional<Temporal> TemporalBoundary(const Temporal& t0, std::optional<int64
   return r;
 }
 
-Status FnBoundary(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnBoundary(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                   Collection* out) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "value"));
   std::optional<int64_t> digits;
@@ -1442,7 +1450,7 @@ Status FnBoundary(Evaluator& ev, const AstNode& call, const Collection& input, c
   }
 }
 
-Status FnPrecision(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnPrecision(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                    Collection* out) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "value"));
   if (!v) return absl::OkStatus();
@@ -1464,7 +1472,7 @@ Status FnPrecision(Evaluator& ev, const AstNode& call, const Collection& input, 
   return absl::OkStatus();
 }
 
-Status FnComparable(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnComparable(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                     Collection* out) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "quantity"));
   Collection c;
@@ -1480,7 +1488,7 @@ Status FnComparable(Evaluator& ev, const AstNode& call, const Collection& input,
 
 // ---- FHIR additions (http://hl7.org/fhir/R4/fhirpath.html#functions)
 
-Status FnExtension(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnExtension(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                    Collection* out) {
   FP_ASSIGN_OR_RETURN(url, ArgString(ev, call, 0, frame));
   if (!url) return absl::OkStatus();
@@ -1505,12 +1513,12 @@ bool IsPrimitiveWithValue(const Item& item) {
   return n.type == nullptr || IsPrimitiveType(n.type);
 }
 
-Status FnHasValue(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnHasValue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                   Collection* out) {
   return Push(out, input.size() == 1 && IsPrimitiveWithValue(input[0]));
 }
 
-Status FnGetValue(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnGetValue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                   Collection* out) {
   if (input.size() == 1 && IsPrimitiveWithValue(input[0])) {
     if (auto s = ToSystem(input[0])) out->push_back(std::move(*s));
@@ -1569,7 +1577,7 @@ const json::Value* ResolveReference(const Environment& env, std::string_view ref
   return nullptr;
 }
 
-Status FnResolve(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnResolve(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                  Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (const Item& item : input) {
@@ -1584,7 +1592,7 @@ Status FnResolve(Evaluator& ev, const AstNode& call, const Collection& input, co
   return absl::OkStatus();
 }
 
-Status FnConformsTo(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnConformsTo(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                     Collection* out) {
   FP_ASSIGN_OR_RETURN(url, ArgString(ev, call, 0, frame));
   auto one = ev.Singleton(input, "conformsTo()");
@@ -1600,7 +1608,7 @@ Status FnConformsTo(Evaluator& ev, const AstNode& call, const Collection& input,
   return Push(out, ev.TypeMatches(**one, spec, false));
 }
 
-Status FnMemberOf(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnMemberOf(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                   Collection* out) {
   FP_ASSIGN_OR_RETURN(url, ArgString(ev, call, 0, frame));
   auto one = ev.Singleton(input, "memberOf()");
@@ -1629,7 +1637,7 @@ Status FnMemberOf(Evaluator& ev, const AstNode& call, const Collection& input, c
   return Push(out, vs->ContainsCode(s->string()));
 }
 
-Status FnHtmlChecks(Evaluator& ev, const AstNode& call, const Collection& input, const Frame&,
+Status FnHtmlChecks(Evaluator& ev, const AstNode& call, Input input, const Frame&,
                     Collection* out) {
   auto one = ev.Singleton(input, "htmlChecks()");
   if (!one.ok()) return one.status();
@@ -1642,7 +1650,7 @@ Status FnHtmlChecks(Evaluator& ev, const AstNode& call, const Collection& input,
 
 // subsumes(), subsumedBy(), elementDefinition(), slice(), checkModifiers(): need terminology
 // or profile knowledge this engine does not have; they give empty (no verdict).
-Status FnNoVerdict(Evaluator& ev, const AstNode& call, const Collection& input, const Frame& frame,
+Status FnNoVerdict(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
                    Collection* out) {
   return absl::OkStatus();
 }

@@ -80,7 +80,10 @@ class Evaluator;
 struct Frame;
 struct AstNode;
 
-using FunctionImpl = absl::Status (*)(Evaluator& ev, const AstNode& call, const Collection& input,
+// The input of an invocation: items of a collection, viewed without copying.
+using Input = std::span<const Item>;
+
+using FunctionImpl = absl::Status (*)(Evaluator& ev, const AstNode& call, Input input,
                                       const Frame& frame, Collection* out);
 
 struct FunctionDef {
@@ -220,7 +223,7 @@ size_t Utf8Length(std::string_view s);
 // Evaluation (fhirpath_eval.cc)
 
 struct Frame {
-  const Collection* this_ = nullptr;  // $this, and the input of terms
+  std::span<const Item> this_;        // $this, and the input of terms
   int64_t index = -1;                 // $index, -1 when undefined
   const Collection* total = nullptr;  // $total
 };
@@ -229,14 +232,14 @@ class Evaluator {
  public:
   Evaluator(const Environment& env, const Collection& focus);
 
-  absl::Status Eval(const AstNode& node, const Collection& input, const Frame& frame,
+  absl::Status Eval(const AstNode& node, Input input, const Frame& frame,
                     Collection* out);
   // Argument `i` of `call`, evaluated in the caller's frame.
   absl::Status EvalArg(const AstNode& call, size_t i, const Frame& frame, Collection* out) {
-    return Eval(*call.args[i], *frame.this_, frame, out);
+    return Eval(*call.args[i], frame.this_, frame, out);
   }
   // Argument `i` evaluated with `item` as $this (where, select, ...).
-  absl::Status EvalLambda(const AstNode& call, size_t i, const Collection& this_, int64_t index,
+  absl::Status EvalLambda(const AstNode& call, size_t i, Input this_, int64_t index,
                           const Frame& frame, Collection* out);
 
   absl::Status Step(uint64_t n = 1) {
@@ -254,20 +257,20 @@ class Evaluator {
   // Navigation.
   absl::Status Member(const Item& item, std::string_view name, Collection* out);
   absl::Status Children(const Item& item, Collection* out);
-  absl::Status Descendants(const Collection& input, Collection* out);
+  absl::Status Descendants(Input input, Collection* out);
   // The type of a node as the Model sees it (nullptr when untyped).
   std::span<const ElementDef* const> ChildDefs(const Item::Node& node) const;
   bool TypeMatches(const Item& item, const TypeSpec& spec, bool exact) const;
   // Singleton rules.
-  absl::StatusOr<std::optional<bool>> ToBoolean(const Collection& c, std::string_view what) const;
-  absl::StatusOr<const Item*> Singleton(const Collection& c, std::string_view what) const;
+  absl::StatusOr<std::optional<bool>> ToBoolean(Input c, std::string_view what) const;
+  absl::StatusOr<const Item*> Singleton(Input c, std::string_view what) const;
 
   const Temporal& Now();
   absl::Status Error(const AstNode& node, std::string_view message) const;
 
   void set_ast(const Ast& ast) {
     text_ = ast.text;
-    memo_.resize(ast.memo_slots);
+    memo_slots_ = ast.memo_slots;
   }
   const Environment& env() const { return env_; }
   const Model& model() const { return model_; }
@@ -278,7 +281,7 @@ class Evaluator {
   absl::Status CheckBudget();
   absl::Status Variable(const AstNode& node, Collection* out);
   absl::Status StrictCheck(const AstNode& invoke) const;
-  absl::Status Binary(const AstNode& node, const Collection& input, const Frame& frame,
+  absl::Status Binary(const AstNode& node, Input input, const Frame& frame,
                       Collection* out);
   void AddMember(const json::Object& obj, std::string_view key, const ElementDef* def,
                  const TypeDef* type, Collection* out) const;
@@ -297,7 +300,8 @@ class Evaluator {
   std::chrono::steady_clock::time_point deadline_;
   bool has_deadline_ = false;
   std::optional<Temporal> now_;
-  std::vector<std::optional<Collection>> memo_;
+  int32_t memo_slots_ = 0;
+  std::vector<std::optional<Collection>> memo_;  // sized on first use
 };
 
 // Compiles a regular expression for matches()/replaceMatches(): ECMAScript syntax, '.' matching

@@ -1202,6 +1202,9 @@ TEST_F(FhirPathTest, OneExpressionManyThreads) {
       "name.where(use = 'official').given.first() + ' ' + "
       "name.family.first() + ':' + birthDate.toString()");
   ASSERT_TRUE(e.ok());
+  // Quantity literals are shared by all evaluations (reference-counted).
+  auto q = Expression::Parse("(4 'g' | 4000 'mg' | 1 week).select($this).count()");
+  ASSERT_TRUE(q.ok());
   const json::Value& doc = Doc(kPatient);
   std::atomic<int> good{0};
   std::vector<std::thread> threads;
@@ -1210,11 +1213,13 @@ TEST_F(FhirPathTest, OneExpressionManyThreads) {
       for (int i = 0; i < 200; ++i) {
         auto r = Evaluate(*e, Item::Resource(doc), Environment::ForResource(doc));
         if (r.ok() && ToDebugString(*r) == "['Peter Chalmers:1974-12-25']") ++good;
+        auto c = Evaluate(*q, Item::Resource(doc), Environment::ForResource(doc));
+        if (c.ok() && ToDebugString(*c) == "[2]") ++good;
       }
     });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(good.load(), 800);
+  EXPECT_EQ(good.load(), 1600);
 }
 
 }  // namespace

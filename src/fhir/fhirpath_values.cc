@@ -1868,19 +1868,29 @@ Item Item::Resource(const json::Value& resource) {
   return MakeNode(n);
 }
 
+struct Item::OwnedString : Item::Owned {
+  explicit OwnedString(std::string v) : value(std::move(v)) {}
+  std::string value;
+};
+
+struct Item::OwnedQuantity : Item::Owned {
+  explicit OwnedQuantity(Quantity v) : value(std::move(v)) {}
+  Quantity value;
+};
+
 Item Item::MakeString(std::string s) {
-  auto owner = std::make_shared<const std::string>(std::move(s));
+  auto* owned = new OwnedString(std::move(s));
   Item i(Kind::kString);
-  i.p_.str = {owner->data(), owner->size()};
-  i.owner_ = std::move(owner);
+  i.p_.str = {owned->value.data(), owned->value.size()};
+  i.owned_ = owned;
   return i;
 }
 
 Item Item::MakeQuantity(Quantity q) {
-  auto owner = std::make_shared<const Quantity>(std::move(q));
+  auto* owned = new OwnedQuantity(std::move(q));
   Item i(Kind::kQuantity);
-  i.p_.quantity = owner.get();
-  i.owner_ = std::move(owner);
+  i.p_.quantity = &owned->value;
+  i.owned_ = owned;
   return i;
 }
 

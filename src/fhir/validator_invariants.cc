@@ -76,12 +76,16 @@ void Invariants::Check(const json::Value& obj, const ElementDef* element, const 
   const bool is_resource = type_def != nullptr && type_def->kind == TypeKind::kResource;
   // The element's own constraints, then the type's (Period's per-1 applies to
   // every Period wherever it appears). A resource root is its type's root.
+  // dom-6 (narrative) is best practice for a resource on its own; a contained
+  // resource is described by its container's narrative.
+  const bool contained = is_resource && frame.resource != frame.root;
   const Constraint* applicable[64];
   size_t n = 0;
   auto collect = [&](const ElementDef* def) {
     if (def == nullptr) return;
     for (const Constraint& c : def->constraints) {
       if (CheckedStructurally(c.key)) continue;
+      if (contained && c.key == "dom-6") continue;
       bool seen = false;
       for (size_t i = 0; i < n; ++i) seen = seen || applicable[i]->key == c.key;
       if (!seen && n < std::size(applicable)) applicable[n++] = &c;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -173,6 +174,32 @@ TEST(ValidatorTest, EmptyNarrativeIsATxt2Warning) {
     EXPECT_EQ(r.issues[0].rule, "txt-2");
     EXPECT_EQ(r.issues[0].expression, "Patient.text.div");
   }
+}
+
+TEST(ValidatorTest, Que7ErratumAcceptsABooleanAnswerToExists) {
+  // R4 writes "answer is Boolean" (the System type); R5 fixed it to "boolean".
+  const char* q = R"({"resourceType": "Questionnaire", "status": "active", "item": [
+      {"linkId": "1", "type": "boolean", "text": "a"},
+      {"linkId": "2", "type": "string", "text": "b",
+       "enableWhen": [{"question": "1", "operator": "exists", "answer%s": %s}]}]})";
+  char buf[512];
+  std::snprintf(buf, sizeof buf, q, "Boolean", "true");
+  ValidationReport ok = TheValidator().Validate(ParseOrDie(buf));
+  EXPECT_TRUE(ok.valid()) << Describe(ok);
+  std::snprintf(buf, sizeof buf, q, "String", "\"yes\"");
+  ValidationReport bad = TheValidator().Validate(ParseOrDie(buf));
+  bool que7 = false;
+  for (const ValidationIssue& i : bad.issues) que7 |= i.rule == "que-7";
+  EXPECT_TRUE(que7) << Describe(bad);
+}
+
+TEST(ValidatorTest, ContainedResourcesDoNotNeedTheirOwnNarrative) {
+  ValidationReport r = TheValidator().Validate(ParseOrDie(R"({"resourceType": "Patient",
+      "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+      "contained": [{"resourceType": "Organization", "id": "o", "name": "x"}],
+      "managingOrganization": {"reference": "#o"}})"));
+  EXPECT_TRUE(r.valid()) << Describe(r);
+  EXPECT_EQ(r.warnings, 0u) << Describe(r);
 }
 
 TEST(ValidatorTest, NonObjectsAreRejected) {
