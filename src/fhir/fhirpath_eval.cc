@@ -50,19 +50,6 @@ bool HasMember(const json::Object& obj, std::string_view key) {
   return false;
 }
 
-std::string Position(std::string_view text, size_t pos) {
-  size_t line = 1, col = 1;
-  for (size_t i = 0; i < pos && i < text.size(); ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      col = 1;
-    } else {
-      ++col;
-    }
-  }
-  return Cat(line, ":", col);
-}
-
 }  // namespace
 
 Evaluator::Evaluator(const Environment& env, const Collection& focus)
@@ -103,7 +90,7 @@ absl::Status Evaluator::Dedupe(Collection* items) {
 absl::Status Evaluator::Error(const AstNode& node, std::string_view message) const {
   if (text_.empty()) return absl::InvalidArgumentError(Cat("fhirpath: ", message));
   return absl::InvalidArgumentError(
-      Cat("fhirpath: ", message, " (at ", Position(text_, node.pos), ")"));
+      Cat("fhirpath: ", message, " (at ", internal::Position(text_, node.pos), ")"));
 }
 
 absl::StatusOr<const Item*> Evaluator::Singleton(Input c, std::string_view what) const {
@@ -115,8 +102,7 @@ absl::StatusOr<const Item*> Evaluator::Singleton(Input c, std::string_view what)
   return &c[0];
 }
 
-absl::StatusOr<std::optional<bool>> Evaluator::ToBoolean(Input c,
-                                                         std::string_view what) const {
+absl::StatusOr<std::optional<bool>> Evaluator::ToBoolean(Input c, std::string_view what) const {
   if (c.empty()) return std::optional<bool>();
   if (c.size() > 1) {
     return absl::InvalidArgumentError(
@@ -127,8 +113,8 @@ absl::StatusOr<std::optional<bool>> Evaluator::ToBoolean(Input c,
   return std::optional<bool>(true);  // singleton evaluation: one non-Boolean item is true
 }
 
-absl::Status Evaluator::EvalLambda(const AstNode& call, size_t i, Input this_,
-                                   int64_t index, const Frame& frame, Collection* out) {
+absl::Status Evaluator::EvalLambda(const AstNode& call, size_t i, Input this_, int64_t index,
+                                   const Frame& frame, Collection* out) {
   Frame f = frame;
   f.this_ = this_;
   f.index = index;

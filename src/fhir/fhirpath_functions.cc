@@ -15,6 +15,7 @@
 #include "common/str_cat.h"
 #include "fhir/fhirpath.h"
 #include "fhir/fhirpath_internal.h"
+#include "json/utf8.h"
 
 namespace fhirward::fhir::fhirpath::internal {
 namespace {
@@ -34,8 +35,8 @@ using Status = absl::Status;
 
 // ---- argument helpers
 
-absl::StatusOr<std::optional<Item>> SingleValue(Evaluator& ev, const AstNode& call,
-                                                Input c, std::string_view what) {
+absl::StatusOr<std::optional<Item>> SingleValue(Evaluator& ev, const AstNode& call, Input c,
+                                                std::string_view what) {
   if (c.empty()) return std::optional<Item>();
   if (c.size() > 1) {
     return ev.Error(call,
@@ -45,8 +46,7 @@ absl::StatusOr<std::optional<Item>> SingleValue(Evaluator& ev, const AstNode& ca
 }
 
 // The input as one String (empty → nullopt); an error for a non-string item.
-absl::StatusOr<std::optional<Item>> InputString(Evaluator& ev, const AstNode& call,
-                                                Input input) {
+absl::StatusOr<std::optional<Item>> InputString(Evaluator& ev, const AstNode& call, Input input) {
   if (input.empty()) return std::optional<Item>();
   if (input.size() > 1) {
     return ev.Error(call,
@@ -125,8 +125,7 @@ Status FnExists(Evaluator& ev, const AstNode& call, Input input, const Frame& fr
   return Push(out, false);
 }
 
-Status FnAll(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
-             Collection* out) {
+Status FnAll(Evaluator& ev, const AstNode& call, Input input, const Frame& frame, Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (size_t i = 0; i < input.size(); ++i) {
     Input one = input.subspan(i, 1);
@@ -138,8 +137,8 @@ Status FnAll(Evaluator& ev, const AstNode& call, Input input, const Frame& frame
   return Push(out, true);
 }
 
-Status BooleanAggregate(Evaluator& ev, const AstNode& call, Input input,
-                        Collection* out, bool want, bool all) {
+Status BooleanAggregate(Evaluator& ev, const AstNode& call, Input input, Collection* out, bool want,
+                        bool all) {
   bool result = all;
   for (const Item& item : input) {
     auto s = ToSystem(item);
@@ -152,20 +151,16 @@ Status BooleanAggregate(Evaluator& ev, const AstNode& call, Input input,
   return Push(out, result);
 }
 
-Status FnAllTrue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                 Collection* out) {
+Status FnAllTrue(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   return BooleanAggregate(ev, call, input, out, true, true);
 }
-Status FnAnyTrue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                 Collection* out) {
+Status FnAnyTrue(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   return BooleanAggregate(ev, call, input, out, true, false);
 }
-Status FnAllFalse(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                  Collection* out) {
+Status FnAllFalse(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   return BooleanAggregate(ev, call, input, out, false, true);
 }
-Status FnAnyFalse(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                  Collection* out) {
+Status FnAnyFalse(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   return BooleanAggregate(ev, call, input, out, false, false);
 }
 
@@ -182,14 +177,12 @@ Status FnSubsetOf(Evaluator& ev, const AstNode& call, Input input, const Frame& 
   return Push(out, true);
 }
 
-Status FnCount(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-               Collection* out) {
+Status FnCount(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   out->push_back(Item::MakeInteger(static_cast<int64_t>(input.size())));
   return absl::OkStatus();
 }
 
-Status FnDistinct(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                  Collection* out) {
+Status FnDistinct(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   Collection c(input.begin(), input.end());
   FP_RETURN_IF_ERROR(ev.Dedupe(&c));
@@ -249,16 +242,14 @@ Status FnRepeat(Evaluator& ev, const AstNode& call, Input input, const Frame& fr
   return absl::OkStatus();
 }
 
-Status FnOfType(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                Collection* out) {
+Status FnOfType(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   for (const Item& item : input) {
     if (ev.TypeMatches(item, call.type, true)) out->push_back(item);
   }
   return absl::OkStatus();
 }
 
-Status FnIs(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-            Collection* out) {
+Status FnIs(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   auto one = ev.Singleton(input, "is()");
   if (!one.ok()) return one.status();
   if (*one == nullptr) return absl::OkStatus();
@@ -267,8 +258,7 @@ Status FnIs(Evaluator& ev, const AstNode& call, Input input, const Frame&,
 
 // as() on several items: an error in strict mode (FHIRPath N1); otherwise the matching items,
 // as the R4 invariants expect (dom-3 applies descendants().as(canonical)).
-Status FnAs(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
-            Collection* out) {
+Status FnAs(Evaluator& ev, const AstNode& call, Input input, const Frame& frame, Collection* out) {
   if (input.size() > 1 && ev.env().strict) {
     return ev.Error(call, Cat("as() requires a single item, got ", input.size()));
   }
@@ -277,8 +267,7 @@ Status FnAs(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
 
 // ---- subsetting and combining
 
-Status FnSingle(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                Collection* out) {
+Status FnSingle(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   if (input.size() > 1) return ev.Error(call, "single() on a collection of several items");
   out->insert(out->end(), input.begin(), input.end());
   return absl::OkStatus();
@@ -312,8 +301,8 @@ Status FnSkipTake(Evaluator& ev, const AstNode& call, Input input, const Frame& 
   return absl::OkStatus();
 }
 
-Status FnIntersectExclude(Evaluator& ev, const AstNode& call, Input input,
-                          const Frame& frame, Collection* out) {
+Status FnIntersectExclude(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
+                          Collection* out) {
   Collection other;
   FP_RETURN_IF_ERROR(ev.EvalArg(call, 0, frame, &other));
   FP_RETURN_IF_ERROR(ev.Step(input.size() * std::max<size_t>(other.size(), 1)));
@@ -327,8 +316,8 @@ Status FnIntersectExclude(Evaluator& ev, const AstNode& call, Input input,
   return absl::OkStatus();
 }
 
-Status FnUnionCombine(Evaluator& ev, const AstNode& call, Input input,
-                      const Frame& frame, Collection* out) {
+Status FnUnionCombine(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
+                      Collection* out) {
   Collection r(input.begin(), input.end());
   FP_RETURN_IF_ERROR(ev.EvalArg(call, 0, frame, &r));
   FP_RETURN_IF_ERROR(ev.CheckSize(r.size()));
@@ -340,8 +329,7 @@ Status FnUnionCombine(Evaluator& ev, const AstNode& call, Input input,
 
 // ---- conversion
 
-Status FnIif(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
-             Collection* out) {
+Status FnIif(Evaluator& ev, const AstNode& call, Input input, const Frame& frame, Collection* out) {
   if (input.size() > 1) return ev.Error(call, "iif() on a collection of several items");
   Frame f = frame;
   f.this_ = input;
@@ -679,8 +667,7 @@ Status FnStringTest(Evaluator& ev, const AstNode& call, Input input, const Frame
   return Push(out, a.find(b) != std::string_view::npos);
 }
 
-Status FnCase(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-              Collection* out) {
+Status FnCase(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   if (!s) return absl::OkStatus();
   std::string r(s->string());
@@ -767,8 +754,8 @@ Status FnMatches(Evaluator& ev, const AstNode& call, Input input, const Frame& f
   }
 }
 
-Status FnReplaceMatches(Evaluator& ev, const AstNode& call, Input input,
-                        const Frame& frame, Collection* out) {
+Status FnReplaceMatches(Evaluator& ev, const AstNode& call, Input input, const Frame& frame,
+                        Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   bool empty;
   FP_ASSIGN_OR_RETURN(re, RegexArg(ev, call, frame, &empty));
@@ -799,15 +786,13 @@ Status FnReplaceMatches(Evaluator& ev, const AstNode& call, Input input,
   return absl::OkStatus();
 }
 
-Status FnLength(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                Collection* out) {
+Status FnLength(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   if (s) out->push_back(Item::MakeInteger(static_cast<int64_t>(Utf8Length(s->string()))));
   return absl::OkStatus();
 }
 
-Status FnToChars(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                 Collection* out) {
+Status FnToChars(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_ASSIGN_OR_RETURN(s, InputString(ev, call, input));
   if (!s) return absl::OkStatus();
   auto cps = CodePoints(s->string());
@@ -887,24 +872,6 @@ Status FnEncode(Evaluator& ev, const AstNode& call, Input input, const Frame& fr
   return absl::OkStatus();
 }
 
-void AppendUtf8(std::string* out, uint32_t cp) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x110000) {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 std::string EscapeHtml(std::string_view s) {
   std::string r;
   for (char c : s) {
@@ -966,7 +933,7 @@ std::string UnescapeHtml(std::string_view s) {
       r.push_back(s[i]);
       continue;
     }
-    AppendUtf8(&r, *cp);
+    json::internal::AppendUtf8(r, *cp);
     i = semi;
   }
   return r;
@@ -1040,7 +1007,7 @@ std::string UnescapeJson(std::string_view s) {
           char* end = nullptr;
           unsigned long v = std::strtoul(hex.c_str(), &end, 16);
           if (end && *end == '\0') {
-            AppendUtf8(&r, static_cast<uint32_t>(v));
+            json::internal::AppendUtf8(r, static_cast<uint32_t>(v));
             i += 4;
             break;
           }
@@ -1076,8 +1043,8 @@ Status FnEscape(Evaluator& ev, const AstNode& call, Input input, const Frame& fr
 
 // ---- math
 
-absl::StatusOr<std::optional<Item>> NumberInput(Evaluator& ev, const AstNode& call,
-                                                Input input, bool allow_quantity) {
+absl::StatusOr<std::optional<Item>> NumberInput(Evaluator& ev, const AstNode& call, Input input,
+                                                bool allow_quantity) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "number"));
   if (!v) return std::optional<Item>();
   Item::Kind k = v->kind();
@@ -1092,8 +1059,7 @@ Decimal ToDec(const Item& v) {
   return v.kind() == Item::Kind::kInteger ? Decimal::FromInt(v.integer()) : v.decimal();
 }
 
-Status FnAbs(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-             Collection* out) {
+Status FnAbs(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, true));
   if (!v) return absl::OkStatus();
   if (v->kind() == Item::Kind::kInteger) {
@@ -1109,8 +1075,7 @@ Status FnAbs(Evaluator& ev, const AstNode& call, Input input, const Frame&,
   return absl::OkStatus();
 }
 
-Status FnRoundTo(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                 Collection* out) {
+Status FnRoundTo(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_ASSIGN_OR_RETURN(v, NumberInput(ev, call, input, false));
   if (!v) return absl::OkStatus();
   if (v->kind() == Item::Kind::kInteger) {
@@ -1200,8 +1165,7 @@ Status FnMathDouble(Evaluator& ev, const AstNode& call, Input input, const Frame
 
 // ---- tree and utility
 
-Status FnChildren(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                  Collection* out) {
+Status FnChildren(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (const Item& item : input) FP_RETURN_IF_ERROR(ev.Children(item, out));
   return absl::OkStatus();
@@ -1246,8 +1210,7 @@ Status FnNow(Evaluator& ev, const AstNode& call, Input, const Frame&, Collection
   return absl::OkStatus();
 }
 
-Status FnType(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-              Collection* out) {
+Status FnType(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   for (const Item& item : input) {
     if (item.is_node()) {
       if (item.node().type) out->push_back(Item::MakeTypeInfo("FHIR", item.node().type->name));
@@ -1258,8 +1221,7 @@ Status FnType(Evaluator& ev, const AstNode& call, Input input, const Frame&,
   return absl::OkStatus();
 }
 
-Status FnNot(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-             Collection* out) {
+Status FnNot(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   auto b = ev.ToBoolean(input, "not()");
   if (!b.ok()) return b.status();
   if (*b) out->push_back(Item::MakeBoolean(!**b));
@@ -1294,7 +1256,7 @@ Status FnSort(Evaluator& ev, const AstNode& call, Input input, const Frame& fram
   for (size_t i = 0; i < input.size(); ++i) {
     for (size_t k = 0; k < call.args.size(); ++k) {
       Input one = input.subspan(i, 1);
-    Collection r;
+      Collection r;
       FP_RETURN_IF_ERROR(ev.EvalLambda(call, k, one, static_cast<int64_t>(i), frame, &r));
       if (r.size() > 1) return ev.Error(call, "sort() key must be a single item");
       keys[i].push_back(r.empty() ? std::nullopt : ToSystem(r[0]));
@@ -1450,8 +1412,7 @@ Status FnBoundary(Evaluator& ev, const AstNode& call, Input input, const Frame& 
   }
 }
 
-Status FnPrecision(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                   Collection* out) {
+Status FnPrecision(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_ASSIGN_OR_RETURN(v, SingleValue(ev, call, input, "value"));
   if (!v) return absl::OkStatus();
   switch (v->kind()) {
@@ -1513,13 +1474,11 @@ bool IsPrimitiveWithValue(const Item& item) {
   return n.type == nullptr || IsPrimitiveType(n.type);
 }
 
-Status FnHasValue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                  Collection* out) {
+Status FnHasValue(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   return Push(out, input.size() == 1 && IsPrimitiveWithValue(input[0]));
 }
 
-Status FnGetValue(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                  Collection* out) {
+Status FnGetValue(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   if (input.size() == 1 && IsPrimitiveWithValue(input[0])) {
     if (auto s = ToSystem(input[0])) out->push_back(std::move(*s));
   }
@@ -1577,8 +1536,7 @@ const json::Value* ResolveReference(const Environment& env, std::string_view ref
   return nullptr;
 }
 
-Status FnResolve(Evaluator& ev, const AstNode& call, Input input, const Frame&,
-                 Collection* out) {
+Status FnResolve(Evaluator& ev, const AstNode& call, Input input, const Frame&, Collection* out) {
   FP_RETURN_IF_ERROR(ev.Step(input.size()));
   for (const Item& item : input) {
     std::string_view ref;

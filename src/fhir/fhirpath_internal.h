@@ -95,6 +95,9 @@ struct FunctionDef {
 };
 const FunctionDef* FindFunction(std::string_view name);
 
+// "line:column" (1-based) of byte `pos` of an expression, for error messages.
+std::string Position(std::string_view text, size_t pos);
+
 struct AstNode {
   NodeKind kind = NodeKind::kEmpty;
   BinOp op = BinOp::kAdd;
@@ -232,8 +235,7 @@ class Evaluator {
  public:
   Evaluator(const Environment& env, const Collection& focus);
 
-  absl::Status Eval(const AstNode& node, Input input, const Frame& frame,
-                    Collection* out);
+  absl::Status Eval(const AstNode& node, Input input, const Frame& frame, Collection* out);
   // Argument `i` of `call`, evaluated in the caller's frame.
   absl::Status EvalArg(const AstNode& call, size_t i, const Frame& frame, Collection* out) {
     return Eval(*call.args[i], frame.this_, frame, out);
@@ -281,8 +283,7 @@ class Evaluator {
   absl::Status CheckBudget();
   absl::Status Variable(const AstNode& node, Collection* out);
   absl::Status StrictCheck(const AstNode& invoke) const;
-  absl::Status Binary(const AstNode& node, Input input, const Frame& frame,
-                      Collection* out);
+  absl::Status Binary(const AstNode& node, Input input, const Frame& frame, Collection* out);
   void AddMember(const json::Object& obj, std::string_view key, const ElementDef* def,
                  const TypeDef* type, Collection* out) const;
   // The node(s) of a member given its value and "_name" sibling (arrays are paired by index).

@@ -15,6 +15,7 @@
 #include "common/str_cat.h"
 #include "fhir/fhirpath.h"
 #include "fhir/fhirpath_internal.h"
+#include "json/utf8.h"
 
 namespace fhirward::fhir::fhirpath {
 namespace internal {
@@ -66,37 +67,6 @@ bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsIdentStart(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool IsIdentChar(char c) { return IsIdentStart(c) || IsDigit(c); }
 
-std::string Position(std::string_view text, size_t pos) {
-  size_t line = 1, col = 1;
-  for (size_t i = 0; i < pos && i < text.size(); ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      col = 1;
-    } else {
-      ++col;
-    }
-  }
-  return Cat(line, ":", col);
-}
-
-void AppendUtf8(std::string* out, uint32_t cp) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 class Lexer {
  public:
   explicit Lexer(std::string_view text) : s_(text) {}
@@ -117,7 +87,7 @@ class Lexer {
 
  private:
   absl::Status Error(size_t pos, std::string_view what) const {
-    return absl::InvalidArgumentError(Cat("fhirpath: ", what, " at ", Position(s_, pos)));
+    return absl::InvalidArgumentError(Cat("fhirpath: ", what, " at ", internal::Position(s_, pos)));
   }
 
   absl::Status SkipSpace() {
@@ -287,7 +257,7 @@ class Lexer {
           } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
             return Error(i_, "lone surrogate in \\u escape");
           }
-          AppendUtf8(&value, cp);
+          json::internal::AppendUtf8(value, cp);
           break;
         }
         default:
@@ -422,7 +392,8 @@ class Parser {
   }
 
   absl::Status Error(size_t pos, std::string_view what) const {
-    return absl::InvalidArgumentError(Cat("fhirpath: ", what, " at ", Position(text_, pos)));
+    return absl::InvalidArgumentError(
+        Cat("fhirpath: ", what, " at ", internal::Position(text_, pos)));
   }
 
   NodePtr Make(NodeKind kind, uint32_t pos) {
@@ -1016,3 +987,20 @@ absl::StatusOr<Expression> Expression::Parse(std::string_view text, const ParseO
 const std::string& Expression::text() const { return ast_->text; }
 
 }  // namespace fhirward::fhir::fhirpath
+
+namespace fhirward::fhir::fhirpath::internal {
+
+std::string Position(std::string_view text, size_t pos) {
+  size_t line = 1, col = 1;
+  for (size_t i = 0; i < pos && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return Cat(line, ":", col);
+}
+
+}  // namespace fhirward::fhir::fhirpath::internal

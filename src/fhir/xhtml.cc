@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/str_cat.h"
+#include "json/utf8.h"
 
 namespace fhirward::fhir {
 namespace {
@@ -145,24 +146,6 @@ size_t DecodeUtf8(std::string_view s, size_t i, uint32_t* cp) {
   if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
   *cp = v;
   return len;
-}
-
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
 }
 
 // `s` for a message: at most 48 bytes, anything but printable ASCII as \xNN.
@@ -448,7 +431,8 @@ class Checker {
       }
       if (out) {
         // What an HTML parser would see: invalid code points become U+FFFD.
-        AppendUtf8(overflow || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0 ? 0xFFFD : cp, out);
+        json::internal::AppendUtf8(
+            *out, overflow || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0 ? 0xFFFD : cp);
       }
       return k;
     }

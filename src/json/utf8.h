@@ -1,10 +1,12 @@
-// Internal UTF-8 helpers shared by the JSON reader and writer. Not part of the
-// public json API.
+// UTF-8 helpers shared by the JSON reader and writer and the FHIR module
+// (FHIRPath strings, narrative character references). Not part of the public
+// json API.
 #ifndef FHIRWARD_JSON_UTF8_H_
 #define FHIRWARD_JSON_UTF8_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace fhirward::json::internal {
 
@@ -34,6 +36,26 @@ inline size_t Utf8SequenceLength(const unsigned char* p, const unsigned char* en
     return 4;
   }
   return 0;  // 0x80..0xC1 (continuation / overlong lead), 0xF5..0xFF
+}
+
+// Appends code point `cp` (at most U+10FFFF; callers exclude surrogates) as
+// UTF-8; a larger value appends nothing.
+inline void AppendUtf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x110000) {
+    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
 }
 
 }  // namespace fhirward::json::internal

@@ -12,9 +12,9 @@
 #include <string>
 
 #include "audit/audit_log.h"
-#include "fhir/validator.h"
 #include "common/clock.h"
 #include "common/secret_bytes.h"
+#include "fhir/validator.h"
 #include "net/message.h"
 #include "policy/policy.h"
 #include "server/authenticator.h"
