@@ -285,6 +285,8 @@ class ValidationRun : public IssueSink {
     }
     for (size_t i = 0; i < children.size(); ++i) {
       const ElementDef& def = *children[i];
+      // A primitive's value is the JSON value beside "_x", checked by the caller.
+      if (!def.type_defs.empty() && def.type_defs[0] == nullptr) continue;
       if (counts[i] < def.min) {
         std::string what = def.is_choice ? Cat(def.name, "[x]") : def.name;
         Error("required", Loc{&expr, def.name},
@@ -361,6 +363,12 @@ class ValidationRun : public IssueSink {
                                        const Loc& expr) {
     std::span<const ElementDef* const> kids = type_def->children;
     std::string_view type = type_def->name;
+    if (type == "xhtml") {
+      const std::string name = Cat("_", expr.name);
+      Error("structure", Loc{expr.parent, name},
+            "Narrative.div cannot have an id or extensions (no '_div')", "unknown-element");
+      return 0;
+    }
     if (def.is_array()) {
       if (!ext.is_array()) {
         Error("structure", expr, "the '_' sibling of an array must be an array", "json-type");
