@@ -1224,3 +1224,24 @@ TEST_F(FhirPathTest, OneExpressionManyThreads) {
 
 }  // namespace
 }  // namespace fhirward::fhir::fhirpath
+
+namespace fhirward::fhir::fhirpath {
+namespace {
+
+// Found by fhir_fhirpath_fuzz: 38+ digits used to overflow the i128 mantissa
+// while parsing (undefined behaviour) instead of being refused.
+TEST(FhirPathDecimalTest, TooManyDigitsAreRefusedNotOverflowed) {
+  EXPECT_FALSE(Decimal::Parse(std::string(60, '6') + ".667").has_value());
+  EXPECT_FALSE(Decimal::Parse(std::string(40, '9')).has_value());
+  auto long_fraction = Decimal::Parse("1." + std::string(60, '3'));
+  ASSERT_TRUE(long_fraction.has_value());
+  EXPECT_EQ(long_fraction->ToString().substr(0, 4), "1.33");
+  auto e = Expression::Parse(std::string(60, '6') + ".667");
+  if (e.ok()) {
+    json::Value empty = json::Value::MakeObject();
+    EXPECT_FALSE(Evaluate(*e, Item::Resource(empty), Environment::ForResource(empty)).ok());
+  }
+}
+
+}  // namespace
+}  // namespace fhirward::fhir::fhirpath

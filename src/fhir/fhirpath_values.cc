@@ -220,10 +220,14 @@ std::optional<Decimal> Decimal::Parse(std::string_view s) {
   int scale = 0;
   bool digits = false;
   bool truncated = false;
+  // m × 10 + digit without overflow (the mantissa limit is far below i128's).
+  auto push_digit = [](i128 m, char c, i128* out) {
+    return !__builtin_mul_overflow(m, 10, out) && !__builtin_add_overflow(*out, c - '0', out) &&
+           internal::InRange(*out);
+  };
   while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
-    m = m * 10 + (s[i++] - '0');
+    if (!push_digit(m, s[i++], &m)) return std::nullopt;
     digits = true;
-    if (!internal::InRange(m)) return std::nullopt;
   }
   if (i < s.size() && s[i] == '.') {
     ++i;
@@ -231,8 +235,8 @@ std::optional<Decimal> Decimal::Parse(std::string_view s) {
     while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
       frac = true;
       if (!truncated) {
-        i128 next = m * 10 + (s[i] - '0');
-        if (internal::InRange(next) && scale < kMaxScale) {
+        i128 next;
+        if (push_digit(m, s[i], &next) && scale < kMaxScale) {
           m = next;
           ++scale;
         } else {
