@@ -14,9 +14,15 @@ const load = (f) => JSON.parse(readFileSync(dir + f, 'utf8')).entry.map((e) => e
 const FHIR_TYPE_EXT = 'http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type';
 const REGEX_EXT = 'http://hl7.org/fhir/StructureDefinition/regex';
 
+// The package also ships resources that are not part of R4 4.0.1 (SubscriptionStatus, from
+// R4B): only the types of the R4 resource-types code system are resources here.
+const r4ResourceTypes = new Set(load('valuesets.json')
+  .find((r) => r.resourceType === 'CodeSystem' && r.url === 'http://hl7.org/fhir/resource-types')
+  .concept.map((c) => c.code));
 const structureDefs = [...load('profiles-types.json'), ...load('profiles-resources.json')].filter(
   (r) => r.resourceType === 'StructureDefinition' && r.snapshot &&
-    (r.derivation === 'specialization' || !r.baseDefinition) && r.kind !== 'logical');
+    (r.derivation === 'specialization' || !r.baseDefinition) && r.kind !== 'logical' &&
+    (r.kind !== 'resource' || r4ResourceTypes.has(r.type)));
 
 const stripVersion = (u) => (u ? u.split('|')[0] : u);
 const baseName = (u) => (u ? u.substring(u.lastIndexOf('/') + 1) : '');
@@ -47,8 +53,10 @@ for (const r of load('profiles-types.json')) {
 //   que-7: "answer is Boolean" names the System type, which a FHIR boolean is not, so the
 //          constraint fails for every valid Questionnaire using operator 'exists'
 //          (R5 writes "answer is boolean").
+//   que-12: "more than one enableWhen" is written "count() > 2" (R5: "count() > 1").
 const ERRATA = new Map([
   ['que-7', ["operator = 'exists' implies (answer is Boolean)", "operator = 'exists' implies (answer is boolean)"]],
+  ['que-12', ['enableWhen.count() > 2 implies enableBehavior.exists()', 'enableWhen.count() > 1 implies enableBehavior.exists()']],
 ]);
 function fixExpression(key, expr) {
   const fix = ERRATA.get(key);

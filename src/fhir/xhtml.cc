@@ -193,6 +193,18 @@ std::optional<std::string> UnsafeUrl(std::string_view value, bool inline_image_o
   while (e > b && is_trimmed(url[e - 1])) --e;
   const std::string_view u = std::string_view(url).substr(b, e - b);
 
+  // The HL7 validator's URL check: not empty, and no characters a URL cannot
+  // hold unescaped.
+  if (u.empty()) return std::string("an empty URL is not allowed");
+  for (char c : u) {
+    if (c == ' ' || c == '"' || c == '<' || c == '>' || c == '\\' || c == '^' || c == '`' ||
+        c == '{' || c == '|' || c == '}' || static_cast<unsigned char>(c) < 0x20) {
+      if (StartsWithIgnoreCase(u, "data:")) break;  // base64 data URLs: checked below
+      return Cat(
+          {"the URL contains '", std::string_view(&c, 1), "', which must be percent-encoded"});
+    }
+  }
+
   // scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"  (RFC 3986 §3.1)
   size_t i = 0;
   if (!u.empty() && IsAsciiAlpha(u[0])) {
@@ -213,9 +225,21 @@ std::optional<std::string> UnsafeUrl(std::string_view value, bool inline_image_o
         std::string_view data = rest.substr(type.size());
         if (!StartsWithIgnoreCase(data, ";base64,")) break;
         data.remove_prefix(8);
-        const bool ok = !data.empty() && std::all_of(data.begin(), data.end(), [](char c) {
-          return IsAsciiAlpha(c) || IsDigit(c) || c == '+' || c == '/' || c == '=' || IsXmlSpace(c);
-        });
+        // Base64: the alphabet, whole groups of four, '=' only at the end.
+        size_t count = 0;
+        bool padded = false;
+        bool ok = true;
+        for (char c : data) {
+          if (IsXmlSpace(c)) continue;
+          if (c == '=') {
+            padded = true;
+          } else if (padded || !(IsAsciiAlpha(c) || IsDigit(c) || c == '+' || c == '/')) {
+            ok = false;
+            break;
+          }
+          ++count;
+        }
+        ok = ok && count > 0 && count % 4 == 0;
         if (ok) return std::nullopt;
         break;
       }
@@ -716,6 +740,18 @@ class Checker {
       if (name != "div") {
         Report(xhtml_rule::kRoot, offset,
                Cat({"root element is <", Quote(name), ">; it must be <div>"}));
+      }
+    }
+    // The HL7 validator (checkInnerNames): block elements cannot sit inside a
+    // paragraph, at any depth (HTML would close the <p> there).
+    if (name == "p" || name == "div" || name == "blockquote" || name == "table" || name == "ol" ||
+        name == "ul") {
+      for (const OpenElement& open : stack_) {
+        if (open.name == "p") {
+          Report(xhtml_rule::kElement, offset,
+                 Cat({"element <", Quote(name), "> is not allowed inside <p>"}));
+          break;
+        }
       }
     }
     if (!Contains(kElements, name)) {
