@@ -55,6 +55,8 @@ struct Model::Storage {
   std::deque<ElementDef> elements;
   std::deque<TypeDef> types;
   std::deque<ValueSetExpansion> value_sets;
+  std::deque<CodeSystemCodes> code_systems;
+  StringMap<const CodeSystemCodes*> code_system_by_url;
   StringMap<const TypeDef*> type_by_name;
   StringMap<ElementDef*> element_by_path;
   StringMap<const ValueSetExpansion*> value_set_by_url;
@@ -165,6 +167,14 @@ Model::Model() : storage_(new Storage) {
     }
     s.value_set_by_url.emplace(vs.url, &vs);
   }
+  if (const json::Value* systems = doc->Find("codeSystems")) {
+    for (const json::Value& c : systems->items()) {
+      CodeSystemCodes& cs = s.code_systems.emplace_back();
+      cs.url = Str(c, "u");
+      for (const json::Value& code : c.Find("c")->items()) cs.codes.push_back(code.as_string());
+      s.code_system_by_url.emplace(cs.url, &cs);
+    }
+  }
 }
 
 const Model& Model::R4() {
@@ -187,6 +197,15 @@ const ValueSetExpansion* Model::FindValueSet(std::string_view url) const {
   if (bar != std::string_view::npos) url = url.substr(0, bar);
   auto it = storage_->value_set_by_url.find(url);
   return it == storage_->value_set_by_url.end() ? nullptr : it->second;
+}
+
+const CodeSystemCodes* Model::FindCodeSystem(std::string_view url) const {
+  auto it = storage_->code_system_by_url.find(url);
+  return it == storage_->code_system_by_url.end() ? nullptr : it->second;
+}
+
+bool CodeSystemCodes::Contains(std::string_view code) const {
+  return std::binary_search(codes.begin(), codes.end(), code);
 }
 
 std::span<const ElementDef* const> Model::ChildrenOf(const ElementDef& element,

@@ -90,6 +90,13 @@ struct ValueSetExpansion {
   bool ContainsCode(std::string_view code) const;
 };
 
+// The codes of a code system the definitions hold completely (FHIR, v2, v3).
+struct CodeSystemCodes {
+  std::string url;
+  std::vector<std::string> codes;  // sorted
+  bool Contains(std::string_view code) const;
+};
+
 class Model {
  public:
   // The R4 core model (lazy, thread-safe initialisation).
@@ -98,6 +105,8 @@ class Model {
   const TypeDef* FindType(std::string_view name) const;
   const ElementDef* FindElement(std::string_view path) const;         // by snapshot path
   const ValueSetExpansion* FindValueSet(std::string_view url) const;  // url without version
+  // A complete, case-sensitive code system of the definitions, or null.
+  const CodeSystemCodes* FindCodeSystem(std::string_view url) const;
 
   // The children of a value of `element` whose type is `type` (one of element->types):
   // inline children when present, else the children of `type`.

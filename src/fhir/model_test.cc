@@ -128,6 +128,16 @@ TEST(ModelTest, RequiredValueSetsAreExpanded) {
   EXPECT_FALSE(mime->complete);  // BCP-13 is not enumerable
 }
 
+TEST(ModelTest, CompleteCodeSystemsAreKnown) {
+  const CodeSystemCodes* cs =
+      M().FindCodeSystem("http://terminology.hl7.org/CodeSystem/observation-category");
+  ASSERT_NE(cs, nullptr);
+  EXPECT_TRUE(cs->Contains("laboratory"));
+  EXPECT_FALSE(cs->Contains("labs"));
+  EXPECT_EQ(M().FindCodeSystem("http://loinc.org"), nullptr);  // external: not held
+  EXPECT_EQ(M().FindType("SubscriptionStatus"), nullptr);      // R4B, not R4
+}
+
 TEST(ModelTest, CapitaliseType) {
   EXPECT_EQ(CapitaliseType("dateTime"), "DateTime");
   EXPECT_EQ(CapitaliseType("Quantity"), "Quantity");

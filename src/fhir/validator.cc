@@ -507,6 +507,7 @@ class ValidationRun : public IssueSink {
     } else if (type == "Reference") {
       CheckReference(value, def, expr);
     }
+    if (type == "Coding" && options_.check_bindings) CheckCodeSystem(value, expr);
     if (options_.check_bindings && def.binding == BindingStrength::kRequired) {
       if (type == "Coding") {
         CheckCoding(def, value, expr);
@@ -720,6 +721,19 @@ class ValidationRun : public IssueSink {
     Error("code-invalid", expr,
           Cat("the code '", Snippet(code), "' is not in the required value set ", def.value_set),
           "binding");
+  }
+
+  // A Coding naming a code system the definitions hold completely must use one
+  // of its codes, whatever the binding.
+  void CheckCodeSystem(const json::Value& coding, const Loc& expr) {
+    auto system = coding.GetString("system");
+    auto code = coding.GetString("code");
+    if (!system || !code) return;
+    const CodeSystemCodes* cs = model_.FindCodeSystem(*system);
+    if (cs == nullptr || cs->Contains(*code)) return;
+    Error("code-invalid", Loc{&expr, "code"},
+          Cat("the code '", Snippet(*code), "' is not defined in the code system ", *system),
+          "code-unknown");
   }
 
   // Value set members are system + code: a Coding without a system is in none.
