@@ -162,28 +162,6 @@ class ValidationRun : public IssueSink {
 
   ValidationReport Finish() { return std::move(report_); }
 
-  // Invariant budgets scale with the document: 200k steps, plus 64 per JSON
-  // value and a quadratic allowance, at most 64M (and 2 s each,
-  // validator_invariants.cc).
-  void SizeBudgets(const json::Value& root) {
-    uint64_t nodes = 0;
-    std::vector<const json::Value*> stack{&root};
-    while (!stack.empty()) {
-      const json::Value* v = stack.back();
-      stack.pop_back();
-      ++nodes;
-      if (v->is_array()) {
-        for (const json::Value& x : v->items()) stack.push_back(&x);
-      } else if (v->is_object()) {
-        for (const json::Member& m : v->members()) stack.push_back(&m.second);
-      }
-    }
-    // Some invariants are quadratic in the content (dom-3 looks up every
-    // contained id among all references): allow for that, within the cap.
-    const uint64_t quadratic = nodes < 100'000 ? nodes * nodes / 4 : 64'000'000;
-    steps_per_constraint_ = std::min<uint64_t>(200'000 + 64 * nodes + quadratic, 64'000'000);
-  }
-
   void Report(IssueSeverity severity, std::string_view code, std::string expression,
               std::string message, std::string_view rule) override {
     if (severity == IssueSeverity::kError || severity == IssueSeverity::kFatal) {
@@ -228,7 +206,7 @@ class ValidationRun : public IssueSink {
     const Loc root{nullptr, type_name};
     const Loc& here = at != nullptr ? *at : root;
     ResourceFrame frame{&resource, container != nullptr ? container : &resource, type_name,
-                        steps_per_constraint_};
+                        &visited_};
     ResourceFrame* saved = frame_;
     frame_ = &frame;
     ValidateObject(resource, type->root, type_name, type, type->children, here,
@@ -278,6 +256,7 @@ class ValidationRun : public IssueSink {
     absl::InlinedVector<std::string_view, 64> choice_names(children.size());
     bool has_siblings = false;
     for (const json::Member& m : members) has_siblings |= !m.first.empty() && m.first[0] == '_';
+    visited_ += members.size();
     for (const json::Member& m : members) {
       const std::string& name = m.first;
       if (is_resource && name == "resourceType") continue;
@@ -366,6 +345,7 @@ class ValidationRun : public IssueSink {
         return 0;
       }
       const json::Array* ext_items = ext != nullptr && ext->is_array() ? &ext->items() : nullptr;
+      visited_ += items.size();
       uint32_t n = 0;
       for (size_t i = 0; i < items.size(); ++i) {
         const Loc item_expr{expr.parent, expr.name, i};
@@ -629,17 +609,25 @@ class ValidationRun : public IssueSink {
     return rt == "Bundle" && (bt == "transaction" || bt == "batch");
   }
 
-  // The resourceType of the entry of the validated Bundle whose fullUrl is `url`.
-  std::string_view BundleEntryType(std::string_view url) const {
-    if (root_.GetString("resourceType") != "Bundle") return {};
-    const json::Value* entries = root_.Find("entry");
-    if (entries == nullptr || !entries->is_array()) return {};
-    for (const json::Value& e : entries->items()) {
-      if (!e.is_object() || e.GetString("fullUrl") != url) continue;
-      const json::Value* r = e.Find("resource");
-      if (r != nullptr && r->is_object()) return r->GetString("resourceType").value_or("");
+  // The resourceType of the entry of the validated Bundle whose fullUrl is
+  // `url` (an index built on first use: references are resolved in linear time).
+  std::string_view BundleEntryType(std::string_view url) {
+    if (!entry_index_built_) {
+      entry_index_built_ = true;
+      const json::Value* entries =
+          root_.GetString("resourceType") == "Bundle" ? root_.Find("entry") : nullptr;
+      if (entries != nullptr && entries->is_array()) {
+        for (const json::Value& e : entries->items()) {
+          if (!e.is_object()) continue;
+          auto full = e.GetString("fullUrl");
+          const json::Value* r = e.Find("resource");
+          if (!full || r == nullptr || !r->is_object()) continue;
+          entry_types_.emplace(*full, r->GetString("resourceType").value_or(""));
+        }
+      }
     }
-    return {};
+    auto it = entry_types_.find(url);
+    return it == entry_types_.end() ? std::string_view() : it->second;
   }
 
   void CheckReference(const json::Value& ref, const ElementDef& def, const Loc& expr) {
@@ -729,6 +717,11 @@ class ValidationRun : public IssueSink {
     auto system = coding.GetString("system");
     auto code = coding.GetString("code");
     if (!system || !code) return;
+    // Only HL7's own systems are held; skip the lookup for LOINC, SNOMED CT, ...
+    if (!system->starts_with("http://terminology.hl7.org/") &&
+        !system->starts_with("http://hl7.org/fhir/")) {
+      return;
+    }
     const CodeSystemCodes* cs = model_.FindCodeSystem(*system);
     if (cs == nullptr || cs->Contains(*code)) return;
     Error("code-invalid", Loc{&expr, "code"},
@@ -780,7 +773,9 @@ class ValidationRun : public IssueSink {
   const json::Value& root_;
   ValidationReport report_;
   ResourceFrame* frame_ = nullptr;
-  uint64_t steps_per_constraint_ = 200'000;
+  uint64_t visited_ = 0;  // JSON members and array items seen (invariant budgets)
+  bool entry_index_built_ = false;
+  std::unordered_map<std::string_view, std::string_view> entry_types_;  // Bundle fullUrl → type
 };
 
 Validator::Validator(ValidatorOptions options) : options_(std::move(options)) {
@@ -793,7 +788,6 @@ Validator::~Validator() = default;
 ValidationReport Validator::Validate(const json::Value& resource) const {
   ValidationRun run(options_, options_.check_invariants ? &compiled_->invariants : nullptr,
                     resource);
-  if (options_.check_invariants) run.SizeBudgets(resource);
   run.ValidateResource(resource, nullptr, nullptr);
   return run.Finish();
 }

@@ -49,10 +49,20 @@ struct ResourceFrame {
   const json::Value* resource = nullptr;  // %resource: the (possibly contained) resource
   const json::Value* root = nullptr;      // %rootResource: the resource holding it
   std::string_view resource_type;
-  // FHIRPath steps each invariant may take: grows with the size of the
-  // validated document, so large valid resources are not refused as too costly.
-  uint64_t steps_per_constraint = 200'000;
+  // JSON values the validator has visited so far in the document: invariants
+  // run after the subtree they apply to, so their step budget can grow with
+  // its size (large valid resources are not refused as too costly).
+  const uint64_t* visited = nullptr;
 };
+
+// FHIRPath steps an invariant may take after `visited` JSON values: 200k, plus
+// 64 per value and a quadratic allowance (dom-3 looks up every contained id
+// among all references), at most 64M.
+inline uint64_t StepBudget(uint64_t visited) {
+  const uint64_t quadratic = visited < 16'000 ? visited * visited / 4 : 64'000'000;
+  const uint64_t budget = 200'000 + 64 * visited + quadratic;
+  return budget < 64'000'000 ? budget : 64'000'000;
+}
 
 // The FHIRPath invariants of the R4 model, compiled once.
 class Invariants {

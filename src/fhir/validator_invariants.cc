@@ -19,7 +19,7 @@ bool CheckedStructurally(std::string_view key) {
   return key == "ele-1" || key == "ext-1" || key == "txt-1" || key == "txt-2";
 }
 
-// Beyond its step budget (ResourceFrame::steps_per_constraint) or this much
+// Beyond its step budget (StepBudget, validator_internal.h) or this much
 // time, an invariant is refused as too costly rather than slowing the server.
 constexpr std::chrono::milliseconds kMaxTimePerConstraint{2000};
 
@@ -102,7 +102,7 @@ void Invariants::Check(const json::Value& obj, const ElementDef* element, const 
   fhirpath::Environment env;
   env.resource = frame.resource;
   env.root_resource = frame.root;
-  env.limits.max_steps = frame.steps_per_constraint;
+  env.limits.max_steps = StepBudget(frame.visited != nullptr ? *frame.visited : 0);
   env.limits.max_time = kMaxTimePerConstraint;
   fhirpath::Item focus =
       is_resource
