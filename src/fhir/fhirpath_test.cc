@@ -2,11 +2,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "fhir/model.h"
+#include "fhir/resources.h"
 #include "gtest/gtest.h"
 #include "json/value.h"
 
@@ -1241,6 +1243,54 @@ TEST(FhirPathDecimalTest, TooManyDigitsAreRefusedNotOverflowed) {
     json::Value empty = json::Value::MakeObject();
     EXPECT_FALSE(Evaluate(*e, Item::Resource(empty), Environment::ForResource(empty)).ok());
   }
+}
+
+}  // namespace
+}  // namespace fhirward::fhir::fhirpath
+
+namespace fhirward::fhir::fhirpath {
+namespace {
+
+// Search (issue 4) evaluates the R4 SearchParameter expressions with this
+// engine: each must compile, and a shared expression selects only the part of
+// the resource's own type.
+TEST(FhirPathSearchParamTest, EveryR4SearchParameterExpressionCompiles) {
+  const Model& m = Model::R4();
+  std::set<const SearchParamDef*> all;
+  for (std::string_view type : ResourceTypes()) {
+    for (const SearchParamDef* p : m.SearchParamsOf(type)) all.insert(p);
+  }
+  EXPECT_GT(all.size(), 1300u);
+  for (const SearchParamDef* p : all) {
+    EXPECT_TRUE(Expression::Parse(p->expression).ok()) << p->url << ": " << p->expression;
+  }
+}
+
+TEST(FhirPathSearchParamTest, PatientParametersSelectPatientValues) {
+  const Model& m = Model::R4();
+  const SearchParamDef* birthdate = m.FindSearchParam("Patient", "birthdate");
+  ASSERT_NE(birthdate, nullptr);
+  EXPECT_EQ(birthdate->type, "date");
+  ASSERT_NE(m.FindSearchParam("Patient", "_id"), nullptr);  // from Resource
+  ASSERT_NE(m.FindSearchParam("Observation", "_lastUpdated"), nullptr);
+  EXPECT_EQ(m.FindSearchParam("Patient", "code"), nullptr);
+  const SearchParamDef* subject = m.FindSearchParam("Observation", "subject");
+  ASSERT_NE(subject, nullptr);
+  EXPECT_EQ(subject->type, "reference");
+  EXPECT_FALSE(subject->target_types.empty());
+  auto patient = json::Parse(
+      R"({"resourceType": "Patient", "birthDate": "1974-12-25", "address": [{"city": "X"}]})");
+  ASSERT_TRUE(patient.ok());
+  auto e = Expression::Parse(birthdate->expression);
+  ASSERT_TRUE(e.ok());
+  auto r = Evaluate(*e, Item::Resource(*patient), Environment::ForResource(*patient));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), 1u);
+  auto city = Expression::Parse(m.FindSearchParam("Patient", "address-city")->expression);
+  ASSERT_TRUE(city.ok());
+  auto c = Evaluate(*city, Item::Resource(*patient), Environment::ForResource(*patient));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(ToDebugString(*c).find("X") != std::string::npos, true) << ToDebugString(*c);
 }
 
 }  // namespace

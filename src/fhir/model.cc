@@ -56,6 +56,8 @@ struct Model::Storage {
   std::deque<TypeDef> types;
   std::deque<ValueSetExpansion> value_sets;
   std::deque<CodeSystemCodes> code_systems;
+  std::deque<SearchParamDef> search_params;
+  StringMap<std::vector<const SearchParamDef*>> search_params_by_base;
   StringMap<const CodeSystemCodes*> code_system_by_url;
   StringMap<const TypeDef*> type_by_name;
   StringMap<ElementDef*> element_by_path;
@@ -167,6 +169,25 @@ Model::Model() : storage_(new Storage) {
     }
     s.value_set_by_url.emplace(vs.url, &vs);
   }
+  if (const json::Value* params = doc->Find("searchParams")) {
+    for (const json::Value& p : params->items()) {
+      SearchParamDef& sp = s.search_params.emplace_back();
+      sp.url = Str(p, "u");
+      sp.code = Str(p, "c");
+      sp.type = Str(p, "t");
+      sp.expression = Str(p, "e");
+      for (const json::Value& b : p.Find("b")->items()) sp.bases.push_back(b.as_string());
+      if (const json::Value* tt = p.Find("tt")) {
+        for (const json::Value& t : tt->items()) sp.target_types.push_back(t.as_string());
+      }
+      if (const json::Value* comp = p.Find("comp")) {
+        for (const json::Value& c : comp->items()) {
+          sp.components.emplace_back(c.items()[0].as_string(), c.items()[1].as_string());
+        }
+      }
+      for (const std::string& b : sp.bases) s.search_params_by_base[b].push_back(&sp);
+    }
+  }
   if (const json::Value* systems = doc->Find("codeSystems")) {
     for (const json::Value& c : systems->items()) {
       CodeSystemCodes& cs = s.code_systems.emplace_back();
@@ -197,6 +218,26 @@ const ValueSetExpansion* Model::FindValueSet(std::string_view url) const {
   if (bar != std::string_view::npos) url = url.substr(0, bar);
   auto it = storage_->value_set_by_url.find(url);
   return it == storage_->value_set_by_url.end() ? nullptr : it->second;
+}
+
+std::vector<const SearchParamDef*> Model::SearchParamsOf(std::string_view type) const {
+  std::vector<const SearchParamDef*> out;
+  for (std::string_view base :
+       {std::string_view("Resource"), std::string_view("DomainResource"), type}) {
+    if (base != type && !IsA(type, base)) continue;
+    auto it = storage_->search_params_by_base.find(base);
+    if (it != storage_->search_params_by_base.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+  }
+  return out;
+}
+
+const SearchParamDef* Model::FindSearchParam(std::string_view type, std::string_view code) const {
+  for (const SearchParamDef* p : SearchParamsOf(type)) {
+    if (p->code == code) return p;
+  }
+  return nullptr;
 }
 
 const CodeSystemCodes* Model::FindCodeSystem(std::string_view url) const {

@@ -97,6 +97,19 @@ struct CodeSystemCodes {
   bool Contains(std::string_view code) const;
 };
 
+// An R4 SearchParameter: its FHIRPath expression selects the values to index
+// (the expression may name several resource types: "Patient.address |
+// Person.address"; evaluated on a resource, only its own type's part matches).
+struct SearchParamDef {
+  std::string url;
+  std::string code;        // "birthdate", "_id"
+  std::string type;        // number|date|string|token|reference|composite|quantity|uri|special
+  std::string expression;  // FHIRPath
+  std::vector<std::string> bases;         // resource types (or Resource/DomainResource)
+  std::vector<std::string> target_types;  // reference parameters
+  std::vector<std::pair<std::string, std::string>> components;  // composite: (definition, expr)
+};
+
 class Model {
  public:
   // The R4 core model (lazy, thread-safe initialisation).
@@ -105,6 +118,11 @@ class Model {
   const TypeDef* FindType(std::string_view name) const;
   const ElementDef* FindElement(std::string_view path) const;         // by snapshot path
   const ValueSetExpansion* FindValueSet(std::string_view url) const;  // url without version
+  // The search parameters that apply to resource `type`, including those
+  // defined on Resource and DomainResource (_id, _lastUpdated, _tag, ...).
+  std::vector<const SearchParamDef*> SearchParamsOf(std::string_view type) const;
+  // The search parameter `code` of resource `type`, or null.
+  const SearchParamDef* FindSearchParam(std::string_view type, std::string_view code) const;
   // A complete, case-sensitive code system of the definitions, or null.
   const CodeSystemCodes* FindCodeSystem(std::string_view url) const;
 
