@@ -581,6 +581,14 @@ bool ProfileSet::Validate(std::string_view url, const json::Value& resource,
 
 absl::StatusOr<std::unique_ptr<ProfileSet>> ProfileSet::FromResources(
     const std::vector<json::Value>& resources) {
+  std::vector<std::string> origins;
+  for (size_t n = 1; n <= resources.size(); ++n) origins.push_back(Cat("resource ", n));
+  return Build(resources, origins);
+}
+
+// `origins[i]` names resources[i] in error messages (its file, or its position).
+absl::StatusOr<std::unique_ptr<ProfileSet>> ProfileSet::Build(
+    const std::vector<json::Value>& resources, const std::vector<std::string>& origins) {
   std::unique_ptr<ProfileSet> set(new ProfileSet());
   std::vector<json::Value> value_sets;
   for (const json::Value& r : resources) {
@@ -589,20 +597,18 @@ absl::StatusOr<std::unique_ptr<ProfileSet>> ProfileSet::FromResources(
     if (rt == "ValueSet") value_sets.push_back(r);
   }
   set->impl_->ExpandValueSets(value_sets);
-  size_t n = 0;
-  for (const json::Value& r : resources) {
-    ++n;
+  for (size_t n = 0; n < resources.size(); ++n) {
+    const json::Value& r = resources[n];
     if (r.GetString("resourceType") != "StructureDefinition") continue;
     if (r.GetString("derivation") != "constraint") continue;  // base types are in the model
-    if (auto s = set->impl_->AddStructureDefinition(r, Cat("resource ", n)); !s.ok()) {
-      return s;
-    }
+    if (auto s = set->impl_->AddStructureDefinition(r, origins[n]); !s.ok()) return s;
   }
   return set;
 }
 
 absl::StatusOr<std::unique_ptr<ProfileSet>> ProfileSet::Load(const std::vector<std::string>& dirs) {
   std::vector<json::Value> resources;
+  std::vector<std::string> origins;
   json::Limits limits;
   limits.max_total_bytes = 64 * 1024 * 1024;
   for (const std::string& dir : dirs) {
@@ -631,17 +637,13 @@ absl::StatusOr<std::unique_ptr<ProfileSet>> ProfileSet::Load(const std::vector<s
                      Cat(f.string(), ": ", std::string(v.status().message())));
       }
       auto rt = v->GetString("resourceType");
-      if (rt == "StructureDefinition" && v->GetString("derivation") == "constraint") {
-        // Keep the origin for error messages.
-        std::unique_ptr<ProfileSet> probe(new ProfileSet());
-        if (auto s = probe->impl_->AddStructureDefinition(*v, f.string()); !s.ok()) return s;
-      }
       if (rt == "StructureDefinition" || rt == "ValueSet" || rt == "CodeSystem") {
         resources.push_back(std::move(*v));
+        origins.push_back(f.string());
       }
     }
   }
-  return FromResources(resources);
+  return Build(resources, origins);
 }
 
 }  // namespace fhirward::fhir

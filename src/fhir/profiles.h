@@ -47,6 +47,8 @@ class ProfileSet {
 
  private:
   ProfileSet();
+  static absl::StatusOr<std::unique_ptr<ProfileSet>> Build(
+      const std::vector<json::Value>& resources, const std::vector<std::string>& origins);
   std::unique_ptr<Impl> impl_;
 };
 

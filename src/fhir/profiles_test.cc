@@ -1,6 +1,10 @@
 #include "fhir/profiles.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "fhir/validator.h"
 
@@ -172,6 +176,21 @@ TEST(ProfileTest, MalformedStructureDefinitionIsRefusedAtLoad) {
             {"id": "Patient.name.family", "path": "Patient.name.family"}]}})")});
   EXPECT_FALSE(orphan.ok());
   EXPECT_FALSE(ProfileSet::Load({"/nonexistent/dir"}).ok());
+}
+
+TEST(ProfileTest, LoadNamesTheFileOfAMalformedProfile) {
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("fhirward-profiles-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "package");
+  std::ofstream(dir / "package" / "StructureDefinition-bad.json")
+      << R"({"resourceType": "StructureDefinition", "url": "http://x", "type": "Patient",
+            "derivation": "constraint"})";
+  auto set = ProfileSet::Load({dir.string()});
+  std::filesystem::remove_all(dir);
+  ASSERT_FALSE(set.ok());
+  EXPECT_NE(std::string(set.status().message()).find("StructureDefinition-bad.json"),
+            std::string::npos)
+      << set.status();
 }
 
 }  // namespace

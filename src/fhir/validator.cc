@@ -387,10 +387,14 @@ class ValidationRun : public IssueSink {
                                        const Loc& expr) {
     std::span<const ElementDef* const> kids = type_def->children;
     std::string_view type = type_def->name;
-    if (type == "xhtml") {
+    // A primitive type whose definition allows no extensions (xhtml: the
+    // narrative div) has no "_x" sibling at all.
+    auto ext_def = Model::ResolveChild(kids, "extension");
+    if (ext_def && ext_def->element->max == 0) {
       const std::string name = Cat("_", expr.name);
       Error("structure", Loc{expr.parent, name},
-            "Narrative.div cannot have an id or extensions (no '_div')", "unknown-element");
+            Cat("a ", type, " value cannot have an id or extensions (no '", name, "')"),
+            "unknown-element");
       return 0;
     }
     if (def.is_array()) {
@@ -513,9 +517,7 @@ class ValidationRun : public IssueSink {
     }
     if (const json::Value* url = ext.Find("url"); url != nullptr && url->is_string()) {
       const std::string& u = url->as_string();
-      bool absolute = u.find(':') != std::string::npos;
-      bool nested_in_complex = !absolute && !u.empty();
-      (void)nested_in_complex;  // relative urls name sub-extensions of a complex extension
+      // Relative urls are allowed: they name sub-extensions of a complex extension.
       if (u.find_first_of(" \t\r\n") != std::string::npos) {
         Error("value", Loc{&expr, "url"}, "an extension url must not contain whitespace",
               "ext-url");

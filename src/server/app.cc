@@ -181,6 +181,18 @@ class Janitor {
   std::thread thread_;
 };
 
+// At most `max` + 1 bytes of `in`: enough for the JSON reader to refuse an
+// oversized document without holding all of it.
+std::string ReadAtMost(std::istream& in, size_t max) {
+  std::string text;
+  char buf[64 * 1024];
+  while (text.size() <= max && in.read(buf, sizeof buf).gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+  }
+  if (text.size() > max + 1) text.resize(max + 1);
+  return text;
+}
+
 // The profiles of [validation] profile_packages (null when none are configured).
 absl::StatusOr<std::unique_ptr<fhir::ProfileSet>> LoadProfiles(const Config& config) {
   if (config.profile_packages.empty()) return std::unique_ptr<fhir::ProfileSet>();
@@ -217,7 +229,7 @@ absl::StatusOr<int> ValidateFiles(const ValidateArgs& args, std::ostream& out) {
   for (const std::string& file : args.files) {
     std::string text;
     if (file == "-") {
-      text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+      text = ReadAtMost(std::cin, config.json_limits.max_total_bytes);
     } else {
       std::ifstream in(file, std::ios::binary);
       if (!in) {
@@ -225,7 +237,7 @@ absl::StatusOr<int> ValidateFiles(const ValidateArgs& args, std::ostream& out) {
         ++failed;
         continue;
       }
-      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      text = ReadAtMost(in, config.json_limits.max_total_bytes);
     }
     auto doc = json::Parse(text, config.json_limits);
     if (!doc.ok()) {
