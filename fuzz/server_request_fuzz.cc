@@ -31,6 +31,7 @@ class NullAudit final : public audit::AuditLog {
 
 struct World {
   std::unique_ptr<crypto::KeyEncryptionService> kek;
+  SecretBytes index_key{std::string(32, 'k')};
   std::unique_ptr<store::ResourceStore> store;
   NullAudit audit;
   std::unique_ptr<policy::PolicyEngine> policy;
@@ -48,7 +49,8 @@ World& W() {
     char tmpl[] = "/tmp/fhirward-fuzz-XXXXXX";
     std::string dir = mkdtemp(tmpl);
     w->kek = std::move(*crypto::OpenLocalKeyFile(dir + "/kek.key", true));
-    w->store = std::move(*store::OpenSqliteStore({.path = dir + "/fhir.db", .kek = w->kek.get()}));
+    w->store = std::move(*store::OpenSqliteStore(
+        {.path = dir + "/fhir.db", .kek = w->kek.get(), .index_key = &w->index_key}));
     w->policy = policy::NewScopePolicyEngine();
     auto key = *jose::SigningKey::Generate(jose::Algorithm::kES256, "k");
     server::AuthenticatorOptions ao;

@@ -303,7 +303,8 @@ absl::Status Serve(const ServeArgs& args) {
   auto store = store::OpenSqliteStore({.path = inst.resource_db_path(),
                                        .kek = &inst.kek(),
                                        .read_connections = config.store_read_connections,
-                                       .cache_bytes = config.store_cache_bytes});
+                                       .cache_bytes = config.store_cache_bytes,
+                                       .index_key = &inst.blind_index_key()});
   if (!store.ok()) return store.status();
   auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
   if (!audit_log.ok()) return audit_log.status();

@@ -138,6 +138,27 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "fhir", "history_max_count", &c.history_max_count));
     FW_TRY(Get(*t, "fhir", "idempotency_ttl_seconds", &c.idempotency_ttl_seconds));
   }
+  if (auto* t = root["search"].as_table()) {
+    FW_TRY(CheckKeys(*t, "search",
+                     {"default_count", "max_count", "max_params", "max_values", "max_chain_depth",
+                      "max_includes", "max_included", "max_window", "time_budget_ms",
+                      "default_total", "cursor_lifetime_seconds"}));
+    FW_TRY(Get(*t, "search", "default_count", &c.search.default_count));
+    FW_TRY(Get(*t, "search", "max_count", &c.search.max_count));
+    FW_TRY(Get(*t, "search", "max_params", &c.search.max_params));
+    FW_TRY(Get(*t, "search", "max_values", &c.search.max_values));
+    FW_TRY(Get(*t, "search", "max_chain_depth", &c.search.max_chain_depth));
+    FW_TRY(Get(*t, "search", "max_includes", &c.search.max_includes));
+    FW_TRY(Get(*t, "search", "max_included", &c.search.max_included));
+    FW_TRY(Get(*t, "search", "max_window", &c.search.max_window));
+    FW_TRY(Get(*t, "search", "time_budget_ms", &c.search.time_budget_ms));
+    FW_TRY(Get(*t, "search", "default_total", &c.search_default_total));
+    FW_TRY(Get(*t, "search", "cursor_lifetime_seconds", &c.cursor_lifetime_seconds));
+  }
+  if (auto* t = root["bundle"].as_table()) {
+    FW_TRY(CheckKeys(*t, "bundle", {"max_entries"}));
+    FW_TRY(Get(*t, "bundle", "max_entries", &c.bundle_max_entries));
+  }
   if (auto* t = root["validation"].as_table()) {
     FW_TRY(CheckKeys(*t, "validation",
                      {"mode", "invariants", "bindings", "max_issues", "profile_packages"}));
@@ -245,6 +266,27 @@ absl::Status Validate(const Config& c) {
   }
   if (c.history_default_count < 1 || c.history_max_count < c.history_default_count) {
     return Bad("fhir.history_default_count", "must be >= 1 and <= fhir.history_max_count");
+  }
+  if (c.search.default_count < 1 || c.search.max_count < c.search.default_count) {
+    return Bad("search.default_count", "must be >= 1 and <= search.max_count");
+  }
+  if (c.search.max_params < 1 || c.search.max_values < 1 || c.search.max_chain_depth < 0 ||
+      c.search.max_chain_depth > 4 || c.search.max_includes < 0 || c.search.max_included < 0) {
+    return Bad("search", "limits must be >= 1 (max_chain_depth 0-4, includes >= 0)");
+  }
+  if (c.search.max_window < c.search.max_count) {
+    return Bad("search.max_window", "must be >= search.max_count");
+  }
+  if (c.search.time_budget_ms < 10) return Bad("search.time_budget_ms", "must be at least 10");
+  if (c.search_default_total != "none" && c.search_default_total != "estimate" &&
+      c.search_default_total != "accurate") {
+    return Bad("search.default_total", "must be none, estimate or accurate");
+  }
+  if (c.cursor_lifetime_seconds < 10) {
+    return Bad("search.cursor_lifetime_seconds", "must be at least 10");
+  }
+  if (c.bundle_max_entries < 1 || c.bundle_max_entries > 100000) {
+    return Bad("bundle.max_entries", "must be 1-100000");
   }
   if (c.idempotency_ttl_seconds < 1) {
     return Bad("fhir.idempotency_ttl_seconds", "must be at least 1");

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "json/value.h"
 #include "net/server.h"
+#include "server/search.h"
 
 namespace fhirward::server {
 
@@ -57,6 +58,14 @@ struct Config {
   int history_default_count = 50;
   int history_max_count = 500;
   int idempotency_ttl_seconds = 86400;
+
+  // [search]
+  SearchLimits search;
+  std::string search_default_total = "none";  // none | estimate | accurate
+  int cursor_lifetime_seconds = 3600;
+
+  // [bundle]
+  int bundle_max_entries = 1000;
 
   // [validation]
   std::string validation_mode = "strict";  // "strict": errors refuse writes (422); "off"

@@ -6,16 +6,21 @@
 #include <charconv>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <vector>
 
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/aead.h"
+#include "fhir/model.h"
 #include "fhir/resources.h"
+#include "json/patch.h"
 #include "json/value.h"
 #include "server/log.h"
+#include "server/search.h"
 #include "server/worker_pool.h"
 
 namespace fhirward::server {
@@ -354,7 +359,10 @@ struct Ctx {
 
 struct Route {
   Interaction interaction = Interaction::kRead;
-  bool search = false;  // not implemented yet (issue 4)
+  bool search = false;
+  bool bundle = false;       // POST to the base: transaction or batch
+  bool conditional = false;  // PUT/DELETE Type?query
+  std::string compartment;   // Patient/{id}/Type search: the Patient id
   bool operation = false;
   std::string operation_name;  // "validate"
   std::string type;
@@ -379,7 +387,7 @@ std::string Allowed(const Route& r) {
     return "GET";
   }
   if (r.id.empty()) return "GET, POST";
-  return "GET, PUT, DELETE";
+  return "GET, PUT, PATCH, DELETE";
 }
 
 }  // namespace
@@ -535,7 +543,7 @@ struct FhirService::Impl {
   // --- routing ----------------------------------------------------------------
 
   absl::Status ParseRoute(const std::string& method, const std::vector<std::string>& seg,
-                          Route* r) const {
+                          bool has_query, Route* r) const {
     auto check_type = [&](const std::string& t) -> absl::Status {
       if (!fhir::IsResourceType(t)) {
         return fhirward::Error(ErrorCode::kUnknownResourceType, "unknown resource type " + t);
@@ -553,7 +561,14 @@ struct FhirService::Impl {
       return fhirward::Error(ErrorCode::kMethodNotAllowed, method + " is not allowed here");
     };
     const size_t n = seg.size();
-    if (n == 0) return fhirward::Error(ErrorCode::kRouteNotFound);
+    if (n == 0) {
+      if (method == "POST") {
+        r->bundle = true;
+        r->interaction = Interaction::kCreate;
+        return absl::OkStatus();
+      }
+      return fhirward::Error(ErrorCode::kRouteNotFound);
+    }
     if (n == 1 && seg[0] == "metadata") {
       r->interaction = Interaction::kCapabilities;
       return method_is({"GET"}) ? absl::OkStatus() : not_allowed();
@@ -571,6 +586,11 @@ struct FhirService::Impl {
     if (n == 1) {
       if (method == "POST") {
         r->interaction = Interaction::kCreate;
+        return absl::OkStatus();
+      }
+      if ((method == "PUT" || method == "DELETE") && has_query) {
+        r->conditional = true;
+        r->interaction = method == "PUT" ? Interaction::kUpdate : Interaction::kDelete;
         return absl::OkStatus();
       }
       r->interaction = Interaction::kSearch;
@@ -607,7 +627,6 @@ struct FhirService::Impl {
         r->interaction = Interaction::kDelete;
       } else if (method == "PATCH") {
         r->interaction = Interaction::kPatch;
-        return fhirward::Error(ErrorCode::kNotImplemented, "patch is not supported yet");
       } else {
         r->interaction = Interaction::kRead;
         return not_allowed();
@@ -623,6 +642,23 @@ struct FhirService::Impl {
     if (!seg[2].empty() && seg[2][0] == '$') {
       r->operation = true;
       return fhirward::Error(ErrorCode::kNotImplemented, "operations are not supported yet");
+    }
+    if (n == 3 && fhir::IsResourceType(seg[2])) {
+      // Compartment search: Patient/123/Observation.
+      if (r->type != "Patient") {
+        return fhirward::Error(ErrorCode::kNotImplemented,
+                               "only the Patient compartment can be searched");
+      }
+      r->compartment = r->id;
+      r->id.clear();
+      r->type = seg[2];
+      if (r->type != "Patient" && !fhir::InPatientCompartmentDefinition(r->type)) {
+        return fhirward::Error(ErrorCode::kInvalidRequest,
+                               r->type + " is not in the Patient compartment");
+      }
+      r->interaction = Interaction::kSearch;
+      r->search = true;
+      return method_is({"GET"}) ? absl::OkStatus() : not_allowed();
     }
     if (seg[2] != "_history") return fhirward::Error(ErrorCode::kRouteNotFound);
     if (n == 3) {
@@ -644,7 +680,10 @@ struct FhirService::Impl {
   Parsed Parse(const net::HttpRequest& req) const {
     Parsed p;
     p.target = ParseTarget(req.target, &p.segments, &p.query);
-    if (p.target.ok()) p.routed = ParseRoute(req.method, p.segments, &p.route);
+    if (p.target.ok()) {
+      p.routed =
+          ParseRoute(req.method, p.segments, req.target.find('?') != std::string::npos, &p.route);
+    }
     return p;
   }
 
@@ -710,6 +749,16 @@ struct FhirService::Impl {
       return Throttled(ctx, retry);
     }
 
+    if (route.bundle) return BundleRequest(ctx, req);
+    return Perform(ctx, req, parsed);
+  }
+
+  // An authenticated request (or one entry of a batch): authorization, then
+  // the interaction.
+  net::HttpResponse Perform(Ctx& ctx, net::HttpRequest& req, const Parsed& parsed) {
+    const Route& route = parsed.route;
+    const Query& query = parsed.query;
+    const policy::Principal& p = *ctx.principal;
     // $validate is authorized as the interaction it checks: a body to create
     // or update needs that permission; the stored instance needs read.
     Interaction interaction = route.interaction;
@@ -733,9 +782,7 @@ struct FhirService::Impl {
     }
     if (!decision.patient_compartment.empty()) ctx.audit.patient_id = decision.patient_compartment;
 
-    if (route.search) {
-      return Error(ctx, ErrorCode::kNotImplemented, "search is not supported yet");
-    }
+    if (route.search) return Search(ctx, req, route, query, decision);
 
     if (route.operation_name == "validate") {
       return ValidateOperation(ctx, route, interaction, std::move(validate_body), decision);
@@ -751,9 +798,20 @@ struct FhirService::Impl {
       case Interaction::kHistorySystem:
         return History(ctx, req, route, query, decision);
       case Interaction::kCreate:
+        if (req.header("If-None-Exist")) {
+          return Idempotent(ctx, req,
+                            [&]() { return ConditionalWrite(ctx, req, route, decision); });
+        }
+        return Idempotent(ctx, req, [&]() { return Write(ctx, req, route, decision); });
       case Interaction::kUpdate:
       case Interaction::kDelete:
+        if (route.conditional) {
+          return Idempotent(ctx, req,
+                            [&]() { return ConditionalWrite(ctx, req, route, decision); });
+        }
         return Idempotent(ctx, req, [&]() { return Write(ctx, req, route, decision); });
+      case Interaction::kPatch:
+        return Idempotent(ctx, req, [&]() { return Patch(ctx, req, route, decision); });
       default:
         return Error(ctx, ErrorCode::kNotImplemented);
     }
@@ -1023,6 +1081,1037 @@ struct FhirService::Impl {
     // Re-creating a deleted resource is a creation for the client (201).
     const bool created = w->created || absent;
     return Written(ctx, req, w->stored, created ? 201 : 200, created ? "created" : "updated");
+  }
+
+  // --- search -----------------------------------------------------------------------
+
+  // Types whose resources can be confined to a Patient compartment.
+  static bool Confinable(std::string_view type) {
+    return type == "Patient" || fhir::InPatientCompartmentDefinition(type);
+  }
+
+  // The confinement of a search of `type` for this principal: nullopt when
+  // unconfined; an error when the principal may not search that type.
+  absl::StatusOr<std::optional<std::string>> NarrowFor(const Ctx& ctx, std::string_view type,
+                                                       Interaction interaction) const {
+    policy::AccessRequest areq;
+    areq.interaction = interaction;
+    areq.resource_type = std::string(type);
+    policy::Decision dec = d.policy->Authorize(*ctx.principal, areq);
+    if (!dec.allow) {
+      return fhirward::Error(ErrorCode::kForbidden,
+                             "not permitted to search " + std::string(type) + ": " + dec.reason);
+    }
+    if (!dec.patient_compartment.empty() && Confinable(type)) {
+      return std::optional<std::string>(dec.patient_compartment);
+    }
+    return std::optional<std::string>();
+  }
+
+  std::string SearchCursorAd(const Ctx& ctx) const {
+    return "fhirward-search-cursor-v1\x1f" + PrincipalKey(*ctx.principal);
+  }
+
+  // Opaque, authenticated, expiring: AES-GCM over the query, its position and
+  // an expiry, with the principal in the associated data.
+  std::string SearchCursor(const Ctx& ctx, const std::string& path, const std::string& canonical,
+                           int64_t offset, int count) const {
+    json::Value c = json::Value::MakeObject();
+    c.Set("p", Str(path));
+    c.Set("q", Str(canonical));
+    c.Set("o", json::Value::Int(offset));
+    c.Set("n", json::Value::Int(count));
+    c.Set("x", json::Value::Int(d.clock->NowSeconds() + d.config.cursor_lifetime_seconds));
+    auto sealed = cursor_aead->Encrypt(json::Write(c), SearchCursorAd(ctx));
+    return sealed.ok() ? Base64UrlEncode(*sealed) : std::string();
+  }
+
+  absl::Status OpenSearchCursor(const Ctx& ctx, const std::string& path, const std::string& cursor,
+                                std::string* canonical, int64_t* offset, int* count) const {
+    auto bad = [](std::string_view why) {
+      return fhirward::Error(ErrorCode::kInvalidParameter,
+                             std::string("_cursor ") + std::string(why));
+    };
+    auto raw = Base64UrlDecode(cursor);
+    if (!raw) return bad("is malformed");
+    auto text = cursor_aead->Decrypt(*raw, SearchCursorAd(ctx));
+    if (!text.ok()) return bad("is not valid for this principal");
+    auto c = json::Parse(*text);
+    if (!c.ok() || !c->is_object()) return bad("is malformed");
+    auto p = c->GetString("p");
+    auto q = c->GetString("q");
+    const json::Value* o = c->Find("o");
+    const json::Value* n = c->Find("n");
+    const json::Value* x = c->Find("x");
+    if (!p || !q || !o || !n || !x || !o->as_int64() || !n->as_int64() || !x->as_int64()) {
+      return bad("is malformed");
+    }
+    if (*p != path) return bad("belongs to another query");
+    if (*x->as_int64() < d.clock->NowSeconds()) return bad("has expired");
+    *canonical = std::string(*q);
+    *offset = *o->as_int64();
+    *count = static_cast<int>(*n->as_int64());
+    return absl::OkStatus();
+  }
+
+  static bool PreferStrict(const net::HttpRequest& req) {
+    for (std::string_view part : Split(req.header("Prefer").value_or(""), ',')) {
+      part = Trim(part);
+      if (IEquals(part, "handling=strict")) return true;
+    }
+    return false;
+  }
+
+  // _summary / _elements applied to one resource (R4 §3.1.1.5.8-9); the
+  // result is marked SUBSETTED.
+  json::Value Subset(json::Value resource, const ParsedSearch& ps) const {
+    const bool summary = ps.summary == "true" || ps.summary == "text" || ps.summary == "data";
+    if (!summary && ps.elements.empty()) return resource;
+    const std::string type(resource.GetString("resourceType").value_or(""));
+    const fhir::Model& model = fhir::Model::R4();
+    json::Object out;
+    for (auto& [k, v] : resource.members()) {
+      bool keep = k == "resourceType" || k == "id" || k == "meta";
+      if (!keep && ps.summary == "text") keep = k == "text";
+      if (!keep && ps.summary == "data") keep = k != "text";
+      if (!keep && ps.summary == "true") {
+        std::string name = k;
+        const fhir::ElementDef* e = model.FindElement(type + "." + name);
+        if (e == nullptr) {
+          // choice elements: valueQuantity → value[x]
+          for (size_t i = 1; i < name.size() && e == nullptr; ++i) {
+            if (name[i] >= 'A' && name[i] <= 'Z') {
+              e = model.FindElement(type + "." + name.substr(0, i) + "[x]");
+            }
+          }
+        }
+        keep = e != nullptr && e->is_summary;
+      }
+      if (!keep && !ps.elements.empty()) {
+        for (const std::string& el : ps.elements) {
+          if (el == k || (k.starts_with(el) && k.size() > el.size() && k[el.size()] >= 'A' &&
+                          k[el.size()] <= 'Z')) {
+            keep = true;
+          }
+        }
+      }
+      if (keep) out.emplace_back(std::move(k), std::move(v));
+    }
+    json::Value r = json::Value::MakeObject(std::move(out));
+    json::Value* meta = r.Find("meta");
+    if (meta == nullptr) {
+      r.Set("meta", json::Value::MakeObject());
+      meta = r.Find("meta");
+    }
+    json::Value tag = json::Value::MakeObject();
+    tag.Set("system", Str("http://terminology.hl7.org/CodeSystem/v3-ObservationValue"));
+    tag.Set("code", Str("SUBSETTED"));
+    json::Value* tags = meta->Find("tag");
+    if (tags == nullptr || !tags->is_array()) {
+      meta->Set("tag", json::Value::MakeArray({std::move(tag)}));
+    } else {
+      tags->Push(std::move(tag));
+    }
+    return r;
+  }
+
+  net::HttpResponse Search(Ctx& ctx, const net::HttpRequest& req, const Route& route,
+                           const Query& url_query, const policy::Decision& decision) {
+    ctx.audit.action = "search-type";
+    const std::string path =
+        "/" + (route.compartment.empty() ? std::string() : "Patient/" + route.compartment + "/") +
+        route.type;
+    Query params = url_query;
+    if (req.method == "POST") {
+      // POST [type]/_search: parameters in an x-www-form-urlencoded body.
+      auto ct = req.header("Content-Type");
+      if (!ct ||
+          !IEquals(Trim(ct->substr(0, ct->find(';'))), "application/x-www-form-urlencoded")) {
+        return Error(ctx, ErrorCode::kUnsupportedMediaType,
+                     "send the parameters as application/x-www-form-urlencoded");
+      }
+      auto form = ParseQueryString(req.body);
+      if (!form.ok()) return ErrorResponse(ctx, form.status());
+      for (auto& kv : *form) params.push_back(std::move(kv));
+    }
+    int64_t offset = 0;
+    std::optional<int> cursor_count;
+    if (const std::string* cursor = QueryParam(params, "_cursor")) {
+      std::string canonical;
+      int count = 0;
+      if (auto s = OpenSearchCursor(ctx, path, *cursor, &canonical, &offset, &count); !s.ok()) {
+        return ErrorResponse(ctx, s);
+      }
+      auto q = ParseQueryString(canonical);
+      if (!q.ok()) return ErrorResponse(ctx, q.status());
+      params = std::move(*q);
+      cursor_count = count;
+    }
+    SearchLimits limits = d.config.search;
+    const bool strict = PreferStrict(req);
+    auto narrow = [&](std::string_view type) { return NarrowFor(ctx, type, Interaction::kSearch); };
+    auto parsed = ParseSearch(route.type, params, limits, strict, d.base_url, narrow);
+    if (!parsed.ok()) return ErrorResponse(ctx, parsed.status());
+    ParsedSearch& ps = *parsed;
+    if (!QueryParam(params, "_total")) {
+      ps.total = ps.summary == "count" ? "accurate" : d.config.search_default_total;
+      ps.query.total = ps.total != "none";
+    }
+    store::SearchQuery& q = ps.query;
+    q.tenant = d.config.tenant;
+    q.offset = offset;
+    if (cursor_count) q.count = std::clamp(*cursor_count, 1, limits.max_count);
+    if (q.offset + q.count > limits.max_window) {
+      return Error(ctx, ErrorCode::kTooCostly,
+                   "paging beyond " + std::to_string(limits.max_window) +
+                       " results is not allowed; narrow the search");
+    }
+    // The policy's confinement is part of the query: counts and pages never
+    // include what the principal may not read.
+    bool empty_compartment = false;
+    if (!decision.patient_compartment.empty() && Confinable(route.type)) {
+      q.patient = decision.patient_compartment;
+    }
+    if (!route.compartment.empty()) {
+      ctx.audit.action = "search-compartment";
+      if (q.patient && *q.patient != route.compartment) empty_compartment = true;
+      q.patient = route.compartment;
+    }
+    if (q.patient) ctx.audit.patient_id = *q.patient;
+    if (ps.summary == "count") q.count = 0;
+
+    store::SearchPage page;
+    if (!empty_compartment) {
+      auto found = d.store->Search(q);
+      if (!found.ok()) return ErrorResponse(ctx, found.status());
+      page = std::move(*found);
+    } else if (q.total) {
+      page.total = 0;
+    }
+
+    const bool in_def = fhir::InPatientCompartmentDefinition(route.type);
+    std::vector<std::pair<const store::StoredVersion*, const char*>> entries;
+    std::vector<store::StoredVersion> included;
+    std::vector<std::string> match_ids;
+    for (const store::StoredVersion& v : page.matches) {
+      policy::Decision rd = d.policy->AuthorizeResource(
+          *ctx.principal, decision, Interaction::kRead, v.type, v.patients, in_def);
+      if (!rd.allow) continue;  // defence in depth: the query was already confined
+      match_ids.push_back(v.id);
+      entries.emplace_back(&v, "match");
+    }
+    if (auto s = Includes(ctx, ps, route.type, page.matches, match_ids, &included); !s.ok()) {
+      return ErrorResponse(ctx, s);
+    }
+    for (const store::StoredVersion& v : included) entries.emplace_back(&v, "include");
+
+    json::Value bundle = json::Value::MakeObject();
+    bundle.Set("resourceType", Str("Bundle"));
+    bundle.Set("id", Str(RandomUuid()));
+    json::Value meta = json::Value::MakeObject();
+    meta.Set("lastUpdated", Str(FormatInstant(d.clock->Now())));
+    bundle.Set("meta", std::move(meta));
+    bundle.Set("type", Str("searchset"));
+    if (page.total) bundle.Set("total", json::Value::Int(*page.total));
+    json::Value links = json::Value::MakeArray();
+    auto link = [&](std::string rel, std::string url) {
+      json::Value l = json::Value::MakeObject();
+      l.Set("relation", Str(std::move(rel)));
+      l.Set("url", Str(std::move(url)));
+      links.Push(std::move(l));
+    };
+    const std::string base = d.base_url + path;
+    link("self", base + (ps.canonical.empty() ? "" : "?" + ps.canonical));
+    if (page.more && q.count > 0 && q.offset + q.count < limits.max_window) {
+      link("next",
+           base + "?_cursor=" + SearchCursor(ctx, path, ps.canonical, q.offset + q.count, q.count));
+    }
+    if (q.offset > 0 && q.count > 0) {
+      link("previous", base + "?_cursor=" +
+                           SearchCursor(ctx, path, ps.canonical,
+                                        std::max<int64_t>(0, q.offset - q.count), q.count));
+    }
+    bundle.Set("link", std::move(links));
+    json::Value out = json::Value::MakeArray();
+    for (const auto& [v, mode] : entries) {
+      auto res = json::Parse(v->json);
+      if (!res.ok()) return Error(ctx, ErrorCode::kInternal);
+      json::Value entry = json::Value::MakeObject();
+      entry.Set("fullUrl", Str(d.base_url + "/" + v->type + "/" + v->id));
+      entry.Set("resource", Subset(std::move(*res), ps));
+      json::Value search = json::Value::MakeObject();
+      search.Set("mode", Str(mode));
+      entry.Set("search", std::move(search));
+      out.Push(std::move(entry));
+    }
+    if (!ps.ignored.empty()) {
+      // Lenient handling: what was not used is said, not silently dropped.
+      json::Value oo = json::Value::MakeObject();
+      oo.Set("resourceType", Str("OperationOutcome"));
+      json::Value issues = json::Value::MakeArray();
+      for (const std::string& why : ps.ignored) {
+        json::Value issue = json::Value::MakeObject();
+        issue.Set("severity", Str("warning"));
+        issue.Set("code", Str("not-supported"));
+        issue.Set("diagnostics", Str("parameter ignored: " + why));
+        issues.Push(std::move(issue));
+      }
+      oo.Set("issue", std::move(issues));
+      json::Value entry = json::Value::MakeObject();
+      entry.Set("resource", std::move(oo));
+      json::Value search = json::Value::MakeObject();
+      search.Set("mode", Str("outcome"));
+      entry.Set("search", std::move(search));
+      out.Push(std::move(entry));
+    }
+    if (!out.items().empty()) bundle.Set("entry", std::move(out));
+    ctx.audit.count = static_cast<int64_t>(entries.size());
+    net::HttpResponse r;
+    r.SetHeader("Content-Type", std::string(kFhirJson));
+    r.body = Body(ctx, bundle);
+    return r;
+  }
+
+  // _include and _revinclude: every resource added passes the same
+  // authorization as a direct read of it (type-level decision for a read of
+  // its type, then the resource's compartments).
+  absl::Status Includes(Ctx& ctx, const ParsedSearch& ps, const std::string& type,
+                        const std::vector<store::StoredVersion>& matches,
+                        const std::vector<std::string>& match_ids,
+                        std::vector<store::StoredVersion>* included) {
+    if (ps.includes.empty() || match_ids.empty()) return absl::OkStatus();
+    const int cap = d.config.search.max_included;
+    std::set<std::pair<std::string, std::string>> seen;
+    for (const auto& v : matches) seen.emplace(v.type, v.id);
+    // The resources the next round starts from, by type.
+    std::map<std::string, std::vector<std::string>> frontier;
+    frontier[type] = match_ids;
+    std::map<std::string, std::optional<policy::Decision>> read_decisions;
+    auto read_decision = [&](const std::string& t) -> const policy::Decision* {
+      auto it = read_decisions.find(t);
+      if (it == read_decisions.end()) {
+        policy::AccessRequest areq;
+        areq.interaction = Interaction::kRead;
+        areq.resource_type = t;
+        policy::Decision dec = d.policy->Authorize(*ctx.principal, areq);
+        it = read_decisions
+                 .emplace(t, dec.allow ? std::optional<policy::Decision>(dec) : std::nullopt)
+                 .first;
+      }
+      return it->second ? &*it->second : nullptr;
+    };
+    auto add = [&](const std::string& t, const std::string& id,
+                   std::map<std::string, std::vector<std::string>>* next) -> absl::Status {
+      if (static_cast<int>(included->size()) >= cap) return absl::OkStatus();
+      if (!seen.emplace(t, id).second) return absl::OkStatus();
+      const policy::Decision* dec = read_decision(t);
+      if (dec == nullptr) return absl::OkStatus();
+      auto v = d.store->Read({d.config.tenant, t, id});
+      if (!v.ok()) {
+        if (CodeOf(v.status()) == ErrorCode::kNotFound) return absl::OkStatus();
+        return v.status();
+      }
+      if (v->deleted) return absl::OkStatus();
+      policy::Decision rd =
+          d.policy->AuthorizeResource(*ctx.principal, *dec, Interaction::kRead, t, v->patients,
+                                      fhir::InPatientCompartmentDefinition(t));
+      if (!rd.allow) return absl::OkStatus();
+      (*next)[t].push_back(id);
+      included->push_back(std::move(*v));
+      return absl::OkStatus();
+    };
+    for (int round = 0; round < 3 && !frontier.empty(); ++round) {
+      std::map<std::string, std::vector<std::string>> next;
+      for (const IncludeSpec& inc : ps.includes) {
+        if (round > 0 && !inc.iterate) continue;
+        if (!inc.reverse) {
+          auto it = frontier.find(inc.source_type);
+          if (it == frontier.end()) continue;
+          auto refs = d.store->ReferencesFrom(d.config.tenant, inc.source_type, it->second,
+                                              inc.param, inc.target_type);
+          if (!refs.ok()) return refs.status();
+          for (const auto& [t, id] : *refs) {
+            if (auto s = add(t, id, &next); !s.ok()) return s;
+          }
+        } else {
+          std::vector<std::pair<std::string, std::string>> targets;
+          for (const auto& [t, ids] : frontier) {
+            for (const auto& id : ids) targets.emplace_back(t, id);
+          }
+          auto narrow = NarrowFor(ctx, inc.source_type, Interaction::kRead);
+          if (!narrow.ok()) continue;  // not readable: nothing to add
+          auto ids = d.store->ReferencedBy(d.config.tenant, inc.source_type, inc.param, targets,
+                                           *narrow, cap);
+          if (!ids.ok()) return ids.status();
+          for (const auto& id : *ids) {
+            if (auto s = add(inc.source_type, id, &next); !s.ok()) return s;
+          }
+        }
+      }
+      frontier = std::move(next);
+    }
+    return absl::OkStatus();
+  }
+
+  // --- conditional writes, patch ------------------------------------------------------
+
+  // Authorization of a write of `resource` (compartments as it would be
+  // stored) under `decision`.
+  absl::Status AuthorizeWrite(const Ctx& ctx, const policy::Decision& decision,
+                              Interaction interaction, const std::string& type,
+                              const std::vector<std::string>& patients) const {
+    policy::Decision rd =
+        d.policy->AuthorizeResource(*ctx.principal, decision, interaction, type, patients,
+                                    fhir::InPatientCompartmentDefinition(type));
+    if (!rd.allow) return fhirward::Error(ErrorCode::kForbidden, rd.reason);
+    return absl::OkStatus();
+  }
+
+  // POST with If-None-Exist, PUT Type?query, DELETE Type?query: the
+  // condition is searched inside the write transaction, confined like a
+  // search by this principal.
+  net::HttpResponse ConditionalWrite(Ctx& ctx, const net::HttpRequest& req, const Route& route,
+                                     const policy::Decision& decision) {
+    auto narrow = [&](std::string_view type) { return NarrowFor(ctx, type, Interaction::kSearch); };
+    std::string condition_text;
+    if (route.interaction == Interaction::kCreate) {
+      condition_text = std::string(*req.header("If-None-Exist"));
+      // The header may carry a full URL or just the query.
+      if (size_t qm = condition_text.find('?'); qm != std::string::npos) {
+        condition_text = condition_text.substr(qm + 1);
+      }
+    } else {
+      condition_text = req.target.substr(req.target.find('?') + 1);
+    }
+    auto cond = ParseCondition(route.type, condition_text, d.config.search, d.base_url, narrow);
+    if (!cond.ok()) return ErrorResponse(ctx, cond.status());
+    cond->tenant = d.config.tenant;
+    cond->time_budget_ms = d.config.search.time_budget_ms;
+    if (!decision.patient_compartment.empty() && Confinable(route.type)) {
+      cond->patient = decision.patient_compartment;
+    }
+    store::WriteOp op;
+    op.key = {d.config.tenant, route.type, ""};
+    op.condition = std::move(*cond);
+    Interaction interaction = route.interaction;
+    op.check = [&, interaction](const std::vector<std::string>& patients) {
+      return AuthorizeWrite(ctx, decision, interaction, route.type, patients);
+    };
+    if (route.interaction == Interaction::kDelete) {
+      op.kind = store::WriteOp::Kind::kDelete;
+    } else {
+      auto body = ParseResourceBody(req, route);
+      if (!body.ok()) return ErrorResponse(ctx, body.status());
+      std::string id(body->GetString("id").value_or(""));
+      if (route.interaction == Interaction::kCreate || id.empty()) id = RandomUuid();
+      if (!fhir::IsValidId(id)) return Error(ctx, ErrorCode::kInvalidId);
+      body->Set("id", Str(id));
+      if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
+      if (auto s = AuthorizeWrite(ctx, decision, route.interaction, route.type,
+                                  fhir::PatientCompartmentsOf(route.type, *body));
+          !s.ok()) {
+        ctx.audit.error = "forbidden:" + DetailOf(s);
+        return ErrorResponse(ctx, s);
+      }
+      op.kind = route.interaction == Interaction::kCreate ? store::WriteOp::Kind::kCreate
+                                                          : store::WriteOp::Kind::kUpdate;
+      op.key.id = id;
+      op.resource = std::move(*body);
+      op.allow_create = true;
+    }
+    std::vector<store::WriteOp> ops;
+    ops.push_back(std::move(op));
+    auto results = d.store->Transaction(std::move(ops));
+    if (!results.ok()) {
+      // "entry 0: " is an internal prefix here.
+      std::string detail = DetailOf(results.status());
+      if (detail.starts_with("entry 0: ")) detail = detail.substr(9);
+      if (CodeOf(results.status()) == ErrorCode::kForbidden)
+        ctx.audit.error = "forbidden:" + detail;
+      return ErrorResponse(ctx, fhirward::Error(CodeOf(results.status()), detail));
+    }
+    const store::WriteOpResult& w = (*results)[0];
+    ctx.audit.resource_id = w.stored.id;
+    if (route.interaction == Interaction::kDelete) {
+      net::HttpResponse r;
+      r.status = 204;
+      if (w.stored.version > 0) r.SetHeader("ETag", ETag(w.stored.version));
+      return r;
+    }
+    if (w.matched_existing) {
+      net::HttpResponse r;
+      r.status = 200;
+      VersionHeaders(r, w.stored, true);
+      WriteBody(ctx, req, r, w.stored, "exists:");
+      return r;
+    }
+    return Written(ctx, req, w.stored, w.created ? 201 : 200, w.created ? "created" : "updated");
+  }
+
+  // PATCH with JSON Patch: applied to the current version, validated, and
+  // written bound to that version (a concurrent change fails with 409/412).
+  net::HttpResponse Patch(Ctx& ctx, const net::HttpRequest& req, const Route& route,
+                          const policy::Decision& decision) {
+    auto ct = req.header("Content-Type");
+    if (!ct || !IEquals(Trim(ct->substr(0, ct->find(';'))), "application/json-patch+json")) {
+      return Error(ctx, ErrorCode::kUnsupportedMediaType,
+                   "send a JSON Patch as application/json-patch+json");
+    }
+    auto patch = json::Parse(req.body, d.config.json_limits);
+    if (!patch.ok()) return ErrorResponse(ctx, patch.status());
+    auto if_match = IfMatch(req);
+    if (!if_match.ok()) return ErrorResponse(ctx, if_match.status());
+    store::ResourceKey key{d.config.tenant, route.type, route.id};
+    auto current = d.store->Read(key);
+    if (!current.ok()) return ErrorResponse(ctx, current.status());
+    const bool in_def = fhir::InPatientCompartmentDefinition(route.type);
+    policy::Decision rd = d.policy->AuthorizeResource(*ctx.principal, decision, Interaction::kPatch,
+                                                      route.type, current->patients, in_def);
+    if (!rd.allow) {
+      if (!decision.patient_compartment.empty()) return Hidden(ctx, rd);
+      ctx.audit.error = "forbidden:" + rd.reason;
+      return Error(ctx, ErrorCode::kForbidden, rd.reason);
+    }
+    if (current->deleted) return Error(ctx, ErrorCode::kGone);
+    if (*if_match && **if_match != current->version) {
+      return Error(ctx, ErrorCode::kPreconditionFailed,
+                   "current version is W/\"" + std::to_string(current->version) + "\"");
+    }
+    auto doc = json::Parse(current->json, d.config.json_limits);
+    if (!doc.ok()) return Error(ctx, ErrorCode::kInternal, "stored resource is unreadable");
+    json::PatchLimits pl;
+    pl.max_depth = d.config.json_limits.max_depth;
+    pl.max_result_bytes = d.config.max_body_bytes;
+    if (auto s = json::ApplyPatch(*patch, *doc, pl); !s.ok()) {
+      if (CodeOf(s) == ErrorCode::kValidationFailed) {
+        return OutcomeResponse(ctx, 422,
+                               OperationOutcome("error", "processing", "patch-failed",
+                                                "the patch cannot be applied", DetailOf(s)));
+      }
+      return ErrorResponse(ctx, s);
+    }
+    if (doc->GetString("resourceType") != route.type || doc->GetString("id") != route.id) {
+      return Error(ctx, ErrorCode::kInvalidRequest, "a patch cannot change resourceType or id");
+    }
+    if (auto refused = Refuse(ctx, *doc)) return std::move(*refused);
+    if (auto s = AuthorizeWrite(ctx, decision, Interaction::kPatch, route.type,
+                                fhir::PatientCompartmentsOf(route.type, *doc));
+        !s.ok()) {
+      ctx.audit.error = "forbidden:" + DetailOf(s);
+      return ErrorResponse(ctx, s);
+    }
+    auto w = d.store->Update(key, std::move(*doc), current->version, false);
+    if (!w.ok()) {
+      if (CodeOf(w.status()) == ErrorCode::kPreconditionFailed && !*if_match) {
+        return Error(ctx, ErrorCode::kVersionConflict, "the resource changed; retry");
+      }
+      return ErrorResponse(ctx, w.status());
+    }
+    return Written(ctx, req, w->stored, 200, "patched");
+  }
+
+  // --- transaction and batch -----------------------------------------------------------
+
+  // Replaces, in every string of `v`, references to the bundle's own
+  // fullUrls by the ids they were given: exact string values (references,
+  // uris) and, inside narrative XHTML, attribute values.
+  static void ResolveUrls(json::Value& v, const std::map<std::string, std::string>& ids,
+                          bool in_div = false) {
+    if (v.is_string()) {
+      const std::string& s = v.as_string();
+      if (auto it = ids.find(s); it != ids.end()) {
+        v = json::Value::String(it->second);
+        return;
+      }
+      if (in_div && s.find("urn:uuid:") != std::string::npos) {
+        std::string text = s;
+        for (const auto& [from, to] : ids) {
+          for (const char* q : {"\"", "'"}) {
+            std::string needle = q + from + q;
+            size_t pos = 0;
+            while ((pos = text.find(needle, pos)) != std::string::npos) {
+              text.replace(pos, needle.size(), q + to + q);
+              pos += to.size() + 2;
+            }
+          }
+        }
+        v = json::Value::String(std::move(text));
+      }
+      return;
+    }
+    if (v.is_array()) {
+      for (json::Value& x : v.items()) ResolveUrls(x, ids, in_div);
+    } else if (v.is_object()) {
+      for (auto& [k, x] : v.members()) ResolveUrls(x, ids, k == "div");
+    }
+  }
+
+  // Conditional references ("Patient?identifier=a|b") resolved by a search
+  // confined like one by this principal: exactly one match, or the entry fails.
+  absl::Status ResolveConditionalRefs(const Ctx& ctx, json::Value& v,
+                                      std::map<std::string, std::string>& cache) {
+    if (v.is_array()) {
+      for (json::Value& x : v.items()) {
+        if (auto s = ResolveConditionalRefs(ctx, x, cache); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    if (!v.is_object()) return absl::OkStatus();
+    for (auto& [k, x] : v.members()) {
+      if (k == "reference" && x.is_string()) {
+        const std::string& ref = x.as_string();
+        size_t qm = ref.find('?');
+        if (qm == std::string::npos || qm == 0 || ref.find('/') < qm) continue;
+        auto it = cache.find(ref);
+        if (it == cache.end()) {
+          std::string type = ref.substr(0, qm);
+          if (!fhir::IsResourceType(type)) {
+            return fhirward::Error(ErrorCode::kInvalidRequest, "unknown type in " + ref);
+          }
+          auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
+          auto cond = ParseCondition(type, ref.substr(qm + 1), d.config.search, d.base_url, narrow);
+          if (!cond.ok()) return cond.status();
+          auto n = narrow(type);
+          if (!n.ok()) return n.status();
+          cond->patient = *n;
+          cond->tenant = d.config.tenant;
+          cond->count = 2;
+          cond->time_budget_ms = d.config.search.time_budget_ms;
+          auto found = d.store->Search(*cond);
+          if (!found.ok()) return found.status();
+          if (found->matches.size() != 1) {
+            return fhirward::Error(ErrorCode::kPreconditionFailed,
+                                   "conditional reference " + ref + " matches " +
+                                       std::to_string(found->matches.size()) +
+                                       (found->more ? "+" : "") + " resources (needs exactly 1)");
+          }
+          it = cache.emplace(ref, type + "/" + found->matches[0].id).first;
+        }
+        x = json::Value::String(it->second);
+      } else if (auto s = ResolveConditionalRefs(ctx, x, cache); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  struct BundleEntry {
+    size_t index = 0;
+    std::string method;
+    std::string url;
+    std::string full_url;
+    std::string if_none_exist;
+    std::string if_match;
+    json::Value resource;
+    bool has_resource = false;
+  };
+
+  static int MethodOrder(const std::string& m) {
+    if (m == "DELETE") return 0;
+    if (m == "POST") return 1;
+    if (m == "PUT" || m == "PATCH") return 2;
+    return 3;  // GET, HEAD
+  }
+
+  net::HttpResponse BundleRequest(Ctx& ctx, net::HttpRequest& req) {
+    Route broute;
+    broute.type = "Bundle";
+    auto body = ParseResourceBody(req, broute);
+    if (!body.ok()) return ErrorResponse(ctx, body.status());
+    std::string btype(body->GetString("type").value_or(""));
+    if (btype != "transaction" && btype != "batch") {
+      return Error(ctx, ErrorCode::kInvalidRequest,
+                   "POST to the base takes a Bundle of type transaction or batch");
+    }
+    ctx.audit.action = btype;
+    ctx.audit.resource_type = "Bundle";
+    std::vector<BundleEntry> entries;
+    if (const json::Value* list = body->Find("entry"); list != nullptr) {
+      if (!list->is_array())
+        return Error(ctx, ErrorCode::kInvalidResource, "entry must be an array");
+      if (list->items().size() > static_cast<size_t>(d.config.bundle_max_entries)) {
+        return Error(ctx, ErrorCode::kTooCostly,
+                     "more than " + std::to_string(d.config.bundle_max_entries) + " entries");
+      }
+      for (json::Value& e : body->Find("entry")->items()) {
+        BundleEntry be;
+        be.index = entries.size();
+        auto bad = [&](std::string why) {
+          return Error(ctx, ErrorCode::kInvalidRequest,
+                       "entry " + std::to_string(be.index) + ": " + why);
+        };
+        if (!e.is_object()) return bad("not an object");
+        const json::Value* request = e.Find("request");
+        if (request == nullptr || !request->is_object()) return bad("request is missing");
+        be.method = std::string(request->GetString("method").value_or(""));
+        be.url = std::string(request->GetString("url").value_or(""));
+        be.if_none_exist = std::string(request->GetString("ifNoneExist").value_or(""));
+        be.if_match = std::string(request->GetString("ifMatch").value_or(""));
+        be.full_url = std::string(e.GetString("fullUrl").value_or(""));
+        if (be.method != "GET" && be.method != "HEAD" && be.method != "POST" &&
+            be.method != "PUT" && be.method != "DELETE" && be.method != "PATCH") {
+          return bad("request.method must be GET, HEAD, POST, PUT, PATCH or DELETE");
+        }
+        if (be.url.empty()) return bad("request.url is missing");
+        if (json::Value* r = e.Find("resource")) {
+          be.resource = std::move(*r);
+          be.has_resource = true;
+        }
+        entries.push_back(std::move(be));
+      }
+    }
+    if (btype == "batch") return Batch(ctx, req, entries);
+    return Transaction(ctx, req, entries);
+  }
+
+  // A batch: each entry is a request of its own (authorization, validation,
+  // execution), with its own outcome; one failing does not affect the others.
+  net::HttpResponse Batch(Ctx& ctx, const net::HttpRequest& req,
+                          std::vector<BundleEntry>& entries) {
+    json::Value out = json::Value::MakeArray();
+    int64_t count = 0;
+    for (BundleEntry& be : entries) {
+      net::HttpRequest sub;
+      sub.method = be.method == "HEAD" ? "GET" : be.method;
+      sub.target = "/" + be.url;
+      sub.remote_ip = req.remote_ip;
+      sub.tls_version = req.tls_version;
+      if (be.has_resource) {
+        sub.body = json::Write(be.resource);
+        sub.headers.emplace_back("Content-Type", be.method == "PATCH"
+                                                     ? "application/json-patch+json"
+                                                     : std::string(kFhirJson));
+      }
+      if (!be.if_none_exist.empty()) sub.headers.emplace_back("If-None-Exist", be.if_none_exist);
+      if (!be.if_match.empty()) sub.headers.emplace_back("If-Match", be.if_match);
+      if (be.method == "PATCH" && be.has_resource &&
+          be.resource.GetString("resourceType") == "Binary") {
+        // A JSON Patch carried as Binary.data (base64).
+        auto data = Base64Decode(std::string(be.resource.GetString("data").value_or("")));
+        sub.body = data ? *data : std::string();
+      }
+      Parsed parsed;
+      parsed.target = ParseTarget(sub.target, &parsed.segments, &parsed.query);
+      Ctx sctx = ctx;
+      sctx.audit.error.clear();
+      sctx.forced_outcome.clear();
+      net::HttpResponse r;
+      if (!parsed.target.ok()) {
+        r = ErrorResponse(sctx, parsed.target);
+      } else {
+        parsed.routed = ParseRoute(sub.method, parsed.segments,
+                                   sub.target.find('?') != std::string::npos, &parsed.route);
+        if (!parsed.routed.ok()) {
+          r = ErrorResponse(sctx, parsed.routed);
+        } else if (parsed.route.bundle || parsed.route.operation) {
+          r = Error(sctx, ErrorCode::kNotImplemented, "not supported inside a batch");
+        } else {
+          r = Perform(sctx, sub, parsed);
+        }
+      }
+      count += sctx.audit.count;
+      out.Push(ResponseEntry(r, be.method == "HEAD"));
+    }
+    ctx.audit.count = count;
+    return BundleResponse(ctx, "batch-response", std::move(out));
+  }
+
+  json::Value ResponseEntry(const net::HttpResponse& r, bool head = false) const {
+    json::Value entry = json::Value::MakeObject();
+    json::Value response = json::Value::MakeObject();
+    response.Set("status", Str(std::to_string(r.status)));
+    for (const auto& [name, value] : r.headers) {
+      if (name == "Location") response.Set("location", Str(value));
+      if (name == "ETag") response.Set("etag", Str(value));
+      if (name == "Last-Modified") response.Set("lastModified", Str(value));
+    }
+    if (!r.body.empty() && !head) {
+      auto body = json::Parse(r.body);
+      if (body.ok()) {
+        if (r.status >= 400 || body->GetString("resourceType") == "OperationOutcome") {
+          response.Set("outcome", std::move(*body));
+        } else {
+          entry.Set("resource", std::move(*body));
+        }
+      }
+    }
+    entry.Set("response", std::move(response));
+    return entry;
+  }
+
+  net::HttpResponse BundleResponse(Ctx& ctx, const char* type, json::Value entries) const {
+    json::Value bundle = json::Value::MakeObject();
+    bundle.Set("resourceType", Str("Bundle"));
+    bundle.Set("id", Str(RandomUuid()));
+    bundle.Set("type", Str(type));
+    bundle.Set("entry", std::move(entries));
+    net::HttpResponse r;
+    r.SetHeader("Content-Type", std::string(kFhirJson));
+    r.body = Body(ctx, bundle);
+    return r;
+  }
+
+  // A transaction: all or nothing. Ids are assigned and fullUrls resolved
+  // first; every entry is validated and authorized; the writes then go to
+  // the store as one database transaction (conditions evaluated inside it);
+  // reads run after the writes.
+  net::HttpResponse Transaction(Ctx& ctx, const net::HttpRequest& req,
+                                std::vector<BundleEntry>& entries) {
+    auto fail = [&](size_t i, const absl::Status& s) {
+      ErrorCode code = CodeOf(s);
+      if (code == ErrorCode::kForbidden) ctx.audit.error = "forbidden:" + DetailOf(s);
+      return ErrorResponse(
+          ctx, fhirward::Error(code, "entry " + std::to_string(i) + ": " + DetailOf(s)));
+    };
+    // Parse each entry's url; assign ids to creates.
+    struct Plan {
+      Route route;
+      Query query;
+      std::string condition;  // query of a conditional update/delete or ifNoneExist
+      std::string id;         // id written (create: new; update: from url)
+      policy::Decision decision;
+    };
+    std::vector<Plan> plans(entries.size());
+    std::map<std::string, std::string> ids;  // fullUrl -> "Type/id"
+    std::set<std::string> full_urls;
+    for (BundleEntry& be : entries) {
+      Plan& pl = plans[be.index];
+      if (!be.full_url.empty() && !full_urls.insert(be.full_url).second) {
+        return fail(be.index, fhirward::Error(ErrorCode::kInvalidRequest,
+                                              "fullUrl " + be.full_url + " is used twice"));
+      }
+      if (be.method == "PATCH") {
+        return fail(be.index, fhirward::Error(ErrorCode::kNotImplemented,
+                                              "PATCH inside a transaction is not supported yet"));
+      }
+      std::vector<std::string> segs;
+      std::string target = "/" + be.url;
+      if (auto s = ParseTarget(target, &segs, &pl.query); !s.ok()) return fail(be.index, s);
+      const bool has_query = target.find('?') != std::string::npos;
+      std::string method = be.method == "HEAD" ? "GET" : be.method;
+      if (auto s = ParseRoute(method, segs, has_query, &pl.route); !s.ok()) {
+        return fail(be.index, s);
+      }
+      if (pl.route.bundle || pl.route.operation) {
+        return fail(be.index, fhirward::Error(ErrorCode::kNotImplemented,
+                                              "not supported inside a transaction"));
+      }
+      if (be.method == "POST") {
+        if (has_query) {
+          return fail(be.index, fhirward::Error(ErrorCode::kInvalidRequest,
+                                                "POST url must be a resource type"));
+        }
+        pl.id = RandomUuid();
+        pl.condition = be.if_none_exist;
+        if (size_t qm = pl.condition.find('?'); qm != std::string::npos) {
+          pl.condition = pl.condition.substr(qm + 1);
+        }
+      } else if (be.method == "PUT" || be.method == "DELETE") {
+        if (pl.route.conditional) {
+          pl.condition = target.substr(target.find('?') + 1);
+          pl.id = be.method == "PUT" ? RandomUuid() : "";
+        } else {
+          pl.id = pl.route.id;
+        }
+      }
+      if ((be.method == "POST" || be.method == "PUT") && !be.has_resource) {
+        return fail(be.index,
+                    fhirward::Error(ErrorCode::kInvalidRequest, "a resource is required"));
+      }
+      if (be.method == "POST" || be.method == "PUT") {
+        if (be.resource.GetString("resourceType") != pl.route.type) {
+          return fail(be.index, fhirward::Error(ErrorCode::kResourceTypeMismatch,
+                                                "the resource's type does not match the url"));
+        }
+      }
+      if (!be.full_url.empty() && !pl.id.empty() && !pl.route.type.empty() &&
+          (be.method == "POST" || be.method == "PUT")) {
+        ids[be.full_url] = pl.route.type + "/" + pl.id;
+      }
+    }
+    // Conditional creates that already match point their fullUrl at the
+    // match (re-checked inside the transaction).
+    for (BundleEntry& be : entries) {
+      Plan& pl = plans[be.index];
+      if (be.method != "POST" || pl.condition.empty()) continue;
+      auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
+      auto cond = ParseCondition(pl.route.type, pl.condition, d.config.search, d.base_url, narrow);
+      if (!cond.ok()) return fail(be.index, cond.status());
+      auto n = narrow(pl.route.type);
+      if (!n.ok()) return fail(be.index, n.status());
+      cond->patient = *n;
+      cond->tenant = d.config.tenant;
+      cond->count = 2;
+      auto found = d.store->Search(*cond);
+      if (!found.ok()) return fail(be.index, found.status());
+      if (found->matches.size() > 1) {
+        return fail(be.index, fhirward::Error(ErrorCode::kPreconditionFailed,
+                                              "ifNoneExist matches more than one resource"));
+      }
+      if (found->matches.size() == 1 && !be.full_url.empty()) {
+        ids[be.full_url] = pl.route.type + "/" + found->matches[0].id;
+      }
+    }
+    // Resolve references, validate and authorize every entry.
+    std::map<std::string, std::string> conditional_refs;
+    std::vector<store::WriteOp> ops;
+    std::vector<size_t> op_entry;
+    std::vector<size_t> order(entries.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return MethodOrder(entries[a].method) < MethodOrder(entries[b].method);
+    });
+    std::set<std::pair<std::string, std::string>> written;
+    for (size_t i : order) {
+      BundleEntry& be = entries[i];
+      Plan& pl = plans[i];
+      if (be.method == "GET" || be.method == "HEAD") continue;
+      policy::AccessRequest areq;
+      areq.interaction = pl.route.interaction;
+      areq.resource_type = pl.route.type;
+      areq.resource_id = pl.id;
+      pl.decision = d.policy->Authorize(*ctx.principal, areq);
+      if (!pl.decision.allow) {
+        return fail(i, fhirward::Error(pl.decision.deny_code, pl.decision.reason));
+      }
+      store::WriteOp op;
+      op.key = {d.config.tenant, pl.route.type, pl.id};
+      const Interaction interaction = pl.route.interaction;
+      const std::string type = pl.route.type;
+      const policy::Decision decision = pl.decision;
+      op.check = [this, &ctx, interaction, type, decision](const std::vector<std::string>& pts) {
+        return AuthorizeWrite(ctx, decision, interaction, type, pts);
+      };
+      if (!pl.condition.empty()) {
+        auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
+        auto cond = ParseCondition(type, pl.condition, d.config.search, d.base_url, narrow);
+        if (!cond.ok()) return fail(i, cond.status());
+        cond->tenant = d.config.tenant;
+        cond->time_budget_ms = d.config.search.time_budget_ms;
+        if (!pl.decision.patient_compartment.empty() && Confinable(type)) {
+          cond->patient = pl.decision.patient_compartment;
+        }
+        op.condition = std::move(*cond);
+      }
+      if (!be.if_match.empty()) {
+        auto v = ParseETagVersion(be.if_match);
+        if (!v) {
+          return fail(
+              i, fhirward::Error(ErrorCode::kInvalidRequest, "ifMatch must be W/\"<version>\""));
+        }
+        op.if_match = *v;
+      }
+      if (be.method == "DELETE") {
+        op.kind = store::WriteOp::Kind::kDelete;
+      } else {
+        json::Value& r = be.resource;
+        ResolveUrls(r, ids);
+        if (auto s = ResolveConditionalRefs(ctx, r, conditional_refs); !s.ok()) return fail(i, s);
+        if (be.method == "PUT" && !pl.route.conditional) {
+          auto id = r.GetString("id");
+          if (!id || *id != pl.id) {
+            return fail(i, fhirward::Error(ErrorCode::kIdMismatch,
+                                           "the resource's id does not match the url"));
+          }
+        }
+        r.Set("id", Str(pl.id));
+        if (d.config.validation_mode == "strict") {
+          fhir::ValidationReport report = d.validator->Validate(r);
+          if (!report.valid()) {
+            ctx.audit.error = std::string(Describe(ErrorCode::kValidationFailed).name) + ":" +
+                              std::to_string(report.errors);
+            json::Value oo = report.ToOperationOutcome();
+            // Name the entry in each issue.
+            if (json::Value* issues = oo.Find("issue"); issues && issues->is_array()) {
+              for (json::Value& issue : issues->items()) {
+                std::string diag(issue.GetString("diagnostics").value_or(""));
+                issue.Set("diagnostics",
+                          Str("entry " + std::to_string(i) + (diag.empty() ? "" : ": " + diag)));
+              }
+            }
+            return OutcomeResponse(ctx, 422, oo);
+          }
+        }
+        if (auto s = AuthorizeWrite(ctx, pl.decision, interaction, type,
+                                    fhir::PatientCompartmentsOf(type, r));
+            !s.ok()) {
+          return fail(i, s);
+        }
+        op.kind =
+            be.method == "POST" ? store::WriteOp::Kind::kCreate : store::WriteOp::Kind::kUpdate;
+        op.resource = std::move(r);
+        op.allow_create = be.method == "POST" || d.config.update_create || pl.route.conditional;
+      }
+      if (!pl.id.empty() && !written.emplace(type, pl.id).second) {
+        return fail(i, fhirward::Error(ErrorCode::kInvalidRequest,
+                                       "two entries write " + type + "/" + pl.id));
+      }
+      ops.push_back(std::move(op));
+      op_entry.push_back(i);
+    }
+    std::vector<json::Value> responses(entries.size());
+    int64_t count = 0;
+    if (!ops.empty()) {
+      auto results = d.store->Transaction(std::move(ops));
+      if (!results.ok()) {
+        // "entry N" in the store's error counts ops: name the bundle entry.
+        std::string detail = DetailOf(results.status());
+        size_t n = 0;
+        if (detail.starts_with("entry ")) {
+          n = std::strtoul(detail.c_str() + 6, nullptr, 10);
+          size_t colon = detail.find(": ");
+          detail = colon == std::string::npos ? detail : detail.substr(colon + 2);
+        }
+        return fail(n < op_entry.size() ? op_entry[n] : 0,
+                    fhirward::Error(CodeOf(results.status()), detail));
+      }
+      for (size_t k = 0; k < results->size(); ++k) {
+        const store::WriteOpResult& w = (*results)[k];
+        const size_t i = op_entry[k];
+        json::Value entry = json::Value::MakeObject();
+        json::Value response = json::Value::MakeObject();
+        if (entries[i].method == "DELETE") {
+          response.Set("status", Str(w.stored.version > 0 ? "204 No Content" : "204 No Content"));
+          if (w.stored.version > 0) response.Set("etag", Str(ETag(w.stored.version)));
+        } else {
+          response.Set("status", Str(w.matched_existing ? "200 OK"
+                                     : w.created        ? "201 Created"
+                                                        : "200 OK"));
+          response.Set("location", Str(w.stored.type + "/" + w.stored.id + "/_history/" +
+                                       std::to_string(w.stored.version)));
+          response.Set("etag", Str(ETag(w.stored.version)));
+          response.Set("lastModified", Str(w.stored.last_updated));
+          if (!entries[i].full_url.empty()) {
+            entry.Set("fullUrl", Str(d.base_url + "/" + w.stored.type + "/" + w.stored.id));
+          }
+          ++count;
+        }
+        entry.Set("response", std::move(response));
+        responses[i] = std::move(entry);
+      }
+    }
+    // Reads, after the writes.
+    for (size_t i : order) {
+      BundleEntry& be = entries[i];
+      if (be.method != "GET" && be.method != "HEAD") continue;
+      net::HttpRequest sub;
+      sub.method = "GET";
+      sub.target = "/" + be.url;
+      sub.remote_ip = req.remote_ip;
+      Parsed parsed;
+      parsed.target = absl::OkStatus();
+      parsed.route = plans[i].route;
+      parsed.query = plans[i].query;
+      parsed.routed = absl::OkStatus();
+      Ctx sctx = ctx;
+      net::HttpResponse r = Perform(sctx, sub, parsed);
+      count += sctx.audit.count;
+      responses[i] = ResponseEntry(r, be.method == "HEAD");
+    }
+    json::Value out = json::Value::MakeArray();
+    for (auto& r : responses) out.Push(std::move(r));
+    ctx.audit.count = count;
+    return BundleResponse(ctx, "transaction-response", std::move(out));
   }
 
   // --- validation ---------------------------------------------------------------

@@ -62,7 +62,8 @@ class FhirServiceTest : public ::testing::Test {
     auto kek = crypto::OpenLocalKeyFile(dir_.File("kek.key"), true);
     ASSERT_TRUE(kek.ok());
     kek_ = std::move(*kek);
-    auto store = store::OpenSqliteStore({.path = dir_.File("fhir.db"), .kek = kek_.get()});
+    auto store = store::OpenSqliteStore(
+        {.path = dir_.File("fhir.db"), .kek = kek_.get(), .index_key = &index_key_});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
     auto key = jose::SigningKey::Generate(jose::Algorithm::kES256, "k1");
@@ -154,6 +155,7 @@ class FhirServiceTest : public ::testing::Test {
 
   testing_util::TempDir dir_;
   std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  SecretBytes index_key_{std::string(32, 'k')};
   std::unique_ptr<store::ResourceStore> store_;
   jose::SigningKey key_;
   std::unique_ptr<policy::PolicyEngine> policy_;

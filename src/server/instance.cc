@@ -141,6 +141,11 @@ absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data
       LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/cursor.wrapped", "cursor", create);
   if (!cursor.ok()) return cursor.status();
   inst->cursor_key_ = std::move(*cursor);
+  // Created on first use also in a data dir from before search existed.
+  auto blind = LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/blind-index.wrapped",
+                                         "blind-index", true);
+  if (!blind.ok()) return blind.status();
+  inst->blind_index_key_ = std::move(*blind);
   return inst;
 }
 

@@ -4,7 +4,8 @@
 //   DIR/tls/                   development CA and server certificate (generated)
 //   DIR/keys/kek.key           local key-encryption key (0600, 32 bytes)
 //   DIR/keys/signing-es256.pem instance token-signing key (0600)
-//   DIR/keys/*.wrapped         secrets wrapped by the KEK (audit MAC key, cursor key)
+//   DIR/keys/*.wrapped         secrets wrapped by the KEK (audit MAC key, cursor key,
+//                              blind-index key)
 //   DIR/db/fhir.db             resources (SQLite, every body sealed)
 //   DIR/audit/audit.db         audit trail (hash-chained)
 //
@@ -35,6 +36,9 @@ class Instance {
   const jose::SigningKey& signing_key() const { return signing_key_; }
   const SecretBytes& audit_mac_key() const { return audit_mac_key_; }
   const SecretBytes& cursor_key() const { return cursor_key_; }
+  // Secret from which each tenant's search blind-index key is derived
+  // (separate from every encryption key).
+  const SecretBytes& blind_index_key() const { return blind_index_key_; }
 
   std::string tls_dir() const { return data_dir_ + "/tls"; }
   std::string resource_db_path() const { return data_dir_ + "/db/fhir.db"; }
@@ -49,6 +53,7 @@ class Instance {
   jose::SigningKey signing_key_;
   SecretBytes audit_mac_key_;
   SecretBytes cursor_key_;
+  SecretBytes blind_index_key_;
 };
 
 }  // namespace fhirward::server

@@ -15,6 +15,7 @@
 #define FHIRWARD_STORE_RESOURCE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,8 +23,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/secret_bytes.h"
 #include "crypto/kms.h"
 #include "json/value.h"
+#include "store/search.h"
 
 namespace fhirward::store {
 
@@ -83,6 +86,39 @@ struct IdempotencyRecord {
   std::string reservation;
 };
 
+struct SearchPage {
+  std::vector<StoredVersion> matches;  // current versions, in the query's order
+  bool more = false;                   // further matches after this page
+  std::optional<int64_t> total;        // when the query asked for it
+};
+
+// One write of a transaction. Conditional forms carry a search evaluated
+// inside the transaction (so no concurrent writer can slip in between the
+// check and the write):
+// - kCreate with `condition`: no match creates, one match is the result
+//   (nothing written), more than one fails kPreconditionFailed.
+// - kUpdate with `condition`: no match creates under key.id, one match
+//   updates it (the body's id must be absent or equal), more fails.
+// - kDelete with `condition`: deletes the single match; none is a no-op.
+// `check` (optional) is called with the Patient compartments of an existing
+// resource about to be changed and may refuse (authorization).
+struct WriteOp {
+  enum class Kind { kCreate, kUpdate, kDelete };
+  Kind kind = Kind::kCreate;
+  ResourceKey key;
+  json::Value resource;
+  std::optional<int64_t> if_match;
+  bool allow_create = true;
+  std::optional<SearchQuery> condition;
+  std::function<absl::Status(const std::vector<std::string>& patients)> check;
+};
+
+struct WriteOpResult {
+  StoredVersion stored;  // for a delete: type, id and the deletion's version (0: nothing)
+  bool created = false;
+  bool matched_existing = false;  // conditional create that found its resource
+};
+
 class ResourceStore {
  public:
   virtual ~ResourceStore() = default;
@@ -107,6 +143,24 @@ class ResourceStore {
   virtual absl::StatusOr<StoredVersion> Delete(const ResourceKey& key,
                                                std::optional<int64_t> if_match) = 0;
   virtual absl::StatusOr<HistoryPage> History(const HistoryQuery& query) = 0;
+
+  // Current, non-deleted resources matching `query` (see store/search.h).
+  // kTooCostly when the query's time budget runs out.
+  virtual absl::StatusOr<SearchPage> Search(const SearchQuery& query) = 0;
+  // (type, id) of the resources that resources `ids` of `type` reference
+  // through search parameter `param` ("*": any), optionally of `target_type`.
+  virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
+      const std::string& tenant, const std::string& type, const std::vector<std::string>& ids,
+      const std::string& param, const std::string& target_type) = 0;
+  // Ids of resources of `source_type` referencing one of `targets` through
+  // `param` ("*": any), confined to `patient`'s compartment when set.
+  virtual absl::StatusOr<std::vector<std::string>> ReferencedBy(
+      const std::string& tenant, const std::string& source_type, const std::string& param,
+      const std::vector<std::pair<std::string, std::string>>& targets,
+      const std::optional<std::string>& patient, int limit) = 0;
+  // All or nothing: every op is applied in one database transaction, in the
+  // given order, or none is (the error names the failing op: "entry N: ...").
+  virtual absl::StatusOr<std::vector<WriteOpResult>> Transaction(std::vector<WriteOp> ops) = 0;
 
   virtual absl::StatusOr<std::optional<IdempotencyRecord>> GetIdempotency(
       const std::string& tenant, const std::string& client, const std::string& key) = 0;
@@ -135,6 +189,12 @@ struct SqliteStoreOptions {
   // In-memory cache of the newest version of each resource, still sealed
   // (ciphertext and metadata only). 0 disables it.
   size_t cache_bytes = 64 * 1024 * 1024;
+  // Instance secret from which each tenant's blind-index key is derived;
+  // must outlive the store.
+  const SecretBytes* index_key = nullptr;
+  // Public base URL (no trailing slash): absolute references to it are
+  // indexed as relative ones.
+  std::string base_url;
 };
 
 absl::StatusOr<std::unique_ptr<ResourceStore>> OpenSqliteStore(const SqliteStoreOptions& options);

@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "crypto/envelope.h"
 #include "fhir/resources.h"
+#include "store/internal/search_sql.h"
 #include "store/internal/sqlite.h"
 #include "store/resource_store.h"
 
@@ -126,6 +127,7 @@ struct Prepared {
   int64_t version = 0;
   std::string json;
   std::string envelope;
+  internal::IndexRows rows;  // of the resource as stored (versions do not change them)
 };
 
 // The newest known version of each resource, still sealed: a point read
@@ -231,6 +233,7 @@ class SqliteStore final : public ResourceStore {
  public:
   static absl::StatusOr<std::unique_ptr<ResourceStore>> Open(const SqliteStoreOptions& o) {
     if (o.kek == nullptr) return Error(ErrorCode::kInternal, "store needs a key service");
+    if (o.index_key == nullptr) return Error(ErrorCode::kInternal, "store needs a blind-index key");
     auto writer = Db::Open(o.path, false);
     if (!writer.ok()) return writer.status();
     Db& w = **writer;
@@ -239,6 +242,7 @@ class SqliteStore final : public ResourceStore {
       if (auto s = w.Exec(sql); !s.ok()) return s;
     }
     if (auto s = w.Exec(kSchema); !s.ok()) return s;
+    if (auto s = w.Exec(internal::kSearchSchema); !s.ok()) return s;
     std::unique_ptr<SqliteStore> store(new SqliteStore(o));
     {
       auto last = w.Prepare("SELECT last_updated FROM resource_versions ORDER BY seq DESC LIMIT 1");
@@ -308,7 +312,7 @@ class SqliteStore final : public ResourceStore {
       if (!cur.ok()) return cur.status();
       if (*cur != 0) return Error(ErrorCode::kVersionConflict, "id already exists");
       if (KeepStampMonotonic(now)) {
-        auto again = Prepare(key, resource, 1, now, patients);
+        auto again = Prepare(key, resource, 1, now, patients, &prepared->rows);
         if (!again.ok()) return again.status();
         *prepared = std::move(*again);
       }
@@ -357,7 +361,7 @@ class SqliteStore final : public ResourceStore {
       }
       bool restamped = KeepStampMonotonic(now);
       if (restamped || *cur + 1 != prepared->version) {
-        auto again = Prepare(key, resource, *cur + 1, now, patients);
+        auto again = Prepare(key, resource, *cur + 1, now, patients, &prepared->rows);
         if (!again.ok()) return again.status();
         *prepared = std::move(*again);
       }
@@ -546,7 +550,215 @@ class SqliteStore final : public ResourceStore {
     });
   }
 
+  absl::StatusOr<SearchPage> Search(const SearchQuery& q) override {
+    internal::SearchIds ids;
+    {
+      auto conn = AcquireReader();
+      auto found = internal::RunSearch(*conn.db, BlindFor(q.tenant), q);
+      if (!found.ok()) return found.status();
+      ids = std::move(*found);
+    }
+    SearchPage page;
+    if (ids.total >= 0) page.total = ids.total;
+    if (static_cast<int64_t>(ids.ids.size()) > q.count) {
+      page.more = true;
+      ids.ids.resize(q.count);
+    }
+    for (const std::string& id : ids.ids) {
+      auto v = Read({q.tenant, q.type, id});
+      if (!v.ok()) {
+        if (CodeOf(v.status()) == ErrorCode::kNotFound) continue;  // deleted meanwhile
+        return v.status();
+      }
+      if (v->deleted) continue;
+      page.matches.push_back(std::move(*v));
+    }
+    return page;
+  }
+
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
+      const std::string& tenant, const std::string& type, const std::vector<std::string>& ids,
+      const std::string& param, const std::string& target_type) override {
+    auto conn = AcquireReader();
+    return internal::ReferencesFrom(*conn.db, tenant, type, ids, param, target_type);
+  }
+
+  absl::StatusOr<std::vector<std::string>> ReferencedBy(
+      const std::string& tenant, const std::string& source_type, const std::string& param,
+      const std::vector<std::pair<std::string, std::string>>& targets,
+      const std::optional<std::string>& patient, int limit) override {
+    auto conn = AcquireReader();
+    return internal::ReferencedBy(*conn.db, tenant, source_type, param, targets, patient, limit);
+  }
+
+  absl::StatusOr<std::vector<WriteOpResult>> Transaction(std::vector<WriteOp> ops) override {
+    std::string now = FormatInstant(SystemClock::Get().Now());
+    // Index rows and compartments outside the writer (the costly part); the
+    // envelopes are sealed inside, once the versions are known.
+    struct Pre {
+      std::vector<std::string> patients;
+      internal::IndexRows rows;
+      uint64_t generation = 0;
+    };
+    std::vector<Pre> pre(ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) {
+      WriteOp& op = ops[i];
+      if (op.kind == WriteOp::Kind::kDelete) continue;
+      json::Value copy = op.resource;
+      pre[i].patients = CompartmentsAsStored(op.key, copy);
+      StampMeta(copy, op.key.type, op.key.id, 1, now);
+      pre[i].rows =
+          internal::BuildIndexRows(BlindFor(op.key.tenant), op.key.type, copy, options_.base_url);
+    }
+    std::vector<WriteOpResult> results(ops.size());
+    std::vector<Prepared> sealed(ops.size());
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      KeepStampMonotonic(now);
+      for (size_t i = 0; i < ops.size(); ++i) {
+        auto st = ApplyOp(db, ops[i], pre[i].patients, pre[i].rows, now, &results[i], &sealed[i]);
+        if (!st.ok()) {
+          return Error(CodeOf(st), "entry " + std::to_string(i) + ": " + DetailOf(st));
+        }
+      }
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const WriteOpResult& r = results[i];
+      if (r.matched_existing || r.stored.version == 0) continue;
+      ResourceKey key{ops[i].key.tenant, r.stored.type, r.stored.id};
+      cache_.Offer(key,
+                   {r.stored.version, r.stored.deleted, r.stored.last_updated, sealed[i].envelope,
+                    r.stored.patients},
+                   cache_.Generation(key), true);
+    }
+    return results;
+  }
+
  private:
+  // One op of a transaction, on the writer connection.
+  absl::Status ApplyOp(Db& db, WriteOp& op, std::vector<std::string>& patients,
+                       internal::IndexRows& rows, const std::string& now, WriteOpResult* out,
+                       Prepared* sealed) {
+    ResourceKey key = op.key;
+    std::optional<std::string> match;
+    if (op.condition) {
+      SearchQuery q = *op.condition;
+      q.offset = 0;
+      q.count = 1;
+      q.total = false;
+      auto found = internal::RunSearch(db, BlindFor(q.tenant), q);
+      if (!found.ok()) return found.status();
+      if (found->ids.size() > 1) {
+        return Error(ErrorCode::kPreconditionFailed,
+                     "the condition matches more than one resource");
+      }
+      if (!found->ids.empty()) match = found->ids[0];
+    }
+    if (op.kind == WriteOp::Kind::kCreate && match) {
+      key.id = *match;
+      auto st = db.Prepare(
+          "SELECT v.version, v.deleted, v.last_updated, v.envelope, "
+          "(SELECT group_concat(m.patient, char(31)) FROM compartment_members m "
+          "WHERE m.tenant = v.tenant AND m.type = v.type AND m.id = v.id AND m.version = "
+          "v.version) FROM resource_current c JOIN resource_versions v ON v.seq = c.seq "
+          "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
+      if (!st.ok()) return st.status();
+      st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+      auto v = LoadOne(db, *st, key);
+      if (!v.ok()) return v.status();
+      if (op.check) {
+        if (auto c = op.check(v->patients); !c.ok()) return c;
+      }
+      out->stored = std::move(*v);
+      out->matched_existing = true;
+      return absl::OkStatus();
+    }
+    if (match) {
+      if (op.kind == WriteOp::Kind::kUpdate && op.resource.is_object()) {
+        auto id = op.resource.GetString("id");
+        if (id && *id != *match && *id != key.id) {
+          return Error(ErrorCode::kIdMismatch, "the body's id is not the matching resource's");
+        }
+        op.resource.Set("id", json::Value::String(*match));
+      }
+      key.id = *match;
+    } else if (op.condition && op.kind == WriteOp::Kind::kDelete) {
+      out->stored.type = key.type;
+      out->stored.id.clear();
+      return absl::OkStatus();  // nothing matched: nothing to delete
+    }
+    auto cur = CurrentVersion(db, key);
+    if (!cur.ok()) return cur.status();
+    if (op.if_match && *cur != *op.if_match) {
+      return Error(ErrorCode::kPreconditionFailed,
+                   *cur == 0 ? "resource does not exist"
+                             : "current version is W/\"" + std::to_string(*cur) + "\"");
+    }
+    bool cur_deleted = false;
+    std::vector<std::string> existing;
+    if (*cur != 0) {
+      auto st = db.Prepare(
+          "SELECT v.deleted FROM resource_current c JOIN resource_versions v ON v.seq = c.seq "
+          "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
+      if (!st.ok()) return st.status();
+      st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+      auto row = st->Step();
+      if (!row.ok()) return row.status();
+      cur_deleted = *row && st->Int(0) != 0;
+      existing = CompartmentsOf(db, key, *cur);
+      if (op.check && !cur_deleted) {
+        if (auto c = op.check(existing); !c.ok()) return c;
+      }
+    }
+    out->stored.type = key.type;
+    out->stored.id = key.id;
+    if (op.kind == WriteOp::Kind::kDelete) {
+      out->stored.deleted = true;
+      out->stored.patients = existing;
+      if (*cur == 0 || cur_deleted) {
+        out->stored.version = *cur;
+        return absl::OkStatus();
+      }
+      Prepared p;
+      p.version = *cur + 1;
+      out->stored.version = p.version;
+      out->stored.last_updated = now;
+      return InsertVersion(db, key, p, true, now, existing);
+    }
+    if (op.kind == WriteOp::Kind::kCreate && *cur != 0) {
+      return Error(ErrorCode::kVersionConflict, "id already exists");
+    }
+    if (op.kind == WriteOp::Kind::kUpdate && *cur == 0 && !op.allow_create) {
+      return Error(ErrorCode::kNotFound, "update-as-create is disabled");
+    }
+    if (key.id != op.key.id) patients = CompartmentsAsStored(key, op.resource);
+    auto prepared = Prepare(key, op.resource, *cur + 1, now, patients, &rows);
+    if (!prepared.ok()) return prepared.status();
+    if (auto s = InsertVersion(db, key, *prepared, false, now, patients); !s.ok()) return s;
+    out->created = *cur == 0 || cur_deleted;
+    out->stored.version = prepared->version;
+    out->stored.last_updated = now;
+    out->stored.patients = patients;
+    out->stored.json = prepared->json;
+    *sealed = std::move(*prepared);
+    return absl::OkStatus();
+  }
+
+  const internal::BlindIndex& BlindFor(const std::string& tenant) {
+    std::lock_guard lock(blind_mu_);
+    auto it = blind_.find(tenant);
+    if (it == blind_.end()) {
+      it = blind_
+               .emplace(tenant, std::make_unique<internal::BlindIndex>(*options_.index_key, tenant))
+               .first;
+    }
+    return *it->second;
+  }
+
+  std::mutex blind_mu_;
+  std::unordered_map<std::string, std::unique_ptr<internal::BlindIndex>> blind_;
+
   explicit SqliteStore(const SqliteStoreOptions& o)
       : options_(o), cipher_(o.kek), cache_(o.cache_bytes) {}
 
@@ -575,11 +787,17 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::StatusOr<Prepared> Prepare(const ResourceKey& key, json::Value resource, int64_t version,
-                                   const std::string& now,
-                                   const std::vector<std::string>& patients) const {
+                                   const std::string& now, const std::vector<std::string>& patients,
+                                   const internal::IndexRows* rows = nullptr) {
     StampMeta(resource, key.type, key.id, version, now);
     Prepared p;
     p.version = version;
+    if (rows != nullptr) {
+      p.rows = *rows;
+    } else {
+      p.rows =
+          internal::BuildIndexRows(BlindFor(key.tenant), key.type, resource, options_.base_url);
+    }
     p.json = json::Write(resource);
     auto sealed = cipher_.Seal(p.json, ResourceAd(key, version, patients));
     if (!sealed.ok()) return sealed.status();
@@ -708,7 +926,9 @@ class SqliteStore final : public ResourceStore {
       m->Bind(1, key.tenant).Bind(2, patient).Bind(3, key.type).Bind(4, key.id).Bind(5, p.version);
       if (auto s = m->Run(); !s.ok()) return s;
     }
-    return absl::OkStatus();
+    // The index describes the current version only.
+    if (deleted) return internal::DeleteIndex(db, key.tenant, key.type, key.id);
+    return internal::WriteIndex(db, key.tenant, key.type, key.id, p.rows);
   }
 
   absl::StatusOr<std::optional<IdempotencyRecord>> LoadIdempotency(Db& db,

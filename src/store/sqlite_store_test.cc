@@ -166,11 +166,15 @@ class SqliteStoreTest : public ::testing::Test {
   // Closes the store (if open) and opens it again, with `kek` or the test's KEK.
   void Reopen(const crypto::KeyEncryptionService* kek = nullptr) {
     store_.reset();
-    store_ = OpenSqliteStore({.path = DbPath(), .kek = kek != nullptr ? kek : kek_.get()}).value();
+    store_ =
+        OpenSqliteStore(
+            {.path = DbPath(), .kek = kek != nullptr ? kek : kek_.get(), .index_key = &index_key_})
+            .value();
   }
 
   std::string dir_;
   std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  SecretBytes index_key_{std::string(32, 'k')};
   std::unique_ptr<ResourceStore> store_;
 };
 
@@ -655,9 +659,11 @@ namespace {
 
 TEST_F(SqliteStoreTest, TinyCacheNeverServesAVersionOlderThanAnAcknowledgedWrite) {
   // 16 KiB over 16 shards: shards are emptied all the time.
-  auto small =
-      OpenSqliteStore({.path = dir_ + "/small.db", .kek = kek_.get(), .cache_bytes = 16384})
-          .value();
+  auto small = OpenSqliteStore({.path = dir_ + "/small.db",
+                                .kek = kek_.get(),
+                                .cache_bytes = 16384,
+                                .index_key = &index_key_})
+                   .value();
   constexpr int kKeys = 40;
   for (int i = 0; i < kKeys; ++i)
     small->Create(Key("Patient", "k" + std::to_string(i)), Patient("V")).value();
