@@ -33,6 +33,19 @@ std::string RandomUuid() {
          "-" + h.substr(20);
 }
 
+std::string TimeOrderedUuid() {
+  std::string b = RandomBytes(16);
+  const uint64_t ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count());
+  for (int i = 0; i < 6; ++i) b[i] = static_cast<char>((ms >> (8 * (5 - i))) & 0xff);
+  b[6] = static_cast<char>((b[6] & 0x0f) | 0x70);
+  b[8] = static_cast<char>((b[8] & 0x3f) | 0x80);
+  std::string h = HexEncode(b);
+  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
+         "-" + h.substr(20);
+}
+
 std::string FormatInstant(std::chrono::system_clock::time_point t) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
   time_t secs = static_cast<time_t>(ms / 1000);

@@ -32,6 +32,10 @@ std::string RandomBytes(size_t n);
 
 // A random RFC 4122 version-4 UUID in lowercase text form.
 std::string RandomUuid();
+// RFC 9562 UUIDv7: a millisecond timestamp then 74 random bits. Used for the
+// ids of created resources: consecutive creates land next to each other in
+// the store's indexes (the creation time is in meta.lastUpdated anyway).
+std::string TimeOrderedUuid();
 
 // FHIR instant with millisecond precision in UTC: 2026-11-29T03:36:46.123Z.
 std::string FormatInstant(std::chrono::system_clock::time_point t);

@@ -986,7 +986,7 @@ struct FhirService::Impl {
     if (route.interaction == Interaction::kCreate) {
       auto body = ParseResourceBody(req, route);
       if (!body.ok()) return ErrorResponse(ctx, body.status());
-      key.id = RandomUuid();
+      key.id = TimeOrderedUuid();
       body->Set("id", Str(key.id));
       ctx.audit.resource_id = key.id;
       if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
@@ -1502,10 +1502,16 @@ struct FhirService::Impl {
     } else {
       auto body = ParseResourceBody(req, route);
       if (!body.ok()) return ErrorResponse(ctx, body.status());
+      // A conditional update keeps the body's id: it must be the match's (the
+      // store checks), or names the resource to create when nothing matches.
       std::string id(body->GetString("id").value_or(""));
-      if (route.interaction == Interaction::kCreate || id.empty()) id = RandomUuid();
+      if (route.interaction == Interaction::kCreate) {
+        id = TimeOrderedUuid();
+        body->Set("id", Str(id));
+      } else if (id.empty()) {
+        id = TimeOrderedUuid();
+      }
       if (!fhir::IsValidId(id)) return Error(ctx, ErrorCode::kInvalidId);
-      body->Set("id", Str(id));
       if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
       if (auto s = AuthorizeWrite(ctx, decision, route.interaction, route.type,
                                   fhir::PatientCompartmentsOf(route.type, *body));
@@ -1646,6 +1652,22 @@ struct FhirService::Impl {
     }
   }
 
+  // The first `reference` value of `v` that `pred` accepts, or "".
+  template <typename Pred>
+  static std::string FindReference(const json::Value& v, const Pred& pred) {
+    if (v.is_array()) {
+      for (const json::Value& x : v.items()) {
+        if (std::string r = FindReference(x, pred); !r.empty()) return r;
+      }
+    } else if (v.is_object()) {
+      for (const auto& [k, x] : v.members()) {
+        if (k == "reference" && x.is_string() && pred(x.as_string())) return x.as_string();
+        if (std::string r = FindReference(x, pred); !r.empty()) return r;
+      }
+    }
+    return "";
+  }
+
   // Conditional references ("Patient?identifier=a|b") resolved by a search
   // confined like one by this principal: exactly one match, or the entry fails.
   absl::Status ResolveConditionalRefs(const Ctx& ctx, json::Value& v,
@@ -1770,7 +1792,25 @@ struct FhirService::Impl {
                           std::vector<BundleEntry>& entries) {
     json::Value out = json::Value::MakeArray();
     int64_t count = 0;
+    std::set<std::string> full_urls;
+    for (const BundleEntry& be : entries) {
+      if (!be.full_url.empty()) full_urls.insert(be.full_url);
+    }
     for (BundleEntry& be : entries) {
+      // Batch entries are independent (R4 http.html#brules): one that refers
+      // to another entry is refused.
+      std::string dependent =
+          be.has_resource
+              ? FindReference(be.resource,
+                              [&](const std::string& ref) { return full_urls.count(ref) > 0; })
+              : std::string();
+      if (!dependent.empty()) {
+        Ctx sctx = ctx;
+        out.Push(ResponseEntry(
+            Error(sctx, ErrorCode::kInvalidRequest,
+                  "batch entries are independent: " + dependent + " is another entry")));
+        continue;
+      }
       net::HttpRequest sub;
       sub.method = be.method == "HEAD" ? "GET" : be.method;
       sub.target = "/" + be.url;
@@ -1823,7 +1863,14 @@ struct FhirService::Impl {
     for (const auto& [name, value] : r.headers) {
       if (name == "Location") response.Set("location", Str(value));
       if (name == "ETag") response.Set("etag", Str(value));
-      if (name == "Last-Modified") response.Set("lastModified", Str(value));
+      if (name == "Last-Modified") {
+        // HTTP-date → FHIR instant.
+        struct tm tm {};
+        if (strptime(value.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm) != nullptr) {
+          response.Set("lastModified",
+                       Str(FormatInstant(std::chrono::system_clock::from_time_t(timegm(&tm)))));
+        }
+      }
     }
     if (!r.body.empty() && !head) {
       auto body = json::Parse(r.body);
@@ -1831,6 +1878,11 @@ struct FhirService::Impl {
         if (r.status >= 400 || body->GetString("resourceType") == "OperationOutcome") {
           response.Set("outcome", std::move(*body));
         } else {
+          // The exact instant (the HTTP date has only seconds).
+          if (const json::Value* meta = body->Find("meta"); meta && meta->is_object()) {
+            if (auto lu = meta->GetString("lastUpdated"))
+              response.Set("lastModified", Str(std::string(*lu)));
+          }
           entry.Set("resource", std::move(*body));
         }
       }
@@ -1867,8 +1919,9 @@ struct FhirService::Impl {
     struct Plan {
       Route route;
       Query query;
-      std::string condition;  // query of a conditional update/delete or ifNoneExist
-      std::string id;         // id written (create: new; update: from url)
+      std::string condition;              // query of a conditional update/delete or ifNoneExist
+      std::string id;                     // id written (create: new; update: from url)
+      std::optional<std::string> expect;  // planned result of the condition
       policy::Decision decision;
     };
     std::vector<Plan> plans(entries.size());
@@ -1901,7 +1954,7 @@ struct FhirService::Impl {
           return fail(be.index, fhirward::Error(ErrorCode::kInvalidRequest,
                                                 "POST url must be a resource type"));
         }
-        pl.id = RandomUuid();
+        pl.id = TimeOrderedUuid();
         pl.condition = be.if_none_exist;
         if (size_t qm = pl.condition.find('?'); qm != std::string::npos) {
           pl.condition = pl.condition.substr(qm + 1);
@@ -1909,7 +1962,7 @@ struct FhirService::Impl {
       } else if (be.method == "PUT" || be.method == "DELETE") {
         if (pl.route.conditional) {
           pl.condition = target.substr(target.find('?') + 1);
-          pl.id = be.method == "PUT" ? RandomUuid() : "";
+          pl.id = be.method == "PUT" ? TimeOrderedUuid() : "";
         } else {
           pl.id = pl.route.id;
         }
@@ -1929,11 +1982,13 @@ struct FhirService::Impl {
         ids[be.full_url] = pl.route.type + "/" + pl.id;
       }
     }
-    // Conditional creates that already match point their fullUrl at the
-    // match (re-checked inside the transaction).
+    // Conditions are resolved before references are rewritten, so that a
+    // fullUrl of a conditional entry points at what the condition finds
+    // (re-checked inside the transaction: a different result fails it).
+    std::map<std::string, std::string> planned;  // type + "?" + condition -> id (creates)
     for (BundleEntry& be : entries) {
       Plan& pl = plans[be.index];
-      if (be.method != "POST" || pl.condition.empty()) continue;
+      if (pl.condition.empty()) continue;
       auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
       auto cond = ParseCondition(pl.route.type, pl.condition, d.config.search, d.base_url, narrow);
       if (!cond.ok()) return fail(be.index, cond.status());
@@ -1942,14 +1997,43 @@ struct FhirService::Impl {
       cond->patient = *n;
       cond->tenant = d.config.tenant;
       cond->count = 2;
+      cond->time_budget_ms = d.config.search.time_budget_ms;
       auto found = d.store->Search(*cond);
       if (!found.ok()) return fail(be.index, found.status());
       if (found->matches.size() > 1) {
         return fail(be.index, fhirward::Error(ErrorCode::kPreconditionFailed,
-                                              "ifNoneExist matches more than one resource"));
+                                              "the condition matches more than one resource"));
       }
-      if (found->matches.size() == 1 && !be.full_url.empty()) {
-        ids[be.full_url] = pl.route.type + "/" + found->matches[0].id;
+      const std::string key = pl.route.type + "?" + pl.condition;
+      if (found->matches.size() == 1) {
+        pl.id = found->matches[0].id;
+        pl.expect = pl.id;
+      } else if (be.method == "POST") {
+        // Two creates with one condition in a bundle: the second finds the first.
+        if (auto it = planned.find(key); it != planned.end()) {
+          pl.id = it->second;
+          pl.expect = pl.id;
+        } else {
+          planned[key] = pl.id;
+          pl.expect = "";
+        }
+      } else {
+        pl.expect = "";
+      }
+      if (be.method == "PUT" && be.has_resource) {
+        auto body_id = be.resource.GetString("id");
+        if (body_id && !body_id->empty() && *pl.expect != "" && *body_id != pl.id) {
+          return fail(be.index, fhirward::Error(ErrorCode::kIdMismatch,
+                                                "the resource's id is not the matching one's"));
+        }
+        if (body_id && !body_id->empty() && *pl.expect == "") {
+          if (!fhir::IsValidId(*body_id))
+            return fail(be.index, fhirward::Error(ErrorCode::kInvalidId));
+          pl.id = std::string(*body_id);
+        }
+      }
+      if (!be.full_url.empty() && !pl.id.empty() && be.method != "DELETE") {
+        ids[be.full_url] = pl.route.type + "/" + pl.id;
       }
     }
     // Resolve references, validate and authorize every entry.
@@ -1992,6 +2076,7 @@ struct FhirService::Impl {
           cond->patient = pl.decision.patient_compartment;
         }
         op.condition = std::move(*cond);
+        op.expect_match = pl.expect;
       }
       if (!be.if_match.empty()) {
         auto v = ParseETagVersion(be.if_match);
@@ -2007,6 +2092,14 @@ struct FhirService::Impl {
         json::Value& r = be.resource;
         ResolveUrls(r, ids);
         if (auto s = ResolveConditionalRefs(ctx, r, conditional_refs); !s.ok()) return fail(i, s);
+        std::string dangling = FindReference(r, [](const std::string& ref) {
+          return ref.starts_with("urn:uuid:") || ref.starts_with("urn:oid:");
+        });
+        if (!dangling.empty()) {
+          return fail(i, fhirward::Error(ErrorCode::kInvalidRequest,
+                                         "reference " + dangling +
+                                             " is not the fullUrl of an entry of this bundle"));
+        }
         if (be.method == "PUT" && !pl.route.conditional) {
           auto id = r.GetString("id");
           if (!id || *id != pl.id) {
@@ -2042,7 +2135,8 @@ struct FhirService::Impl {
         op.resource = std::move(r);
         op.allow_create = be.method == "POST" || d.config.update_create || pl.route.conditional;
       }
-      if (!pl.id.empty() && !written.emplace(type, pl.id).second) {
+      const bool writes = !(be.method == "POST" && pl.expect && !pl.expect->empty());
+      if (writes && !pl.id.empty() && !written.emplace(type, pl.id).second) {
         return fail(i, fhirward::Error(ErrorCode::kInvalidRequest,
                                        "two entries write " + type + "/" + pl.id));
       }

@@ -110,6 +110,10 @@ struct WriteOp {
   std::optional<int64_t> if_match;
   bool allow_create = true;
   std::optional<SearchQuery> condition;
+  // The condition's result the caller planned for (other entries' references
+  // were resolved against it): "" = no match, else the matching id. A
+  // different result inside the transaction fails kVersionConflict.
+  std::optional<std::string> expect_match;
   std::function<absl::Status(const std::vector<std::string>& patients)> check;
 };
 

@@ -654,6 +654,10 @@ class SqliteStore final : public ResourceStore {
                      "the condition matches more than one resource");
       }
       if (!found->ids.empty()) match = found->ids[0];
+      if (op.expect_match && match.value_or("") != *op.expect_match) {
+        return Error(ErrorCode::kVersionConflict,
+                     "the condition's result changed while the transaction ran; retry");
+      }
     }
     if (op.kind == WriteOp::Kind::kCreate && match) {
       key.id = *match;
@@ -677,7 +681,7 @@ class SqliteStore final : public ResourceStore {
     if (match) {
       if (op.kind == WriteOp::Kind::kUpdate && op.resource.is_object()) {
         auto id = op.resource.GetString("id");
-        if (id && *id != *match && *id != key.id) {
+        if (id && *id != *match) {
           return Error(ErrorCode::kIdMismatch, "the body's id is not the matching resource's");
         }
         op.resource.Set("id", json::Value::String(*match));
