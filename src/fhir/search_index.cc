@@ -98,6 +98,13 @@ const char* FoldLatin(uint32_t cp) {
       "o", "u", "u", "u", "u", "y", "th", "y",  // F0-FF
   };
   if (cp >= 0xC0 && cp <= 0xFF) return k00C0[cp - 0xC0];
+  if (cp == 0x218 || cp == 0x219) return "s";  // Ș ș
+  if (cp == 0x21A || cp == 0x21B) return "t";  // Ț ț
+  if (cp >= 0x1CD && cp <= 0x1DC) {            // Ǎ ǎ Ǐ ǐ Ǒ ǒ Ǔ ǔ Ǖ..ǜ
+    static const char* const k[] = {"a", "a", "i", "i", "o", "o", "u", "u",
+                                    "u", "u", "u", "u", "u", "u", "u", "u"};
+    return k[cp - 0x1CD];
+  }
   if (cp >= 0x100 && cp <= 0x17F) {
     // Latin Extended-A: pairs of upper/lower case letters in alphabetical runs.
     static constexpr std::pair<uint32_t, const char*> kRuns[] = {
@@ -113,6 +120,15 @@ const char* FoldLatin(uint32_t cp) {
     return out;
   }
   return nullptr;
+}
+
+// Simple lower-case mapping beyond Latin-1: Latin Extended-B letters with
+// comma/cedilla below (ș ț), Greek and Cyrillic capitals.
+uint32_t LowerCase(uint32_t cp) {
+  if (cp >= 0x391 && cp <= 0x3A9 && cp != 0x3A2) return cp + 0x20;  // Greek capitals
+  if (cp >= 0x410 && cp <= 0x42F) return cp + 0x20;                 // Cyrillic А-Я
+  if (cp >= 0x400 && cp <= 0x40F) return cp + 0x50;                 // Cyrillic Ѐ-Џ
+  return cp;
 }
 
 bool ParseDouble(std::string_view text, double* out) {
@@ -188,6 +204,10 @@ std::string NormalizeSearchString(std::string_view s) {
       out += folded;
     } else if (cp == 0xA0) {
       space = !out.empty();
+    } else if (cp >= 0x300 && cp <= 0x36F) {
+      // Combining diacritical marks (decomposed accents): dropped.
+    } else if (uint32_t lower = LowerCase(cp); lower != cp) {
+      json::internal::AppendUtf8(out, lower);
     } else {
       out.append(s.substr(i, len));
     }
@@ -362,7 +382,10 @@ struct Emitter {
       if (const json::Value* codings = v.Find("coding"); codings && codings->is_array()) {
         for (const json::Value& c : codings->items()) Coding(def, c, text);
       }
-      if (!text.empty()) {
+      // The text rides on each coding's entry; alone only without codings.
+      const json::Value* codings = v.Find("coding");
+      if (!text.empty() &&
+          (codings == nullptr || !codings->is_array() || codings->items().empty())) {
         IndexEntry& e = Add(def, IndexEntry::Kind::kToken);
         e.text = NormalizeSearchString(text);
       }

@@ -1172,21 +1172,21 @@ struct FhirService::Impl {
     json::Object out;
     for (auto& [k, v] : resource.members()) {
       bool keep = k == "resourceType" || k == "id" || k == "meta";
-      if (!keep && ps.summary == "text") keep = k == "text";
-      if (!keep && ps.summary == "data") keep = k != "text";
-      if (!keep && ps.summary == "true") {
-        std::string name = k;
-        const fhir::ElementDef* e = model.FindElement(type + "." + name);
-        if (e == nullptr) {
-          // choice elements: valueQuantity → value[x]
-          for (size_t i = 1; i < name.size() && e == nullptr; ++i) {
-            if (name[i] >= 'A' && name[i] <= 'Z') {
-              e = model.FindElement(type + "." + name.substr(0, i) + "[x]");
-            }
+      const std::string name = k.starts_with("_") ? k.substr(1) : k;
+      const fhir::ElementDef* e = model.FindElement(type + "." + name);
+      if (e == nullptr) {
+        // choice elements: valueQuantity → value[x]
+        for (size_t i = 1; i < name.size() && e == nullptr; ++i) {
+          if (name[i] >= 'A' && name[i] <= 'Z') {
+            e = model.FindElement(type + "." + name.substr(0, i) + "[x]");
           }
         }
-        keep = e != nullptr && e->is_summary;
       }
+      // Mandatory elements stay in every subset (R4 §3.1.1.5.8-9).
+      if (!keep && ps.summary != "data" && e != nullptr && e->min >= 1) keep = true;
+      if (!keep && ps.summary == "text") keep = k == "text";
+      if (!keep && ps.summary == "data") keep = k != "text";
+      if (!keep && ps.summary == "true") keep = e != nullptr && e->is_summary;
       if (!keep && !ps.elements.empty()) {
         for (const std::string& el : ps.elements) {
           if (el == k || (k.starts_with(el) && k.size() > el.size() && k[el.size()] >= 'A' &&
@@ -1322,9 +1322,13 @@ struct FhirService::Impl {
     };
     const std::string base = d.base_url + path;
     link("self", base + (ps.canonical.empty() ? "" : "?" + ps.canonical));
-    if (page.more && q.count > 0 && q.offset + q.count < limits.max_window) {
-      link("next",
-           base + "?_cursor=" + SearchCursor(ctx, path, ps.canonical, q.offset + q.count, q.count));
+    // The last page inside the result window is shortened rather than
+    // offered as a link that would be refused.
+    const int64_t next_count = std::min<int64_t>(q.count, limits.max_window - (q.offset + q.count));
+    if (page.more && q.count > 0 && next_count > 0) {
+      link("next", base + "?_cursor=" +
+                       SearchCursor(ctx, path, ps.canonical, q.offset + q.count,
+                                    static_cast<int>(next_count)));
     }
     if (q.offset > 0 && q.count > 0) {
       link("previous", base + "?_cursor=" +

@@ -733,10 +733,13 @@ absl::StatusOr<ParsedSearch> ParseSearch(
       }
       auto clause = parser.Clause(type, name, value, 0);
       if (!clause.ok()) {
+        // Lenient handling skips parameters it does not know (and says so).
+        // A known parameter with an unsupported modifier or type is always
+        // an error: ignoring it would silently widen the result.
         const ErrorCode code = CodeOf(clause.status());
         const bool unknown = code == ErrorCode::kInvalidParameter &&
                              DetailOf(clause.status()).starts_with("unknown search parameter");
-        if ((unknown || code == ErrorCode::kNotImplemented) && !strict) {
+        if (unknown && !strict) {
           out.ignored.push_back(name + ": " + DetailOf(clause.status()));
           canonical.pop_back();
           continue;

@@ -13,12 +13,12 @@
 namespace fhirward::server {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
-using ::testing::IsEmpty;
 using store::SearchClause;
 using store::SearchPrefix;
 using store::SortKey;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 using Params = std::vector<std::pair<std::string, std::string>>;
 
 constexpr std::string_view kBase = "https://fhir.example.org/r4";
@@ -38,9 +38,8 @@ template <typename T>
 }
 
 NarrowFn NoNarrowing() {
-  return [](std::string_view) -> absl::StatusOr<std::optional<std::string>> {
-    return std::nullopt;
-  };
+  return
+      [](std::string_view) -> absl::StatusOr<std::optional<std::string>> { return std::nullopt; };
 }
 
 // Confines every type to patient p1's compartment, and refuses Practitioner outright.
@@ -58,8 +57,7 @@ class ParseSearchTest : public ::testing::Test {
     return ParseSearch(type, params, limits_, strict, kBase, narrow_);
   }
   // The single clause of a one-parameter search (a failed parse fails the test).
-  SearchClause One(std::string_view type, std::string name, std::string value,
-                   bool strict = true) {
+  SearchClause One(std::string_view type, std::string name, std::string value, bool strict = true) {
     auto r = Parse(type, {{std::move(name), std::move(value)}}, strict);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok() || r->query.clauses.size() != 1) {
@@ -82,10 +80,10 @@ class ParseSearchTest : public ::testing::Test {
 TEST(ParseQueryStringTest, SplitsAndDecodes) {
   auto p = ParseQueryString("name=J%C3%B6rg+M&code=http%3A%2F%2Floinc.org%7C8867-4&&flag&%41=b=c");
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(*p, (Params{{"name", "Jörg M"},
-                        {"code", "http://loinc.org|8867-4"},
-                        {"flag", ""},
-                        {"A", "b=c"}}));
+  EXPECT_EQ(
+      *p,
+      (Params{
+          {"name", "Jörg M"}, {"code", "http://loinc.org|8867-4"}, {"flag", ""}, {"A", "b=c"}}));
   EXPECT_THAT(*ParseQueryString(""), IsEmpty());
 }
 
@@ -124,13 +122,11 @@ TEST_F(ParseSearchTest, DatePrefixes) {
 
 TEST_F(ParseSearchTest, DateErrors) {
   for (const char* bad : {"2019-13", "xx2019", "gt", "2019-02-30", "yesterday", ""}) {
-    EXPECT_TRUE(FailsWith(Strict("Observation", "date", bad), ErrorCode::kInvalidParameter))
-        << bad;
+    EXPECT_TRUE(FailsWith(Strict("Observation", "date", bad), ErrorCode::kInvalidParameter)) << bad;
   }
-  EXPECT_TRUE(FailsWith(Strict("Observation", "date:missing", "maybe"),
-                        ErrorCode::kInvalidParameter));
   EXPECT_TRUE(
-      FailsWith(Strict("Observation", "date:exact", "2019"), ErrorCode::kNotImplemented));
+      FailsWith(Strict("Observation", "date:missing", "maybe"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Observation", "date:exact", "2019"), ErrorCode::kNotImplemented));
 }
 
 TEST_F(ParseSearchTest, DateWithZoneAndSeveralValues) {
@@ -150,7 +146,9 @@ TEST_F(ParseSearchTest, BlindBirthdateOnlyExactDates) {
   EXPECT_EQ(c.values[0].date_text, "1980-05-01");
   EXPECT_EQ(One("Patient", "birthdate", "1980").values[0].date_text, "1980");
   EXPECT_EQ(One("Patient", "birthdate", "1980-05").values[0].date_text, "1980-05");
-  for (const char* bad : {"ge1980", "eq1980", "1980-05-01T10:00:00Z", "lt1980-05-01"}) {
+  EXPECT_EQ(One("Patient", "birthdate", "eq1980").values[0].date_text, "1980");  // eq is the default
+  for (const char* bad : {"ge1980", "ne1980", "ap1980", "1980-05-01T10:00:00Z", "lt1980-05-01",
+                          "1980-5-1"}) {
     EXPECT_TRUE(FailsWith(Strict("Patient", "birthdate", bad), ErrorCode::kInvalidParameter))
         << bad;
   }
@@ -228,12 +226,11 @@ TEST_F(ParseSearchTest, TokenModifiers) {
         << m;
   }
   // Blind values cannot be searched by text; :of-type needs three parts on an identifier.
-  EXPECT_TRUE(
-      FailsWith(Strict("Patient", "identifier:text", "123"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Patient", "identifier:text", "123"), ErrorCode::kInvalidParameter));
   EXPECT_TRUE(
       FailsWith(Strict("Patient", "identifier:of-type", "urn:x|MR"), ErrorCode::kInvalidParameter));
-  EXPECT_TRUE(
-      FailsWith(Strict("Patient", "identifier:of-type", "urn:x|MR|"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Patient", "identifier:of-type", "urn:x|MR|"),
+                        ErrorCode::kInvalidParameter));
   EXPECT_TRUE(
       FailsWith(Strict("Patient", "gender:of-type", "a|b|c"), ErrorCode::kInvalidParameter));
 }
@@ -255,8 +252,7 @@ TEST_F(ParseSearchTest, StringModifiers) {
   EXPECT_EQ(plain.modifier, "");
   EXPECT_EQ(One("Organization", "name:contains", "cm").modifier, "contains");
   EXPECT_EQ(One("Organization", "name:exact", "Acme").modifier, "exact");
-  EXPECT_TRUE(
-      FailsWith(Strict("Organization", "name:text", "x"), ErrorCode::kNotImplemented));
+  EXPECT_TRUE(FailsWith(Strict("Organization", "name:text", "x"), ErrorCode::kNotImplemented));
 
   // Patient names are blind-indexed: exact and prefix only.
   SearchClause family = One("Patient", "family", "Smi");
@@ -270,8 +266,8 @@ TEST_F(ParseSearchTest, StringModifiers) {
     }
   }
   // Refused even when lenient: the parameter is known, the refusal is deliberate.
-  EXPECT_TRUE(FailsWith(Parse("Patient", {{"name:contains", "mit"}}, false),
-                        ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(
+      FailsWith(Parse("Patient", {{"name:contains", "mit"}}, false), ErrorCode::kInvalidParameter));
 }
 
 TEST_F(ParseSearchTest, MissingModifier) {
@@ -328,8 +324,8 @@ TEST_F(ParseSearchTest, NumberPrecisionRange) {
   SearchClause lt = One("RiskAssessment", "probability", "lt0.8");
   EXPECT_EQ(lt.values[0].prefix, SearchPrefix::kLt);
   EXPECT_DOUBLE_EQ(lt.values[0].value, 0.8);
-  for (const char* bad : {"abc", "1e", "1e1000", "1e999", ".", "-", "0x10", "1,5e", "inf", "nan",
-                          "1.2.3", "xx5"}) {
+  for (const char* bad :
+       {"abc", "1e", "1e1000", "1e999", ".", "-", "0x10", "1,5e", "inf", "nan", "1.2.3", "xx5"}) {
     EXPECT_TRUE(
         FailsWith(Strict("RiskAssessment", "probability", bad), ErrorCode::kInvalidParameter))
         << bad;
@@ -354,10 +350,10 @@ TEST_F(ParseSearchTest, QuantityNumberSystemCode) {
   EXPECT_EQ(c.values[3].system, "urn:u|x");
   EXPECT_TRUE(FailsWith(Strict("Observation", "value-quantity", "5.4|http://unitsofmeasure.org"),
                         ErrorCode::kInvalidParameter));
-  EXPECT_TRUE(FailsWith(Strict("Observation", "value-quantity", "mg|x|y"),
-                        ErrorCode::kInvalidParameter));
-  EXPECT_TRUE(FailsWith(Strict("Observation", "value-quantity:exact", "5"),
-                        ErrorCode::kNotImplemented));
+  EXPECT_TRUE(
+      FailsWith(Strict("Observation", "value-quantity", "mg|x|y"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(
+      FailsWith(Strict("Observation", "value-quantity:exact", "5"), ErrorCode::kNotImplemented));
 }
 
 TEST_F(ParseSearchTest, ReferenceForms) {
@@ -384,10 +380,9 @@ TEST_F(ParseSearchTest, ReferenceForms) {
 
   EXPECT_TRUE(FailsWith(Strict("Observation", "subject:Patient", "Group/g1"),
                         ErrorCode::kInvalidParameter));
-  EXPECT_TRUE(FailsWith(Strict("Observation", "subject:Medication", "m1"),
-                        ErrorCode::kInvalidParameter));
   EXPECT_TRUE(
-      FailsWith(Strict("Observation", "subject:bogus", "p1"), ErrorCode::kNotImplemented));
+      FailsWith(Strict("Observation", "subject:Medication", "m1"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Observation", "subject:bogus", "p1"), ErrorCode::kNotImplemented));
   EXPECT_TRUE(
       FailsWith(Strict("Observation", "subject", "not an id!"), ErrorCode::kInvalidParameter));
 }
@@ -406,8 +401,7 @@ TEST_F(ParseSearchTest, UriModifiers) {
   EXPECT_EQ(plain.kind, SearchClause::Kind::kUri);
   EXPECT_EQ(plain.values[0].text, "http://example.org/fhir/ValueSet/x");
   EXPECT_EQ(One("ValueSet", "url:below", "http://example.org/fhir").modifier, "below");
-  EXPECT_EQ(One("ValueSet", "url:above", "http://example.org/fhir/ValueSet/x/y").modifier,
-            "above");
+  EXPECT_EQ(One("ValueSet", "url:above", "http://example.org/fhir/ValueSet/x/y").modifier, "above");
   EXPECT_TRUE(FailsWith(Strict("ValueSet", "url:contains", "x"), ErrorCode::kNotImplemented));
 }
 
@@ -424,8 +418,7 @@ TEST_F(ParseSearchTest, IdAndLastUpdated) {
   EXPECT_EQ(lu.kind, SearchClause::Kind::kLastUpdated);
   EXPECT_EQ(lu.values[0].prefix, SearchPrefix::kGt);
   EXPECT_EQ(lu.values[0].lo, 1556870400000);
-  EXPECT_TRUE(
-      FailsWith(Strict("Patient", "_lastUpdated", "soon"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Patient", "_lastUpdated", "soon"), ErrorCode::kInvalidParameter));
   EXPECT_TRUE(
       FailsWith(Strict("Patient", "_lastUpdated:missing", "true"), ErrorCode::kInvalidParameter));
 }
@@ -437,8 +430,8 @@ TEST_F(ParseSearchTest, EmptyValuesAreRefused) {
 }
 
 TEST_F(ParseSearchTest, CompositeParametersAreNotImplemented) {
-  EXPECT_TRUE(FailsWith(Strict("Observation", "code-value-quantity", "x$5"),
-                        ErrorCode::kNotImplemented));
+  EXPECT_TRUE(
+      FailsWith(Strict("Observation", "code-value-quantity", "x$5"), ErrorCode::kNotImplemented));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,9 +498,9 @@ TEST_F(ParseSearchTest, Has) {
                           "_has:Observation:code:status", "_has:Observation:encounter:code"}) {
     EXPECT_TRUE(FailsWith(Strict("Patient", bad, "x"), ErrorCode::kInvalidParameter)) << bad;
   }
-  EXPECT_TRUE(FailsWith(Strict("Patient", "_has:Observation:patient:_has:Observation:patient:code",
-                               "x"),
-                        ErrorCode::kTooCostly));
+  EXPECT_TRUE(
+      FailsWith(Strict("Patient", "_has:Observation:patient:_has:Observation:patient:code", "x"),
+                ErrorCode::kTooCostly));
 }
 
 TEST_F(ParseSearchTest, NarrowingOfChainAndHasTargets) {
@@ -597,8 +590,7 @@ TEST_F(ParseSearchTest, Sort) {
   EXPECT_EQ(more->query.sort[0].kind, SortKey::Kind::kLastUpdated);
   EXPECT_TRUE(more->query.sort[0].descending);
   EXPECT_EQ(more->query.sort[1].kind, SortKey::Kind::kNumber);
-  EXPECT_EQ(Parse("Organization", {{"_sort", "name"}})->query.sort[0].kind,
-            SortKey::Kind::kString);
+  EXPECT_EQ(Parse("Organization", {{"_sort", "name"}})->query.sort[0].kind, SortKey::Kind::kString);
 
   // Blind parameters cannot order results.
   for (const char* blind : {"family", "-name", "birthdate", "identifier", "address-city"}) {
@@ -665,13 +657,13 @@ TEST_F(ParseSearchTest, TooManyParametersValuesOrIncludes) {
   limits_.max_values = 3;
   EXPECT_TRUE(Parse("Observation", {{"code", "a,b,c"}}).ok());
   EXPECT_TRUE(FailsWith(Parse("Observation", {{"code", "a,b,c,d"}}), ErrorCode::kTooCostly));
-  EXPECT_TRUE(FailsWith(Parse("Observation", {{"date", "2019,2020,2021,2022"}}),
-                        ErrorCode::kTooCostly));
+  EXPECT_TRUE(
+      FailsWith(Parse("Observation", {{"date", "2019,2020,2021,2022"}}), ErrorCode::kTooCostly));
   EXPECT_TRUE(FailsWith(Parse("Patient", {{"_id", "a,b,c,d"}}), ErrorCode::kTooCostly));
 
   limits_.max_includes = 2;
-  EXPECT_TRUE(Parse("Observation", {{"_include", "Observation:subject"},
-                                    {"_revinclude", "Provenance:target"}})
+  EXPECT_TRUE(Parse("Observation",
+                    {{"_include", "Observation:subject"}, {"_revinclude", "Provenance:target"}})
                   .ok());
   EXPECT_TRUE(FailsWith(Parse("Observation", {{"_include", "Observation:subject"},
                                               {"_include", "Observation:performer"},
@@ -738,20 +730,20 @@ TEST_F(ParseSearchTest, CanonicalString) {
 // Conditions
 
 TEST_F(ParseSearchTest, ParseCondition) {
-  auto q = ParseCondition("Patient", "identifier=urn:mrn%7C42&active=true", limits_, kBase,
-                          narrow_);
+  auto q =
+      ParseCondition("Patient", "identifier=urn:mrn%7C42&active=true", limits_, kBase, narrow_);
   ASSERT_TRUE(q.ok()) << q.status();
   EXPECT_EQ(q->type, "Patient");
   ASSERT_EQ(q->clauses.size(), 2u);
   EXPECT_EQ(q->clauses[0].values[0].system, "urn:mrn");
   EXPECT_EQ(q->clauses[0].values[0].code, "42");
   EXPECT_TRUE(ParseCondition("Patient", "_id=p1", limits_, kBase, narrow_).ok());
-  EXPECT_TRUE(ParseCondition("Patient", "_has:Observation:patient:code=x", limits_, kBase, narrow_)
-                  .ok());
+  EXPECT_TRUE(
+      ParseCondition("Patient", "_has:Observation:patient:code=x", limits_, kBase, narrow_).ok());
 
   for (const char* bad : {"_count=1&identifier=x", "identifier=x&_sort=gender", "_summary=count",
-                          "_include=Patient:organization", "_total=accurate", "_elements=id",
-                          "", "&&", "identifier=%zz", "shoe-size=42"}) {
+                          "_include=Patient:organization", "_total=accurate", "_elements=id", "",
+                          "&&", "identifier=%zz", "shoe-size=42"}) {
     EXPECT_TRUE(FailsWith(ParseCondition("Patient", bad, limits_, kBase, narrow_),
                           ErrorCode::kInvalidParameter))
         << bad;

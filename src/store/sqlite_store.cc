@@ -242,8 +242,12 @@ class SqliteStore final : public ResourceStore {
       if (auto s = w.Exec(sql); !s.ok()) return s;
     }
     if (auto s = w.Exec(kSchema); !s.ok()) return s;
+    // Checkpoint in larger steps: index pages are rewritten often during
+    // imports, and a checkpoint writes each page once.
+    if (auto s = w.Exec("PRAGMA wal_autocheckpoint=8192"); !s.ok()) return s;
     if (auto s = w.Exec(internal::kSearchSchema); !s.ok()) return s;
     std::unique_ptr<SqliteStore> store(new SqliteStore(o));
+    if (auto s = store->IndexExisting(w); !s.ok()) return s;
     {
       auto last = w.Prepare("SELECT last_updated FROM resource_versions ORDER BY seq DESC LIMIT 1");
       if (!last.ok()) return last.status();
@@ -748,6 +752,53 @@ class SqliteStore final : public ResourceStore {
     *sealed = std::move(*prepared);
     return absl::OkStatus();
   }
+
+  // user_version kIndexVersion: the search index covers every current version
+  // as this build extracts it. A data directory from before (no index, or an
+  // older extraction) is re-indexed once, at open.
+  absl::Status IndexExisting(Db& db) {
+    auto v = db.Prepare("PRAGMA user_version");
+    if (!v.ok()) return v.status();
+    auto row = v->Step();
+    if (!row.ok()) return row.status();
+    const int64_t version = *row ? v->Int(0) : 0;
+    v = absl::StatusOr<Stmt>(Stmt());
+    if (version >= kIndexVersion) return absl::OkStatus();
+    if (auto s = db.Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+    auto fail = [&](absl::Status s) {
+      (void)db.Exec("ROLLBACK");
+      return s;
+    };
+    std::vector<std::tuple<std::string, std::string, std::string, int64_t, std::string>> rows;
+    {
+      auto st = db.Prepare(
+          "SELECT c.tenant, c.type, c.id, c.version, v.envelope FROM resource_current c "
+          "JOIN resource_versions v ON v.seq = c.seq WHERE v.deleted = 0");
+      if (!st.ok()) return fail(st.status());
+      for (;;) {
+        auto r = st->Step();
+        if (!r.ok()) return fail(r.status());
+        if (!*r) break;
+        rows.emplace_back(st->Text(0), st->Text(1), st->Text(2), st->Int(3), st->Blob(4));
+      }
+    }
+    for (auto& [tenant, type, id, ver, envelope] : rows) {
+      ResourceKey key{tenant, type, id};
+      auto plain = cipher_.Open(envelope, ResourceAd(key, ver, CompartmentsOf(db, key, ver)));
+      if (!plain.ok()) continue;  // unreadable versions stay unindexed (reads report them)
+      auto resource = json::Parse(*plain);
+      if (!resource.ok()) continue;
+      auto rows_of = internal::BuildIndexRows(BlindFor(tenant), type, *resource, options_.base_url);
+      if (auto s = internal::WriteIndex(db, tenant, type, id, rows_of); !s.ok()) return fail(s);
+    }
+    if (auto s = db.Exec(("PRAGMA user_version=" + std::to_string(kIndexVersion)).c_str());
+        !s.ok()) {
+      return fail(s);
+    }
+    return db.Exec("COMMIT");
+  }
+  // 2: string normalization folds combining marks, Greek and Cyrillic case.
+  static constexpr int64_t kIndexVersion = 2;
 
   const internal::BlindIndex& BlindFor(const std::string& tenant) {
     std::lock_guard lock(blind_mu_);

@@ -13,35 +13,34 @@ namespace fhirward::store::internal {
 
 const char* const kSearchSchema = R"sql(
 CREATE TABLE IF NOT EXISTS search_token(
-  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
-  blind INTEGER NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL, text TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS search_token_value ON search_token(tenant, type, param, code);
+  tenant TEXT NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, code TEXT NOT NULL,
+  system TEXT NOT NULL, blind INTEGER NOT NULL, id TEXT NOT NULL, text TEXT NOT NULL,
+  PRIMARY KEY(tenant, type, param, code, system, blind, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS search_token_id ON search_token(tenant, type, id);
 CREATE TABLE IF NOT EXISTS search_string(
-  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
-  blind INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT);
-CREATE INDEX IF NOT EXISTS search_string_norm ON search_string(tenant, type, param, norm);
+  tenant TEXT NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL,
+  exact TEXT NOT NULL, blind INTEGER NOT NULL, id TEXT NOT NULL,
+  PRIMARY KEY(tenant, type, param, norm, exact, blind, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS search_string_exact ON search_string(tenant, type, param, exact)
-  WHERE exact IS NOT NULL;
+  WHERE exact != '';
 CREATE INDEX IF NOT EXISTS search_string_id ON search_string(tenant, type, id);
 CREATE TABLE IF NOT EXISTS search_date(
-  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
-  lo INTEGER NOT NULL, hi INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS search_date_value ON search_date(tenant, type, param, lo);
+  tenant TEXT NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, lo INTEGER NOT NULL,
+  hi INTEGER NOT NULL, id TEXT NOT NULL,
+  PRIMARY KEY(tenant, type, param, lo, hi, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS search_date_id ON search_date(tenant, type, id);
 CREATE TABLE IF NOT EXISTS search_number(
-  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
-  system TEXT NOT NULL, code TEXT NOT NULL, value REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS search_number_value ON search_number(tenant, type, param, value);
+  tenant TEXT NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, value REAL NOT NULL,
+  system TEXT NOT NULL, code TEXT NOT NULL, id TEXT NOT NULL,
+  PRIMARY KEY(tenant, type, param, value, system, code, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS search_number_id ON search_number(tenant, type, id);
 CREATE TABLE IF NOT EXISTS search_reference(
-  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
-  target_type TEXT NOT NULL, target_id TEXT NOT NULL, url TEXT NOT NULL);
+  tenant TEXT NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, target_type TEXT NOT NULL,
+  target_id TEXT NOT NULL, url TEXT NOT NULL, id TEXT NOT NULL,
+  PRIMARY KEY(tenant, type, param, target_type, target_id, url, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS search_reference_target
   ON search_reference(tenant, target_type, target_id, type, param);
-CREATE INDEX IF NOT EXISTS search_reference_id ON search_reference(tenant, type, id, param);
-CREATE INDEX IF NOT EXISTS search_reference_url ON search_reference(tenant, type, param, url)
-  WHERE url != '';
+CREATE INDEX IF NOT EXISTS search_reference_id ON search_reference(tenant, type, id);
 )sql";
 
 BlindIndex::BlindIndex(const SecretBytes& instance_key, std::string_view tenant)
@@ -168,7 +167,7 @@ absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, 
   auto prep = [&](const char* sql) { return db.Prepare(sql); };
   if (!rows.tokens.empty()) {
     auto st = prep(
-        "INSERT INTO search_token(tenant, type, id, param, blind, system, code, text) "
+        "INSERT OR IGNORE INTO search_token(tenant, type, id, param, blind, system, code, text) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
     if (!st.ok()) return st.status();
     for (const auto& r : rows.tokens) {
@@ -179,23 +178,20 @@ absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, 
   }
   if (!rows.strings.empty()) {
     auto st = prep(
-        "INSERT INTO search_string(tenant, type, id, param, blind, norm, exact) "
+        "INSERT OR IGNORE INTO search_string(tenant, type, id, param, blind, norm, exact) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     if (!st.ok()) return st.status();
     for (const auto& r : rows.strings) {
       st->Reset().Bind(1, tenant).Bind(2, type).Bind(3, id).Bind(4, r.param);
       st->Bind(5, static_cast<int64_t>(r.blind)).Bind(6, r.norm);
-      if (r.exact.empty()) {
-        st->BindNull(7);
-      } else {
-        st->Bind(7, r.exact);
-      }
+      st->Bind(7, r.exact);
       if (auto s = st->Run(); !s.ok()) return s;
     }
   }
   if (!rows.dates.empty()) {
     auto st = prep(
-        "INSERT INTO search_date(tenant, type, id, param, lo, hi) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+        "INSERT OR IGNORE INTO search_date(tenant, type, id, param, lo, hi) VALUES (?1, ?2, ?3, "
+        "?4, ?5, ?6)");
     if (!st.ok()) return st.status();
     for (const auto& r : rows.dates) {
       st->Reset().Bind(1, tenant).Bind(2, type).Bind(3, id).Bind(4, r.param);
@@ -205,7 +201,7 @@ absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, 
   }
   if (!rows.numbers.empty()) {
     auto st = prep(
-        "INSERT INTO search_number(tenant, type, id, param, system, code, value) "
+        "INSERT OR IGNORE INTO search_number(tenant, type, id, param, system, code, value) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     if (!st.ok()) return st.status();
     for (const auto& r : rows.numbers) {
@@ -216,7 +212,8 @@ absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, 
   }
   if (!rows.refs.empty()) {
     auto st = prep(
-        "INSERT INTO search_reference(tenant, type, id, param, target_type, target_id, url) "
+        "INSERT OR IGNORE INTO search_reference(tenant, type, id, param, target_type, target_id, "
+        "url) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     if (!st.ok()) return st.status();
     for (const auto& r : rows.refs) {
@@ -494,11 +491,13 @@ class Compiler {
       case SearchPrefix::kLt:
         sql.text += rlo + " < " + lo;
         break;
-      case SearchPrefix::kGe:
-        sql.text += rhi + " >= " + lo;
+      case SearchPrefix::kGe:  // above the value, or within it
+        sql.text += "(" + rhi + " > " + hi + " OR (" + rlo + " >= " + lo + " AND " + rhi +
+                    " <= " + hi + "))";
         break;
-      case SearchPrefix::kLe:
-        sql.text += rlo + " <= " + hi;
+      case SearchPrefix::kLe:  // below the value, or within it
+        sql.text += "(" + rlo + " < " + lo + " OR (" + rlo + " >= " + lo + " AND " + rhi +
+                    " <= " + hi + "))";
         break;
       case SearchPrefix::kSa:
         sql.text += rlo + " > " + hi;
