@@ -109,12 +109,27 @@ TEST(NormalizeSearchStringTest, CollapsesAndTrimsWhitespace) {
   EXPECT_EQ(NormalizeSearchString(" \t "), "");
 }
 
-TEST(NormalizeSearchStringTest, KeepsNonLatinTextAndInvalidBytes) {
-  EXPECT_EQ(NormalizeSearchString("Иван"), "Иван");
+TEST(NormalizeSearchStringTest, LowerCasesGreekAndCyrillic) {
+  EXPECT_EQ(NormalizeSearchString("ИВАН Иванович"), "иван иванович");
+  EXPECT_EQ(NormalizeSearchString("Ёлка"), "ёлка");  // U+0401 -> U+0451
+  EXPECT_EQ(NormalizeSearchString("ΩΜΕΓΑ"), "ωμεγα");
+  EXPECT_EQ(NormalizeSearchString("Ωmega"), "ωmega");
+}
+
+TEST(NormalizeSearchStringTest, DropsCombiningMarksAndFoldsCommaBelow) {
+  // "é" decomposed: e + U+0301 COMBINING ACUTE ACCENT.
+  EXPECT_EQ(NormalizeSearchString("Jose\xCC\x81"), "jose");
+  EXPECT_EQ(NormalizeSearchString("Jose\xCC\x81"), NormalizeSearchString("José"));
+  EXPECT_EQ(NormalizeSearchString("Ștefan Țara"), "stefan tara");  // U+0218, U+021A
+  EXPECT_EQ(NormalizeSearchString("Ǎǒ"), "ao");                    // U+01CD, U+01D2
+}
+
+TEST(NormalizeSearchStringTest, KeepsOtherScriptsAndInvalidBytes) {
   EXPECT_EQ(NormalizeSearchString("山田 太郎"), "山田 太郎");
-  EXPECT_EQ(NormalizeSearchString("Ωmega"), "Ωmega");
+  EXPECT_EQ(NormalizeSearchString("שָׁלוֹם"), "שָׁלוֹם");  // Hebrew points are not U+03xx
   EXPECT_EQ(NormalizeSearchString("😀 X"), "😀 x");
   EXPECT_EQ(NormalizeSearchString("A\xFF" "B"), "a\xFF" "b");
+  EXPECT_EQ(NormalizeSearchString("\xE2\x82"), "\xE2\x82");  // truncated sequence
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,9 +280,9 @@ constexpr std::string_view kObservation = R"({
 
 TEST(SearchIndexerTest, ObservationCodeCodingsAndText) {
   auto code = Of(Extract("Observation", kObservation), "code");
-  // One token per coding (with the concept's text), plus the text alone.
+  // One token per coding, each with the concept's text (for :text).
   EXPECT_THAT(Render(code), UnorderedElementsAre("http://loinc.org|8867-4 (heart rate)",
-                                                 "urn:local|HR (heart rate)", "| (heart rate)"));
+                                                 "urn:local|HR (heart rate)"));
   for (const IndexEntry& e : code) {
     EXPECT_EQ(e.kind, Kind::kToken);
     EXPECT_FALSE(e.identifying);
@@ -279,6 +294,13 @@ TEST(SearchIndexerTest, CodingDisplayIsTheTextWithoutConceptText) {
       {"system":"http://loinc.org","code":"8867-4","display":"Heart Rate"}]}})"),
                  "code");
   EXPECT_THAT(Render(code), ElementsAre("http://loinc.org|8867-4 (heart rate)"));
+}
+
+TEST(SearchIndexerTest, ConceptTextAloneWithoutCodings) {
+  auto code = Of(Extract("Observation", R"({"resourceType":"Observation","code":{
+      "text":"Free  TEXT only"}})"),
+                 "code");
+  EXPECT_THAT(Render(code), ElementsAre("| (free text only)"));
 }
 
 TEST(SearchIndexerTest, ObservationCategory) {

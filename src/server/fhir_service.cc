@@ -17,6 +17,7 @@
 #include "crypto/aead.h"
 #include "fhir/model.h"
 #include "fhir/resources.h"
+#include "fhir/search_index.h"
 #include "json/patch.h"
 #include "json/value.h"
 #include "server/log.h"
@@ -446,8 +447,8 @@ struct FhirService::Impl {
       json::Value r = json::Value::MakeObject();
       r.Set("type", Str(std::string(type)));
       json::Value interactions = json::Value::MakeArray();
-      for (const char* code :
-           {"read", "vread", "update", "delete", "history-instance", "history-type", "create"}) {
+      for (const char* code : {"read", "vread", "update", "patch", "delete", "history-instance",
+                               "history-type", "create", "search-type"}) {
         json::Value i = json::Value::MakeObject();
         i.Set("code", Str(code));
         interactions.Push(std::move(i));
@@ -456,16 +457,36 @@ struct FhirService::Impl {
       r.Set("versioning", Str("versioned-update"));
       r.Set("readHistory", json::Value::Bool(true));
       r.Set("updateCreate", json::Value::Bool(d.config.update_create));
-      r.Set("conditionalCreate", json::Value::Bool(false));
+      r.Set("conditionalCreate", json::Value::Bool(true));
       r.Set("conditionalRead", Str("not-supported"));
-      r.Set("conditionalUpdate", json::Value::Bool(false));
-      r.Set("conditionalDelete", Str("not-supported"));
+      r.Set("conditionalUpdate", json::Value::Bool(true));
+      r.Set("conditionalDelete", Str("single"));
+      json::Value params = json::Value::MakeArray();
+      for (const fhir::SearchParamDef* def : fhir::Model::R4().SearchParamsOf(type)) {
+        if (!fhir::IsIndexedParamType(def->type) && def->code != "_id" &&
+            def->code != "_lastUpdated") {
+          continue;
+        }
+        json::Value sp = json::Value::MakeObject();
+        sp.Set("name", Str(def->code));
+        sp.Set("definition", Str(def->url));
+        sp.Set("type", Str(def->type));
+        params.Push(std::move(sp));
+      }
+      r.Set("searchParam", std::move(params));
+      json::Value includes = json::Value::MakeArray();
+      includes.Push(Str("*"));
+      r.Set("searchInclude", std::move(includes));
       resources.Push(std::move(r));
     }
     rest.Set("resource", std::move(resources));
-    json::Value sys = json::Value::MakeObject();
-    sys.Set("code", Str("history-system"));
-    rest.Set("interaction", json::Value::MakeArray({std::move(sys)}));
+    json::Value sys_interactions = json::Value::MakeArray();
+    for (const char* code : {"history-system", "transaction", "batch"}) {
+      json::Value i = json::Value::MakeObject();
+      i.Set("code", Str(code));
+      sys_interactions.Push(std::move(i));
+    }
+    rest.Set("interaction", std::move(sys_interactions));
     cs.Set("rest", json::Value::MakeArray({std::move(rest)}));
     return json::Write(cs);
   }

@@ -468,6 +468,31 @@ TEST_F(StoreSearchTest, DatePrefixes) {
   EXPECT_THAT(date(P::kEb, "2019-06-15"), ElementsAre("o1", "o5"));
 }
 
+// R4 §3.1.1.4.2: ge is "the range above the search value intersects the
+// target's, or the search value's range contains it" (le likewise below): a
+// target that only overlaps the search day from the other side does not match.
+TEST_F(StoreSearchTest, DateGeLeNeedAboveOrWithin) {
+  auto obs = [&](const char* id, const char* effective) {
+    Create("Observation", id,
+           Observation("Patient/p1", "urn:x", "c", "t", "final", effective, ""));
+  };
+  obs("a1", R"("effectivePeriod":{"start":"2019-06-01","end":"2019-06-15T10:00:00Z"})");
+  obs("a2", R"("effectivePeriod":{"start":"2019-06-15T10:00:00Z","end":"2019-06-30"})");
+  obs("a3", R"("effectiveDateTime":"2019-06-15T12:00:00Z")");
+  obs("a4", R"("effectiveDateTime":"2019-06-16")");
+  auto date = [&](P p, const char* v) {
+    return Ids("Observation", {C(Kind::kDate, "date", {Date(p, v)})});
+  };
+  EXPECT_THAT(date(P::kGe, "2019-06-15"), ElementsAre("a2", "a3", "a4"));
+  EXPECT_THAT(date(P::kLe, "2019-06-15"), ElementsAre("a1", "a3"));
+  EXPECT_THAT(date(P::kGt, "2019-06-15"), ElementsAre("a2", "a4"));
+  EXPECT_THAT(date(P::kLt, "2019-06-15"), ElementsAre("a1"));
+  EXPECT_THAT(date(P::kEq, "2019-06-15"), ElementsAre("a3"));
+  EXPECT_THAT(date(P::kNe, "2019-06-15"), ElementsAre("a1", "a2", "a4"));
+  EXPECT_THAT(date(P::kSa, "2019-06-15"), ElementsAre("a4"));
+  EXPECT_THAT(date(P::kEb, "2019-06-15"), IsEmpty());
+}
+
 TEST_F(StoreSearchTest, NumberPrefixes) {
   Populate();
   auto prob = [&](SearchValue v) {
