@@ -96,7 +96,7 @@ TEST(NormalizeSearchStringTest, RemovesLatinDiacritics) {
   EXPECT_EQ(NormalizeSearchString("Søren"), "soren");
   EXPECT_EQ(NormalizeSearchString("Ærø"), "aero");
   EXPECT_EQ(NormalizeSearchString("æ"), "ae");
-  EXPECT_EQ(NormalizeSearchString("Łódź"), "lodz");    // Latin Extended-A
+  EXPECT_EQ(NormalizeSearchString("Łódź"), "lodz");     // Latin Extended-A
   EXPECT_EQ(NormalizeSearchString("Œuvre"), "oeuvre");  // U+0152
   // Searching the folded form finds the accented one and the other way round.
   EXPECT_EQ(NormalizeSearchString("GRÜNE"), NormalizeSearchString("grune"));
@@ -105,7 +105,9 @@ TEST(NormalizeSearchStringTest, RemovesLatinDiacritics) {
 TEST(NormalizeSearchStringTest, CollapsesAndTrimsWhitespace) {
   EXPECT_EQ(NormalizeSearchString("  van   der\tBerg \n"), "van der berg");
   EXPECT_EQ(NormalizeSearchString("a\r\n\tb"), "a b");
-  EXPECT_EQ(NormalizeSearchString("a\xC2\xA0" "b"), "a b");  // no-break space
+  EXPECT_EQ(NormalizeSearchString("a\xC2\xA0"
+                                  "b"),
+            "a b");  // no-break space
   EXPECT_EQ(NormalizeSearchString(" \t "), "");
 }
 
@@ -128,7 +130,10 @@ TEST(NormalizeSearchStringTest, KeepsOtherScriptsAndInvalidBytes) {
   EXPECT_EQ(NormalizeSearchString("山田 太郎"), "山田 太郎");
   EXPECT_EQ(NormalizeSearchString("שָׁלוֹם"), "שָׁלוֹם");  // Hebrew points are not U+03xx
   EXPECT_EQ(NormalizeSearchString("😀 X"), "😀 x");
-  EXPECT_EQ(NormalizeSearchString("A\xFF" "B"), "a\xFF" "b");
+  EXPECT_EQ(NormalizeSearchString("A\xFF"
+                                  "B"),
+            "a\xFF"
+            "b");
   EXPECT_EQ(NormalizeSearchString("\xE2\x82"), "\xE2\x82");  // truncated sequence
 }
 
@@ -182,10 +187,10 @@ TEST(DateRangeTest, MillisecondsAreAPoint) {
 }
 
 TEST(DateRangeTest, MalformedIsNullopt) {
-  for (const char* bad : {"", "2019-13", "2019-00", "2019-02-29", "2019-04-31", "20190503",
-                          "2019/05/03", "19", "2019-5-3", "abc", "2019-05-03T25:00:00Z",
-                          "2019-05-03T10:00:00+25:00", "10:00:00", "2019-05-03 10:00:00Z",
-                          "2019-05-03T10:00:00.123Zjunk"}) {
+  for (const char* bad :
+       {"", "2019-13", "2019-00", "2019-02-29", "2019-04-31", "20190503", "2019/05/03", "19",
+        "2019-5-3", "abc", "2019-05-03T25:00:00Z", "2019-05-03T10:00:00+25:00", "10:00:00",
+        "2019-05-03 10:00:00Z", "2019-05-03T10:00:00.123Zjunk"}) {
     EXPECT_EQ(DateRange(bad), std::nullopt) << bad;
   }
   EXPECT_NE(DateRange("2020-02-29"), std::nullopt);
@@ -209,8 +214,7 @@ constexpr std::string_view kPatient = R"({
 
 TEST(SearchIndexerTest, PatientNamePartsAreSeparateIdentifyingStrings) {
   auto all = Extract("Patient", kPatient);
-  EXPECT_THAT(Render(Of(all, "name")),
-              UnorderedElementsAre("Müller!", "Anna!", "Maria!", "Dr.!"));
+  EXPECT_THAT(Render(Of(all, "name")), UnorderedElementsAre("Müller!", "Anna!", "Maria!", "Dr.!"));
   for (const IndexEntry& e : Of(all, "name")) EXPECT_EQ(e.kind, Kind::kString);
   EXPECT_THAT(Render(Of(all, "family")), ElementsAre("Müller!"));
   EXPECT_THAT(Render(Of(all, "given")), UnorderedElementsAre("Anna!", "Maria!"));

@@ -146,9 +146,10 @@ TEST_F(ParseSearchTest, BlindBirthdateOnlyExactDates) {
   EXPECT_EQ(c.values[0].date_text, "1980-05-01");
   EXPECT_EQ(One("Patient", "birthdate", "1980").values[0].date_text, "1980");
   EXPECT_EQ(One("Patient", "birthdate", "1980-05").values[0].date_text, "1980-05");
-  EXPECT_EQ(One("Patient", "birthdate", "eq1980").values[0].date_text, "1980");  // eq is the default
-  for (const char* bad : {"ge1980", "ne1980", "ap1980", "1980-05-01T10:00:00Z", "lt1980-05-01",
-                          "1980-5-1"}) {
+  EXPECT_EQ(One("Patient", "birthdate", "eq1980").values[0].date_text,
+            "1980");  // eq is the default
+  for (const char* bad :
+       {"ge1980", "ne1980", "ap1980", "1980-05-01T10:00:00Z", "lt1980-05-01", "1980-5-1"}) {
     EXPECT_TRUE(FailsWith(Strict("Patient", "birthdate", bad), ErrorCode::kInvalidParameter))
         << bad;
   }

@@ -597,12 +597,13 @@ class SqliteStore final : public ResourceStore {
 
   absl::StatusOr<std::vector<WriteOpResult>> Transaction(std::vector<WriteOp> ops) override {
     std::string now = FormatInstant(SystemClock::Get().Now());
-    // Index rows and compartments outside the writer (the costly part); the
-    // envelopes are sealed inside, once the versions are known.
+    // Index rows, compartments and (for plain creates, whose version is 1)
+    // the sealed envelope are prepared outside the writer; the writer only
+    // re-seals when a version or the timestamp turns out different.
     struct Pre {
       std::vector<std::string> patients;
       internal::IndexRows rows;
-      uint64_t generation = 0;
+      std::optional<Prepared> sealed;
     };
     std::vector<Pre> pre(ops.size());
     for (size_t i = 0; i < ops.size(); ++i) {
@@ -610,6 +611,13 @@ class SqliteStore final : public ResourceStore {
       if (op.kind == WriteOp::Kind::kDelete) continue;
       json::Value copy = op.resource;
       pre[i].patients = CompartmentsAsStored(op.key, copy);
+      if (op.kind == WriteOp::Kind::kCreate && !op.condition) {
+        auto p = Prepare(op.key, std::move(copy), 1, now, pre[i].patients);
+        if (!p.ok()) return p.status();
+        pre[i].rows = p->rows;
+        pre[i].sealed = std::move(*p);
+        continue;
+      }
       StampMeta(copy, op.key.type, op.key.id, 1, now);
       pre[i].rows =
           internal::BuildIndexRows(BlindFor(op.key.tenant), op.key.type, copy, options_.base_url);
@@ -617,9 +625,11 @@ class SqliteStore final : public ResourceStore {
     std::vector<WriteOpResult> results(ops.size());
     std::vector<Prepared> sealed(ops.size());
     absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
-      KeepStampMonotonic(now);
+      const bool restamped = KeepStampMonotonic(now);
       for (size_t i = 0; i < ops.size(); ++i) {
-        auto st = ApplyOp(db, ops[i], pre[i].patients, pre[i].rows, now, &results[i], &sealed[i]);
+        std::optional<Prepared>* presealed = restamped ? nullptr : &pre[i].sealed;
+        auto st = ApplyOp(db, ops[i], pre[i].patients, pre[i].rows, now, &results[i], &sealed[i],
+                          presealed);
         if (!st.ok()) {
           return Error(CodeOf(st), "entry " + std::to_string(i) + ": " + DetailOf(st));
         }
@@ -643,7 +653,7 @@ class SqliteStore final : public ResourceStore {
   // One op of a transaction, on the writer connection.
   absl::Status ApplyOp(Db& db, WriteOp& op, std::vector<std::string>& patients,
                        internal::IndexRows& rows, const std::string& now, WriteOpResult* out,
-                       Prepared* sealed) {
+                       Prepared* sealed, std::optional<Prepared>* presealed) {
     ResourceKey key = op.key;
     std::optional<std::string> match;
     if (op.condition) {
@@ -741,7 +751,13 @@ class SqliteStore final : public ResourceStore {
       return Error(ErrorCode::kNotFound, "update-as-create is disabled");
     }
     if (key.id != op.key.id) patients = CompartmentsAsStored(key, op.resource);
-    auto prepared = Prepare(key, op.resource, *cur + 1, now, patients, &rows);
+    absl::StatusOr<Prepared> prepared;
+    if (presealed != nullptr && presealed->has_value() && (*presealed)->version == *cur + 1 &&
+        key.id == op.key.id) {
+      prepared = std::move(**presealed);
+    } else {
+      prepared = Prepare(key, op.resource, *cur + 1, now, patients, &rows);
+    }
     if (!prepared.ok()) return prepared.status();
     if (auto s = InsertVersion(db, key, *prepared, false, now, patients); !s.ok()) return s;
     out->created = *cur == 0 || cur_deleted;

@@ -280,20 +280,75 @@ class Compiler {
   absl::Status Where(Sql& sql, const std::string& alias, std::string_view type,
                      const std::vector<SearchClause>& clauses,
                      const std::optional<std::string>& patient) {
+    // One selective condition drives the query (an IN list the planner
+    // starts from); the others are checked per candidate (correlated EXISTS
+    // on the index rows of that resource). SQLite has no statistics on the
+    // index tables, so the choice is made here, by kind.
+    int driver = -1;
+    int best = 0;
+    for (size_t i = 0; i < clauses.size(); ++i) {
+      int rank = Selectivity(clauses[i]);
+      if (rank > best) {
+        best = rank;
+        driver = static_cast<int>(i);
+      }
+    }
     if (patient) {
+      if (best < kCompartmentRank) {
+        driver = -1;
+        sql.text += " AND " + alias + ".id IN (SELECT m.id FROM compartment_members m WHERE " +
+                    "m.tenant = " + sql.P(tenant_) + " AND m.patient = " + sql.P(*patient) +
+                    " AND m.type = " + sql.P(type) + ")";
+      }
       sql.text += " AND EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = " + alias +
                   ".tenant AND m.type = " + alias + ".type AND m.id = " + alias +
                   ".id AND m.version = " + alias + ".version AND m.patient = " + sql.P(*patient) +
                   ")";
     }
-    for (const SearchClause& c : clauses) {
+    for (size_t i = 0; i < clauses.size(); ++i) {
       sql.text += " AND ";
-      if (auto s = Clause(sql, alias, type, c); !s.ok()) return s;
+      if (auto s = Clause(sql, alias, type, clauses[i], static_cast<int>(i) != driver); !s.ok()) {
+        return s;
+      }
     }
     return absl::OkStatus();
   }
 
  private:
+  static constexpr int kCompartmentRank = 75;
+
+  // How few rows a clause's IN list is likely to hold (higher: fewer); 0 for
+  // clauses that can never drive (negations, :missing, scans).
+  static int Selectivity(const SearchClause& c) {
+    using K = SearchClause::Kind;
+    if (c.modifier == "not" || c.modifier == "missing" || c.modifier == "contains" ||
+        c.modifier == "text" || c.modifier == "above") {
+      return 0;
+    }
+    switch (c.kind) {
+      case K::kId:
+        return 100;
+      case K::kReference:
+        return 90;
+      case K::kToken:
+        return c.blind ? 85 : 60;
+      case K::kString:
+        return c.blind ? 70 : (c.modifier == "exact" ? 65 : 50);
+      case K::kUri:
+        return 55;
+      case K::kChain:
+      case K::kHas:
+        return 40;
+      case K::kDate:
+        return c.blind ? 80 : 10;
+      case K::kNumber:
+      case K::kQuantity:
+      case K::kLastUpdated:
+        return 10;
+    }
+    return 0;
+  }
+
   static const char* TableOf(SearchClause::Kind k, bool blind) {
     switch (k) {
       case SearchClause::Kind::kToken:
@@ -313,8 +368,9 @@ class Compiler {
     }
   }
 
+  // `correlated`: checked per candidate row of `alias` instead of as an IN list.
   absl::Status Clause(Sql& sql, const std::string& alias, std::string_view type,
-                      const SearchClause& c) {
+                      const SearchClause& c, bool correlated) {
     using K = SearchClause::Kind;
     if (c.kind == K::kId) {
       sql.text += alias + ".id IN (";
@@ -363,10 +419,15 @@ class Compiler {
     std::string param = c.param;
     if (c.modifier == "of-type" || c.modifier == "identifier") param += ":" + c.modifier;
     const bool negate = c.modifier == "not" || (c.modifier == "missing" && c.missing);
-    sql.text += alias + ".id " + (negate ? "NOT IN" : "IN") + " (SELECT id FROM " + table +
-                " WHERE tenant = " + sql.P(tenant_) +
-                " AND type = " + sql.P(c.modifier == "identifier" ? std::string_view(type) : type) +
-                " AND param = " + sql.P(param);
+    if (correlated) {
+      sql.text += std::string(negate ? "NOT EXISTS" : "EXISTS") + " (SELECT 1 FROM " + table +
+                  " s WHERE s.tenant = " + alias + ".tenant AND s.type = " + alias +
+                  ".type AND s.id = " + alias + ".id AND s.param = " + sql.P(param);
+    } else {
+      sql.text += alias + ".id " + (negate ? "NOT IN" : "IN") + " (SELECT id FROM " + table +
+                  " WHERE tenant = " + sql.P(tenant_) + " AND type = " + sql.P(type) +
+                  " AND param = " + sql.P(param);
+    }
     if (c.modifier == "missing") {
       sql.text += ")";
       return absl::OkStatus();
