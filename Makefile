@@ -4,7 +4,7 @@ DATA_DIR ?= data
 LISTEN ?= 127.0.0.1:8443
 JOBS ?= 2
 
-.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-validate conformance format clean
+.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate conformance format clean
 
 all: build
 
@@ -38,6 +38,11 @@ fuzz: bootstrap
 bench: build
 	@FHIRWARD_BENCH=1 scripts/bootstrap
 	@bench/run $(BUILD_DIR)/fhirward
+
+# Search and transaction import over ~100,000 synthetic resources, beside the Medplum peer.
+bench-search: build
+	@FHIRWARD_BENCH=1 scripts/bootstrap
+	@bench/search-run $(BUILD_DIR)/fhirward
 
 # Validation throughput beside JSON parse throughput over the R4 examples (one core).
 R4_EXAMPLES ?= ../shared/fhir/r4-examples

@@ -245,6 +245,10 @@ bool ExpressionIdentifies(std::string_view type, std::string_view expr) {
     std::string_view branch =
         expr.substr(start, bar == std::string_view::npos ? std::string_view::npos : bar - start);
     start = bar == std::string_view::npos ? expr.size() + 1 : bar + 1;
+    while (!branch.empty() && (branch.front() == ' ' || branch.front() == '(')) {
+      if (branch.front() == '(') break;  // "(X as Y)": handled below
+      branch.remove_prefix(1);
+    }
     std::string path;
     bool skip = false;
     int depth = 0;

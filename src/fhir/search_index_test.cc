@@ -431,7 +431,7 @@ TEST(SearchIndexerTest, IsIdentifying) {
 // Practitioner.name.family (individual-family, Patient first) come out as not
 // identifying: the query side then allows :contains/:text and _sort on them
 // (silently matching/ordering nothing, since the rows are blind anyway).
-TEST(SearchIndexerTest, DISABLED_IsIdentifyingForEveryTypeOfASharedParameter) {
+TEST(SearchIndexerTest, IsIdentifyingForEveryTypeOfASharedParameter) {
   const SearchIndexer& ix = SearchIndexer::R4();
   EXPECT_TRUE(ix.IsIdentifying("Observation", "identifier"));
   EXPECT_TRUE(ix.IsIdentifying("Condition", "identifier"));

@@ -814,7 +814,8 @@ class SqliteStore final : public ResourceStore {
     return db.Exec("COMMIT");
   }
   // 2: string normalization folds combining marks, Greek and Cyrillic case.
-  static constexpr int64_t kIndexVersion = 2;
+  // 3: identifying parameters shared by several types recognised for each.
+  static constexpr int64_t kIndexVersion = 3;
 
   const internal::BlindIndex& BlindFor(const std::string& tenant) {
     std::lock_guard lock(blind_mu_);

@@ -8,7 +8,8 @@ namespace fhirward::store::internal {
 namespace {
 absl::Status SqlError(sqlite3* db, std::string_view what) {
   std::string detail = std::string(what) + ": " + (db ? sqlite3_errmsg(db) : "out of memory");
-  int code = db ? sqlite3_errcode(db) : SQLITE_NOMEM;
+  // Primary codes: extended result codes are on (SQLITE_BUSY_SNAPSHOT, ...).
+  int code = (db ? sqlite3_errcode(db) : SQLITE_NOMEM) & 0xff;
   if (code == SQLITE_BUSY || code == SQLITE_LOCKED) return Error(ErrorCode::kUnavailable, detail);
   if (code == SQLITE_INTERRUPT) {
     return Error(ErrorCode::kTooCostly, "the query went beyond its time budget");
