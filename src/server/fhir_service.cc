@@ -1357,17 +1357,27 @@ struct FhirService::Impl {
                                         std::max<int64_t>(0, q.offset - q.count), q.count));
     }
     bundle.Set("link", std::move(links));
-    json::Value out = json::Value::MakeArray();
+    // Entries are written as text: a stored resource (written by this
+    // server's JSON writer) is copied in as it is, without a parse and a
+    // second serialization, unless _summary/_elements subset it.
+    const bool subset = ps.summary == "true" || ps.summary == "text" || ps.summary == "data" ||
+                        !ps.elements.empty();
+    std::string entry_text;
     for (const auto& [v, mode] : entries) {
-      auto res = json::Parse(v->json);
-      if (!res.ok()) return Error(ctx, ErrorCode::kInternal);
-      json::Value entry = json::Value::MakeObject();
-      entry.Set("fullUrl", Str(d.base_url + "/" + v->type + "/" + v->id));
-      entry.Set("resource", Subset(std::move(*res), ps));
-      json::Value search = json::Value::MakeObject();
-      search.Set("mode", Str(mode));
-      entry.Set("search", std::move(search));
-      out.Push(std::move(entry));
+      if (!entry_text.empty()) entry_text += ',';
+      entry_text += "{\"fullUrl\":";
+      entry_text += json::Write(Str(d.base_url + "/" + v->type + "/" + v->id));
+      entry_text += ",\"resource\":";
+      if (subset) {
+        auto res = json::Parse(v->json);
+        if (!res.ok()) return Error(ctx, ErrorCode::kInternal);
+        entry_text += json::Write(Subset(std::move(*res), ps));
+      } else {
+        entry_text += v->json;
+      }
+      entry_text += ",\"search\":{\"mode\":\"";
+      entry_text += mode;
+      entry_text += "\"}}";
     }
     if (!ps.ignored.empty()) {
       // Lenient handling: what was not used is said, not silently dropped.
@@ -1387,13 +1397,20 @@ struct FhirService::Impl {
       json::Value search = json::Value::MakeObject();
       search.Set("mode", Str("outcome"));
       entry.Set("search", std::move(search));
-      out.Push(std::move(entry));
+      if (!entry_text.empty()) entry_text += ',';
+      entry_text += json::Write(entry);
     }
-    if (!out.items().empty()) bundle.Set("entry", std::move(out));
     ctx.audit.count = static_cast<int64_t>(entries.size());
+    std::string text = json::Write(bundle);  // compact: ends with '}'
+    if (!entry_text.empty()) {
+      text.pop_back();
+      text += ",\"entry\":[";
+      text += entry_text;
+      text += "]}";
+    }
     net::HttpResponse r;
     r.SetHeader("Content-Type", std::string(kFhirJson));
-    r.body = Body(ctx, bundle);
+    r.body = Body(ctx, text);
     return r;
   }
 

@@ -242,9 +242,9 @@ class SqliteStore final : public ResourceStore {
       if (auto s = w.Exec(sql); !s.ok()) return s;
     }
     if (auto s = w.Exec(kSchema); !s.ok()) return s;
-    // Checkpoint in larger steps: index pages are rewritten often during
-    // imports, and a checkpoint writes each page once.
-    if (auto s = w.Exec("PRAGMA wal_autocheckpoint=8192"); !s.ok()) return s;
+    // Checkpoints run on their own thread and connection (passive: they never
+    // block the writer or readers), so the writer only appends to the WAL.
+    sqlite3_wal_autocheckpoint(w.raw(), 0);
     if (auto s = w.Exec(internal::kSearchSchema); !s.ok()) return s;
     std::unique_ptr<SqliteStore> store(new SqliteStore(o));
     if (auto s = store->IndexExisting(w); !s.ok()) return s;
@@ -261,8 +261,41 @@ class SqliteStore final : public ResourceStore {
       if (!r.ok()) return r.status();
       store->readers_.push_back(std::move(*r));
     }
+    auto checkpointer = Db::Open(o.path, false);
+    if (!checkpointer.ok()) return checkpointer.status();
+    store->checkpoint_db_ = std::move(*checkpointer);
+    sqlite3_wal_hook(store->writer_db_->raw(), &SqliteStore::WalHook, store.get());
     store->writer_thread_ = std::thread([s = store.get()] { s->WriterLoop(); });
+    store->checkpoint_thread_ = std::thread([s = store.get()] { s->CheckpointLoop(); });
     return std::unique_ptr<ResourceStore>(std::move(store));
+  }
+
+  // Called by SQLite after each commit with the WAL's size in pages.
+  static int WalHook(void* self, sqlite3*, const char*, int pages) {
+    auto* store = static_cast<SqliteStore*>(self);
+    if (pages >= kCheckpointPages) {
+      {
+        std::lock_guard lk(store->checkpoint_mu_);
+        store->checkpoint_wanted_ = true;
+      }
+      store->checkpoint_cv_.notify_one();
+    }
+    return SQLITE_OK;
+  }
+
+  void CheckpointLoop() {
+    for (;;) {
+      {
+        std::unique_lock lk(checkpoint_mu_);
+        checkpoint_cv_.wait_for(lk, std::chrono::seconds(5),
+                                [&] { return checkpoint_wanted_ || checkpoint_closing_; });
+        if (checkpoint_closing_) return;
+        checkpoint_wanted_ = false;
+      }
+      int log = 0, done = 0;
+      sqlite3_wal_checkpoint_v2(checkpoint_db_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &log,
+                                &done);
+    }
   }
 
   ~SqliteStore() override {
@@ -272,6 +305,12 @@ class SqliteStore final : public ResourceStore {
     }
     cv_.notify_all();
     if (writer_thread_.joinable()) writer_thread_.join();
+    {
+      std::lock_guard lk(checkpoint_mu_);
+      checkpoint_closing_ = true;
+    }
+    checkpoint_cv_.notify_all();
+    if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   }
 
   absl::StatusOr<StoredVersion> Read(const ResourceKey& key) override {
@@ -1114,6 +1153,14 @@ class SqliteStore final : public ResourceStore {
   bool closing_ = false;
   std::string last_stamp_;  // newest last_updated written; writer thread only
   std::thread writer_thread_;
+
+  static constexpr int kCheckpointPages = 4096;
+  std::unique_ptr<Db> checkpoint_db_;
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_wanted_ = false;
+  bool checkpoint_closing_ = false;
+  std::thread checkpoint_thread_;
 };
 
 }  // namespace

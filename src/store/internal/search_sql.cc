@@ -147,11 +147,16 @@ IndexRows BuildIndexRows(const BlindIndex& blind, std::string_view type,
 absl::Status DeleteIndex(Db& db, std::string_view tenant, std::string_view type,
                          std::string_view id) {
   for (const char* sql : {
-           "DELETE FROM search_token WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-           "DELETE FROM search_string WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-           "DELETE FROM search_date WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-           "DELETE FROM search_number WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-           "DELETE FROM search_reference WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+           "DELETE FROM search_token INDEXED BY search_token_id WHERE tenant = ?1 AND type = ?2 "
+           "AND id = ?3",
+           "DELETE FROM search_string INDEXED BY search_string_id WHERE tenant = ?1 AND type = ?2 "
+           "AND id = ?3",
+           "DELETE FROM search_date INDEXED BY search_date_id WHERE tenant = ?1 AND type = ?2 AND "
+           "id = ?3",
+           "DELETE FROM search_number INDEXED BY search_number_id WHERE tenant = ?1 AND type = ?2 "
+           "AND id = ?3",
+           "DELETE FROM search_reference INDEXED BY search_reference_id WHERE tenant = ?1 AND type "
+           "= ?2 AND id = ?3",
        }) {
     auto st = db.Prepare(sql);
     if (!st.ok()) return st.status();
@@ -420,9 +425,12 @@ class Compiler {
     if (c.modifier == "of-type" || c.modifier == "identifier") param += ":" + c.modifier;
     const bool negate = c.modifier == "not" || (c.modifier == "missing" && c.missing);
     if (correlated) {
+      // Per candidate: through the (tenant, type, id) index, never a scan of
+      // the parameter's values (SQLite has no statistics to tell them apart).
       sql.text += std::string(negate ? "NOT EXISTS" : "EXISTS") + " (SELECT 1 FROM " + table +
-                  " s WHERE s.tenant = " + alias + ".tenant AND s.type = " + alias +
-                  ".type AND s.id = " + alias + ".id AND s.param = " + sql.P(param);
+                  " s INDEXED BY " + table + "_id WHERE s.tenant = " + alias +
+                  ".tenant AND s.type = " + alias + ".type AND s.id = " + alias +
+                  ".id AND s.param = " + sql.P(param);
     } else {
       sql.text += alias + ".id " + (negate ? "NOT IN" : "IN") + " (SELECT id FROM " + table +
                   " WHERE tenant = " + sql.P(tenant_) + " AND type = " + sql.P(type) +
@@ -624,20 +632,25 @@ std::string SortExpr(Sql& sql, const std::string& alias, const SortKey& k) {
     case SortKey::Kind::kLastUpdated:
       return alias + "v.last_updated";
     case SortKey::Kind::kDate:
-      return k.descending ? "(SELECT MAX(s.hi) FROM search_date s" + where + ")"
-                          : "(SELECT MIN(s.lo) FROM search_date s" + where + ")";
+      return k.descending
+                 ? "(SELECT MAX(s.hi) FROM search_date s INDEXED BY search_date_id" + where + ")"
+                 : "(SELECT MIN(s.lo) FROM search_date s INDEXED BY search_date_id" + where + ")";
     case SortKey::Kind::kString:
       return std::string("(SELECT ") + (k.descending ? "MAX" : "MIN") +
-             "(s.norm) FROM search_string s" + where + " AND s.blind = 0)";
+             "(s.norm) FROM search_string s INDEXED BY search_string_id" + where +
+             " AND s.blind = 0)";
     case SortKey::Kind::kToken:
       return std::string("(SELECT ") + (k.descending ? "MAX" : "MIN") +
-             "(s.code) FROM search_token s" + where + " AND s.blind = 0)";
+             "(s.code) FROM search_token s INDEXED BY search_token_id" + where +
+             " AND s.blind = 0)";
     case SortKey::Kind::kNumber:
       return std::string("(SELECT ") + (k.descending ? "MAX" : "MIN") +
-             "(s.value) FROM search_number s" + where + ")";
+             "(s.value) FROM search_number s INDEXED BY search_number_id" + where + ")";
     case SortKey::Kind::kReference:
       return std::string("(SELECT ") + (k.descending ? "MAX" : "MIN") +
-             "(s.target_type || '/' || s.target_id) FROM search_reference s" + where + ")";
+             "(s.target_type || '/' || s.target_id) FROM search_reference s INDEXED BY "
+             "search_reference_id" +
+             where + ")";
   }
   return alias + ".id";
 }
@@ -719,8 +732,10 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
   std::vector<std::pair<std::string, std::string>> out;
   if (ids.empty()) return out;
   Sql sql;
-  sql.text = "SELECT DISTINCT target_type, target_id FROM search_reference WHERE tenant = " +
-             sql.P(tenant) + " AND type = " + sql.P(type) + " AND target_id != ''";
+  sql.text =
+      "SELECT DISTINCT target_type, target_id FROM search_reference INDEXED BY "
+      "search_reference_id WHERE tenant = " +
+      sql.P(tenant) + " AND type = " + sql.P(type) + " AND target_id != ''";
   if (param != "*") sql.text += " AND param = " + sql.P(param);
   if (!target_type.empty()) sql.text += " AND target_type = " + sql.P(target_type);
   sql.text += " AND id IN (";

@@ -44,11 +44,10 @@ absl::StatusOr<std::unique_ptr<Db>> Db::Open(const std::string& path, bool read_
   }
   sqlite3_busy_timeout(db, 5000);
   sqlite3_extended_result_codes(db, 1);
-  // A writer touches many index pages per commit: keep them cached (64 MB);
-  // readers map the file instead of copying pages through read().
-  sqlite3_exec(db, read_only ? "PRAGMA cache_size=-16384" : "PRAGMA cache_size=-65536", nullptr,
+  // A writer touches many index pages per commit: keep them cached (32 MB);
+  // each reader keeps 8 MB.
+  sqlite3_exec(db, read_only ? "PRAGMA cache_size=-8192" : "PRAGMA cache_size=-32768", nullptr,
                nullptr, nullptr);
-  sqlite3_exec(db, "PRAGMA mmap_size=268435456", nullptr, nullptr, nullptr);
   return std::unique_ptr<Db>(new Db(db));
 }
 
