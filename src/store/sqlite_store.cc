@@ -1039,7 +1039,8 @@ class SqliteStore final : public ResourceStore {
     }
     // The index describes the current version only.
     if (deleted) return internal::DeleteIndex(db, key.tenant, key.type, key.id);
-    return internal::WriteIndex(db, key.tenant, key.type, key.id, p.rows);
+    // Version 1: the resource never existed, so it has no rows to replace.
+    return internal::WriteIndex(db, key.tenant, key.type, key.id, p.rows, p.version == 1);
   }
 
   absl::StatusOr<std::optional<IdempotencyRecord>> LoadIdempotency(Db& db,

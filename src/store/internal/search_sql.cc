@@ -167,8 +167,10 @@ absl::Status DeleteIndex(Db& db, std::string_view tenant, std::string_view type,
 }
 
 absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, std::string_view id,
-                        const IndexRows& rows) {
-  if (auto s = DeleteIndex(db, tenant, type, id); !s.ok()) return s;
+                        const IndexRows& rows, bool fresh) {
+  if (!fresh) {
+    if (auto s = DeleteIndex(db, tenant, type, id); !s.ok()) return s;
+  }
   auto prep = [&](const char* sql) { return db.Prepare(sql); };
   if (!rows.tokens.empty()) {
     auto st = prep(

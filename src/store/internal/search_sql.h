@@ -74,9 +74,10 @@ constexpr size_t kBlindPrefixMax = 64;
 IndexRows BuildIndexRows(const BlindIndex& blind, std::string_view type,
                          const json::Value& resource, std::string_view base_url);
 
-// Replaces the index rows of one resource (current version only).
+// Replaces the index rows of one resource (current version only). `fresh`:
+// the resource has never been stored (no rows to remove).
 absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, std::string_view id,
-                        const IndexRows& rows);
+                        const IndexRows& rows, bool fresh = false);
 absl::Status DeleteIndex(Db& db, std::string_view tenant, std::string_view type,
                          std::string_view id);
 
