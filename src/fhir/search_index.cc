@@ -1,5 +1,6 @@
 #include "fhir/search_index.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -160,6 +161,9 @@ std::string RewriteResolve(std::string expr) {
 struct Compiled {
   const SearchParamDef* def;
   std::shared_ptr<const fhirpath::Expression> expr;
+  // composite: the components' expressions (relative to each item) and types
+  std::vector<std::shared_ptr<const fhirpath::Expression>> components;
+  std::vector<std::string> component_types;
 };
 
 }  // namespace
@@ -298,6 +302,30 @@ bool ExpressionIdentifies(std::string_view type, std::string_view expr) {
   return false;
 }
 
+std::vector<std::string> CompositeComponentTypes(std::string_view type, std::string_view code) {
+  const Model& m = Model::R4();
+  const SearchParamDef* def = m.FindSearchParam(type, code);
+  std::vector<std::string> out;
+  if (def == nullptr || def->type != "composite") return out;
+  const auto all = m.SearchParamsOf(type);
+  for (const auto& [url, expr] : def->components) {
+    const SearchParamDef* found = nullptr;
+    for (const SearchParamDef* p : all) {
+      if (p->url == url) found = p;
+    }
+    if (found == nullptr) return {};
+    out.push_back(found->type);
+  }
+  return out;
+}
+
+bool IsSupportedComposite(std::string_view type, std::string_view code) {
+  auto types = CompositeComponentTypes(type, code);
+  return types.size() == 2 && types[0] == "token" &&
+         (types[1] == "token" || types[1] == "quantity" || types[1] == "date" ||
+          types[1] == "string");
+}
+
 struct SearchIndexer::Impl {
   std::mutex mu;
   std::map<std::string, bool, std::less<>> identifying;
@@ -308,17 +336,34 @@ struct SearchIndexer::Impl {
     std::lock_guard lock(mu);
     if (auto it = by_type.find(type); it != by_type.end()) return it->second;
     std::vector<Compiled> list;
-    for (const SearchParamDef* def : Model::R4().SearchParamsOf(type)) {
-      if (!IsIndexedParamType(def->type) || def->expression.empty()) continue;
-      // _id and _lastUpdated come from the store's own columns.
-      if (def->code == "_id" || def->code == "_lastUpdated") continue;
-      auto& expr = by_url[def->url];
+    auto compile = [&](const std::string& key,
+                       const std::string& text) -> std::shared_ptr<const fhirpath::Expression> {
+      auto& expr = by_url[key];
       if (!expr) {
-        auto parsed = fhirpath::Expression::Parse(RewriteResolve(def->expression));
-        if (!parsed.ok()) continue;
+        auto parsed = fhirpath::Expression::Parse(RewriteResolve(text));
+        if (!parsed.ok()) return nullptr;
         expr = std::make_shared<const fhirpath::Expression>(std::move(*parsed));
       }
-      list.push_back({def, expr});
+      return expr;
+    };
+    for (const SearchParamDef* def : Model::R4().SearchParamsOf(type)) {
+      const bool composite = def->type == "composite" && IsSupportedComposite(type, def->code);
+      if ((!IsIndexedParamType(def->type) && !composite) || def->expression.empty()) continue;
+      // _id and _lastUpdated come from the store's own columns.
+      if (def->code == "_id" || def->code == "_lastUpdated") continue;
+      Compiled c{def, compile(def->url, def->expression), {}, {}};
+      if (!c.expr) continue;
+      if (composite) {
+        for (size_t i = 0; i < def->components.size(); ++i) {
+          c.components.push_back(
+              compile(def->url + "#" + std::to_string(i), def->components[i].second));
+        }
+        c.component_types = CompositeComponentTypes(type, def->code);
+        if (std::find(c.components.begin(), c.components.end(), nullptr) != c.components.end()) {
+          continue;
+        }
+      }
+      list.push_back(std::move(c));
     }
     return by_type.emplace(std::string(type), std::move(list)).first->second;
   }
@@ -602,6 +647,56 @@ struct Emitter {
 
 }  // namespace
 
+namespace {
+
+// One composite value: each token of the first component paired with each
+// value of the second (both evaluated relative to `item`).
+void Composite(const Compiled& c, const Item& item, const fhirpath::Environment& env, Emitter& em,
+               std::vector<IndexEntry>* out) {
+  auto first = fhirpath::Evaluate(*c.components[0], item, env);
+  auto second = fhirpath::Evaluate(*c.components[1], item, env);
+  if (!first.ok() || !second.ok()) return;
+  // Reuse the plain emitters into scratch vectors, then pair their entries.
+  SearchParamDef scratch;
+  scratch.code = c.def->code;
+  std::vector<IndexEntry> tokens, values;
+  Emitter te{em.resource_type, em.base_url, &tokens};
+  for (const Item& i : *first) te.Token(scratch, i);
+  Emitter ve{em.resource_type, em.base_url, &values};
+  const std::string& kind = c.component_types[1];
+  for (const Item& i : *second) {
+    if (kind == "token") {
+      ve.Token(scratch, i);
+    } else if (kind == "quantity") {
+      ve.QuantityValue(scratch, i);
+    } else if (kind == "date") {
+      ve.Date(scratch, i);
+    } else if (kind == "string") {
+      ve.String(scratch, i);
+    }
+  }
+  for (const IndexEntry& t : tokens) {
+    if (t.code.empty()) continue;
+    for (const IndexEntry& v : values) {
+      IndexEntry& e = out->emplace_back();
+      e.kind = IndexEntry::Kind::kComposite;
+      e.param = c.def->code;
+      e.system = t.system;
+      e.code = t.code;
+      e.c2_kind = kind;
+      e.c2_system = v.system;
+      e.c2_code = kind == "quantity" && v.code.empty() ? v.text : v.code;
+      e.value = v.value;
+      e.lo = v.lo;
+      e.hi = v.hi;
+      e.c2_text = kind == "string" ? NormalizeSearchString(v.text) : std::string();
+      e.identifying = t.identifying || v.identifying;
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<IndexEntry> SearchIndexer::Extract(std::string_view type, const json::Value& resource,
                                                std::string_view base_url) const {
   std::vector<IndexEntry> out;
@@ -615,6 +710,10 @@ std::vector<IndexEntry> SearchIndexer::Extract(std::string_view type, const json
     auto result = fhirpath::Evaluate(*c.expr, root, env);
     if (!result.ok()) continue;
     const std::string& pt = c.def->type;
+    if (pt == "composite") {
+      for (const Item& item : *result) Composite(c, item, env, em, &out);
+      continue;
+    }
     for (const Item& item : *result) {
       if (pt == "token") {
         em.Token(*c.def, item);

@@ -28,7 +28,16 @@
 namespace fhirward::fhir {
 
 struct IndexEntry {
-  enum class Kind : uint8_t { kToken, kString, kDate, kNumber, kQuantity, kReference, kUri };
+  enum class Kind : uint8_t {
+    kToken,
+    kString,
+    kDate,
+    kNumber,
+    kQuantity,
+    kReference,
+    kUri,
+    kComposite,  // token$X: system/code (the token), then the second component below
+  };
   Kind kind = Kind::kToken;
   std::string param;  // the search parameter code ("name", "identifier:of-type", ...)
   bool identifying = false;
@@ -44,7 +53,22 @@ struct IndexEntry {
   // canonical/absolute url in `text`.
   std::string target_type;
   std::string target_id;
+  // composite: the second component, of kind `c2_kind` ("token": c2_system,
+  // c2_code; "quantity": value, c2_system, c2_code; "date": lo, hi;
+  // "string": c2_text normalized).
+  std::string c2_kind;
+  std::string c2_system;
+  std::string c2_code;
+  std::string c2_text;
 };
+
+// The component types of a composite parameter of `type` ("token", "quantity"),
+// from the definitions its components name; empty when one is unknown.
+std::vector<std::string> CompositeComponentTypes(std::string_view type, std::string_view code);
+
+// Composite parameters that are indexed: two components, a token then a
+// token, quantity, date or string.
+bool IsSupportedComposite(std::string_view type, std::string_view code);
 
 // Case- and accent-insensitive form for string search: lower case, Latin
 // diacritics removed (é→e, ß→ss, æ→ae, ø→o), whitespace runs collapsed,

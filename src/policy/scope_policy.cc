@@ -1,5 +1,6 @@
 #include <algorithm>
 
+#include "fhir/resources.h"
 #include "policy/policy.h"
 
 namespace fhirward::policy {
@@ -54,6 +55,70 @@ bool Grants(const ResourceScope& s, char letter) {
   return false;
 }
 
+// Types outside the Patient compartment that hold no patient's data:
+// reference, terminology and conformance resources. Under a patient scope
+// they are readable (not writable); every other type outside the
+// compartment (Device, Bundle, Contract, GuidanceResponse, ...) can hold one
+// patient's data without being confinable, so patient scopes do not reach it.
+bool IsSharedReferenceType(std::string_view t) {
+  static constexpr std::string_view kShared[] = {"Medication",
+                                                 "MedicationKnowledge",
+                                                 "Substance",
+                                                 "SubstanceSpecification",
+                                                 "Organization",
+                                                 "Practitioner",
+                                                 "PractitionerRole",
+                                                 "Location",
+                                                 "HealthcareService",
+                                                 "Endpoint",
+                                                 "ValueSet",
+                                                 "CodeSystem",
+                                                 "ConceptMap",
+                                                 "NamingSystem",
+                                                 "TerminologyCapabilities",
+                                                 "StructureDefinition",
+                                                 "StructureMap",
+                                                 "CapabilityStatement",
+                                                 "SearchParameter",
+                                                 "OperationDefinition",
+                                                 "CompartmentDefinition",
+                                                 "ImplementationGuide",
+                                                 "GraphDefinition",
+                                                 "MessageDefinition",
+                                                 "Questionnaire",
+                                                 "PlanDefinition",
+                                                 "ActivityDefinition",
+                                                 "Library",
+                                                 "Measure",
+                                                 "ObservationDefinition",
+                                                 "SpecimenDefinition",
+                                                 "DeviceDefinition",
+                                                 "EventDefinition",
+                                                 "ChargeItemDefinition",
+                                                 "Evidence",
+                                                 "EvidenceVariable",
+                                                 "EffectEvidenceSynthesis",
+                                                 "RiskEvidenceSynthesis",
+                                                 "ResearchDefinition",
+                                                 "ResearchElementDefinition",
+                                                 "MedicinalProduct",
+                                                 "MedicinalProductAuthorization",
+                                                 "MedicinalProductContraindication",
+                                                 "MedicinalProductIndication",
+                                                 "MedicinalProductIngredient",
+                                                 "MedicinalProductInteraction",
+                                                 "MedicinalProductManufactured",
+                                                 "MedicinalProductPackaged",
+                                                 "MedicinalProductPharmaceutical",
+                                                 "MedicinalProductUndesirableEffect",
+                                                 "SubstanceNucleicAcid",
+                                                 "SubstancePolymer",
+                                                 "SubstanceProtein",
+                                                 "SubstanceReferenceInformation",
+                                                 "SubstanceSourceMaterial"};
+  return std::find(std::begin(kShared), std::end(kShared), t) != std::end(kShared);
+}
+
 bool IsWrite(Interaction i) {
   return i == Interaction::kCreate || i == Interaction::kUpdate || i == Interaction::kPatch ||
          i == Interaction::kDelete;
@@ -91,8 +156,17 @@ class ScopePolicyEngine final : public PolicyEngine {
         d.rule = patient_scope->text;
         return d;
       }
-      d.allow = true;
       d.rule = patient_scope->text;
+      // A type a patient scope can neither confine nor treat as shared
+      // reference data is out of its reach (searching it would list every
+      // patient's resources of that type).
+      if (type != "*" && type != "Patient" && !fhir::InPatientCompartmentDefinition(type) &&
+          !IsSharedReferenceType(type)) {
+        d.deny_code = ErrorCode::kForbidden;
+        d.reason = "type_outside_patient_scope";
+        return d;
+      }
+      d.allow = true;
       d.patient_compartment = p.patient;
       return d;
     }
@@ -126,7 +200,10 @@ class ScopePolicyEngine final : public PolicyEngine {
     if (in_own) return d;
     // Types outside the Patient compartment (Medication, Organization, ...)
     // are shared reference data: readable, not writable, under patient scopes.
-    if (!in_compartment_definition && type != "Patient" && !IsWrite(interaction)) return d;
+    if (!in_compartment_definition && type != "Patient" && IsSharedReferenceType(type) &&
+        !IsWrite(interaction)) {
+      return d;
+    }
     d.allow = false;
     d.deny_code = ErrorCode::kForbidden;
     d.reason = "outside_patient_compartment";

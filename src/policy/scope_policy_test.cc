@@ -98,6 +98,27 @@ TEST(ScopePolicy, UserScopeWinsOverPatientScope) {
   EXPECT_TRUE(d.patient_compartment.empty());
 }
 
+TEST(ScopePolicy, PatientScopeDoesNotReachUnconfinableTypes) {
+  // Device, Bundle, Contract ... are outside the Patient compartment yet can
+  // hold one patient's data: a patient scope can neither confine a search of
+  // them nor treat them as shared reference data.
+  auto engine = NewScopePolicyEngine();
+  Principal p = With("patient/*.rs", "p1");
+  for (const char* type : {"Device", "Bundle", "Contract", "GuidanceResponse", "Binary"}) {
+    Decision d = engine->Authorize(p, {Interaction::kSearch, type, ""});
+    EXPECT_FALSE(d.allow) << type;
+    EXPECT_EQ(d.reason, "type_outside_patient_scope") << type;
+  }
+  for (const char* type : {"Medication", "Organization", "Practitioner", "ValueSet"}) {
+    EXPECT_TRUE(engine->Authorize(p, {Interaction::kSearch, type, ""}).allow) << type;
+  }
+  // And per resource, even under a decision made for another type.
+  Decision obs = engine->Authorize(p, {Interaction::kRead, "Observation", ""});
+  EXPECT_FALSE(engine->AuthorizeResource(p, obs, Interaction::kRead, "Device", {}, false).allow);
+  // Unconfined scopes are unaffected.
+  EXPECT_TRUE(engine->Authorize(With("user/*.rs"), {Interaction::kSearch, "Device", ""}).allow);
+}
+
 }  // namespace
 }  // namespace fhirward::policy
 

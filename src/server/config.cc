@@ -156,8 +156,9 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "search", "cursor_lifetime_seconds", &c.cursor_lifetime_seconds));
   }
   if (auto* t = root["bundle"].as_table()) {
-    FW_TRY(CheckKeys(*t, "bundle", {"max_entries"}));
+    FW_TRY(CheckKeys(*t, "bundle", {"max_entries", "max_conditions"}));
     FW_TRY(Get(*t, "bundle", "max_entries", &c.bundle_max_entries));
+    FW_TRY(Get(*t, "bundle", "max_conditions", &c.bundle_max_conditions));
   }
   if (auto* t = root["validation"].as_table()) {
     FW_TRY(CheckKeys(*t, "validation",
@@ -287,6 +288,9 @@ absl::Status Validate(const Config& c) {
   }
   if (c.bundle_max_entries < 1 || c.bundle_max_entries > 100000) {
     return Bad("bundle.max_entries", "must be 1-100000");
+  }
+  if (c.bundle_max_conditions < 0 || c.bundle_max_conditions > 100000) {
+    return Bad("bundle.max_conditions", "must be 0-100000");
   }
   if (c.idempotency_ttl_seconds < 1) {
     return Bad("fhir.idempotency_ttl_seconds", "must be at least 1");

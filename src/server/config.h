@@ -66,6 +66,7 @@ struct Config {
 
   // [bundle]
   int bundle_max_entries = 1000;
+  int bundle_max_conditions = 100;  // conditions + distinct conditional references per bundle
 
   // [validation]
   std::string validation_mode = "strict";  // "strict": errors refuse writes (422); "off"

@@ -4,9 +4,11 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string_view>
@@ -34,6 +36,9 @@ constexpr std::string_view kFhirJson = "application/fhir+json; charset=utf-8";
 constexpr std::string_view kErrorSystem = "https://fhirward.dev/CodeSystem/error";
 constexpr int64_t kCursorLifetimeSeconds = 3600;
 constexpr size_t kMaxIdempotencyKey = 255;
+// Conditions are evaluated again inside the write transaction, on the single
+// writer connection: they get a short budget there.
+constexpr int64_t kWriterSearchBudgetMs = 250;
 // Far longer than any request can take (body deadline, group commit).
 constexpr std::chrono::seconds kAbandonedReservation{120};
 
@@ -1311,12 +1316,23 @@ struct FhirService::Impl {
     }
 
     const bool in_def = fhir::InPatientCompartmentDefinition(route.type);
+    // A search returns the resources themselves: each passes a direct read.
+    policy::AccessRequest read_req;
+    read_req.interaction = Interaction::kRead;
+    read_req.resource_type = route.type;
+    const policy::Decision read = d.policy->Authorize(*ctx.principal, read_req);
+    if (!read.allow && ps.summary != "count") {
+      ctx.audit.error = "forbidden:" + read.reason;
+      return Error(ctx, ErrorCode::kForbidden,
+                   "search results are resources: returning them needs read (r) on " + route.type +
+                       " as well as search (s); _summary=count needs search only");
+    }
     std::vector<std::pair<const store::StoredVersion*, const char*>> entries;
     std::vector<store::StoredVersion> included;
     std::vector<std::string> match_ids;
     for (const store::StoredVersion& v : page.matches) {
-      policy::Decision rd = d.policy->AuthorizeResource(
-          *ctx.principal, decision, Interaction::kRead, v.type, v.patients, in_def);
+      policy::Decision rd = d.policy->AuthorizeResource(*ctx.principal, read, Interaction::kRead,
+                                                        v.type, v.patients, in_def);
       if (!rd.allow) continue;  // defence in depth: the query was already confined
       match_ids.push_back(v.id);
       entries.emplace_back(&v, "match");
@@ -1469,8 +1485,9 @@ struct FhirService::Impl {
         if (!inc.reverse) {
           auto it = frontier.find(inc.source_type);
           if (it == frontier.end()) continue;
-          auto refs = d.store->ReferencesFrom(d.config.tenant, inc.source_type, it->second,
-                                              inc.param, inc.target_type);
+          auto refs =
+              d.store->ReferencesFrom(d.config.tenant, inc.source_type, it->second, inc.param,
+                                      inc.target_type, d.config.search.time_budget_ms);
           if (!refs.ok()) return refs.status();
           for (const auto& [t, id] : *refs) {
             if (auto s = add(t, id, &next); !s.ok()) return s;
@@ -1483,7 +1500,7 @@ struct FhirService::Impl {
           auto narrow = NarrowFor(ctx, inc.source_type, Interaction::kRead);
           if (!narrow.ok()) continue;  // not readable: nothing to add
           auto ids = d.store->ReferencedBy(d.config.tenant, inc.source_type, inc.param, targets,
-                                           *narrow, cap);
+                                           *narrow, cap, d.config.search.time_budget_ms);
           if (!ids.ok()) return ids.status();
           for (const auto& id : *ids) {
             if (auto s = add(inc.source_type, id, &next); !s.ok()) return s;
@@ -1512,6 +1529,28 @@ struct FhirService::Impl {
   // POST with If-None-Exist, PUT Type?query, DELETE Type?query: the
   // condition is searched inside the write transaction, confined like a
   // search by this principal.
+  // The confinement of a condition on `type`: the narrower of what a search
+  // of that type and the write decision allow (one token has one patient
+  // context, so they never name two different patients). An error when the
+  // principal may not search the type: a condition is a search, and its
+  // outcome (match or not) reveals what exists.
+  absl::StatusOr<std::optional<std::string>> ConditionConfinement(
+      const Ctx& ctx, const std::string& type, const policy::Decision& write) const {
+    auto searched = NarrowFor(ctx, type, Interaction::kSearch);
+    if (!searched.ok()) {
+      return fhirward::Error(ErrorCode::kForbidden,
+                             "a conditional request is a search: " + DetailOf(searched.status()));
+    }
+    if (*searched) return searched;
+    if (!write.patient_compartment.empty() && Confinable(type)) {
+      return std::optional<std::string>(write.patient_compartment);
+    }
+    return std::optional<std::string>();
+  }
+
+  // POST with If-None-Exist, PUT Type?query, DELETE Type?query: the
+  // condition is searched inside the write transaction, confined like a
+  // search by this principal (which must be allowed to search the type).
   net::HttpResponse ConditionalWrite(Ctx& ctx, const net::HttpRequest& req, const Route& route,
                                      const policy::Decision& decision) {
     auto narrow = [&](std::string_view type) { return NarrowFor(ctx, type, Interaction::kSearch); };
@@ -1525,47 +1564,61 @@ struct FhirService::Impl {
     } else {
       condition_text = req.target.substr(req.target.find('?') + 1);
     }
+    auto confine = ConditionConfinement(ctx, route.type, decision);
+    if (!confine.ok()) {
+      ctx.audit.error = "forbidden:" + DetailOf(confine.status());
+      return ErrorResponse(ctx, confine.status());
+    }
     auto cond = ParseCondition(route.type, condition_text, d.config.search, d.base_url, narrow);
     if (!cond.ok()) return ErrorResponse(ctx, cond.status());
     cond->tenant = d.config.tenant;
-    cond->time_budget_ms = d.config.search.time_budget_ms;
-    if (!decision.patient_compartment.empty() && Confinable(route.type)) {
-      cond->patient = decision.patient_compartment;
-    }
+    cond->time_budget_ms = std::min<int64_t>(d.config.search.time_budget_ms, kWriterSearchBudgetMs);
+    cond->patient = *confine;
     store::WriteOp op;
     op.key = {d.config.tenant, route.type, ""};
     op.condition = std::move(*cond);
+    op.confined = !decision.patient_compartment.empty();
     Interaction interaction = route.interaction;
     op.check = [&, interaction](const std::vector<std::string>& patients) {
       return AuthorizeWrite(ctx, decision, interaction, route.type, patients);
     };
+    bool may_create = true;
     if (route.interaction == Interaction::kDelete) {
       op.kind = store::WriteOp::Kind::kDelete;
     } else {
       auto body = ParseResourceBody(req, route);
       if (!body.ok()) return ErrorResponse(ctx, body.status());
-      // A conditional update keeps the body's id: it must be the match's (the
-      // store checks), or names the resource to create when nothing matches.
+      // A conditional update keeps the body's id: it must be the match's, or
+      // names the resource to create when nothing matches (the store checks
+      // both). The id is in the body before authorization, so that the
+      // compartments checked are those that will be stored.
       std::string id(body->GetString("id").value_or(""));
-      if (route.interaction == Interaction::kCreate) {
-        id = TimeOrderedUuid();
-        body->Set("id", Str(id));
-      } else if (id.empty()) {
-        id = TimeOrderedUuid();
-      }
+      op.id_from_body = route.interaction == Interaction::kUpdate && !id.empty();
+      if (route.interaction == Interaction::kCreate || id.empty()) id = TimeOrderedUuid();
       if (!fhir::IsValidId(id)) return Error(ctx, ErrorCode::kInvalidId);
+      if (route.interaction == Interaction::kCreate) body->Set("id", Str(id));
       if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
+      json::Value as_stored = *body;  // with the id it gets when nothing matches
+      as_stored.Set("id", Str(id));
       if (auto s = AuthorizeWrite(ctx, decision, route.interaction, route.type,
-                                  fhir::PatientCompartmentsOf(route.type, *body));
+                                  fhir::PatientCompartmentsOf(route.type, as_stored));
           !s.ok()) {
         ctx.audit.error = "forbidden:" + DetailOf(s);
         return ErrorResponse(ctx, s);
+      }
+      if (route.interaction == Interaction::kUpdate) {
+        // Creating when nothing matches needs the create permission too.
+        policy::AccessRequest create;
+        create.interaction = Interaction::kCreate;
+        create.resource_type = route.type;
+        may_create = d.policy->Authorize(*ctx.principal, create).allow &&
+                     (!op.id_from_body || d.config.update_create);
       }
       op.kind = route.interaction == Interaction::kCreate ? store::WriteOp::Kind::kCreate
                                                           : store::WriteOp::Kind::kUpdate;
       op.key.id = id;
       op.resource = std::move(*body);
-      op.allow_create = true;
+      op.allow_create = may_create;
     }
     std::vector<store::WriteOp> ops;
     ops.push_back(std::move(op));
@@ -1574,9 +1627,13 @@ struct FhirService::Impl {
       // "entry 0: " is an internal prefix here.
       std::string detail = DetailOf(results.status());
       if (detail.starts_with("entry 0: ")) detail = detail.substr(9);
-      if (CodeOf(results.status()) == ErrorCode::kForbidden)
-        ctx.audit.error = "forbidden:" + detail;
-      return ErrorResponse(ctx, fhirward::Error(CodeOf(results.status()), detail));
+      ErrorCode code = CodeOf(results.status());
+      if (code == ErrorCode::kNotFound && !may_create) {
+        code = ErrorCode::kForbidden;
+        detail = "nothing matches the condition, and creating needs the create permission";
+      }
+      if (code == ErrorCode::kForbidden) ctx.audit.error = "forbidden:" + detail;
+      return ErrorResponse(ctx, fhirward::Error(code, detail));
     }
     const store::WriteOpResult& w = (*results)[0];
     ctx.audit.resource_id = w.stored.id;
@@ -1590,7 +1647,17 @@ struct FhirService::Impl {
       net::HttpResponse r;
       r.status = 200;
       VersionHeaders(r, w.stored, true);
-      WriteBody(ctx, req, r, w.stored, "exists:");
+      // The existing resource's content only to a principal that may read it.
+      policy::AccessRequest read;
+      read.interaction = Interaction::kRead;
+      read.resource_type = route.type;
+      policy::Decision rd = d.policy->Authorize(*ctx.principal, read);
+      if (rd.allow) {
+        rd = d.policy->AuthorizeResource(*ctx.principal, rd, Interaction::kRead, route.type,
+                                         w.stored.patients,
+                                         fhir::InPatientCompartmentDefinition(route.type));
+      }
+      if (rd.allow) WriteBody(ctx, req, r, w.stored, "exists:");
       return r;
     }
     return Written(ctx, req, w.stored, w.created ? 201 : 200, w.created ? "created" : "updated");
@@ -1728,6 +1795,11 @@ struct FhirService::Impl {
         if (qm == std::string::npos || qm == 0 || ref.find('/') < qm) continue;
         auto it = cache.find(ref);
         if (it == cache.end()) {
+          if (cache.size() >= static_cast<size_t>(d.config.bundle_max_conditions)) {
+            return fhirward::Error(ErrorCode::kTooCostly,
+                                   "more than " + std::to_string(d.config.bundle_max_conditions) +
+                                       " distinct conditional references in one bundle");
+          }
           std::string type = ref.substr(0, qm);
           if (!fhir::IsResourceType(type)) {
             return fhirward::Error(ErrorCode::kInvalidRequest, "unknown type in " + ref);
@@ -1757,6 +1829,52 @@ struct FhirService::Impl {
       }
     }
     return absl::OkStatus();
+  }
+
+  // Appends the audit records of a bundle's entries (one per entry, linked to
+  // the bundle's record by the request id) and waits until all are durable:
+  // submitted together, they share group commits.
+  absl::Status AuditEntries(const std::vector<audit::AuditRecord>& records) const {
+    if (records.empty()) return absl::OkStatus();
+    struct Wait {
+      std::mutex mu;
+      std::condition_variable cv;
+      size_t remaining;
+      absl::Status first;
+    };
+    auto w = std::make_shared<Wait>();
+    w->remaining = records.size();
+    for (const audit::AuditRecord& rec : records) {
+      d.audit->AppendAsync(rec, [w](absl::StatusOr<int64_t> seq) {
+        std::lock_guard lk(w->mu);
+        if (!seq.ok() && w->first.ok()) w->first = seq.status();
+        if (--w->remaining == 0) w->cv.notify_all();
+      });
+    }
+    std::unique_lock lk(w->mu);
+    w->cv.wait(lk, [&] { return w->remaining == 0; });
+    return w->first;
+  }
+
+  // The context of one bundle entry: the bundle's request, principal and
+  // audit fields, with the entry's own action and target.
+  static Ctx EntryCtx(const Ctx& ctx, const Route& route) {
+    Ctx sctx = ctx;
+    sctx.audit.error.clear();
+    sctx.forced_outcome.clear();
+    sctx.audit.action = std::string(policy::InteractionName(route.interaction));
+    sctx.audit.resource_type = route.type;
+    sctx.audit.resource_id = route.id;
+    sctx.audit.version_id = route.vid ? std::to_string(route.vid) : "";
+    sctx.audit.patient_id.clear();
+    sctx.audit.count = 0;
+    return sctx;
+  }
+
+  // The audit record of one bundle entry, from the entry's own context.
+  static audit::AuditRecord EntryRecord(Ctx& sctx, const net::HttpResponse& r) {
+    Outcome(sctx, r);
+    return sctx.audit;
   }
 
   struct BundleEntry {
@@ -1834,6 +1952,7 @@ struct FhirService::Impl {
                           std::vector<BundleEntry>& entries) {
     json::Value out = json::Value::MakeArray();
     int64_t count = 0;
+    std::vector<audit::AuditRecord> entry_records;
     std::set<std::string> full_urls;
     for (const BundleEntry& be : entries) {
       if (!be.full_url.empty()) full_urls.insert(be.full_url);
@@ -1848,9 +1967,12 @@ struct FhirService::Impl {
               : std::string();
       if (!dependent.empty()) {
         Ctx sctx = ctx;
-        out.Push(ResponseEntry(
+        sctx.audit.action = "batch-entry";
+        net::HttpResponse refused =
             Error(sctx, ErrorCode::kInvalidRequest,
-                  "batch entries are independent: " + dependent + " is another entry")));
+                  "batch entries are independent: " + dependent + " is another entry");
+        entry_records.push_back(EntryRecord(sctx, refused));
+        out.Push(ResponseEntry(refused));
         continue;
       }
       net::HttpRequest sub;
@@ -1874,15 +1996,15 @@ struct FhirService::Impl {
       }
       Parsed parsed;
       parsed.target = ParseTarget(sub.target, &parsed.segments, &parsed.query);
-      Ctx sctx = ctx;
-      sctx.audit.error.clear();
-      sctx.forced_outcome.clear();
+      Ctx sctx = EntryCtx(ctx, Route{});
+      sctx.audit.action = "batch-entry";
       net::HttpResponse r;
       if (!parsed.target.ok()) {
         r = ErrorResponse(sctx, parsed.target);
       } else {
         parsed.routed = ParseRoute(sub.method, parsed.segments,
                                    sub.target.find('?') != std::string::npos, &parsed.route);
+        sctx = EntryCtx(ctx, parsed.route);
         if (!parsed.routed.ok()) {
           r = ErrorResponse(sctx, parsed.routed);
         } else if (parsed.route.bundle || parsed.route.operation) {
@@ -1892,9 +2014,13 @@ struct FhirService::Impl {
         }
       }
       count += sctx.audit.count;
+      entry_records.push_back(EntryRecord(sctx, r));
       out.Push(ResponseEntry(r, be.method == "HEAD"));
     }
     ctx.audit.count = count;
+    if (auto s = AuditEntries(entry_records); !s.ok()) {
+      return Error(ctx, ErrorCode::kAuditUnavailable);
+    }
     return BundleResponse(ctx, "batch-response", std::move(out));
   }
 
@@ -1961,9 +2087,11 @@ struct FhirService::Impl {
     struct Plan {
       Route route;
       Query query;
-      std::string condition;              // query of a conditional update/delete or ifNoneExist
-      std::string id;                     // id written (create: new; update: from url)
-      std::optional<std::string> expect;  // planned result of the condition
+      std::string condition;               // query of a conditional update/delete or ifNoneExist
+      std::string id;                      // id written (create: new; update: from url)
+      std::optional<std::string> expect;   // planned result of the condition
+      std::optional<std::string> confine;  // the condition's confinement
+      bool id_from_body = false;           // conditional PUT creating under the body's id
       policy::Decision decision;
     };
     std::vector<Plan> plans(entries.size());
@@ -2028,15 +2156,32 @@ struct FhirService::Impl {
     // fullUrl of a conditional entry points at what the condition finds
     // (re-checked inside the transaction: a different result fails it).
     std::map<std::string, std::string> planned;  // type + "?" + condition -> id (creates)
+    int conditions = 0;
     for (BundleEntry& be : entries) {
       Plan& pl = plans[be.index];
+      if (be.method != "GET" && be.method != "HEAD") {
+        policy::AccessRequest areq;
+        areq.interaction = pl.route.interaction;
+        areq.resource_type = pl.route.type;
+        pl.decision = d.policy->Authorize(*ctx.principal, areq);
+        if (!pl.decision.allow) {
+          return fail(be.index, fhirward::Error(pl.decision.deny_code, pl.decision.reason));
+        }
+      }
       if (pl.condition.empty()) continue;
+      if (++conditions > d.config.bundle_max_conditions) {
+        return fail(be.index,
+                    fhirward::Error(ErrorCode::kTooCostly,
+                                    "more than " + std::to_string(d.config.bundle_max_conditions) +
+                                        " conditions and conditional references in one bundle"));
+      }
       auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
+      auto confine = ConditionConfinement(ctx, pl.route.type, pl.decision);
+      if (!confine.ok()) return fail(be.index, confine.status());
+      pl.confine = *confine;
       auto cond = ParseCondition(pl.route.type, pl.condition, d.config.search, d.base_url, narrow);
       if (!cond.ok()) return fail(be.index, cond.status());
-      auto n = narrow(pl.route.type);
-      if (!n.ok()) return fail(be.index, n.status());
-      cond->patient = *n;
+      cond->patient = pl.confine;
       cond->tenant = d.config.tenant;
       cond->count = 2;
       cond->time_budget_ms = d.config.search.time_budget_ms;
@@ -2072,6 +2217,7 @@ struct FhirService::Impl {
           if (!fhir::IsValidId(*body_id))
             return fail(be.index, fhirward::Error(ErrorCode::kInvalidId));
           pl.id = std::string(*body_id);
+          pl.id_from_body = true;
         }
       }
       if (!be.full_url.empty() && !pl.id.empty() && be.method != "DELETE") {
@@ -2092,15 +2238,9 @@ struct FhirService::Impl {
       BundleEntry& be = entries[i];
       Plan& pl = plans[i];
       if (be.method == "GET" || be.method == "HEAD") continue;
-      policy::AccessRequest areq;
-      areq.interaction = pl.route.interaction;
-      areq.resource_type = pl.route.type;
-      areq.resource_id = pl.id;
-      pl.decision = d.policy->Authorize(*ctx.principal, areq);
-      if (!pl.decision.allow) {
-        return fail(i, fhirward::Error(pl.decision.deny_code, pl.decision.reason));
-      }
       store::WriteOp op;
+      op.confined = !pl.decision.patient_compartment.empty();
+      op.id_from_body = pl.id_from_body;
       op.key = {d.config.tenant, pl.route.type, pl.id};
       const Interaction interaction = pl.route.interaction;
       const std::string type = pl.route.type;
@@ -2113,10 +2253,9 @@ struct FhirService::Impl {
         auto cond = ParseCondition(type, pl.condition, d.config.search, d.base_url, narrow);
         if (!cond.ok()) return fail(i, cond.status());
         cond->tenant = d.config.tenant;
-        cond->time_budget_ms = d.config.search.time_budget_ms;
-        if (!pl.decision.patient_compartment.empty() && Confinable(type)) {
-          cond->patient = pl.decision.patient_compartment;
-        }
+        cond->time_budget_ms =
+            std::min<int64_t>(d.config.search.time_budget_ms, kWriterSearchBudgetMs);
+        cond->patient = pl.confine;
         op.condition = std::move(*cond);
         op.expect_match = pl.expect;
       }
@@ -2175,7 +2314,18 @@ struct FhirService::Impl {
         op.kind =
             be.method == "POST" ? store::WriteOp::Kind::kCreate : store::WriteOp::Kind::kUpdate;
         op.resource = std::move(r);
-        op.allow_create = be.method == "POST" || d.config.update_create || pl.route.conditional;
+        if (be.method == "POST") {
+          op.allow_create = true;
+        } else {
+          // Creating through PUT needs the create permission (and, with a
+          // client-chosen id, update-as-create enabled).
+          policy::AccessRequest create;
+          create.interaction = Interaction::kCreate;
+          create.resource_type = type;
+          const bool chosen_id = !pl.route.conditional || pl.id_from_body;
+          op.allow_create = d.policy->Authorize(*ctx.principal, create).allow &&
+                            (!chosen_id || d.config.update_create);
+        }
       }
       const bool writes = !(be.method == "POST" && pl.expect && !pl.expect->empty());
       if (writes && !pl.id.empty() && !written.emplace(type, pl.id).second) {
@@ -2186,6 +2336,7 @@ struct FhirService::Impl {
       op_entry.push_back(i);
     }
     std::vector<json::Value> responses(entries.size());
+    std::vector<audit::AuditRecord> entry_records;  // one per entry, after the commit
     int64_t count = 0;
     if (!ops.empty()) {
       auto results = d.store->Transaction(std::move(ops));
@@ -2206,8 +2357,21 @@ struct FhirService::Impl {
         const size_t i = op_entry[k];
         json::Value entry = json::Value::MakeObject();
         json::Value response = json::Value::MakeObject();
+        audit::AuditRecord rec = ctx.audit;
+        rec.action = std::string(policy::InteractionName(plans[i].route.interaction));
+        if (w.matched_existing) rec.action += "-matched";
+        rec.resource_type = w.stored.type;
+        rec.resource_id = w.stored.id;
+        rec.version_id = w.stored.version > 0 ? std::to_string(w.stored.version) : "";
+        rec.patient_id = w.stored.patients.empty() ? "" : w.stored.patients[0];
+        rec.policy_id = plans[i].decision.policy_id;
+        rec.outcome = "success";
+        rec.status_code = entries[i].method == "DELETE" ? 204 : (w.created ? 201 : 200);
+        rec.error.clear();
+        rec.count = 1;
+        entry_records.push_back(std::move(rec));
         if (entries[i].method == "DELETE") {
-          response.Set("status", Str(w.stored.version > 0 ? "204 No Content" : "204 No Content"));
+          response.Set("status", Str("204 No Content"));
           if (w.stored.version > 0) response.Set("etag", Str(ETag(w.stored.version)));
         } else {
           response.Set("status", Str(w.matched_existing ? "200 OK"
@@ -2239,14 +2403,18 @@ struct FhirService::Impl {
       parsed.route = plans[i].route;
       parsed.query = plans[i].query;
       parsed.routed = absl::OkStatus();
-      Ctx sctx = ctx;
+      Ctx sctx = EntryCtx(ctx, parsed.route);
       net::HttpResponse r = Perform(sctx, sub, parsed);
       count += sctx.audit.count;
+      entry_records.push_back(EntryRecord(sctx, r));
       responses[i] = ResponseEntry(r, be.method == "HEAD");
     }
     json::Value out = json::Value::MakeArray();
     for (auto& r : responses) out.Push(std::move(r));
     ctx.audit.count = count;
+    if (auto s = AuditEntries(entry_records); !s.ok()) {
+      return Error(ctx, ErrorCode::kAuditUnavailable);
+    }
     return BundleResponse(ctx, "transaction-response", std::move(out));
   }
 

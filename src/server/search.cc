@@ -212,6 +212,9 @@ struct Parser {
     if (pt == "number" || pt == "quantity") return Numeric(*def, std::move(c), modifier, raw);
     if (pt == "reference") return Reference(*def, std::move(c), modifier, raw);
     if (pt == "uri") return Uri(*def, std::move(c), modifier, raw);
+    if (pt == "composite" && fhir::IsSupportedComposite(type, code)) {
+      return Composite(type, *def, std::move(c), modifier, raw);
+    }
     return Unsupported(*def);
   }
 
@@ -445,6 +448,83 @@ struct Parser {
     return Finish(std::move(c));
   }
 
+  // token$second: "code$value", "system|code$ge5.4|http://unitsofmeasure.org|mmol/L".
+  absl::StatusOr<SearchClause> Composite(std::string_view type, const fhir::SearchParamDef& def,
+                                         SearchClause c, const std::string& modifier,
+                                         std::string_view raw) {
+    c.kind = SearchClause::Kind::kComposite;
+    c.blind = false;
+    if (!modifier.empty()) {
+      return Error(ErrorCode::kNotImplemented,
+                   def.code + ":" + modifier + " is not supported on composite parameters");
+    }
+    c.component_kind = fhir::CompositeComponentTypes(type, def.code)[1];
+    for (std::string_view part : SplitRaw(raw)) {
+      size_t dollar = std::string_view::npos;
+      for (size_t i = 0; i < part.size(); ++i) {
+        if (part[i] == '\\') {
+          ++i;
+        } else if (part[i] == '$') {
+          dollar = i;
+          break;
+        }
+      }
+      if (dollar == std::string_view::npos) {
+        return Bad(def.code + ": a composite value is first$second");
+      }
+      std::string_view first = part.substr(0, dollar);
+      std::string_view rest = part.substr(dollar + 1);
+      SearchValue v;
+      auto [a, b] = SplitBar(first);
+      if (b) {
+        v.has_system = true;
+        v.system = Unescape(a);
+        v.code = Unescape(*b);
+      } else {
+        v.code = Unescape(a);
+      }
+      if (v.code.empty()) return Bad(def.code + ": the first component needs a code");
+      SearchValue w;
+      const std::string& kind = c.component_kind;
+      if (kind == "token") {
+        auto [x, y] = SplitBar(rest);
+        if (y) {
+          w.has_system = true;
+          w.system = Unescape(x);
+          w.code = Unescape(*y);
+        } else {
+          w.code = Unescape(x);
+        }
+        if (w.code.empty()) return Bad(def.code + ": the second component needs a code");
+      } else if (kind == "quantity") {
+        auto [n, unit] = SplitBar(rest);
+        std::string number = Unescape(n);
+        if (unit) {
+          auto [sys, code] = SplitBar(*unit);
+          if (!code) return Bad(def.code + ": a quantity is number|system|code");
+          w.has_system = !sys.empty();
+          w.system = Unescape(sys);
+          w.code = Unescape(*code);
+        }
+        w.prefix = TakePrefix(number);
+        if (!ParseNumber(number, &w)) return Bad(def.code + ": '" + number + "' is not a number");
+      } else if (kind == "date") {
+        std::string d = Unescape(rest);
+        w.prefix = TakePrefix(d);
+        auto r = fhir::DateRange(d);
+        if (!r) return Bad(def.code + ": '" + d + "' is not a FHIR date");
+        w.lo = r->first;
+        w.hi = r->second;
+      } else {
+        w.text = Unescape(rest);
+        if (w.text.empty()) return Bad(def.code + ": empty value");
+      }
+      v.second.push_back(std::move(w));
+      c.values.push_back(std::move(v));
+    }
+    return Finish(std::move(c));
+  }
+
   absl::StatusOr<SearchClause> Uri(const fhir::SearchParamDef& def, SearchClause c,
                                    const std::string& modifier, std::string_view raw) {
     c.kind = SearchClause::Kind::kUri;
@@ -647,6 +727,7 @@ absl::StatusOr<ParsedSearch> ParseSearch(
       for (auto& e : SplitValues(value)) {
         if (!e.empty()) out.elements.push_back(e);
       }
+      if (out.elements.size() > 64) return Error(ErrorCode::kTooCostly, "_elements: at most 64");
     } else if (name == "_sort") {
       for (auto& key : SplitValues(value)) {
         store::SortKey k;
@@ -754,6 +835,10 @@ absl::StatusOr<ParsedSearch> ParseSearch(
   for (size_t i = 0; i < canonical.size(); ++i) {
     if (i) out.canonical += "&";
     out.canonical += QueryEncode(canonical[i].first) + "=" + QueryEncode(canonical[i].second);
+  }
+  // The query travels in links and sealed cursors.
+  if (out.canonical.size() > 8192) {
+    return Error(ErrorCode::kTooCostly, "the query is longer than 8 KiB");
   }
   return out;
 }

@@ -240,8 +240,9 @@ TEST_F(ParseSearchTest, NotImplementedModifierIsAnErrorEvenWhenLenient) {
   // Ignoring a known parameter would silently widen the result.
   EXPECT_TRUE(FailsWith(Parse("Observation", {{"code:below", "x"}, {"status", "final"}}, false),
                         ErrorCode::kNotImplemented));
-  EXPECT_TRUE(FailsWith(Parse("Observation", {{"code-value-quantity", "x$5"}}, false),
-                        ErrorCode::kNotImplemented));
+  EXPECT_TRUE(
+      FailsWith(Parse("MolecularSequence", {{"chromosome-variant-coordinate", "1$2$3"}}, false),
+                ErrorCode::kNotImplemented));
 }
 
 TEST_F(ParseSearchTest, StringModifiers) {
@@ -428,9 +429,44 @@ TEST_F(ParseSearchTest, EmptyValuesAreRefused) {
   EXPECT_TRUE(FailsWith(Strict("Organization", "name", ""), ErrorCode::kInvalidParameter));
 }
 
-TEST_F(ParseSearchTest, CompositeParametersAreNotImplemented) {
+TEST_F(ParseSearchTest, CompositeTokenPairsAreParsed) {
+  // token$quantity: the code, then a prefixed quantity with its unit.
+  auto q = Strict("Observation", "code-value-quantity",
+                  "http://loinc.org|8480-6$gt140|http://unitsofmeasure.org|mm[Hg],x$5");
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_EQ(q->query.clauses.size(), 1u);
+  const store::SearchClause& c = q->query.clauses[0];
+  EXPECT_EQ(c.kind, store::SearchClause::Kind::kComposite);
+  EXPECT_EQ(c.component_kind, "quantity");
+  ASSERT_EQ(c.values.size(), 2u);
+  EXPECT_EQ(c.values[0].system, "http://loinc.org");
+  EXPECT_EQ(c.values[0].code, "8480-6");
+  ASSERT_EQ(c.values[0].second.size(), 1u);
+  EXPECT_EQ(c.values[0].second[0].prefix, store::SearchPrefix::kGt);
+  EXPECT_EQ(c.values[0].second[0].value, 140);
+  EXPECT_EQ(c.values[0].second[0].code, "mm[Hg]");
+  EXPECT_FALSE(c.values[1].has_system);
+  // token$token, token$date, token$string.
+  EXPECT_EQ(Strict("Observation", "code-value-concept", "a$http://snomed.info/sct|123")
+                ->query.clauses[0]
+                .component_kind,
+            "token");
+  EXPECT_EQ(Strict("Observation", "code-value-date", "a$ge2020")->query.clauses[0].component_kind,
+            "date");
+  EXPECT_EQ(Strict("Observation", "code-value-string", "a$high")->query.clauses[0].component_kind,
+            "string");
+  // Malformed: no '$', empty first code, bad number or date.
   EXPECT_TRUE(
-      FailsWith(Strict("Observation", "code-value-quantity", "x$5"), ErrorCode::kNotImplemented));
+      FailsWith(Strict("Observation", "code-value-quantity", "x"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(
+      FailsWith(Strict("Observation", "code-value-quantity", "$5"), ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Observation", "code-value-quantity", "x$abc"),
+                        ErrorCode::kInvalidParameter));
+  EXPECT_TRUE(FailsWith(Strict("Observation", "code-value-date", "x$notadate"),
+                        ErrorCode::kInvalidParameter));
+  // Composites other than token pairs are not supported.
+  EXPECT_TRUE(FailsWith(Strict("MolecularSequence", "chromosome-variant-coordinate", "1$2$3"),
+                        ErrorCode::kNotImplemented));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ struct SearchPage {
 //   updates it (the body's id must be absent or equal), more fails.
 // - kDelete with `condition`: deletes the single match; none is a no-op.
 // `check` (optional) is called with the Patient compartments of an existing
-// resource about to be changed and may refuse (authorization).
+// resource about to be changed (deleted versions included) and with those of
+// the version about to be stored; it may refuse (authorization).
 struct WriteOp {
   enum class Kind { kCreate, kUpdate, kDelete };
   Kind kind = Kind::kCreate;
@@ -114,6 +115,12 @@ struct WriteOp {
   // were resolved against it): "" = no match, else the matching id. A
   // different result inside the transaction fails kVersionConflict.
   std::optional<std::string> expect_match;
+  // The principal is confined to one Patient compartment: an absent, deleted
+  // or forbidden target of an update or delete fails alike (kNotFound), so
+  // writes cannot probe for resources.
+  bool confined = false;
+  // kUpdate with `condition`: key.id is the body's own id (not assigned).
+  bool id_from_body = false;
   std::function<absl::Status(const std::vector<std::string>& patients)> check;
 };
 
@@ -155,13 +162,14 @@ class ResourceStore {
   // through search parameter `param` ("*": any), optionally of `target_type`.
   virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
       const std::string& tenant, const std::string& type, const std::vector<std::string>& ids,
-      const std::string& param, const std::string& target_type) = 0;
+      const std::string& param, const std::string& target_type, int64_t time_budget_ms) = 0;
   // Ids of resources of `source_type` referencing one of `targets` through
-  // `param` ("*": any), confined to `patient`'s compartment when set.
+  // `param` ("*": any), confined to `patient`'s compartment when set. Both
+  // lookups stop with kTooCostly beyond `time_budget_ms` (0: none).
   virtual absl::StatusOr<std::vector<std::string>> ReferencedBy(
       const std::string& tenant, const std::string& source_type, const std::string& param,
       const std::vector<std::pair<std::string, std::string>>& targets,
-      const std::optional<std::string>& patient, int limit) = 0;
+      const std::optional<std::string>& patient, int limit, int64_t time_budget_ms) = 0;
   // All or nothing: every op is applied in one database transaction, in the
   // given order, or none is (the error names the failing op: "entry N: ...").
   virtual absl::StatusOr<std::vector<WriteOpResult>> Transaction(std::vector<WriteOp> ops) = 0;

@@ -37,6 +37,9 @@ struct SearchValue {
   std::string target_id;
   // blind date (birthdate): the date text as given ("1980", "1980-05", "1980-05-01").
   std::string date_text;
+  // composite: this value is the first (token) component; `second` holds the
+  // other one (kind: SearchClause::component_kind).
+  std::vector<SearchValue> second;
 };
 
 struct SearchClause {
@@ -52,6 +55,7 @@ struct SearchClause {
     kLastUpdated,  // _lastUpdated: values' lo/hi
     kChain,        // param.<sub clause on target_type>
     kHas,          // _has:target_type:param:<sub clause>
+    kComposite,    // token$(token|quantity|date|string): values' second component
   };
   Kind kind = Kind::kToken;
   std::string param;  // search parameter code ("subject", "name")
@@ -67,6 +71,7 @@ struct SearchClause {
   // confinement applies to (types outside the compartment definition are
   // reference data and are not confined).
   std::string target_type;
+  std::string component_kind;  // kComposite: "token", "quantity", "date" or "string"
   std::vector<SearchClause> sub;
   std::optional<std::string> narrow_patient;
 };

@@ -621,16 +621,18 @@ class SqliteStore final : public ResourceStore {
 
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
       const std::string& tenant, const std::string& type, const std::vector<std::string>& ids,
-      const std::string& param, const std::string& target_type) override {
+      const std::string& param, const std::string& target_type, int64_t time_budget_ms) override {
     auto conn = AcquireReader();
+    internal::ScopedBudget budget(*conn.db, time_budget_ms);
     return internal::ReferencesFrom(*conn.db, tenant, type, ids, param, target_type);
   }
 
   absl::StatusOr<std::vector<std::string>> ReferencedBy(
       const std::string& tenant, const std::string& source_type, const std::string& param,
       const std::vector<std::pair<std::string, std::string>>& targets,
-      const std::optional<std::string>& patient, int limit) override {
+      const std::optional<std::string>& patient, int limit, int64_t time_budget_ms) override {
     auto conn = AcquireReader();
+    internal::ScopedBudget budget(*conn.db, time_budget_ms);
     return internal::ReferencedBy(*conn.db, tenant, source_type, param, targets, patient, limit);
   }
 
@@ -747,6 +749,20 @@ class SqliteStore final : public ResourceStore {
     }
     auto cur = CurrentVersion(db, key);
     if (!cur.ok()) return cur.status();
+    const auto not_found = [&] { return Error(ErrorCode::kNotFound, key.type + "/" + key.id); };
+    if (op.condition && !match && op.kind == WriteOp::Kind::kUpdate && op.id_from_body) {
+      // Nothing matched: this is a create under the body's id, never an
+      // overwrite of an unrelated resource that happens to have that id.
+      if (op.confined) {
+        return Error(ErrorCode::kInvalidRequest,
+                     "a conditional update that creates gets a server-assigned id: send the body "
+                     "without an id");
+      }
+      if (*cur != 0) {
+        return Error(ErrorCode::kVersionConflict,
+                     "a resource with this id exists and does not match the condition");
+      }
+    }
     if (op.if_match && *cur != *op.if_match) {
       return Error(ErrorCode::kPreconditionFailed,
                    *cur == 0 ? "resource does not exist"
@@ -764,9 +780,13 @@ class SqliteStore final : public ResourceStore {
       if (!row.ok()) return row.status();
       cur_deleted = *row && st->Int(0) != 0;
       existing = CompartmentsOf(db, key, *cur);
-      if (op.check && !cur_deleted) {
-        if (auto c = op.check(existing); !c.ok()) return c;
+      if (op.check) {
+        if (auto c = op.check(existing); !c.ok()) return op.confined ? not_found() : c;
       }
+    }
+    if (op.confined && !op.condition && op.kind != WriteOp::Kind::kCreate &&
+        (*cur == 0 || cur_deleted)) {
+      return not_found();
     }
     out->stored.type = key.type;
     out->stored.id = key.id;
@@ -790,6 +810,9 @@ class SqliteStore final : public ResourceStore {
       return Error(ErrorCode::kNotFound, "update-as-create is disabled");
     }
     if (key.id != op.key.id) patients = CompartmentsAsStored(key, op.resource);
+    if (op.check) {
+      if (auto c = op.check(patients); !c.ok()) return c;
+    }
     absl::StatusOr<Prepared> prepared;
     if (presealed != nullptr && presealed->has_value() && (*presealed)->version == *cur + 1 &&
         key.id == op.key.id) {

@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS search_reference(
 CREATE INDEX IF NOT EXISTS search_reference_target
   ON search_reference(tenant, target_type, target_id, type, param);
 CREATE INDEX IF NOT EXISTS search_reference_id ON search_reference(tenant, type, id);
+CREATE TABLE IF NOT EXISTS search_composite(
+  tenant TEXT NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, c1_code TEXT NOT NULL,
+  c1_system TEXT NOT NULL, c2_system TEXT NOT NULL, c2_code TEXT NOT NULL,
+  c2_value REAL NOT NULL, c2_lo INTEGER NOT NULL, c2_hi INTEGER NOT NULL,
+  c2_text TEXT NOT NULL, id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS search_composite_value
+  ON search_composite(tenant, type, param, c1_code);
+CREATE INDEX IF NOT EXISTS search_composite_id ON search_composite(tenant, type, id);
 )sql";
 
 BlindIndex::BlindIndex(const SecretBytes& instance_key, std::string_view tenant)
@@ -139,6 +147,13 @@ IndexRows BuildIndexRows(const BlindIndex& blind, std::string_view type,
       case K::kReference:
         rows.refs.push_back({e.param, e.target_type, e.target_id, e.text});
         break;
+      case K::kComposite:
+        // No composite of R4 pairs identifying values; one that would is not
+        // stored in clear.
+        if (e.identifying) break;
+        rows.composites.push_back(
+            {e.param, e.system, e.code, e.c2_system, e.c2_code, e.c2_text, e.value, e.lo, e.hi});
+        break;
     }
   }
   return rows;
@@ -156,6 +171,8 @@ absl::Status DeleteIndex(Db& db, std::string_view tenant, std::string_view type,
            "DELETE FROM search_number INDEXED BY search_number_id WHERE tenant = ?1 AND type = ?2 "
            "AND id = ?3",
            "DELETE FROM search_reference INDEXED BY search_reference_id WHERE tenant = ?1 AND type "
+           "= ?2 AND id = ?3",
+           "DELETE FROM search_composite INDEXED BY search_composite_id WHERE tenant = ?1 AND type "
            "= ?2 AND id = ?3",
        }) {
     auto st = db.Prepare(sql);
@@ -226,6 +243,19 @@ absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, 
     for (const auto& r : rows.refs) {
       st->Reset().Bind(1, tenant).Bind(2, type).Bind(3, id).Bind(4, r.param);
       st->Bind(5, r.target_type).Bind(6, r.target_id).Bind(7, r.url);
+      if (auto s = st->Run(); !s.ok()) return s;
+    }
+  }
+  if (!rows.composites.empty()) {
+    auto st = prep(
+        "INSERT INTO search_composite(tenant, type, id, param, c1_system, c1_code, c2_system, "
+        "c2_code, c2_value, c2_lo, c2_hi, c2_text) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+    if (!st.ok()) return st.status();
+    for (const auto& r : rows.composites) {
+      st->Reset().Bind(1, tenant).Bind(2, type).Bind(3, id).Bind(4, r.param);
+      st->Bind(5, r.c1_system).Bind(6, r.c1_code).Bind(7, r.c2_system).Bind(8, r.c2_code);
+      st->BindDouble(9, r.c2_value).Bind(10, r.c2_lo).Bind(11, r.c2_hi).Bind(12, r.c2_text);
       if (auto s = st->Run(); !s.ok()) return s;
     }
   }
@@ -352,6 +382,8 @@ class Compiler {
       case K::kQuantity:
       case K::kLastUpdated:
         return 10;
+      case K::kComposite:
+        return 60;
     }
     return 0;
   }
@@ -370,6 +402,8 @@ class Compiler {
         return "search_number";
       case SearchClause::Kind::kReference:
         return "search_reference";
+      case SearchClause::Kind::kComposite:
+        return "search_composite";
       default:
         return nullptr;
     }
@@ -531,6 +565,28 @@ class Compiler {
         NumberCondition(sql, v);
         return absl::OkStatus();
       }
+      case K::kComposite: {
+        sql.text += "c1_code = " + sql.P(v.code);
+        if (v.has_system) sql.text += " AND c1_system = " + sql.P(v.system);
+        if (v.second.empty())
+          return Error(ErrorCode::kInvalidParameter, "composite needs two parts");
+        const SearchValue& w = v.second[0];
+        sql.text += " AND ";
+        if (c.component_kind == "token") {
+          sql.text += "c2_code = " + sql.P(w.code);
+          if (w.has_system) sql.text += " AND c2_system = " + sql.P(w.system);
+        } else if (c.component_kind == "quantity") {
+          if (w.has_system) sql.text += "c2_system = " + sql.P(w.system) + " AND ";
+          if (!w.code.empty()) sql.text += "c2_code = " + sql.P(w.code) + " AND ";
+          NumberCondition(sql, w, "c2_value");
+        } else if (c.component_kind == "date") {
+          DateCondition(sql, w, "c2_lo", "c2_hi");
+        } else {
+          std::string norm = fhir::NormalizeSearchString(w.text);
+          sql.text += "c2_text >= " + sql.P(norm) + " AND c2_text < " + sql.P(PrefixEnd(norm));
+        }
+        return absl::OkStatus();
+      }
       case K::kReference:
         if (!v.target_id.empty()) {
           if (!v.target_type.empty()) sql.text += "target_type = " + sql.P(v.target_type) + " AND ";
@@ -590,31 +646,33 @@ class Compiler {
 
   // Numbers: the stored value against the search value; eq/ne use the range
   // the search value's precision implies ("100" is [99.5, 100.5)).
-  static void NumberCondition(Sql& sql, const SearchValue& v) {
+  static void NumberCondition(Sql& sql, const SearchValue& v, const std::string& col = "value") {
     switch (v.prefix) {
       case SearchPrefix::kEq:
-        sql.text += "value >= " + sql.P(v.vlo) + " AND value < " + sql.P(v.vhi);
+        sql.text += col + " >= " + sql.P(v.vlo) + " AND " + col + " < " + sql.P(v.vhi);
         break;
       case SearchPrefix::kNe:
-        sql.text += "NOT (value >= " + sql.P(v.vlo) + " AND value < " + sql.P(v.vhi) + ")";
+        sql.text +=
+            "NOT (" + col + " >= " + sql.P(v.vlo) + " AND " + col + " < " + sql.P(v.vhi) + ")";
         break;
       case SearchPrefix::kGt:
       case SearchPrefix::kSa:
-        sql.text += "value > " + sql.P(v.value);
+        sql.text += col + " > " + sql.P(v.value);
         break;
       case SearchPrefix::kLt:
       case SearchPrefix::kEb:
-        sql.text += "value < " + sql.P(v.value);
+        sql.text += col + " < " + sql.P(v.value);
         break;
       case SearchPrefix::kGe:
-        sql.text += "value >= " + sql.P(v.value);
+        sql.text += col + " >= " + sql.P(v.value);
         break;
       case SearchPrefix::kLe:
-        sql.text += "value <= " + sql.P(v.value);
+        sql.text += col + " <= " + sql.P(v.value);
         break;
       case SearchPrefix::kAp: {
         const double gap = std::fabs(v.value) * 0.1;
-        sql.text += "value >= " + sql.P(v.value - gap) + " AND value <= " + sql.P(v.value + gap);
+        sql.text +=
+            col + " >= " + sql.P(v.value - gap) + " AND " + col + " <= " + sql.P(v.value + gap);
         break;
       }
     }
@@ -657,38 +715,28 @@ std::string SortExpr(Sql& sql, const std::string& alias, const SortKey& k) {
   return alias + ".id";
 }
 
-struct Deadline {
-  std::chrono::steady_clock::time_point at;
-};
-
-int ProgressCheck(void* p) {
-  auto* d = static_cast<Deadline*>(p);
-  return std::chrono::steady_clock::now() > d->at ? 1 : 0;
-}
-
-// Installs a time budget on `db` for the lifetime of this object.
-class Budget {
- public:
-  Budget(Db& db, int64_t ms) : db_(db) {
-    if (ms <= 0) return;
-    deadline_.at = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-    sqlite3_progress_handler(db_.raw(), 1000, ProgressCheck, &deadline_);
-    active_ = true;
-  }
-  ~Budget() {
-    if (active_) sqlite3_progress_handler(db_.raw(), 0, nullptr, nullptr);
-  }
-
- private:
-  Db& db_;
-  Deadline deadline_;
-  bool active_ = false;
-};
-
 }  // namespace
 
+namespace {
+int ProgressCheck(void* p) {
+  auto* at = static_cast<std::chrono::steady_clock::time_point*>(p);
+  return std::chrono::steady_clock::now() > *at ? 1 : 0;
+}
+}  // namespace
+
+ScopedBudget::ScopedBudget(Db& db, int64_t ms) : db_(db) {
+  if (ms <= 0) return;
+  deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  sqlite3_progress_handler(db_.raw(), 1000, ProgressCheck, &deadline_);
+  active_ = true;
+}
+
+ScopedBudget::~ScopedBudget() {
+  if (active_) sqlite3_progress_handler(db_.raw(), 0, nullptr, nullptr);
+}
+
 absl::StatusOr<SearchIds> RunSearch(Db& db, const BlindIndex& blind, const SearchQuery& q) {
-  Budget budget(db, q.time_budget_ms);
+  ScopedBudget budget(db, q.time_budget_ms);
   SearchIds out;
   {
     Sql sql;

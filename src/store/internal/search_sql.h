@@ -4,6 +4,7 @@
 #ifndef FHIRWARD_STORE_INTERNAL_SEARCH_SQL_H_
 #define FHIRWARD_STORE_INTERNAL_SEARCH_SQL_H_
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -57,13 +58,22 @@ struct IndexRows {
     std::string param;
     std::string target_type, target_id, url;
   };
+  struct Composite {  // token$(token|quantity|date|string)
+    std::string param;
+    std::string c1_system, c1_code;
+    std::string c2_system, c2_code, c2_text;
+    double c2_value = 0;
+    int64_t c2_lo = 0, c2_hi = 0;
+  };
   std::vector<Token> tokens;
   std::vector<String> strings;
   std::vector<Date> dates;
   std::vector<Number> numbers;
   std::vector<Ref> refs;
+  std::vector<Composite> composites;
   size_t size() const {
-    return tokens.size() + strings.size() + dates.size() + numbers.size() + refs.size();
+    return tokens.size() + strings.size() + dates.size() + numbers.size() + refs.size() +
+           composites.size();
   }
 };
 
@@ -80,6 +90,21 @@ absl::Status WriteIndex(Db& db, std::string_view tenant, std::string_view type, 
                         const IndexRows& rows, bool fresh = false);
 absl::Status DeleteIndex(Db& db, std::string_view tenant, std::string_view type,
                          std::string_view id);
+
+// A wall-clock budget on `db` for the lifetime of this object: a statement
+// running beyond it is interrupted (kTooCostly). 0 or less: none.
+class ScopedBudget {
+ public:
+  ScopedBudget(Db& db, int64_t ms);
+  ~ScopedBudget();
+  ScopedBudget(const ScopedBudget&) = delete;
+  ScopedBudget& operator=(const ScopedBudget&) = delete;
+
+ private:
+  Db& db_;
+  std::chrono::steady_clock::time_point deadline_;
+  bool active_ = false;
+};
 
 // The ids matching `q` in order, at most q.count + 1 (the extra one tells
 // that more exist), from q.offset; and the total when q.total.
