@@ -877,7 +877,8 @@ class SqliteStore final : public ResourceStore {
   }
   // 2: string normalization folds combining marks, Greek and Cyrillic case.
   // 3: identifying parameters shared by several types recognised for each.
-  static constexpr int64_t kIndexVersion = 3;
+  // 4: composite parameters (token pairs).
+  static constexpr int64_t kIndexVersion = 4;
 
   const internal::BlindIndex& BlindFor(const std::string& tenant) {
     std::lock_guard lock(blind_mu_);
