@@ -34,7 +34,6 @@ using Query = std::vector<std::pair<std::string, std::string>>;
 
 constexpr std::string_view kFhirJson = "application/fhir+json; charset=utf-8";
 constexpr std::string_view kErrorSystem = "https://fhirward.dev/CodeSystem/error";
-constexpr int64_t kCursorLifetimeSeconds = 3600;
 constexpr size_t kMaxIdempotencyKey = 255;
 // Conditions are evaluated again inside the write transaction, on the single
 // writer connection: they get a short budget there.
@@ -1134,46 +1133,24 @@ struct FhirService::Impl {
     return std::optional<std::string>();
   }
 
-  std::string SearchCursorAd(const Ctx& ctx) const {
-    return "fhirward-search-cursor-v1\x1f" + PrincipalKey(*ctx.principal);
-  }
-
-  // Opaque, authenticated, expiring: AES-GCM over the query, its position and
-  // an expiry, with the principal in the associated data.
+  // A search cursor: the canonical query and its position.
   std::string SearchCursor(const Ctx& ctx, const std::string& path, const std::string& canonical,
                            int64_t offset, int count) const {
     json::Value c = json::Value::MakeObject();
-    c.Set("p", Str(path));
     c.Set("q", Str(canonical));
     c.Set("o", json::Value::Int(offset));
     c.Set("n", json::Value::Int(count));
-    c.Set("x", json::Value::Int(d.clock->NowSeconds() + d.config.cursor_lifetime_seconds));
-    auto sealed = cursor_aead->Encrypt(json::Write(c), SearchCursorAd(ctx));
-    return sealed.ok() ? Base64UrlEncode(*sealed) : std::string();
+    return SealCursor(ctx, "search", path, std::move(c));
   }
 
   absl::Status OpenSearchCursor(const Ctx& ctx, const std::string& path, const std::string& cursor,
                                 std::string* canonical, int64_t* offset, int* count) const {
-    auto bad = [](std::string_view why) {
-      return fhirward::Error(ErrorCode::kInvalidParameter,
-                             std::string("_cursor ") + std::string(why));
-    };
-    auto raw = Base64UrlDecode(cursor);
-    if (!raw) return bad("is malformed");
-    auto text = cursor_aead->Decrypt(*raw, SearchCursorAd(ctx));
-    if (!text.ok()) return bad("is not valid for this principal");
-    auto c = json::Parse(*text);
-    if (!c.ok() || !c->is_object()) return bad("is malformed");
-    auto p = c->GetString("p");
+    auto c = OpenCursorFields(ctx, "search", path, cursor);
+    if (!c.ok()) return c.status();
     auto q = c->GetString("q");
     const json::Value* o = c->Find("o");
     const json::Value* n = c->Find("n");
-    const json::Value* x = c->Find("x");
-    if (!p || !q || !o || !n || !x || !o->as_int64() || !n->as_int64() || !x->as_int64()) {
-      return bad("is malformed");
-    }
-    if (*p != path) return bad("belongs to another query");
-    if (*x->as_int64() < d.clock->NowSeconds()) return bad("has expired");
+    if (!q || !o || !n || !o->as_int64() || !n->as_int64()) return CursorError("is malformed");
     *canonical = std::string(*q);
     *offset = *o->as_int64();
     *count = static_cast<int>(*n->as_int64());
@@ -2673,48 +2650,62 @@ struct FhirService::Impl {
 
   // --- history --------------------------------------------------------------------
 
-  // Paging cursors are AES-256-GCM sealed (key derived from the instance's
-  // cursor key) with the principal in the associated data: opaque to the
-  // client, unforgeable, and useless to anyone else.
-  std::string CursorAd(const Ctx& ctx) const {
-    return "fhirward-history-cursor-v1\x1f" + PrincipalKey(*ctx.principal);
+  // Paging cursors (history and search) are AES-256-GCM sealed (key derived
+  // from the instance's cursor key) over their fields, the request path and an
+  // expiry, with the kind and the principal in the associated data: opaque to
+  // the client, unforgeable, expiring, and useless to anyone else.
+  std::string CursorAd(const Ctx& ctx, std::string_view kind) const {
+    return "fhirward-" + std::string(kind) + "-cursor-v1\x1f" + PrincipalKey(*ctx.principal);
+  }
+
+  std::string SealCursor(const Ctx& ctx, std::string_view kind, const std::string& path,
+                         json::Value fields) const {
+    fields.Set("p", Str(path));
+    fields.Set("x", json::Value::Int(d.clock->NowSeconds() + d.config.cursor_lifetime_seconds));
+    auto sealed = cursor_aead->Encrypt(json::Write(fields), CursorAd(ctx, kind));
+    return sealed.ok() ? Base64UrlEncode(*sealed) : std::string();
+  }
+
+  static absl::Status CursorError(std::string_view why) {
+    return fhirward::Error(ErrorCode::kInvalidParameter, "_cursor " + std::string(why));
+  }
+
+  // The fields of a cursor sealed for this principal, kind and path, unexpired.
+  absl::StatusOr<json::Value> OpenCursorFields(const Ctx& ctx, std::string_view kind,
+                                               const std::string& path,
+                                               const std::string& cursor) const {
+    auto raw = Base64UrlDecode(cursor);
+    if (!raw) return CursorError("is malformed");
+    // Fails for an altered cursor and for one issued to another principal.
+    auto text = cursor_aead->Decrypt(*raw, CursorAd(ctx, kind));
+    if (!text.ok()) return CursorError("is not valid for this principal");
+    auto c = json::Parse(*text);
+    if (!c.ok() || !c->is_object()) return CursorError("is malformed");
+    auto p = c->GetString("p");
+    const json::Value* x = c->Find("x");
+    if (!p || !x || !x->as_int64()) return CursorError("is malformed");
+    if (*p != path) return CursorError("belongs to another query");
+    if (*x->as_int64() < d.clock->NowSeconds()) return CursorError("has expired");
+    return std::move(*c);
   }
 
   std::string CursorFor(const Ctx& ctx, const std::string& path, int64_t before_seq,
                         const std::optional<std::string>& since, int count) const {
     json::Value c = json::Value::MakeObject();
-    c.Set("p", Str(path));
     c.Set("b", json::Value::Int(before_seq));
     c.Set("n", json::Value::Int(count));
     if (since) c.Set("s", Str(*since));
-    c.Set("x", json::Value::Int(d.clock->NowSeconds() + kCursorLifetimeSeconds));
-    auto sealed = cursor_aead->Encrypt(json::Write(c), CursorAd(ctx));
-    return sealed.ok() ? Base64UrlEncode(*sealed) : std::string();
+    return SealCursor(ctx, "history", path, std::move(c));
   }
 
   absl::Status OpenCursor(const Ctx& ctx, const std::string& path, const std::string& cursor,
                           int64_t* before_seq, std::optional<std::string>* since,
                           int* count) const {
-    auto bad = [](std::string_view why) {
-      return fhirward::Error(ErrorCode::kInvalidParameter,
-                             std::string("_cursor ") + std::string(why));
-    };
-    auto raw = Base64UrlDecode(cursor);
-    if (!raw) return bad("is malformed");
-    // Fails for an altered cursor and for one issued to another principal.
-    auto text = cursor_aead->Decrypt(*raw, CursorAd(ctx));
-    if (!text.ok()) return bad("is not valid for this principal");
-    auto c = json::Parse(*text);
-    if (!c.ok() || !c->is_object()) return bad("is malformed");
-    auto p = c->GetString("p");
+    auto c = OpenCursorFields(ctx, "history", path, cursor);
+    if (!c.ok()) return c.status();
     const json::Value* b = c->Find("b");
     const json::Value* n = c->Find("n");
-    const json::Value* x = c->Find("x");
-    if (!p || !b || !n || !x || !b->as_int64() || !n->as_int64() || !x->as_int64()) {
-      return bad("is malformed");
-    }
-    if (*p != path) return bad("belongs to another query");
-    if (*x->as_int64() < d.clock->NowSeconds()) return bad("has expired");
+    if (!b || !n || !b->as_int64() || !n->as_int64()) return CursorError("is malformed");
     *before_seq = *b->as_int64();
     *count = static_cast<int>(*n->as_int64());
     if (auto s = c->GetString("s")) *since = std::string(*s);

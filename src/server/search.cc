@@ -281,14 +281,7 @@ struct Parser {
         v.system = Unescape(sys);
         v.code = Unescape(code) + "|" + Unescape(*value);
       } else {
-        auto [a, b] = SplitBar(part);
-        if (b) {
-          v.has_system = true;
-          v.system = Unescape(a);
-          v.code = Unescape(*b);
-        } else {
-          v.code = Unescape(a);
-        }
+        SetToken(part, &v);
       }
       c.values.push_back(std::move(v));
     }
@@ -416,14 +409,7 @@ struct Parser {
       c.blind = true;
       for (std::string_view part : SplitRaw(raw)) {
         SearchValue v;
-        auto [a, b] = SplitBar(part);
-        if (b) {
-          v.has_system = true;
-          v.system = Unescape(a);
-          v.code = Unescape(*b);
-        } else {
-          v.code = Unescape(a);
-        }
+        SetToken(part, &v);
         c.values.push_back(std::move(v));
       }
       return Finish(std::move(c));
@@ -475,26 +461,12 @@ struct Parser {
       std::string_view first = part.substr(0, dollar);
       std::string_view rest = part.substr(dollar + 1);
       SearchValue v;
-      auto [a, b] = SplitBar(first);
-      if (b) {
-        v.has_system = true;
-        v.system = Unescape(a);
-        v.code = Unescape(*b);
-      } else {
-        v.code = Unescape(a);
-      }
+      SetToken(first, &v);
       if (v.code.empty()) return Bad(def.code + ": the first component needs a code");
       SearchValue w;
       const std::string& kind = c.component_kind;
       if (kind == "token") {
-        auto [x, y] = SplitBar(rest);
-        if (y) {
-          w.has_system = true;
-          w.system = Unescape(x);
-          w.code = Unescape(*y);
-        } else {
-          w.code = Unescape(x);
-        }
+        SetToken(rest, &w);
         if (w.code.empty()) return Bad(def.code + ": the second component needs a code");
       } else if (kind == "quantity") {
         auto [n, unit] = SplitBar(rest);
@@ -643,6 +615,19 @@ struct Parser {
     }
     return out;
   }
+  // "system|code", "|code" (no system), "system|", "code" (any system), escapes
+  // still in place.
+  static void SetToken(std::string_view raw, SearchValue* v) {
+    auto [a, b] = SplitBar(raw);
+    if (b) {
+      v->has_system = true;
+      v->system = Unescape(a);
+      v->code = Unescape(*b);
+    } else {
+      v->code = Unescape(a);
+    }
+  }
+
   static std::string Unescape(std::string_view v) {
     std::string out;
     for (size_t i = 0; i < v.size(); ++i) {
