@@ -619,13 +619,20 @@ struct Emitter {
         ref[base_url.size()] == '/') {
       rel = ref.substr(base_url.size() + 1);
     }
-    // Type/id or Type/id/_history/v
+    // Exactly Type/id or Type/id/_history/v (the forms the compartment rules
+    // read too: anything else must not be searchable as a reference to Type/id).
     size_t slash = rel.find('/');
     if (slash != std::string_view::npos && rel.find(':') == std::string_view::npos) {
       std::string_view type = rel.substr(0, slash);
       std::string_view rest = rel.substr(slash + 1);
       std::string_view id = rest.substr(0, rest.find('/'));
-      if (IsResourceType(type) && IsValidId(id)) {
+      std::string_view tail = rest.substr(id.size());
+      bool versioned = false;
+      if (tail.starts_with("/_history/") && tail.size() > 10) {
+        versioned =
+            std::all_of(tail.begin() + 10, tail.end(), [](char c) { return c >= '0' && c <= '9'; });
+      }
+      if (IsResourceType(type) && IsValidId(id) && (tail.empty() || versioned)) {
         IndexEntry& e = Add(def, IndexEntry::Kind::kReference);
         e.target_type = std::string(type);
         e.target_id = std::string(id);

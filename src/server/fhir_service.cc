@@ -899,6 +899,21 @@ struct FhirService::Impl {
     return absl::OkStatus();
   }
 
+  // Whether the principal may read resources of `type` (type level).
+  bool MayRead(const Ctx& ctx, const std::string& type) const {
+    policy::AccessRequest read;
+    read.interaction = Interaction::kRead;
+    read.resource_type = type;
+    return d.policy->Authorize(*ctx.principal, read).allow;
+  }
+
+  bool MayCreate(const Ctx& ctx, const std::string& type) const {
+    policy::AccessRequest create;
+    create.interaction = Interaction::kCreate;
+    create.resource_type = type;
+    return d.policy->Authorize(*ctx.principal, create).allow;
+  }
+
   // A resource the policy hides is answered exactly like an absent one.
   net::HttpResponse Hidden(Ctx& ctx, const policy::Decision& rd) const {
     ctx.forced_outcome = "denied";
@@ -1070,7 +1085,8 @@ struct FhirService::Impl {
       net::HttpResponse r;
       r.status = 204;
       if (v->version > 0) {
-        r.SetHeader("ETag", ETag(v->version));
+        // Only a reader learns the version (and with it, that the id existed).
+        if (MayRead(ctx, route.type)) r.SetHeader("ETag", ETag(v->version));
         ctx.audit.version_id = std::to_string(v->version);
       }
       if (!v->patients.empty() && ctx.audit.patient_id.empty()) {
@@ -1092,6 +1108,12 @@ struct FhirService::Impl {
     if (auto rd = authorize(patients); !rd.allow) return deny(rd);
     if (absent && !d.config.update_create && !current.ok()) {
       return Error(ctx, ErrorCode::kMethodNotAllowed, "update cannot create; use POST");
+    }
+    if (absent && !MayCreate(ctx, route.type)) {
+      // Creating under a chosen id, or re-creating a deleted resource, is a create.
+      ctx.audit.error = "forbidden:update_creates_without_create_permission";
+      return Error(ctx, ErrorCode::kForbidden,
+                   "this update would create the resource: it needs the create permission");
     }
     auto w = d.store->Update(key, std::move(*body), expect, d.config.update_create);
     if (!w.ok()) {
@@ -1605,7 +1627,8 @@ struct FhirService::Impl {
       std::string detail = DetailOf(results.status());
       if (detail.starts_with("entry 0: ")) detail = detail.substr(9);
       ErrorCode code = CodeOf(results.status());
-      if (code == ErrorCode::kNotFound && !may_create) {
+      if ((code == ErrorCode::kNotFound || code == ErrorCode::kForbidden) && !may_create &&
+          detail.starts_with("creating here is not allowed")) {
         code = ErrorCode::kForbidden;
         detail = "nothing matches the condition, and creating needs the create permission";
       }
@@ -1617,14 +1640,16 @@ struct FhirService::Impl {
     if (route.interaction == Interaction::kDelete) {
       net::HttpResponse r;
       r.status = 204;
-      if (w.stored.version > 0) r.SetHeader("ETag", ETag(w.stored.version));
+      if (w.stored.version > 0 && MayRead(ctx, route.type)) {
+        r.SetHeader("ETag", ETag(w.stored.version));
+      }
       return r;
     }
     if (w.matched_existing) {
       net::HttpResponse r;
       r.status = 200;
-      VersionHeaders(r, w.stored, true);
-      // The existing resource's content only to a principal that may read it.
+      // The existing resource (its id, version and content) only to a
+      // principal that may read it; others learn only that it exists.
       policy::AccessRequest read;
       read.interaction = Interaction::kRead;
       read.resource_type = route.type;
@@ -1634,7 +1659,10 @@ struct FhirService::Impl {
                                          w.stored.patients,
                                          fhir::InPatientCompartmentDefinition(route.type));
       }
-      if (rd.allow) WriteBody(ctx, req, r, w.stored, "exists:");
+      if (rd.allow) {
+        VersionHeaders(r, w.stored, true);
+        WriteBody(ctx, req, r, w.stored, "exists:");
+      }
       return r;
     }
     return Written(ctx, req, w.stored, w.created ? 201 : 200, w.created ? "created" : "updated");
@@ -1648,6 +1676,14 @@ struct FhirService::Impl {
     if (!ct || !IEquals(Trim(ct->substr(0, ct->find(';'))), "application/json-patch+json")) {
       return Error(ctx, ErrorCode::kUnsupportedMediaType,
                    "send a JSON Patch as application/json-patch+json");
+    }
+    // A patch works on the current content and answers with it (and a `test`
+    // operation tells whether a field holds a value): it needs read as well.
+    if (!MayRead(ctx, route.type)) {
+      ctx.audit.error = "forbidden:patch_without_read";
+      return Error(ctx, ErrorCode::kForbidden,
+                   "a patch reads the resource it changes: it needs read (r) as well as update "
+                   "(u)");
     }
     auto patch = json::Parse(req.body, d.config.json_limits);
     if (!patch.ok()) return ErrorResponse(ctx, patch.status());
@@ -2743,6 +2779,14 @@ struct FhirService::Impl {
       }
     }
     if (!decision.patient_compartment.empty()) q.patient = decision.patient_compartment;
+    // History returns resources: type and system history need read too (the
+    // instance's history is authorized as a read already).
+    if (route.interaction != Interaction::kHistoryInstance &&
+        !MayRead(ctx, route.type.empty() ? std::string() : route.type)) {
+      ctx.audit.error = "forbidden:history_without_read";
+      return Error(ctx, ErrorCode::kForbidden,
+                   "history returns resources: it needs read (r) as well as search (s)");
+    }
 
     if (route.interaction == Interaction::kHistoryInstance) {
       auto cur = d.store->Read({d.config.tenant, route.type, route.id});

@@ -806,8 +806,11 @@ class SqliteStore final : public ResourceStore {
     if (op.kind == WriteOp::Kind::kCreate && *cur != 0) {
       return Error(ErrorCode::kVersionConflict, "id already exists");
     }
-    if (op.kind == WriteOp::Kind::kUpdate && *cur == 0 && !op.allow_create) {
-      return Error(ErrorCode::kNotFound, "update-as-create is disabled");
+    if (op.kind == WriteOp::Kind::kUpdate && (*cur == 0 || cur_deleted) && !op.allow_create) {
+      // Re-creating a deleted resource is a create too.
+      return Error(ErrorCode::kForbidden,
+                   "creating here is not allowed (it needs the create permission, and "
+                   "update-as-create for a chosen id)");
     }
     if (key.id != op.key.id) patients = CompartmentsAsStored(key, op.resource);
     if (op.check) {
@@ -878,7 +881,8 @@ class SqliteStore final : public ResourceStore {
   // 2: string normalization folds combining marks, Greek and Cyrillic case.
   // 3: identifying parameters shared by several types recognised for each.
   // 4: composite parameters (token pairs).
-  static constexpr int64_t kIndexVersion = 4;
+  // 5: references only as Type/id or Type/id/_history/v (others as URLs).
+  static constexpr int64_t kIndexVersion = 5;
 
   const internal::BlindIndex& BlindFor(const std::string& tenant) {
     std::lock_guard lock(blind_mu_);

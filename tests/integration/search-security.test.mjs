@@ -74,7 +74,15 @@ describe('search, conditional writes and bundles: leak paths stay closed', { tim
     });
     assertStatus(r, 200);
     assert.equal(r.text, '', 'no body for a principal without read');
-    assert.match(r.headers.location, new RegExp(`/Observation/${obsB}/_history/`));
+    assert.equal(r.headers.location, undefined, 'no id for a principal without read');
+    // With read, the same request answers with the existing resource.
+    const reader = client(srv, mintToken(srv, { sub: 'crs', scope: 'user/Observation.crs' }));
+    const full = await reader.post('/Observation', bp(`Patient/${B}`, 99), {
+      headers: { 'If-None-Exist': `identifier=urn:obs|${secret}` },
+    });
+    assertStatus(full, 200);
+    assert.match(full.headers.location, new RegExp(`/Observation/${obsB}/_history/`));
+    assert.equal(full.json.id, obsB);
   });
 
   it('an update-only token cannot create through a conditional update', async () => {
@@ -165,6 +173,63 @@ describe('search, conditional writes and bundles: leak paths stay closed', { tim
     assert.deepEqual(tr.map((r) => r.action), ['create', 'create', 'transaction']);
     assert.deepEqual(tr.slice(0, 2).map((r) => r.resource_type), ['Patient', 'Observation']);
     assert.ok(tr.slice(0, 2).every((r) => r.outcome === 'success' && r.resource_id));
+  });
+
+  it('history of a type or of the system needs read, not only search', async () => {
+    const c = client(srv, mintToken(srv, { sub: 's-only', scope: 'user/Observation.s' }));
+    assertOutcome(await c.get('/Observation/_history'), 403, 'forbidden', 'forbidden', 'type history with s');
+    const sys = client(srv, mintToken(srv, { sub: 's-all', scope: 'user/*.s' }));
+    assertOutcome(await sys.get('/_history'), 403, 'forbidden', 'forbidden', 'system history with s');
+    assertStatus(await client(srv, mintToken(srv, { sub: 'rs', scope: 'user/Observation.rs' })).get('/Observation/_history'), 200);
+  });
+
+  it('PATCH needs read as well as update (the answer and test operations reveal content)', async () => {
+    const c = client(srv, mintToken(srv, { sub: 'u-only', scope: 'user/Observation.u' }));
+    const before = await admin.get(`/Observation/${obsB}`);
+    const r = await c('PATCH', `/Observation/${obsB}`, {
+      body: JSON.stringify([{ op: 'test', path: '/status', value: 'final' }]),
+      contentType: 'application/json-patch+json',
+    });
+    assertOutcome(r, 403, 'forbidden', 'forbidden', 'patch with u only');
+    assert.ok(!r.text.includes(secret));
+    const after = await admin.get(`/Observation/${obsB}`);
+    assert.equal(after.json.meta.versionId, before.json.meta.versionId, 'nothing written');
+  });
+
+  it('an update that would create or re-create a resource needs the create permission', async () => {
+    const c = client(srv, mintToken(srv, { sub: 'u-only', scope: 'user/Observation.ru' }));
+    assertOutcome(await c.put('/Observation/u-made-1', { ...bp(`Patient/${A}`, 1), id: 'u-made-1' }), 403, 'forbidden', 'forbidden', 'PUT new id without c');
+    assertOutcome(await c.put(`/Observation/${deletedB}`, { ...bp(`Patient/${B}`, 1), id: deletedB }), 403, 'forbidden', 'forbidden', 'PUT deleted id without c');
+    const t = await c.post('/', tx([{ request: { method: 'PUT', url: `Observation/${deletedB}` }, resource: { ...bp(`Patient/${B}`, 1), id: deletedB } }]));
+    assertOutcome(t, 403, 'forbidden', 'forbidden', 'transaction PUT deleted id without c');
+    assertStatus(await admin.get(`/Observation/${deletedB}`), 410);
+    assertStatus(await admin.get('/Observation/u-made-1'), 404);
+  });
+
+  it('without read, a matched conditional create and a delete reveal no id or version', async () => {
+    const c = client(srv, mintToken(srv, { sub: 'cs', scope: 'user/Observation.cs' }));
+    const r = await c.post('/Observation', bp(`Patient/${B}`, 99), {
+      headers: { 'If-None-Exist': `identifier=urn:obs|${secret}` },
+    });
+    assertStatus(r, 200);
+    assert.equal(r.headers.location, undefined);
+    assert.equal(r.headers.etag, undefined);
+    const extra = await admin.post('/Observation', bp(`Patient/${B}`, 98));
+    const d = client(srv, mintToken(srv, { sub: 'd-only', scope: 'user/Observation.d' }));
+    const gone = await d.del(`/Observation/${extra.json.id}`);
+    assertStatus(gone, 204);
+    assert.equal(gone.headers.etag, undefined);
+  });
+
+  it('a reference that is not exactly Type/id is not searchable as one (compartments read it the same way)', async () => {
+    const r = await admin.post('/Observation', { ...bp(`Patient/${A}`, 1), focus: [{ reference: `Patient/${B}/x` }] });
+    // Strict validation refuses the malformed reference; were it stored, it
+    // would be indexed as a URL, not as a reference to Patient/B.
+    assert.ok(r.status === 422 || r.status === 201, `status ${r.status}`);
+    if (r.status === 201) {
+      const b = await admin.get(`/Observation?focus=Patient/${B}`);
+      assert.ok(!ids(b.json).includes(r.json.id));
+    }
   });
 
   it('composite parameters: code-value-quantity pairs the code with the value', async () => {
