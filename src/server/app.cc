@@ -33,6 +33,14 @@
 namespace fhirward::server {
 namespace {
 
+// The configured public base (no trailing slash): absolute references to it are
+// indexed as references. Empty when the base is only known after binding
+// (listen port 0); such references are then indexed as URLs.
+std::string StoreBaseUrl(std::string base) {
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  return base;
+}
+
 constexpr int64_t kMaxMintTtl = 86400;
 
 std::string PublicHost(const std::string& host) {
@@ -304,7 +312,8 @@ absl::Status Serve(const ServeArgs& args) {
                                        .kek = &inst.kek(),
                                        .read_connections = config.store_read_connections,
                                        .cache_bytes = config.store_cache_bytes,
-                                       .index_key = &inst.blind_index_key()});
+                                       .index_key = &inst.blind_index_key(),
+                                       .base_url = StoreBaseUrl(config.base_url)});
   if (!store.ok()) return store.status();
   auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
   if (!audit_log.ok()) return audit_log.status();

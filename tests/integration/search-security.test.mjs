@@ -245,3 +245,25 @@ describe('search, conditional writes and bundles: leak paths stay closed', { tim
     assertOutcome(await q('8480-6'), 400, 'invalid', 'invalid_parameter', 'composite without $');
   });
 });
+
+describe('absolute references to the configured base are searchable as references', { timeout: 60000 }, () => {
+  let srv;
+  before(async () => {
+    srv = await startServer({ name: 'base-url', config: 'base_url = "https://fhir.example.org/r4/"\n' });
+  });
+  after(() => stopAndClean(srv));
+  afterEach(diagnose(() => [srv]));
+
+  it('subject=Patient/id finds an Observation whose subject is the absolute URL', async () => {
+    const c = client(srv, mintToken(srv, { sub: 'admin', scope: 'system/*.cruds' }));
+    const p = await c.post('/Patient', patient());
+    assertStatus(p, 201);
+    const o = await c.post('/Observation', bp(`https://fhir.example.org/r4/Patient/${p.json.id}`, 1));
+    assertStatus(o, 201);
+    const other = await c.post('/Observation', bp(`https://elsewhere.example.org/Patient/${p.json.id}`, 2));
+    assertStatus(other, 201);
+    const r = await c.get(`/Observation?subject=Patient/${p.json.id}`);
+    assertStatus(r, 200);
+    assert.deepEqual(ids(r.json), [o.json.id], 'another server\'s Patient is not this one');
+  });
+});
