@@ -1130,6 +1130,25 @@ struct FhirService::Impl {
     return Written(ctx, req, w->stored, created ? 201 : 200, created ? "created" : "updated");
   }
 
+  // A Bundle of `type` (searchset, history) with a fresh id and meta.lastUpdated.
+  json::Value NewBundle(std::string_view type) const {
+    json::Value bundle = json::Value::MakeObject();
+    bundle.Set("resourceType", Str("Bundle"));
+    bundle.Set("id", Str(RandomUuid()));
+    json::Value meta = json::Value::MakeObject();
+    meta.Set("lastUpdated", Str(FormatInstant(d.clock->Now())));
+    bundle.Set("meta", std::move(meta));
+    bundle.Set("type", Str(std::string(type)));
+    return bundle;
+  }
+
+  static void AddLink(json::Value& links, std::string_view relation, std::string url) {
+    json::Value l = json::Value::MakeObject();
+    l.Set("relation", Str(std::string(relation)));
+    l.Set("url", Str(std::move(url)));
+    links.Push(std::move(l));
+  }
+
   // --- search -----------------------------------------------------------------------
 
   // Types whose resources can be confined to a Patient compartment.
@@ -1341,21 +1360,10 @@ struct FhirService::Impl {
     }
     for (const store::StoredVersion& v : included) entries.emplace_back(&v, "include");
 
-    json::Value bundle = json::Value::MakeObject();
-    bundle.Set("resourceType", Str("Bundle"));
-    bundle.Set("id", Str(RandomUuid()));
-    json::Value meta = json::Value::MakeObject();
-    meta.Set("lastUpdated", Str(FormatInstant(d.clock->Now())));
-    bundle.Set("meta", std::move(meta));
-    bundle.Set("type", Str("searchset"));
+    json::Value bundle = NewBundle("searchset");
     if (page.total) bundle.Set("total", json::Value::Int(*page.total));
     json::Value links = json::Value::MakeArray();
-    auto link = [&](std::string rel, std::string url) {
-      json::Value l = json::Value::MakeObject();
-      l.Set("relation", Str(std::move(rel)));
-      l.Set("url", Str(std::move(url)));
-      links.Push(std::move(l));
-    };
+    auto link = [&](std::string rel, std::string url) { AddLink(links, rel, std::move(url)); };
     const std::string base = d.base_url + path;
     link("self", base + (ps.canonical.empty() ? "" : "?" + ps.canonical));
     // The last page inside the result window is shortened rather than
@@ -2806,20 +2814,9 @@ struct FhirService::Impl {
     auto page = d.store->History(q);
     if (!page.ok()) return ErrorResponse(ctx, page.status());
 
-    json::Value bundle = json::Value::MakeObject();
-    bundle.Set("resourceType", Str("Bundle"));
-    bundle.Set("id", Str(RandomUuid()));
-    json::Value meta = json::Value::MakeObject();
-    meta.Set("lastUpdated", Str(FormatInstant(d.clock->Now())));
-    bundle.Set("meta", std::move(meta));
-    bundle.Set("type", Str("history"));
+    json::Value bundle = NewBundle("history");
     json::Value links = json::Value::MakeArray();
-    auto link = [&](std::string rel, std::string url) {
-      json::Value l = json::Value::MakeObject();
-      l.Set("relation", Str(std::move(rel)));
-      l.Set("url", Str(std::move(url)));
-      links.Push(std::move(l));
-    };
+    auto link = [&](std::string rel, std::string url) { AddLink(links, rel, std::move(url)); };
     std::string self = d.base_url + path + "?_count=" + std::to_string(q.count);
     if (q.since) self += "&_since=" + PercentEncode(*q.since);
     link("self", self);

@@ -43,12 +43,13 @@ std::optional<std::string> Decode(std::string_view s) {
   return out;
 }
 
-// Splits a parameter value on commas not escaped with a backslash; "\," "\|"
-// "\$" "\\" are unescaped (R4 §3.1.1.6).
-std::vector<std::string> SplitValues(std::string_view v) {
+// Raw comma-separated parts of a parameter value, escapes kept (the '|' and
+// '$' splits of tokens and composites need them).
+std::vector<std::string> SplitRaw(std::string_view v) {
   std::vector<std::string> out(1);
   for (size_t i = 0; i < v.size(); ++i) {
     if (v[i] == '\\' && i + 1 < v.size()) {
+      out.back().push_back(v[i]);
       out.back().push_back(v[++i]);
     } else if (v[i] == ',') {
       out.emplace_back();
@@ -56,6 +57,23 @@ std::vector<std::string> SplitValues(std::string_view v) {
       out.back().push_back(v[i]);
     }
   }
+  return out;
+}
+
+// "\," "\|" "\$" "\\" → the character itself (R4 §3.1.1.6).
+std::string Unescape(std::string_view v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '\\' && i + 1 < v.size()) ++i;
+    out.push_back(v[i]);
+  }
+  return out;
+}
+
+// A parameter value split on unescaped commas, each part unescaped.
+std::vector<std::string> SplitValues(std::string_view v) {
+  std::vector<std::string> out;
+  for (const std::string& part : SplitRaw(v)) out.push_back(Unescape(part));
   return out;
 }
 
@@ -600,21 +618,6 @@ struct Parser {
     return c;
   }
 
-  // Raw comma-separated parts, escapes kept (the '|' split needs them).
-  static std::vector<std::string> SplitRaw(std::string_view v) {
-    std::vector<std::string> out(1);
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (v[i] == '\\' && i + 1 < v.size()) {
-        out.back().push_back(v[i]);
-        out.back().push_back(v[++i]);
-      } else if (v[i] == ',') {
-        out.emplace_back();
-      } else {
-        out.back().push_back(v[i]);
-      }
-    }
-    return out;
-  }
   // "system|code", "|code" (no system), "system|", "code" (any system), escapes
   // still in place.
   static void SetToken(std::string_view raw, SearchValue* v) {
@@ -626,15 +629,6 @@ struct Parser {
     } else {
       v->code = Unescape(a);
     }
-  }
-
-  static std::string Unescape(std::string_view v) {
-    std::string out;
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (v[i] == '\\' && i + 1 < v.size()) ++i;
-      out.push_back(v[i]);
-    }
-    return out;
   }
 };
 

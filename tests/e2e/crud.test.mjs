@@ -2,9 +2,9 @@
 // create -> read -> update -> vread -> history -> delete -> read 410.
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startServer, stopAndClean, diagnose, mintToken } from '../integration/lib.mjs';
+import { runFlow, okStep } from './fkc-harness.mjs';
 
 const flow = fileURLToPath(new URL('./fkc-flow.mjs', import.meta.url));
 
@@ -15,16 +15,7 @@ describe('fhir-kit-client CRUD against fhirward', { timeout: 90000 }, () => {
   before(async () => {
     srv = await startServer({ name: 'e2e' });
     const token = mintToken(srv, { sub: 'e2e-user', scope: 'user/*.cruds' });
-    const child = spawnSync(process.execPath, [flow], {
-      encoding: 'utf8',
-      timeout: 60000,
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: `${srv.dataDir}/tls/ca.pem`, FHIR_BASE: srv.base, FHIR_TOKEN: token },
-    });
-    const line = (child.stdout || '').split('\n').find((l) => l.startsWith('RESULT '));
-    if (!line) {
-      throw new Error(`fhir-kit-client flow printed no RESULT (exit ${child.status}, signal ${child.signal}):\n${child.stdout}\n${child.stderr}`);
-    }
-    out = JSON.parse(line.slice(7));
+    out = runFlow(flow, srv, token);
     r = out.results;
   });
   after(async () => { await stopAndClean(srv); });
@@ -33,11 +24,8 @@ describe('fhir-kit-client CRUD against fhirward', { timeout: 90000 }, () => {
     diagnose(() => [srv])(t);
   });
 
-  const ok = (name) => {
-    assert.ok(r[name], `step ${name} did not run`);
-    assert.ok(r[name].ok, `step ${name} failed: ${JSON.stringify(r[name].error)}`);
-    return r[name].value;
-  };
+  const ok = (name) => okStep(out, name);
+
 
   it('capabilityStatement', () => {
     const v = ok('capabilities');

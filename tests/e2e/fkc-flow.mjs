@@ -3,23 +3,10 @@
 // development CA) applies to Node's built-in fetch, which fhir-kit-client uses.
 // Env: FHIR_BASE, FHIR_TOKEN. Prints one line `RESULT <json>`: step -> outcome.
 import Client from 'fhir-kit-client';
+import { steps } from './fkc-harness.mjs';
 
 const client = new Client({ baseUrl: process.env.FHIR_BASE, bearerToken: process.env.FHIR_TOKEN });
-const results = {};
-
-function errorOf(e) {
-  if (e && e.response) return { status: e.response.status, data: e.response.data };
-  return { message: String(e && e.stack ? e.stack : e) };
-}
-
-async function step(name, fn) {
-  try {
-    results[name] = { ok: true, value: await fn() };
-  } catch (e) {
-    results[name] = { ok: false, error: errorOf(e) };
-  }
-  return results[name];
-}
+const { step, report } = steps();
 
 const family = `Kit-${Date.now()}`;
 const meta = await step('capabilities', async () => {
@@ -56,4 +43,4 @@ if (id) {
   await step('vreadAfterDelete', async () => client.vread({ resourceType: 'Patient', id, version: '2' }));
 }
 
-process.stdout.write(`RESULT ${JSON.stringify({ id, family, results })}\n`);
+report({ id, family });

@@ -4,23 +4,10 @@
 // Prints one line `RESULT <json>`: step -> outcome.
 import crypto from 'node:crypto';
 import Client from 'fhir-kit-client';
+import { steps } from './fkc-harness.mjs';
 
 const client = new Client({ baseUrl: process.env.FHIR_BASE, bearerToken: process.env.FHIR_TOKEN });
-const results = {};
-
-function errorOf(e) {
-  if (e && e.response) return { status: e.response.status, data: e.response.data };
-  return { message: String(e && e.stack ? e.stack : e) };
-}
-
-async function step(name, fn) {
-  try {
-    results[name] = { ok: true, value: await fn() };
-  } catch (e) {
-    results[name] = { ok: false, error: errorOf(e) };
-  }
-  return results[name];
-}
+const { step, report } = steps();
 
 const family = `Kitsearch${Date.now()}`;
 const mrn = `MRN-${crypto.randomUUID()}`;
@@ -124,4 +111,4 @@ if (patientId) {
   });
 }
 
-process.stdout.write(`RESULT ${JSON.stringify({ patientId, family, results })}\n`);
+report({ patientId, family });

@@ -5,30 +5,19 @@
 // conditional update and JSON Patch.
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startServer, stopAndClean, diagnose, mintToken } from '../integration/lib.mjs';
+import { runFlow, okStep } from './fkc-harness.mjs';
 
 const flow = fileURLToPath(new URL('./fkc-search-flow.mjs', import.meta.url));
 
 describe('fhir-kit-client search, transaction and patch against fhirward', { timeout: 90000 }, () => {
   let srv;
   let out;
-  let r;
   before(async () => {
     srv = await startServer({ name: 'e2e-search' });
     const token = mintToken(srv, { sub: 'e2e-user', scope: 'user/*.cruds' });
-    const child = spawnSync(process.execPath, [flow], {
-      encoding: 'utf8',
-      timeout: 60000,
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: `${srv.dataDir}/tls/ca.pem`, FHIR_BASE: srv.base, FHIR_TOKEN: token },
-    });
-    const line = (child.stdout || '').split('\n').find((l) => l.startsWith('RESULT '));
-    if (!line) {
-      throw new Error(`fhir-kit-client flow printed no RESULT (exit ${child.status}, signal ${child.signal}):\n${child.stdout}\n${child.stderr}`);
-    }
-    out = JSON.parse(line.slice(7));
-    r = out.results;
+    out = runFlow(flow, srv, token);
   });
   after(async () => { await stopAndClean(srv); });
   afterEach((t) => {
@@ -36,11 +25,8 @@ describe('fhir-kit-client search, transaction and patch against fhirward', { tim
     diagnose(() => [srv])(t);
   });
 
-  const ok = (name) => {
-    assert.ok(r[name], `step ${name} did not run`);
-    assert.ok(r[name].ok, `step ${name} failed: ${JSON.stringify(r[name].error)}`);
-    return r[name].value;
-  };
+  const ok = (name) => okStep(out, name);
+
 
   it('transaction: every entry created, references resolved', () => {
     const v = ok('transaction');
