@@ -1,10 +1,12 @@
-// fhirward command line: serve, token mint, audit verify, validate, version.
+// fhirward command line: serve, token mint, users, clients, launch, keys, audit verify,
+// validate, version.
 #include <cstdio>
 #include <iostream>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "common/error.h"
+#include "server/admin.h"
 #include "server/app.h"
 
 namespace {
@@ -59,9 +61,131 @@ int main(int argc, char** argv) {
   validate_cmd->add_flag("--outcome", validate.outcome_json,
                          "Print each file's OperationOutcome as JSON");
 
+  // --- users, clients, launch contexts, signing keys (the authorization server)
+  CLI::App* users_cmd = app.add_subcommand("users", "Users of the login page");
+  users_cmd->require_subcommand(1);
+  server::UserArgs user;
+  bool password_stdin = false;
+  CLI::App* users_add = users_cmd->add_subcommand("add", "Add a user (prints a generated password)");
+  CLI::App* users_reset =
+      users_cmd->add_subcommand("reset-password", "Set a new password and clear a lockout");
+  for (CLI::App* c : {users_add, users_reset}) {
+    c->add_option("--data-dir", user.data_dir, "Data directory")->required();
+    c->add_option("--username", user.username, "User name")->required();
+    c->add_flag("--password-stdin", password_stdin,
+                "Read the password from standard input instead of generating one");
+  }
+  users_add->add_option("--fhir-user", user.fhir_user,
+                        "FHIR resource of the user: Practitioner/ID, Patient/ID, RelatedPerson/ID")
+      ->required();
+  users_add->add_option("--roles", user.roles, "Roles (comma separated)");
+  users_add->add_flag("--totp", user.totp, "Enrol a TOTP second factor (prints its otpauth URI)");
+  std::string users_dir, users_name;
+  CLI::App* users_list = users_cmd->add_subcommand("list", "List users (never secrets)");
+  users_list->add_option("--data-dir", users_dir, "Data directory")->required();
+  CLI::App* users_disable = users_cmd->add_subcommand("disable", "Disable a user");
+  CLI::App* users_enable = users_cmd->add_subcommand("enable", "Enable a user again");
+  for (CLI::App* c : {users_disable, users_enable}) {
+    c->add_option("--data-dir", users_dir, "Data directory")->required();
+    c->add_option("--username", users_name, "User name")->required();
+  }
+
+  CLI::App* clients_cmd = app.add_subcommand("clients", "OAuth clients (SMART apps, services)");
+  clients_cmd->require_subcommand(1);
+  server::ClientArgs client;
+  CLI::App* clients_add = clients_cmd->add_subcommand("add", "Register a client");
+  clients_add->add_option("--data-dir", client.data_dir, "Data directory")->required();
+  clients_add->add_option("--client-id", client.client_id, "Client id")->required();
+  clients_add->add_option("--name", client.name, "Name shown on the consent page");
+  clients_add->add_option("--auth", client.auth,
+                          "none (public) | client_secret_basic | private_key_jwt | "
+                          "tls_client_auth");
+  clients_add->add_option("--redirect-uri", client.redirect_uris, "Redirect URI (repeatable)");
+  clients_add->add_option("--scope", client.scope, "Scopes the client may be granted")->required();
+  clients_add->add_option("--grant-type", client.grant_types,
+                          "authorization_code | refresh_token | client_credentials (repeatable)");
+  clients_add->add_option("--jwks-file", client.jwks_file, "private_key_jwt: public JWKS file");
+  clients_add->add_option("--jwks-uri", client.jwks_uri, "private_key_jwt: JWKS URL (https)");
+  clients_add->add_option("--tls-subject", client.tls_subject,
+                          "tls_client_auth: certificate subject (RFC 2253)");
+  clients_add->add_flag("--no-rotate-refresh", client.no_rotate_refresh,
+                        "Keep refresh tokens across uses (default: rotate on every use)");
+  clients_add->add_option("--sender-constraint", client.sender_constraint,
+                          "dpop | mtls: every token must be bound");
+  clients_add->add_option("--id-token-alg", client.id_token_alg, "RS256 (default) or ES256");
+  clients_add->add_option("--secret-days", client.secret_days,
+                          "Client secret lifetime in days (0: no expiry)");
+  std::string clients_dir, clients_name;
+  CLI::App* clients_list = clients_cmd->add_subcommand("list", "List clients (never secrets)");
+  clients_list->add_option("--data-dir", clients_dir, "Data directory")->required();
+  CLI::App* clients_disable = clients_cmd->add_subcommand("disable", "Disable a client");
+  CLI::App* clients_enable = clients_cmd->add_subcommand("enable", "Enable a client again");
+  for (CLI::App* c : {clients_disable, clients_enable}) {
+    c->add_option("--data-dir", clients_dir, "Data directory")->required();
+    c->add_option("--client-id", clients_name, "Client id")->required();
+  }
+  CLI::App* clients_rotate = clients_cmd->add_subcommand(
+      "rotate-secret", "New client secret; the old one keeps working for --grace seconds");
+  clients_rotate->add_option("--data-dir", client.data_dir, "Data directory")->required();
+  clients_rotate->add_option("--client-id", client.client_id, "Client id")->required();
+  clients_rotate->add_option("--grace", client.grace_seconds, "Seconds (default 86400)");
+  clients_rotate->add_option("--secret-days", client.secret_days, "New secret lifetime in days");
+
+  CLI::App* launch_cmd = app.add_subcommand("launch", "EHR launch contexts");
+  launch_cmd->require_subcommand(1);
+  server::LaunchArgs launch;
+  CLI::App* launch_create =
+      launch_cmd->add_subcommand("create", "Create a launch context; prints the launch id");
+  launch_create->add_option("--data-dir", launch.data_dir, "Data directory")->required();
+  launch_create->add_option("--patient", launch.patient, "Patient id")->required();
+  launch_create->add_option("--encounter", launch.encounter, "Encounter id");
+  launch_create->add_option("--ttl", launch.ttl_seconds, "Lifetime in seconds (default 3600)");
+
+  CLI::App* keys_cmd = app.add_subcommand("keys", "Token-signing keys");
+  keys_cmd->require_subcommand(1);
+  server::RotateArgs rotate;
+  CLI::App* keys_rotate = keys_cmd->add_subcommand(
+      "rotate-signing", "New signing key: published at once, signs after --activate-in");
+  keys_rotate->add_option("--data-dir", rotate.data_dir, "Data directory")->required();
+  keys_rotate->add_option("--alg", rotate.alg, "ES256 (access and ID tokens) or RS256 (ID tokens)");
+  keys_rotate->add_option("--activate-in", rotate.activate_in,
+                          "Seconds between publication and first use (default 300)");
+  std::string keys_dir;
+  CLI::App* keys_list = keys_cmd->add_subcommand("list", "List signing keys and their state");
+  keys_list->add_option("--data-dir", keys_dir, "Data directory")->required();
+
   app.add_subcommand("version", "Print the version");
 
   CLI11_PARSE(app, argc, argv);
+
+  auto done = [](const absl::Status& s) { return s.ok() ? 0 : Fail(s); };
+  if (password_stdin) {
+    std::getline(std::cin, user.password);
+    while (!user.password.empty() &&
+           (user.password.back() == '\n' || user.password.back() == '\r')) {
+      user.password.pop_back();
+    }
+    if (user.password.empty()) {
+      return Fail(Error(ErrorCode::kInvalidParameter, "empty password on standard input"));
+    }
+  }
+  if (users_add->parsed()) return done(server::UsersAdd(user, std::cout));
+  if (users_reset->parsed()) return done(server::UsersResetPassword(user, std::cout));
+  if (users_list->parsed()) return done(server::UsersList(users_dir, std::cout));
+  if (users_disable->parsed()) return done(server::UsersDisable(users_dir, users_name, true, std::cout));
+  if (users_enable->parsed()) return done(server::UsersDisable(users_dir, users_name, false, std::cout));
+  if (clients_add->parsed()) return done(server::ClientsAdd(client, std::cout));
+  if (clients_list->parsed()) return done(server::ClientsList(clients_dir, std::cout));
+  if (clients_disable->parsed()) {
+    return done(server::ClientsDisable(clients_dir, clients_name, true, std::cout));
+  }
+  if (clients_enable->parsed()) {
+    return done(server::ClientsDisable(clients_dir, clients_name, false, std::cout));
+  }
+  if (clients_rotate->parsed()) return done(server::ClientsRotateSecret(client, std::cout));
+  if (launch_create->parsed()) return done(server::LaunchCreate(launch, std::cout));
+  if (keys_rotate->parsed()) return done(server::KeysRotateSigning(rotate, std::cout));
+  if (keys_list->parsed()) return done(server::KeysList(keys_dir, std::cout));
 
   if (serve_cmd->parsed()) {
     absl::Status s = server::Serve(serve);

@@ -21,6 +21,10 @@
 #include "json/value.h"
 #include "net/client.h"
 #include "net/server.h"
+#include "oauth/authorization_server.h"
+#include "oauth/key_ring.h"
+#include "oauth/oauth_store.h"
+#include "oauth/revocation.h"
 #include "policy/policy.h"
 #include "server/authenticator.h"
 #include "server/config.h"
@@ -149,6 +153,63 @@ class JwksRefresher {
   std::mutex mu_;
   std::condition_variable cv_;
   std::string wanted_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// Authorization-server upkeep: picks up signing-key rotations made with the
+// CLI (and publishes the keys to the resource server), copies revocations
+// made on other nodes, drops expired sessions, codes and grants.
+class OAuthMaintenance {
+ public:
+  OAuthMaintenance(oauth::SigningKeyRing* ring, oauth::OAuthStore* store,
+                   oauth::RevocationList* revocations, oauth::AuthorizationServer* server,
+                   Authenticator* auth, std::vector<std::string> own_issuers)
+      : ring_(ring), store_(store), revocations_(revocations), server_(server), auth_(auth),
+        own_(std::move(own_issuers)) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~OAuthMaintenance() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    int64_t last_purge = 0;
+    while (!stop_) {
+      lock.unlock();
+      const int64_t now = SystemClock::Get().NowSeconds();
+      auto changed = ring_->ReloadIfChanged(now);
+      if (!changed.ok()) {
+        LogEvent(LogLevel::kWarn, "signing_keys_reload_failed",
+                 {{"reason", LogValue(DetailOf(changed.status()))}});
+      }
+      // Also on a schedule: keys retire by time, not only by manifest change.
+      for (const auto& iss : own_) auth_->SetKeys(iss, ring_->Published(now));
+      (void)revocations_->Sync(*store_, now);
+      if (now - last_purge >= 60) {
+        last_purge = now;
+        if (server_) server_->Sweep();
+        (void)store_->Purge(now);
+      }
+      lock.lock();
+      cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
+    }
+  }
+  oauth::SigningKeyRing* ring_;
+  oauth::OAuthStore* store_;
+  oauth::RevocationList* revocations_;
+  oauth::AuthorizationServer* server_;
+  Authenticator* auth_;
+  std::vector<std::string> own_;
+  std::mutex mu_;
+  std::condition_variable cv_;
   bool stop_ = false;
   std::thread thread_;
 };
@@ -318,7 +379,20 @@ absl::Status Serve(const ServeArgs& args) {
   auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
   if (!audit_log.ok()) return audit_log.status();
 
+  const int64_t start_time = SystemClock::Get().NowSeconds();
+  auto oauth_store = oauth::OAuthStore::Open(inst.oauth_db_path());
+  if (!oauth_store.ok()) return oauth_store.status();
+  auto ring = oauth::SigningKeyRing::Open(inst.keys_dir(), inst.signing_kid(), start_time);
+  if (!ring.ok()) return ring.status();
+  oauth::RevocationList revocations;
+  if (auto s = revocations.Sync(**oauth_store, start_time); !s.ok()) return s;
+  jose::ReplayCache replay;
+  jose::DpopNonces nonces(std::string(inst.dpop_nonce_key().UnsafeView()), 300);
+
   AuthenticatorOptions auth_options;
+  auth_options.revocations = &revocations;
+  auth_options.dpop_replay = &replay;
+  if (config.oauth_dpop_nonce_resource) auth_options.dpop_nonces = &nonces;
   auth_options.leeway_seconds = config.clock_leeway_seconds;
   auth_options.max_lifetime_seconds = config.max_token_lifetime_seconds;
   auth_options.cache_entries = static_cast<size_t>(std::max(1, config.token_cache_entries));
@@ -354,13 +428,20 @@ absl::Status Serve(const ServeArgs& args) {
                              : config.base_url;
   while (!base_url.empty() && base_url.back() == '/') base_url.pop_back();
 
-  IssuerTrust own;
-  own.issuer = inst.issuer();
-  own.audiences = {inst.audience()};
-  if (base_url != inst.audience()) own.audiences.push_back(base_url);
-  own.keys.Add(inst.signing_key().public_key());
-  own.required_typ = "at+jwt";
-  auth_options.issuers.push_back(std::move(own));
+  // The instance's own tokens: minted by the CLI (issuer from instance.json)
+  // and issued by the authorization server (issuer = the public base URL).
+  std::vector<std::string> own_issuers = {inst.issuer()};
+  if (base_url != inst.issuer()) own_issuers.push_back(base_url);
+  for (const std::string& iss : own_issuers) {
+    IssuerTrust own;
+    own.issuer = iss;
+    own.audiences = {inst.audience()};
+    if (base_url != inst.audience()) own.audiences.push_back(base_url);
+    own.keys = (*ring)->Published(start_time);
+    own.required_typ = "at+jwt";
+    own.own = true;
+    auth_options.issuers.push_back(std::move(own));
+  }
   for (const TrustedIssuer& ti : config.issuers) {
     IssuerTrust t;
     t.issuer = ti.issuer;
@@ -397,7 +478,38 @@ absl::Status Serve(const ServeArgs& args) {
   deps.cursor_key = &inst.cursor_key();
   deps.clock = &SystemClock::Get();
   deps.validator = &validator;
+  std::unique_ptr<oauth::AuthorizationServer> auth_server;
+  if (config.oauth_enabled) {
+    oauth::AuthServerOptions ao;
+    ao.issuer = base_url;
+    ao.access_token_seconds = config.oauth_access_token_seconds;
+    ao.backend_token_seconds = config.oauth_backend_token_seconds;
+    ao.refresh_idle_seconds = config.oauth_refresh_idle_seconds;
+    ao.refresh_absolute_seconds = config.oauth_refresh_absolute_seconds;
+    ao.session_idle_seconds = config.oauth_session_idle_seconds;
+    ao.session_absolute_seconds = config.oauth_session_absolute_seconds;
+    ao.max_login_failures = config.oauth_max_login_failures;
+    ao.lockout_seconds = config.oauth_lockout_seconds;
+    ao.dpop_nonce_required = config.oauth_dpop_nonce_required;
+    ao.argon2.m_cost_kib = static_cast<uint32_t>(config.oauth_argon2_memory_kib);
+    ao.argon2.t_cost = static_cast<uint32_t>(config.oauth_argon2_iterations);
+    ao.jwks_ca_file = config.oauth_jwks_ca_file;
+    oauth::AuthServerDeps ad;
+    ad.store = oauth_store->get();
+    ad.keys = ring->get();
+    ad.audit = audit_log->get();
+    ad.kek = &inst.kek();
+    ad.clock = &SystemClock::Get();
+    ad.revocations = &revocations;
+    ad.replay = &replay;
+    ad.nonces = &nonces;
+    ad.session_key = &inst.session_key();
+    auth_server = std::make_unique<oauth::AuthorizationServer>(std::move(ao), ad);
+    deps.oauth = auth_server.get();
+  }
   service = std::make_unique<FhirService>(std::move(deps));
+  OAuthMaintenance maintenance(ring->get(), oauth_store->get(), &revocations, auth_server.get(),
+                               &authenticator, own_issuers);
 
   audit::AuditRecord start;
   start.time = FormatInstant(SystemClock::Get().Now());
@@ -460,7 +572,11 @@ absl::StatusOr<std::string> MintToken(const MintArgs& args) {
   claims.Set("exp", json::Value::Int(now + args.ttl_seconds));
   claims.Set("jti", json::Value::String(RandomUuid()));
   if (!args.patient.empty()) claims.Set("patient", json::Value::String(args.patient));
-  return jose::SignCompact((*instance)->signing_key(), claims, "at+jwt");
+  auto ring = oauth::SigningKeyRing::Open((*instance)->keys_dir(), (*instance)->signing_kid(), now);
+  if (!ring.ok()) return ring.status();
+  auto key = (*ring)->Active(jose::Algorithm::kES256, now);
+  if (!key) return Error(ErrorCode::kInternal, "no active ES256 signing key");
+  return jose::SignCompact(*key, claims, "at+jwt");
 }
 
 absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir) {

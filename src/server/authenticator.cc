@@ -39,10 +39,10 @@ std::optional<std::string> PeekIssuer(std::string_view token) {
   return std::string(*iss);
 }
 
-// The credential of an RFC 6750 §2.1 Authorization value ("Bearer" is
-// case-insensitive), or nullopt when there is none.
-std::optional<std::string_view> BearerToken(std::string_view authorization) {
-  constexpr std::string_view kScheme = "bearer ";
+// The credential of an Authorization value with `scheme` (lower case, with
+// the trailing space; compared case-insensitively), or nullopt.
+std::optional<std::string_view> SchemeToken(std::string_view authorization,
+                                            std::string_view kScheme) {
   if (authorization.size() <= kScheme.size() ||
       !IEquals(authorization.substr(0, kScheme.size()), kScheme)) {
     return std::nullopt;
@@ -52,6 +52,11 @@ std::optional<std::string_view> BearerToken(std::string_view authorization) {
   while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
   if (token.empty()) return std::nullopt;
   return token;
+}
+
+// RFC 6750 §2.1 ("Bearer" is case-insensitive).
+std::optional<std::string_view> BearerToken(std::string_view authorization) {
+  return SchemeToken(authorization, "bearer ");
 }
 
 std::string StringClaim(const json::Value& claims, std::string_view name) {
@@ -71,6 +76,7 @@ Authenticator::Authenticator(AuthenticatorOptions options, const Clock* clock)
 
 bool Authenticator::IsCached(std::string_view authorization) const {
   std::optional<std::string_view> token = BearerToken(authorization);
+  if (!token) token = SchemeToken(authorization, "dpop ");
   if (!token || token->size() > kMaxTokenBytes) return false;
   const std::string digest = crypto::Sha256(*token);
   std::lock_guard<std::mutex> lock(mu_);
@@ -91,18 +97,20 @@ void Authenticator::OnUnknownKid(std::function<void(const std::string&)> callbac
 
 absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticator::Authenticate(
     std::string_view authorization) const {
-  std::optional<std::string_view> bearer = BearerToken(authorization);
-  if (!bearer) return Error(ErrorCode::kMissingToken);
-  std::string_view token = *bearer;
-  if (token.size() > kMaxTokenBytes) return Error(ErrorCode::kInvalidToken, "too_large");
+  AuthInput in;
+  in.authorization = authorization;
+  return Authenticate(in);
+}
 
+absl::StatusOr<Authenticator::CacheEntry> Authenticator::Lookup(std::string_view token) const {
+  if (token.size() > kMaxTokenBytes) return Error(ErrorCode::kInvalidToken, "too_large");
   const int64_t now = clock_->NowSeconds();
   const std::string digest = crypto::Sha256(token);
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find(digest);
     if (it != cache_.end()) {
-      if (it->second.exp > now - options_.leeway_seconds) return it->second.principal;
+      if (it->second.exp > now - options_.leeway_seconds) return it->second;
       cache_.erase(it);
       return Error(ErrorCode::kInvalidToken, "expired");
     }
@@ -118,6 +126,49 @@ absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticator::Authenti
     if (cache_.size() >= options_.cache_entries) cache_.clear();
   }
   cache_.emplace(digest, *entry);
+  return *entry;
+}
+
+absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticator::Authenticate(
+    const AuthInput& in) const {
+  std::optional<std::string_view> bearer = BearerToken(in.authorization);
+  std::optional<std::string_view> dpop_token = SchemeToken(in.authorization, "dpop ");
+  if (!bearer && !dpop_token) return Error(ErrorCode::kMissingToken);
+  std::string_view token = bearer ? *bearer : *dpop_token;
+  auto entry = Lookup(token);
+  if (!entry.ok()) return entry.status();
+  // Per request, cached or not.
+  if (entry->own && options_.revocations && options_.revocations->IsRevoked(entry->jti)) {
+    return Error(ErrorCode::kInvalidToken, "revoked");
+  }
+  if (!entry->jkt.empty()) {
+    if (!dpop_token) return Error(ErrorCode::kInvalidToken, "dpop_required");
+    if (in.dpop.size() != 1) return Error(ErrorCode::kInvalidToken, "dpop_proof:missing");
+    if (!options_.dpop_replay) return Error(ErrorCode::kInvalidToken, "dpop_proof:unsupported");
+    jose::DpopExpectations e;
+    e.method = in.method;
+    e.url = in.url;
+    e.now = clock_->NowSeconds();
+    e.access_token = std::string(token);
+    e.jkt = entry->jkt;
+    e.nonces = options_.dpop_nonces;
+    e.replay = options_.dpop_replay;
+    auto proof = jose::VerifyDpopProof(in.dpop[0], e);
+    if (!proof.ok()) {
+      std::string why = DetailOf(proof.status());
+      if (why == "use_dpop_nonce") return Error(ErrorCode::kInvalidToken, "use_dpop_nonce");
+      return Error(ErrorCode::kInvalidToken, "dpop_proof:" + why);
+    }
+  } else if (dpop_token) {
+    return Error(ErrorCode::kInvalidToken, "not_dpop_bound");
+  }
+  if (!entry->x5t.empty()) {
+    if (in.client_cert_der.empty() ||
+        !crypto::ConstantTimeEquals(Base64UrlEncode(crypto::Sha256(in.client_cert_der)),
+                                    entry->x5t)) {
+      return Error(ErrorCode::kInvalidToken, "certificate_mismatch");
+    }
+  }
   return entry->principal;
 }
 
@@ -188,6 +239,16 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
   }
   const json::Value* exp = c.Find("exp");
   e.exp = exp && exp->as_int64() ? *exp->as_int64() : 0;
+  e.jti = StringClaim(c, "jti");
+  e.own = trust->own;
+  if (e.own && e.jti.empty()) return Error(ErrorCode::kInvalidToken, "missing_jti");
+  if (const json::Value* cnf = c.Find("cnf")) {
+    if (!cnf->is_object()) return Error(ErrorCode::kInvalidToken, "bad_cnf");
+    e.jkt = StringClaim(*cnf, "jkt");
+    e.x5t = StringClaim(*cnf, "x5t#S256");
+    // A confirmation this server cannot check must not be ignored.
+    if (e.jkt.empty() && e.x5t.empty()) return Error(ErrorCode::kInvalidToken, "unsupported_cnf");
+  }
   e.principal = std::move(principal);
   return e;
 }

@@ -22,7 +22,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/clock.h"
+#include "jose/dpop.h"
 #include "jose/jws.h"
+#include "oauth/revocation.h"
 #include "policy/policy.h"
 
 namespace fhirward::server {
@@ -32,6 +34,16 @@ struct IssuerTrust {
   std::vector<std::string> audiences;
   jose::KeySet keys;         // may start empty for issuers whose JWKS is fetched later
   std::string required_typ;  // e.g. "at+jwt"; empty: any
+  bool own = false;          // tokens of this issuer are subject to the revocation list
+};
+
+// What one request presents.
+struct AuthInput {
+  std::string_view authorization;  // the Authorization header value
+  std::vector<std::string_view> dpop;  // DPoP header values
+  std::string method;
+  std::string url;  // absolute URL of the request, without query (the DPoP htu)
+  std::string_view client_cert_der;
 };
 
 struct AuthenticatorOptions {
@@ -39,6 +51,9 @@ struct AuthenticatorOptions {
   int64_t leeway_seconds = 30;
   int64_t max_lifetime_seconds = 86400;
   size_t cache_entries = 100000;
+  const oauth::RevocationList* revocations = nullptr;  // for `own` issuers
+  jose::ReplayCache* dpop_replay = nullptr;            // DPoP proof jti (required for DPoP)
+  const jose::DpopNonces* dpop_nonces = nullptr;       // when set, proofs must carry a nonce
 };
 
 class Authenticator {
@@ -49,6 +64,12 @@ class Authenticator {
   // there is no Bearer credential, kInvalidToken when it does not verify.
   absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticate(
       std::string_view authorization) const;
+  // The full check of one request: scheme (Bearer or DPoP), token, revocation,
+  // sender constraint. Details of kInvalidToken include "revoked",
+  // "dpop_required" (a DPoP-bound token sent as Bearer), "not_dpop_bound",
+  // "dpop_proof:<why>", "use_dpop_nonce", "certificate_mismatch".
+  absl::StatusOr<std::shared_ptr<const policy::Principal>> Authenticate(
+      const AuthInput& input) const;
 
   // True when this Authorization value carries a token that verified before
   // and has not expired (a cache hit, no signature work).
@@ -65,7 +86,12 @@ class Authenticator {
   struct CacheEntry {
     std::shared_ptr<const policy::Principal> principal;
     int64_t exp = 0;
+    std::string jti;
+    std::string jkt;  // cnf.jkt
+    std::string x5t;  // cnf.x5t#S256
+    bool own = false;
   };
+  absl::StatusOr<CacheEntry> Lookup(std::string_view token) const;
   absl::StatusOr<CacheEntry> Verify(std::string_view token) const;
 
   AuthenticatorOptions options_;

@@ -89,7 +89,7 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
   }
   FW_TRY(CheckKeys(root, "",
                    {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "search",
-                    "bundle", "validation", "auth", "store", "rate_limit", "log"}));
+                    "bundle", "validation", "auth", "oauth", "store", "rate_limit", "log"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));
@@ -154,6 +154,28 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "search", "time_budget_ms", &c.search.time_budget_ms));
     FW_TRY(Get(*t, "search", "default_total", &c.search_default_total));
     FW_TRY(Get(*t, "search", "cursor_lifetime_seconds", &c.cursor_lifetime_seconds));
+  }
+  if (auto* t = root["oauth"].as_table()) {
+    FW_TRY(CheckKeys(*t, "oauth",
+                     {"enabled", "access_token_seconds", "backend_token_seconds",
+                      "refresh_idle_seconds", "refresh_absolute_seconds", "session_idle_seconds",
+                      "session_absolute_seconds", "max_login_failures", "lockout_seconds",
+                      "dpop_nonce_required", "dpop_nonce_resource", "argon2_memory_kib",
+                      "argon2_iterations", "jwks_ca_file"}));
+    FW_TRY(Get(*t, "oauth", "enabled", &c.oauth_enabled));
+    FW_TRY(Get(*t, "oauth", "access_token_seconds", &c.oauth_access_token_seconds));
+    FW_TRY(Get(*t, "oauth", "backend_token_seconds", &c.oauth_backend_token_seconds));
+    FW_TRY(Get(*t, "oauth", "refresh_idle_seconds", &c.oauth_refresh_idle_seconds));
+    FW_TRY(Get(*t, "oauth", "refresh_absolute_seconds", &c.oauth_refresh_absolute_seconds));
+    FW_TRY(Get(*t, "oauth", "session_idle_seconds", &c.oauth_session_idle_seconds));
+    FW_TRY(Get(*t, "oauth", "session_absolute_seconds", &c.oauth_session_absolute_seconds));
+    FW_TRY(Get(*t, "oauth", "max_login_failures", &c.oauth_max_login_failures));
+    FW_TRY(Get(*t, "oauth", "lockout_seconds", &c.oauth_lockout_seconds));
+    FW_TRY(Get(*t, "oauth", "dpop_nonce_required", &c.oauth_dpop_nonce_required));
+    FW_TRY(Get(*t, "oauth", "dpop_nonce_resource", &c.oauth_dpop_nonce_resource));
+    FW_TRY(Get(*t, "oauth", "argon2_memory_kib", &c.oauth_argon2_memory_kib));
+    FW_TRY(Get(*t, "oauth", "argon2_iterations", &c.oauth_argon2_iterations));
+    FW_TRY(Get(*t, "oauth", "jwks_ca_file", &c.oauth_jwks_ca_file));
   }
   if (auto* t = root["bundle"].as_table()) {
     FW_TRY(CheckKeys(*t, "bundle", {"max_entries", "max_conditions"}));
@@ -285,6 +307,27 @@ absl::Status Validate(const Config& c) {
   }
   if (c.cursor_lifetime_seconds < 10) {
     return Bad("search.cursor_lifetime_seconds", "must be at least 10");
+  }
+  if (c.oauth_access_token_seconds < 60 || c.oauth_access_token_seconds > 3600) {
+    return Bad("oauth.access_token_seconds", "must be 60-3600");
+  }
+  if (c.oauth_backend_token_seconds < 30 || c.oauth_backend_token_seconds > 300) {
+    return Bad("oauth.backend_token_seconds", "must be 30-300");
+  }
+  if (c.oauth_refresh_idle_seconds < 60 ||
+      c.oauth_refresh_absolute_seconds < c.oauth_refresh_idle_seconds) {
+    return Bad("oauth.refresh_idle_seconds", "must be >= 60 and <= refresh_absolute_seconds");
+  }
+  if (c.oauth_session_idle_seconds < 10 ||
+      c.oauth_session_absolute_seconds < c.oauth_session_idle_seconds) {
+    return Bad("oauth.session_idle_seconds", "must be >= 10 and <= session_absolute_seconds");
+  }
+  if (c.oauth_max_login_failures < 1 || c.oauth_lockout_seconds < 1) {
+    return Bad("oauth.max_login_failures", "failures and lockout must be >= 1");
+  }
+  if (c.oauth_argon2_memory_kib < 8192 || c.oauth_argon2_memory_kib > 1048576 ||
+      c.oauth_argon2_iterations < 1 || c.oauth_argon2_iterations > 16) {
+    return Bad("oauth.argon2_memory_kib", "memory must be 8192-1048576 KiB, iterations 1-16");
   }
   if (c.bundle_max_entries < 1 || c.bundle_max_entries > 100000) {
     return Bad("bundle.max_entries", "must be 1-100000");

@@ -519,6 +519,14 @@ struct FhirService::Impl {
     if (code == ErrorCode::kMissingToken || code == ErrorCode::kInvalidToken ||
         code == ErrorCode::kInsufficientScope) {
       r.SetHeader("WWW-Authenticate", BearerChallenge(code, info.message));
+      const std::string detail = DetailOf(status);
+      if (code == ErrorCode::kInvalidToken &&
+          (detail.rfind("dpop", 0) == 0 || detail == "not_dpop_bound")) {
+        // RFC 9449 §7.1: a DPoP-bound token's failure is challenged with DPoP.
+        r.SetHeader("WWW-Authenticate",
+                    "DPoP algs=\"ES256 ES384 RS256 PS256 EdDSA\", error=\"invalid_token\", "
+                    "error_description=\"" + detail + "\"");
+      }
     }
     if (code == ErrorCode::kTooManyRequests) r.SetHeader("Retry-After", "1");
     if (ctx.audit.error.empty()) {
@@ -884,7 +892,15 @@ struct FhirService::Impl {
       d.rate_limiter->Acquire(AddressKey(req), now);
       return fhirward::Error(ErrorCode::kMissingToken);
     }
-    auto principal = d.authenticator->Authenticate(*auth);
+    AuthInput in;
+    in.authorization = *auth;
+    for (const auto& [k, v] : req.headers) {
+      if (k.size() == 4 && IEquals(k, "dpop")) in.dpop.push_back(v);
+    }
+    in.method = req.method;
+    in.url = d.base_url + req.target.substr(0, req.target.find('?'));
+    in.client_cert_der = req.client_cert_der;
+    auto principal = d.authenticator->Authenticate(in);
     if (!principal.ok()) {
       d.rate_limiter->Acquire(AddressKey(req), now);
       if (CodeOf(principal.status()) == ErrorCode::kMissingToken) {
@@ -2988,7 +3004,54 @@ struct FhirService::Impl {
            p.route.interaction == Interaction::kCapabilities;
   }
 
+  // Authorization-server requests: answered by it on the worker pool (argon2
+  // and SQLite writes block), with the transport's security headers. It
+  // audits its own security events (logins, token issue and refusal, ...).
+  void HandleOAuth(net::HttpRequest&& req, net::Responder respond) {
+    pool->Submit([this, req = std::move(req), respond = std::move(respond)]() mutable {
+      Ctx ctx = Begin(req);
+      net::HttpResponse r;
+      if (req.transport_error) {
+        r = Error(ctx, *req.transport_error);
+      } else {
+        r = d.oauth->Handle(req);
+      }
+      r.SetHeader("X-Request-Id", ctx.request_id);
+      r.SetHeader("Date", FormatHttpDate(d.clock->Now()));
+      r.SetHeader("X-Content-Type-Options", "nosniff");
+      r.SetHeader("X-Frame-Options", "DENY");
+      r.SetHeader("Referrer-Policy", "no-referrer");
+      bool has_csp = false, has_cache = false;
+      for (const auto& [k, v] : r.headers) {
+        has_csp = has_csp || k == "Content-Security-Policy";
+        has_cache = has_cache || k == "Cache-Control";
+      }
+      if (!has_csp) r.SetHeader("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
+      if (!has_cache) r.SetHeader("Cache-Control", "no-store");
+      if (ctx.tls && d.config.hsts_max_age > 0) {
+        r.SetHeader("Strict-Transport-Security",
+                    "max-age=" + std::to_string(d.config.hsts_max_age) + "; includeSubDomains");
+      }
+      auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                    std::chrono::steady_clock::now() - ctx.start)
+                    .count();
+      LogEvent(r.status >= 500 ? LogLevel::kWarn : LogLevel::kInfo, "request",
+               {{"request_id", LogValue(ctx.request_id)},
+                {"method", LogValue(req.method)},
+                {"action", LogValue("oauth")},
+                {"path", LogValue(req.target.substr(0, req.target.find('?')))},
+                {"status", LogValue(r.status)},
+                {"duration_us", LogValue(us)}});
+      respond(std::move(r));
+    });
+  }
+
   void HandleAsync(net::HttpRequest&& req, net::Responder respond) {
+    if (d.oauth &&
+        oauth::AuthorizationServer::Handles(
+            std::string_view(req.target).substr(0, req.target.find('?')))) {
+      return HandleOAuth(std::move(req), std::move(respond));
+    }
     Parsed parsed = Parse(req);
     if (RunsInline(req, parsed)) return Run(std::move(req), parsed, std::move(respond));
     pool->Submit([this, req = std::move(req), parsed = std::move(parsed),

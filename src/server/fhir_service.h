@@ -17,6 +17,7 @@
 #include "fhir/validator.h"
 #include "net/message.h"
 #include "policy/policy.h"
+#include "oauth/authorization_server.h"
 #include "server/authenticator.h"
 #include "server/config.h"
 #include "server/rate_limiter.h"
@@ -38,6 +39,9 @@ struct ServiceDeps {
   // config.validation_mode is "strict") and serves $validate. When null, the
   // service uses a validator with default options.
   const fhir::Validator* validator = nullptr;
+  // The built-in authorization server; its paths (/token, /authorize,
+  // /.well-known/*, ...) are routed to it when set.
+  oauth::AuthorizationServer* oauth = nullptr;
 };
 
 class FhirService {

@@ -146,6 +146,14 @@ absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data
                                          "blind-index", true);
   if (!blind.ok()) return blind.status();
   inst->blind_index_key_ = std::move(*blind);
+  auto session =
+      LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/session.wrapped", "session", true);
+  if (!session.ok()) return session.status();
+  inst->session_key_ = std::move(*session);
+  auto nonce = LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/dpop-nonce.wrapped",
+                                         "dpop-nonce", true);
+  if (!nonce.ok()) return nonce.status();
+  inst->dpop_nonce_key_ = std::move(*nonce);
   return inst;
 }
 

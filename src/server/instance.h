@@ -6,7 +6,9 @@
 //   DIR/keys/signing-es256.pem instance token-signing key (0600)
 //   DIR/keys/*.wrapped         secrets wrapped by the KEK (audit MAC key, cursor key,
 //                              blind-index key)
+//   DIR/keys/signing.json      token-signing key manifest (oauth/key_ring.h)
 //   DIR/db/fhir.db             resources (SQLite, every body sealed)
+//   DIR/db/oauth.db            users, clients, codes, grants (oauth/oauth_store.h)
 //   DIR/audit/audit.db         audit trail (hash-chained)
 //
 // Open() creates what is missing when `create` is true. Thread-safe after Open.
@@ -39,6 +41,12 @@ class Instance {
   // Secret from which each tenant's search blind-index key is derived
   // (separate from every encryption key).
   const SecretBytes& blind_index_key() const { return blind_index_key_; }
+  // Authorization server: CSRF tokens of the login pages, and DPoP nonces.
+  const SecretBytes& session_key() const { return session_key_; }
+  const SecretBytes& dpop_nonce_key() const { return dpop_nonce_key_; }
+  std::string keys_dir() const { return data_dir_ + "/keys"; }
+  std::string oauth_db_path() const { return data_dir_ + "/db/oauth.db"; }
+  const std::string& signing_kid() const { return signing_key_.kid(); }
 
   std::string tls_dir() const { return data_dir_ + "/tls"; }
   std::string resource_db_path() const { return data_dir_ + "/db/fhir.db"; }
@@ -54,6 +62,8 @@ class Instance {
   SecretBytes audit_mac_key_;
   SecretBytes cursor_key_;
   SecretBytes blind_index_key_;
+  SecretBytes session_key_;
+  SecretBytes dpop_nonce_key_;
 };
 
 }  // namespace fhirward::server

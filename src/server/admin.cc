@@ -1,0 +1,389 @@
+#include "server/admin.h"
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
+#include "common/clock.h"
+#include "common/encoding.h"
+#include "common/error.h"
+#include "crypto/password.h"
+#include "crypto/totp.h"
+#include "json/value.h"
+#include "oauth/authorization_server.h"
+#include "oauth/key_ring.h"
+#include "oauth/oauth_store.h"
+#include "policy/policy.h"
+#include "server/instance.h"
+
+namespace fhirward::server {
+namespace {
+
+constexpr size_t kMinPassword = 12;
+// Tokens live at most an hour; ID tokens too. Plus clock leeway.
+constexpr int64_t kKeyOverlapSeconds = 3600 + 300;
+
+struct Opened {
+  std::unique_ptr<Instance> inst;
+  std::unique_ptr<oauth::OAuthStore> store;
+};
+
+absl::StatusOr<Opened> Open(const std::string& data_dir) {
+  auto inst = Instance::Open(data_dir, /*create=*/false, "");
+  if (!inst.ok()) return inst.status();
+  auto store = oauth::OAuthStore::Open((*inst)->oauth_db_path());
+  if (!store.ok()) return store.status();
+  return Opened{std::move(*inst), std::move(*store)};
+}
+
+bool ValidName(std::string_view s, size_t max = 128) {
+  return !s.empty() && s.size() <= max && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_' ||
+           c == '@';
+  });
+}
+
+bool ValidFhirUser(std::string_view s) {
+  for (std::string_view prefix : {"Practitioner/", "Patient/", "RelatedPerson/", "Person/"}) {
+    if (s.substr(0, prefix.size()) == prefix) {
+      std::string_view id = s.substr(prefix.size());
+      return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+      });
+    }
+  }
+  return false;
+}
+
+std::string GeneratePassword() {
+  // 120 bits, in groups easy to type.
+  std::string raw = Base64UrlEncode(RandomBytes(15));
+  return raw.substr(0, 5) + "-" + raw.substr(5, 5) + "-" + raw.substr(10, 5) + "-" +
+         raw.substr(15, 5);
+}
+
+std::string NormalizeRoles(std::string roles) {
+  std::replace(roles.begin(), roles.end(), ',', ' ');
+  std::istringstream in(roles);
+  std::string r, out;
+  while (in >> r) out += (out.empty() ? "" : " ") + r;
+  return out;
+}
+
+absl::Status CheckScopes(const std::string& scope) {
+  std::istringstream in(scope);
+  std::string s;
+  while (in >> s) {
+    static const char* kPlain[] = {"openid", "fhirUser", "profile", "launch", "launch/patient",
+                                   "launch/encounter", "offline_access", "online_access"};
+    bool plain = std::any_of(std::begin(kPlain), std::end(kPlain), [&](const char* p) {
+      return s == p;
+    });
+    if (!plain && !policy::ParseResourceScope(s)) {
+      return Error(ErrorCode::kInvalidParameter, "not a SMART scope: " + s);
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string Time(int64_t t) {
+  return t == 0 ? "-" : FormatInstant(std::chrono::system_clock::time_point(std::chrono::seconds(t)));
+}
+
+}  // namespace
+
+absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
+  if (!ValidName(a.username)) {
+    return Error(ErrorCode::kInvalidParameter, "username: letters, digits, - . _ @ (1-128)");
+  }
+  if (!ValidFhirUser(a.fhir_user)) {
+    return Error(ErrorCode::kInvalidParameter,
+                 "--fhir-user must be Practitioner/ID, Patient/ID, RelatedPerson/ID or Person/ID");
+  }
+  auto o = Open(a.data_dir);
+  if (!o.ok()) return o.status();
+  std::string password = a.password.empty() ? GeneratePassword() : a.password;
+  if (password.size() < kMinPassword) {
+    return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
+  }
+  auto hash = crypto::HashPassword(password);
+  if (!hash.ok()) return hash.status();
+  oauth::User u;
+  u.username = a.username;
+  u.password_hash = *hash;
+  u.fhir_user = a.fhir_user;
+  u.roles = NormalizeRoles(a.roles);
+  u.created = SystemClock::Get().NowSeconds();
+  std::string uri;
+  if (a.totp) {
+    SecretBytes seed = crypto::GenerateTotpSecret();
+    auto wrapped = o->inst->kek().Wrap(seed, "fhirward-totp-v1:" + a.username);
+    if (!wrapped.ok()) return wrapped.status();
+    u.totp_secret_wrapped = *wrapped;
+    uri = crypto::TotpUri("fhirward", a.username, seed.UnsafeView());
+  }
+  if (auto s = o->store->AddUser(u); !s.ok()) return s;
+  out << "user " << a.username << " added (" << u.fhir_user
+      << (u.roles.empty() ? "" : ", roles " + u.roles) << ")\n";
+  if (a.password.empty()) out << "password: " << password << "\n";
+  if (!uri.empty()) out << "totp: " << uri << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status UsersList(const std::string& data_dir, std::ostream& out) {
+  auto o = Open(data_dir);
+  if (!o.ok()) return o.status();
+  auto users = o->store->ListUsers();
+  if (!users.ok()) return users.status();
+  const int64_t now = SystemClock::Get().NowSeconds();
+  for (const auto& u : *users) {
+    out << u.username << "\t" << u.fhir_user << "\troles=" << (u.roles.empty() ? "-" : u.roles)
+        << "\ttotp=" << (u.totp_secret_wrapped.empty() ? "no" : "yes")
+        << "\t" << (u.disabled ? "disabled" : u.locked_until > now ? "locked" : "active") << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UsersDisable(const std::string& data_dir, const std::string& username, bool disable,
+                          std::ostream& out) {
+  auto o = Open(data_dir);
+  if (!o.ok()) return o.status();
+  if (auto s = o->store->SetUserDisabled(username, disable); !s.ok()) return s;
+  out << "user " << username << (disable ? " disabled\n" : " enabled\n");
+  return absl::OkStatus();
+}
+
+absl::Status UsersResetPassword(const UserArgs& a, std::ostream& out) {
+  auto o = Open(a.data_dir);
+  if (!o.ok()) return o.status();
+  std::string password = a.password.empty() ? GeneratePassword() : a.password;
+  if (password.size() < kMinPassword) {
+    return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
+  }
+  auto hash = crypto::HashPassword(password);
+  if (!hash.ok()) return hash.status();
+  if (auto s = o->store->SetPassword(a.username, *hash); !s.ok()) return s;
+  out << "password of " << a.username << " reset (lockout cleared)\n";
+  if (a.password.empty()) out << "password: " << password << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
+  if (!ValidName(a.client_id)) {
+    return Error(ErrorCode::kInvalidParameter, "client id: letters, digits, - . _ @ (1-128)");
+  }
+  auto auth = oauth::ClientAuthFromName(a.auth);
+  if (!auth) {
+    return Error(ErrorCode::kInvalidParameter,
+                 "--auth must be none, client_secret_basic, private_key_jwt or tls_client_auth");
+  }
+  if (auto s = CheckScopes(a.scope); !s.ok()) return s;
+  std::vector<std::string> grants = a.grant_types;
+  if (grants.empty()) grants = {"authorization_code", "refresh_token"};
+  for (const auto& g : grants) {
+    if (g != "authorization_code" && g != "refresh_token" && g != "client_credentials") {
+      return Error(ErrorCode::kInvalidParameter, "unsupported grant type " + g);
+    }
+  }
+  bool code = std::find(grants.begin(), grants.end(), "authorization_code") != grants.end();
+  bool cc = std::find(grants.begin(), grants.end(), "client_credentials") != grants.end();
+  if (cc && *auth == oauth::ClientAuth::kNone) {
+    return Error(ErrorCode::kInvalidParameter, "client_credentials needs a confidential client");
+  }
+  if (code && a.redirect_uris.empty()) {
+    return Error(ErrorCode::kInvalidParameter, "authorization_code needs --redirect-uri");
+  }
+  for (const auto& r : a.redirect_uris) {
+    bool https = r.rfind("https://", 0) == 0;
+    bool loopback = r.rfind("http://127.0.0.1", 0) == 0 || r.rfind("http://localhost", 0) == 0 ||
+                    r.rfind("http://[::1]", 0) == 0;
+    bool custom = r.find("://") != std::string::npos && r.rfind("http://", 0) != 0;
+    if ((!https && !loopback && !custom) || r.find('#') != std::string::npos) {
+      return Error(ErrorCode::kInvalidParameter,
+                   "redirect URIs: https, http only on loopback, no fragment: " + r);
+    }
+  }
+  if (a.sender_constraint != "" && a.sender_constraint != "dpop" && a.sender_constraint != "mtls") {
+    return Error(ErrorCode::kInvalidParameter, "--sender-constraint must be dpop or mtls");
+  }
+  if (a.id_token_alg != "RS256" && a.id_token_alg != "ES256") {
+    return Error(ErrorCode::kInvalidParameter, "--id-token-alg must be RS256 or ES256");
+  }
+  oauth::Client c;
+  c.client_id = a.client_id;
+  c.name = a.name.empty() ? a.client_id : a.name;
+  c.auth = *auth;
+  c.redirect_uris = a.redirect_uris;
+  c.scope = a.scope;
+  c.grant_types = grants;
+  c.rotate_refresh = !a.no_rotate_refresh;
+  c.sender_constraint = a.sender_constraint;
+  c.id_token_alg = a.id_token_alg;
+  c.created = SystemClock::Get().NowSeconds();
+  std::string secret;
+  switch (*auth) {
+    case oauth::ClientAuth::kSecretBasic:
+      secret = Base64UrlEncode(RandomBytes(32));
+      c.secret_hash = oauth::HashClientSecret(secret);
+      if (a.secret_days > 0) c.secret_expires = c.created + a.secret_days * 86400;
+      break;
+    case oauth::ClientAuth::kPrivateKeyJwt: {
+      if (a.jwks_file.empty() == a.jwks_uri.empty()) {
+        return Error(ErrorCode::kInvalidParameter, "private_key_jwt needs --jwks-file or --jwks-uri");
+      }
+      if (!a.jwks_file.empty()) {
+        std::ifstream in(a.jwks_file, std::ios::binary);
+        if (!in) return Error(ErrorCode::kInvalidParameter, "cannot read " + a.jwks_file);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto doc = json::Parse(ss.str());
+        if (!doc.ok()) return Error(ErrorCode::kInvalidParameter, a.jwks_file + " is not JSON");
+        auto keys = jose::KeySet::FromJwks(*doc);
+        if (!keys.ok()) {
+          return Error(ErrorCode::kInvalidParameter,
+                       a.jwks_file + ": no usable public signing key (" +
+                           DetailOf(keys.status()) + ")");
+        }
+        for (const char* priv : {"d", "p", "q", "k"}) {
+          if (ss.str().find(std::string("\"") + priv + "\"") != std::string::npos) {
+            return Error(ErrorCode::kInvalidParameter,
+                         a.jwks_file + " holds private key material: register public keys only");
+          }
+        }
+        c.jwks = json::Write(keys->ToJwks());
+      } else {
+        if (a.jwks_uri.rfind("https://", 0) != 0) {
+          return Error(ErrorCode::kInvalidParameter, "--jwks-uri must be https");
+        }
+        c.jwks_uri = a.jwks_uri;
+      }
+      break;
+    }
+    case oauth::ClientAuth::kTlsClientAuth:
+      if (a.tls_subject.empty()) {
+        return Error(ErrorCode::kInvalidParameter,
+                     "tls_client_auth needs --tls-subject (RFC 2253, e.g. CN=app,O=Hospital)");
+      }
+      c.tls_subject_dn = a.tls_subject;
+      break;
+    case oauth::ClientAuth::kNone:
+      break;
+  }
+  auto o = Open(a.data_dir);
+  if (!o.ok()) return o.status();
+  if (auto s = o->store->AddClient(c); !s.ok()) return s;
+  out << "client " << c.client_id << " added (" << a.auth << ")\n";
+  if (!secret.empty()) out << "client_secret: " << secret << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status ClientsList(const std::string& data_dir, std::ostream& out) {
+  auto o = Open(data_dir);
+  if (!o.ok()) return o.status();
+  auto clients = o->store->ListClients();
+  if (!clients.ok()) return clients.status();
+  for (const auto& c : *clients) {
+    std::string grants, redirects;
+    for (const auto& g : c.grant_types) grants += (grants.empty() ? "" : ",") + g;
+    for (const auto& r : c.redirect_uris) redirects += (redirects.empty() ? "" : ",") + r;
+    out << c.client_id << "\t" << oauth::ClientAuthName(c.auth) << "\tgrants=" << grants
+        << "\tscope=" << c.scope << "\tredirect=" << (redirects.empty() ? "-" : redirects)
+        << "\tsecret_expires=" << Time(c.secret_expires)
+        << (c.sender_constraint.empty() ? "" : "\tbound=" + c.sender_constraint) << "\t"
+        << (c.disabled ? "disabled" : "active") << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ClientsDisable(const std::string& data_dir, const std::string& client_id,
+                            bool disable, std::ostream& out) {
+  auto o = Open(data_dir);
+  if (!o.ok()) return o.status();
+  if (auto s = o->store->SetClientDisabled(client_id, disable); !s.ok()) return s;
+  out << "client " << client_id << (disable ? " disabled\n" : " enabled\n");
+  return absl::OkStatus();
+}
+
+absl::Status ClientsRotateSecret(const ClientArgs& a, std::ostream& out) {
+  auto o = Open(a.data_dir);
+  if (!o.ok()) return o.status();
+  std::string secret = Base64UrlEncode(RandomBytes(32));
+  const int64_t now = SystemClock::Get().NowSeconds();
+  int64_t expires = a.secret_days > 0 ? now + a.secret_days * 86400 : 0;
+  if (auto s = o->store->RotateSecret(a.client_id, oauth::HashClientSecret(secret), now,
+                                      a.grace_seconds, expires);
+      !s.ok()) {
+    return s;
+  }
+  out << "client_secret: " << secret << "\n";
+  out << "the previous secret works for " << a.grace_seconds << " more seconds\n";
+  return absl::OkStatus();
+}
+
+absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out) {
+  auto valid_id = [](std::string_view s) {
+    return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+    });
+  };
+  if (!valid_id(a.patient)) return Error(ErrorCode::kInvalidParameter, "--patient must be a FHIR id");
+  if (!a.encounter.empty() && !valid_id(a.encounter)) {
+    return Error(ErrorCode::kInvalidParameter, "--encounter must be a FHIR id");
+  }
+  if (a.ttl_seconds < 10 || a.ttl_seconds > 86400) {
+    return Error(ErrorCode::kInvalidParameter, "--ttl must be 10-86400 seconds");
+  }
+  auto o = Open(a.data_dir);
+  if (!o.ok()) return o.status();
+  oauth::LaunchContext l;
+  l.id = Base64UrlEncode(RandomBytes(16));
+  l.patient = a.patient;
+  l.encounter = a.encounter;
+  l.expires = SystemClock::Get().NowSeconds() + a.ttl_seconds;
+  if (auto s = o->store->AddLaunch(l); !s.ok()) return s;
+  out << l.id << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status KeysRotateSigning(const RotateArgs& a, std::ostream& out) {
+  auto alg = jose::AlgorithmFromName(a.alg);
+  if (!alg || (*alg != jose::Algorithm::kES256 && *alg != jose::Algorithm::kRS256)) {
+    return Error(ErrorCode::kInvalidParameter, "--alg must be ES256 or RS256");
+  }
+  if (a.activate_in < 0 || a.activate_in > 7 * 86400) {
+    return Error(ErrorCode::kInvalidParameter, "--activate-in must be 0-604800 seconds");
+  }
+  auto inst = Instance::Open(a.data_dir, /*create=*/false, "");
+  if (!inst.ok()) return inst.status();
+  const int64_t now = SystemClock::Get().NowSeconds();
+  // Make sure the manifest exists (migrates an older data dir).
+  auto ring = oauth::SigningKeyRing::Open((*inst)->keys_dir(), (*inst)->signing_kid(), now);
+  if (!ring.ok()) return ring.status();
+  auto info = oauth::SigningKeyRing::Rotate((*inst)->keys_dir(), *alg, now, a.activate_in,
+                                            kKeyOverlapSeconds);
+  if (!info.ok()) return info.status();
+  out << "new " << a.alg << " key " << info->kid << " published now, signs from "
+      << Time(info->activate_at) << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status KeysList(const std::string& data_dir, std::ostream& out) {
+  auto inst = Instance::Open(data_dir, /*create=*/false, "");
+  if (!inst.ok()) return inst.status();
+  const int64_t now = SystemClock::Get().NowSeconds();
+  auto ring = oauth::SigningKeyRing::Open((*inst)->keys_dir(), (*inst)->signing_kid(), now);
+  if (!ring.ok()) return ring.status();
+  for (const auto& k : (*ring)->Keys()) {
+    std::string state = k.retire_at != 0 && k.retire_at <= now ? "retired"
+                        : k.activate_at > now                  ? "published"
+                                                               : "active";
+    auto active = (*ring)->Active(k.alg, now);
+    if (state == "active" && active && active->kid() != k.kid) state = "retiring";
+    out << k.kid << "\t" << jose::AlgorithmName(k.alg) << "\t" << state << "\tactivate_at="
+        << Time(k.activate_at) << "\tretire_at=" << Time(k.retire_at) << "\n";
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fhirward::server
