@@ -381,6 +381,32 @@ struct AuthorizationServer::Impl {
   std::unordered_map<std::string, Session> sessions;
   std::unordered_map<std::string, ParRecord> par;
   std::unordered_map<std::string, ClientKeys> client_keys;
+  // Failed sign-ins per client address in the current window: an address
+  // spraying passwords over many accounts is slowed down even though no
+  // single account reaches its lockout.
+  struct AddressFailures {
+    int64_t window_start = 0;
+    int64_t count = 0;
+  };
+  std::unordered_map<std::string, AddressFailures> address_failures;
+  static constexpr int64_t kAddressWindowSeconds = 300;
+  static constexpr int64_t kAddressMaxFailures = 30;
+
+  bool AddressThrottled(const std::string& ip) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = address_failures.find(ip);
+    return it != address_failures.end() &&
+           it->second.window_start + kAddressWindowSeconds > Now() &&
+           it->second.count >= kAddressMaxFailures;
+  }
+  void AddressFailed(const std::string& ip) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (address_failures.size() > 100000) address_failures.clear();
+    AddressFailures& f = address_failures[ip];
+    const int64_t now = Now();
+    if (f.window_start + kAddressWindowSeconds <= now) f = {now, 0};
+    ++f.count;
+  }
 
   int64_t Now() const { return d.clock->NowSeconds(); }
   std::string Url(std::string_view path) const { return o.issuer + std::string(path); }
@@ -1264,18 +1290,29 @@ struct AuthorizationServer::Impl {
     const std::string password = GetOr(*form, "password");
     const int64_t now = Now();
     const std::string generic = "The username or password is not correct.";
+    if (AddressThrottled(req.remote_ip)) {
+      Audit(req, "login", "denied", 429, p.client_id, username.substr(0, 128), "address_throttled");
+      net::HttpResponse r = ShowLogin(p, username.substr(0, 128),
+                                      "Too many failed sign-ins from this network. Wait a few "
+                                      "minutes and try again.",
+                                      429);
+      r.SetHeader("Retry-After", std::to_string(kAddressWindowSeconds));
+      return r;
+    }
     if (username.empty() || username.size() > 128 || password.size() > 1024) {
       return ShowLogin(p, username.substr(0, 128), generic, 401);
     }
     auto user = d.store->GetUser(username);
     if (!user.ok()) return ErrorPageResponse(500, "Server error", "Please try again later.");
     if (!*user) {
+      AddressFailed(req.remote_ip);
       crypto::VerifyAgainstDummy(password, o.argon2);
       Audit(req, "login", "denied", 401, p.client_id, username, "unknown_user");
       return ShowLogin(p, username, generic, 401);
     }
     const User& u = **user;
     if (u.disabled) {
+      AddressFailed(req.remote_ip);
       crypto::VerifyAgainstDummy(password, o.argon2);
       Audit(req, "login", "denied", 401, p.client_id, username, "user_disabled");
       return ShowLogin(p, username, generic, 401);
@@ -1288,6 +1325,7 @@ struct AuthorizationServer::Impl {
                        423);
     }
     if (!crypto::VerifyPassword(password, u.password_hash)) {
+      AddressFailed(req.remote_ip);
       auto failed = d.store->RecordLoginFailure(username, now, o.max_login_failures,
                                                 o.lockout_seconds);
       bool locked = failed.ok() && *failed >= o.max_login_failures;
@@ -1358,6 +1396,7 @@ struct AuthorizationServer::Impl {
       ok = fresh.ok() && *fresh;
     }
     if (!ok) {
+      AddressFailed(req.remote_ip);
       (void)d.store->RecordLoginFailure(p.username, now, o.max_login_failures, o.lockout_seconds);
       Audit(req, "login-totp", "denied", 401, p.client_id, p.username, "bad_totp");
       return Html(401, RenderTotpPage({"/authorize/totp", Hidden(p),
@@ -1728,6 +1767,10 @@ struct AuthorizationServer::Impl {
     }
     for (auto it = par.begin(); it != par.end();) {
       it = it->second.expires <= now ? par.erase(it) : std::next(it);
+    }
+    for (auto it = address_failures.begin(); it != address_failures.end();) {
+      it = it->second.window_start + kAddressWindowSeconds <= now ? address_failures.erase(it)
+                                                                 : std::next(it);
     }
     for (auto it = sessions.begin(); it != sessions.end();) {
       const Session& s = it->second;

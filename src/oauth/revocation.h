@@ -8,6 +8,7 @@
 #ifndef FHIRWARD_OAUTH_REVOCATION_H_
 #define FHIRWARD_OAUTH_REVOCATION_H_
 
+#include <atomic>
 #include <cstdint>
 #include <shared_mutex>
 #include <string>
@@ -32,7 +33,7 @@ class RevocationList {
   // Copies entries revoked in the store since the last sync (with a few
   // seconds of overlap for clock skew between nodes) and drops expired ones.
   absl::Status Sync(OAuthStore& store, int64_t now) {
-    auto fresh = store.RevokedSince(last_sync_ - 5, now);
+    auto fresh = store.RevokedSince(last_sync_.load() - 5, now);
     if (!fresh.ok()) return fresh.status();
     std::unique_lock lock(mu_);
     for (auto& [jti, exp] : *fresh) revoked_[jti] = exp;
@@ -46,7 +47,7 @@ class RevocationList {
  private:
   mutable std::shared_mutex mu_;
   std::unordered_map<std::string, int64_t> revoked_;
-  int64_t last_sync_ = 0;
+  std::atomic<int64_t> last_sync_{0};
 };
 
 }  // namespace fhirward::oauth
