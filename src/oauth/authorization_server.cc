@@ -333,6 +333,7 @@ struct Pending {
   std::string encounter;
   std::string purpose;
   std::string username;   // set once the password was accepted
+  std::string fhir_user;  // the user's fhirUser once logged in
   bool authenticated = false;  // password (and TOTP when enrolled) accepted
   int64_t expires = 0;
 };
@@ -353,6 +354,7 @@ struct ParRecord {
 struct ClientKeys {
   jose::KeySet keys;
   int64_t fetched = 0;
+  std::string source;  // the inline JWKS text they were parsed from ("" for jwks_uri)
 };
 
 // An authenticated token-endpoint caller.
@@ -516,9 +518,20 @@ struct AuthorizationServer::Impl {
 
   absl::StatusOr<jose::KeySet> KeysOf(const Client& c, bool refresh) {
     if (!c.jwks.empty()) {
+      // Parsed once per registration (the text is compared, so a re-registered
+      // client's new keys apply at once).
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        auto it = client_keys.find(c.client_id);
+        if (it != client_keys.end() && it->second.source == c.jwks) return it->second.keys;
+      }
       auto doc = json::Parse(c.jwks);
       if (!doc.ok()) return doc.status();
-      return jose::KeySet::FromJwks(*doc);
+      auto keys = jose::KeySet::FromJwks(*doc);
+      if (!keys.ok()) return keys.status();
+      std::lock_guard<std::mutex> lock(mu);
+      client_keys[c.client_id] = {*keys, Now(), c.jwks};
+      return *keys;
     }
     if (c.jwks_uri.empty()) return Error(ErrorCode::kInvalidToken, "no_keys");
     const int64_t now = Now();
@@ -540,7 +553,7 @@ struct AuthorizationServer::Impl {
     auto keys = jose::KeySet::FromJwks(*doc);
     if (!keys.ok()) return keys.status();
     std::lock_guard<std::mutex> lock(mu);
-    client_keys[c.client_id] = {*keys, now};
+    client_keys[c.client_id] = {*keys, now, ""};
     return *keys;
   }
 
@@ -1132,6 +1145,7 @@ struct AuthorizationServer::Impl {
       auto user = d.store->GetUser(session->username);
       if (user.ok() && *user && !(*user)->disabled) {
         p.username = session->username;
+        p.fhir_user = (*user)->fhir_user;
         p.authenticated = true;
       }
     }
@@ -1216,6 +1230,13 @@ struct AuthorizationServer::Impl {
     return s;
   }
 
+  static bool NeedsPatient(const std::vector<std::string>& scopes) {
+    for (const auto& s : scopes) {
+      if (s.rfind("patient/", 0) == 0 || s == "launch/patient") return true;
+    }
+    return false;
+  }
+
   std::vector<HiddenField> Hidden(const Pending& p) const {
     return {{"request", p.id}, {"csrf", Csrf(p.browser, p.id)}};
   }
@@ -1233,6 +1254,8 @@ struct AuthorizationServer::Impl {
     page.client_name = p.client_name;
     page.user_display = p.username;
     page.patient_display = p.patient;
+    page.ask_patient = p.patient.empty() && NeedsPatient(p.scopes) &&
+                       p.fhir_user.rfind("Patient/", 0) != 0;
     for (const auto& s : p.scopes) {
       ScopeChoice ch;
       ch.scope = s;
@@ -1339,6 +1362,7 @@ struct AuthorizationServer::Impl {
       }
     }
     p.username = username;
+    p.fhir_user = u.fhir_user;
     if (!u.totp_secret_wrapped.empty()) {
       SavePending(p);
       Audit(req, "login-password", "success", 200, p.client_id, username, "");
@@ -1452,6 +1476,12 @@ struct AuthorizationServer::Impl {
     }
     if (patient_scope && g.patient.empty() && g.fhir_user.rfind("Patient/", 0) == 0) {
       g.patient = g.fhir_user.substr(8);
+    }
+    // A practitioner's standalone launch: the patient chosen on the consent
+    // page. (Whether this user may see that patient is the policy engine's
+    // decision at every request; the choice itself grants nothing more.)
+    if (patient_scope && g.patient.empty() && g.fhir_user.rfind("Patient/", 0) != 0) {
+      g.patient = GetOr(*form, "patient");
     }
     if (patient_scope && (g.patient.empty() || !IsFhirId(g.patient))) {
       Audit(req, "consent", "denied", 302, p.client_id, p.username, "no_patient_context");

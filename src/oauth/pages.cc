@@ -348,6 +348,12 @@ std::string RenderConsentPage(const ConsentPage& p) {
     out.append("</strong></p>\n");
   }
   BeginForm(out, p.action, p.hidden);
+  if (p.ask_patient) {
+    out.append(
+        "<p><label for=\"patient\">Patient (FHIR id)</label>\n"
+        "<input type=\"text\" id=\"patient\" name=\"patient\" required maxlength=\"64\" "
+        "pattern=\"[A-Za-z0-9.\\-]{1,64}\" autocomplete=\"off\" spellcheck=\"false\"></p>\n");
+  }
   out.append("<fieldset>\n<legend>Permissions requested</legend>\n");
   if (p.scopes.empty()) out.append("<p>No specific permissions.</p>\n");
   for (size_t i = 0; i < p.scopes.size(); ++i) {
@@ -381,7 +387,7 @@ std::string RenderConsentPage(const ConsentPage& p) {
   out.append(
       "</fieldset>\n"
       "<div class=\"actions\">\n"
-      "<button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button>\n"
+      "<button type=\"submit\" name=\"decision\" value=\"deny\" formnovalidate>Deny</button>\n"
       "<button type=\"submit\" name=\"decision\" value=\"allow\" class=\"primary\">Allow</button>\n"
       "</div>\n"
       "</form>\n");

@@ -64,6 +64,10 @@ struct ConsentPage {
   std::string client_name;
   std::string user_display;     // who is logged in; omitted when empty
   std::string patient_display;  // patient in context; omitted when empty
+  // No patient in context but patient scopes requested (a practitioner's
+  // standalone launch): a text input name="patient" (id "patient") for the
+  // patient's FHIR id. The Deny button skips its validation (formnovalidate).
+  bool ask_patient = false;
   std::vector<ScopeChoice> scopes;
 };
 
