@@ -181,29 +181,42 @@ std::optional<std::string> Cookie(const net::HttpRequest& req, std::string_view 
   return std::nullopt;
 }
 
-bool IsLoopbackHttp(std::string_view uri) {
-  for (std::string_view host : {"http://127.0.0.1", "http://[::1]", "http://localhost"}) {
-    if (uri.substr(0, host.size()) == host &&
-        (uri.size() == host.size() || uri[host.size()] == ':' || uri[host.size()] == '/')) {
-      return true;
+// A loopback redirect URI split into host and the part after the port:
+// "http://" HOST [":" DIGITS] ("/" ... | "?" ... | end), HOST one of
+// 127.0.0.1, [::1], localhost. Anything else (user info, another host that
+// merely starts like one, a non-numeric port) is not loopback.
+struct LoopbackUri {
+  std::string host;
+  std::string rest;
+};
+std::optional<LoopbackUri> ParseLoopback(std::string_view uri) {
+  constexpr std::string_view kScheme = "http://";
+  if (uri.substr(0, kScheme.size()) != kScheme) return std::nullopt;
+  std::string_view r = uri.substr(kScheme.size());
+  for (std::string_view host : {"127.0.0.1", "[::1]", "localhost"}) {
+    if (r.substr(0, host.size()) != host) continue;
+    std::string_view after = r.substr(host.size());
+    if (!after.empty() && after.front() == ':') {
+      size_t digits = 1;
+      while (digits < after.size() && std::isdigit(static_cast<unsigned char>(after[digits]))) {
+        ++digits;
+      }
+      if (digits == 1 || digits > 6) return std::nullopt;
+      after.remove_prefix(digits);
     }
+    if (!after.empty() && after.front() != '/' && after.front() != '?') return std::nullopt;
+    return LoopbackUri{std::string(host), std::string(after)};
   }
-  return false;
+  return std::nullopt;
 }
 
 // Loopback redirect URIs may differ in port only (RFC 8252 §7.3); every other
 // URI must match exactly.
 bool RedirectMatches(std::string_view registered, std::string_view given) {
   if (registered == given) return true;
-  if (!IsLoopbackHttp(registered) || !IsLoopbackHttp(given)) return false;
-  auto strip_port = [](std::string_view u) {
-    std::string s(u);
-    size_t host_end = s.find(']') != std::string::npos ? s.find(']') + 1 : s.find(':', 7);
-    if (host_end == std::string::npos || host_end >= s.size() || s[host_end] != ':') return s;
-    size_t path = s.find('/', host_end);
-    return s.substr(0, host_end) + (path == std::string::npos ? "" : s.substr(path));
-  };
-  return strip_port(registered) == strip_port(given);
+  auto a = ParseLoopback(registered);
+  auto b = ParseLoopback(given);
+  return a && b && a->host == b->host && a->rest == b->rest;
 }
 
 bool IsUnreserved(unsigned char c) {
@@ -448,11 +461,12 @@ struct AuthorizationServer::Impl {
     return OAuthFailure{status, std::move(error), std::move(description), false, {}};
   }
 
-  static net::HttpResponse Html(int status, std::string body) {
+  static net::HttpResponse Html(int status, std::string body,
+                                std::string_view redirect_uri = {}) {
     net::HttpResponse r;
     r.status = status;
     r.SetHeader("Content-Type", "text/html; charset=utf-8");
-    r.SetHeader("Content-Security-Policy", PageContentSecurityPolicy());
+    r.SetHeader("Content-Security-Policy", PageContentSecurityPolicy(redirect_uri));
     r.SetHeader("X-Frame-Options", "DENY");
     r.SetHeader("Cache-Control", "no-store");
     r.SetHeader("Referrer-Policy", "no-referrer");
@@ -1141,6 +1155,8 @@ struct AuthorizationServer::Impl {
     const std::string prompt = GetOr(params, "prompt");
     std::optional<Session> session = prompt == "login" ? std::nullopt : SessionOf(req, browser);
     if (prompt == "none" && !session) return error("login_required", "no active session");
+    // Consent is not remembered: without a page it cannot be given (OIDC Core §3.1.2.1).
+    if (prompt == "none") return error("consent_required", "consent needs the consent page");
     if (session) {
       auto user = d.store->GetUser(session->username);
       if (user.ok() && *user && !(*user)->disabled) {
@@ -1264,7 +1280,7 @@ struct AuthorizationServer::Impl {
       ch.required = s == "openid" || s == "launch" || s.rfind("launch/", 0) == 0;
       page.scopes.push_back(std::move(ch));
     }
-    return Html(200, RenderConsentPage(page));
+    return Html(200, RenderConsentPage(page), p.redirect_uri);
   }
 
   // The pending request a form posts to, checked against the browser cookie

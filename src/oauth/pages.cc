@@ -1,5 +1,7 @@
 #include "oauth/pages.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -248,11 +250,37 @@ std::string HtmlEscape(std::string_view text) {
   return out;
 }
 
-std::string PageContentSecurityPolicy() {
-  static const std::string* const kPolicy = new std::string(
-      Cat("default-src 'none'; style-src 'sha256-", Base64Encode(crypto::Sha256(kPageStyle)),
-          "'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"));
-  return *kPolicy;
+std::string PageContentSecurityPolicy() { return PageContentSecurityPolicy({}); }
+
+std::string PageContentSecurityPolicy(std::string_view redirect_uri) {
+  static const std::string* const kStyle =
+      new std::string(Cat("'sha256-", Base64Encode(crypto::Sha256(kPageStyle)), "'"));
+  return Cat("default-src 'none'; style-src ", *kStyle, "; form-action 'self'",
+             FormActionSource(redirect_uri), "; frame-ancestors 'none'; base-uri 'none'");
+}
+
+std::string FormActionSource(std::string_view uri) {
+  if (uri.empty()) return {};
+  size_t colon = uri.find(':');
+  if (colon == std::string_view::npos || colon == 0) return {};
+  std::string_view scheme = uri.substr(0, colon);
+  for (char c : scheme) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '-' && c != '.') return {};
+  }
+  auto authority_ok = [](std::string_view a) {
+    return !a.empty() && std::all_of(a.begin(), a.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' ||
+             c == '[' || c == ']';
+    });
+  };
+  if (uri.substr(colon, 3) == "://") {
+    std::string_view rest = uri.substr(colon + 3);
+    std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+    if (!authority_ok(authority)) return {};
+    return Cat(" ", scheme, "://", authority);
+  }
+  // A private-use scheme (RFC 8252 §7.1), e.g. com.example.app:/callback.
+  return Cat(" ", scheme, ":");
 }
 
 std::string DescribeScope(std::string_view scope) {

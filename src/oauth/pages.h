@@ -108,6 +108,13 @@ std::string HtmlEscape(std::string_view text);
 // "default-src 'none'; style-src 'sha256-<base64 SHA-256 of kPageStyle>'; form-action 'self';
 // frame-ancestors 'none'; base-uri 'none'".
 std::string PageContentSecurityPolicy();
+// The same, with the origin of `redirect_uri` also allowed in form-action: a
+// form whose submission ends in a redirect to the client (the consent page)
+// needs it, because browsers apply form-action to the redirect target too.
+// URIs whose origin cannot be written safely as a CSP source add nothing.
+std::string PageContentSecurityPolicy(std::string_view redirect_uri);
+// " scheme://host[:port]" (or " scheme:" for a private-use scheme), or "".
+std::string FormActionSource(std::string_view redirect_uri);
 
 // The exact text of every page's single <style> element.
 extern const char kPageStyle[];
