@@ -3,6 +3,8 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cctype>
 #include <map>
 #include <mutex>
@@ -595,8 +597,16 @@ struct AuthorizationServer::Impl {
     if (claims.GetString("sub").value_or("") != c.client_id) return bad("sub must be the client");
     auto jti = claims.GetString("jti");
     if (!jti || jti->empty() || jti->size() > 256) return bad("jti missing");
+    // NumericDate may have a fraction (RFC 7519 §2): rounded down, never 0,
+    // so that neither the lifetime limit nor the replay window can be skipped.
     const Value* exp = claims.Find("exp");
-    int64_t exp_v = exp && exp->as_int64() ? *exp->as_int64() : 0;
+    int64_t exp_v = 0;
+    if (exp && exp->is_number()) {
+      exp_v = exp->as_int64() ? *exp->as_int64()
+                              : static_cast<int64_t>(std::floor(std::strtod(
+                                    exp->number_text().c_str(), nullptr)));
+    }
+    if (exp_v <= now - 30) return bad("expired");
     if (exp_v > now + o.client_assertion_max_seconds + 30) return bad("exp too far in the future");
     if (!d.replay->Use("assertion\x1f" + c.client_id + "\x1f" + std::string(*jti), exp_v + 60,
                        now)) {
