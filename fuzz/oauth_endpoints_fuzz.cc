@@ -75,9 +75,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   World& w = W();
   const uint8_t sel = data[0];
   std::string text(reinterpret_cast<const char*>(data + 1), size - 1);
-  static const char* kPaths[] = {"/token",           "/par",          "/revoke",
-                                 "/introspect",      "/authorize",    "/authorize/login",
-                                 "/authorize/consent", "/authorize/totp", "/userinfo"};
+  static const char* kPaths[] = {"/token",
+                                 "/par",
+                                 "/revoke",
+                                 "/introspect",
+                                 "/authorize",
+                                 "/authorize/login",
+                                 "/authorize/consent",
+                                 "/authorize/totp",
+                                 "/userinfo"};
   net::HttpRequest req;
   req.tls_version = "TLSv1.3";
   req.remote_ip = "127.0.0.1";

@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
   users_cmd->require_subcommand(1);
   server::UserArgs user;
   bool password_stdin = false;
-  CLI::App* users_add = users_cmd->add_subcommand("add", "Add a user (prints a generated password)");
+  CLI::App* users_add =
+      users_cmd->add_subcommand("add", "Add a user (prints a generated password)");
   CLI::App* users_reset =
       users_cmd->add_subcommand("reset-password", "Set a new password and clear a lockout");
   for (CLI::App* c : {users_add, users_reset}) {
@@ -75,8 +76,9 @@ int main(int argc, char** argv) {
     c->add_flag("--password-stdin", password_stdin,
                 "Read the password from standard input instead of generating one");
   }
-  users_add->add_option("--fhir-user", user.fhir_user,
-                        "FHIR resource of the user: Practitioner/ID, Patient/ID, RelatedPerson/ID")
+  users_add
+      ->add_option("--fhir-user", user.fhir_user,
+                   "FHIR resource of the user: Practitioner/ID, Patient/ID, RelatedPerson/ID")
       ->required();
   users_add->add_option("--roles", user.roles, "Roles (comma separated)");
   users_add->add_flag("--totp", user.totp, "Enrol a TOTP second factor (prints its otpauth URI)");
@@ -172,8 +174,10 @@ int main(int argc, char** argv) {
   if (users_add->parsed()) return done(server::UsersAdd(user, std::cout));
   if (users_reset->parsed()) return done(server::UsersResetPassword(user, std::cout));
   if (users_list->parsed()) return done(server::UsersList(users_dir, std::cout));
-  if (users_disable->parsed()) return done(server::UsersDisable(users_dir, users_name, true, std::cout));
-  if (users_enable->parsed()) return done(server::UsersDisable(users_dir, users_name, false, std::cout));
+  if (users_disable->parsed())
+    return done(server::UsersDisable(users_dir, users_name, true, std::cout));
+  if (users_enable->parsed())
+    return done(server::UsersDisable(users_dir, users_name, false, std::cout));
   if (clients_add->parsed()) return done(server::ClientsAdd(client, std::cout));
   if (clients_list->parsed()) return done(server::ClientsList(clients_dir, std::cout));
   if (clients_disable->parsed()) {

@@ -3,9 +3,9 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <cctype>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -30,7 +30,8 @@ using json::Value;
 
 constexpr size_t kMaxParams = 64;
 constexpr size_t kMaxParamBytes = 8 * 1024;
-constexpr std::string_view kAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+constexpr std::string_view kAssertionType =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 constexpr std::string_view kRequestUriPrefix = "urn:ietf:params:oauth:request_uri:";
 
 Value Str(std::string s) { return Value::String(std::move(s)); }
@@ -121,7 +122,8 @@ std::string GetOr(const Params& p, std::string_view name) {
 
 // RFC 6749 §3.1/§3.2: parameters must not be repeated. `multi` lists those a
 // form may repeat (the consent page's scope checkboxes).
-std::optional<std::string> Repeated(const Params& p, std::initializer_list<std::string_view> multi = {}) {
+std::optional<std::string> Repeated(const Params& p,
+                                    std::initializer_list<std::string_view> multi = {}) {
   std::map<std::string_view, int> seen;
   for (const auto& [k, v] : p) {
     if (std::find(multi.begin(), multi.end(), k) != multi.end()) continue;
@@ -257,9 +259,9 @@ std::string SubjectDn(std::string_view der) {
   return out;
 }
 
-const char* kPurposeCodes[] = {"TREAT", "ETREAT", "HPAYMT", "HOPERAT", "HRESCH", "PUBHLTH",
-                               "PATRQT", "FAMRQT", "PWATRNY", "SUPNWK", "HMARKT", "COC",
-                               "BTG", "CLINTRCH", "HSYSADMIN", "HQUALIMP", "HLEGAL", "CAREMGT"};
+const char* kPurposeCodes[] = {"TREAT",  "ETREAT",   "HPAYMT",    "HOPERAT",  "HRESCH", "PUBHLTH",
+                               "PATRQT", "FAMRQT",   "PWATRNY",   "SUPNWK",   "HMARKT", "COC",
+                               "BTG",    "CLINTRCH", "HSYSADMIN", "HQUALIMP", "HLEGAL", "CAREMGT"};
 
 bool IsPurposeCode(std::string_view c) {
   for (const char* p : kPurposeCodes) {
@@ -344,11 +346,11 @@ struct Pending {
   std::string state;
   std::string challenge;
   std::string nonce;
-  std::string patient;    // from the EHR launch context
+  std::string patient;  // from the EHR launch context
   std::string encounter;
   std::string purpose;
-  std::string username;   // set once the password was accepted
-  std::string fhir_user;  // the user's fhirUser once logged in
+  std::string username;        // set once the password was accepted
+  std::string fhir_user;       // the user's fhirUser once logged in
   bool authenticated = false;  // password (and TOTP when enrolled) accepted
   int64_t expires = 0;
 };
@@ -446,9 +448,9 @@ struct AuthorizationServer::Impl {
     if (!f.description.empty()) body.Set("error_description", Str(f.description));
     net::HttpResponse r = Json(f.status, body);
     if (f.status == 401) {
-      r.SetHeader("WWW-Authenticate", f.basic_challenge ? "Basic realm=\"fhirward\""
-                                                        : "Bearer realm=\"fhirward\", error=\"" +
-                                                              f.error + "\"");
+      r.SetHeader("WWW-Authenticate", f.basic_challenge
+                                          ? "Basic realm=\"fhirward\""
+                                          : "Bearer realm=\"fhirward\", error=\"" + f.error + "\"");
     }
     if (!f.dpop_nonce.empty()) {
       r.SetHeader("DPoP-Nonce", f.dpop_nonce);
@@ -463,8 +465,7 @@ struct AuthorizationServer::Impl {
     return OAuthFailure{status, std::move(error), std::move(description), false, {}};
   }
 
-  static net::HttpResponse Html(int status, std::string body,
-                                std::string_view redirect_uri = {}) {
+  static net::HttpResponse Html(int status, std::string body, std::string_view redirect_uri = {}) {
     net::HttpResponse r;
     r.status = status;
     r.SetHeader("Content-Type", "text/html; charset=utf-8");
@@ -510,8 +511,8 @@ struct AuthorizationServer::Impl {
   // --- audit ------------------------------------------------------------------
 
   void Audit(const net::HttpRequest& req, std::string action, std::string outcome, int status,
-             std::string client_id, std::string subject, std::string error,
-             std::string scopes = {}, std::string patient = {}) const {
+             std::string client_id, std::string subject, std::string error, std::string scopes = {},
+             std::string patient = {}) const {
     if (!d.audit) return;
     audit::AuditRecord a;
     a.time = FormatInstant(d.clock->Now());
@@ -602,9 +603,10 @@ struct AuthorizationServer::Impl {
     const Value* exp = claims.Find("exp");
     int64_t exp_v = 0;
     if (exp && exp->is_number()) {
-      exp_v = exp->as_int64() ? *exp->as_int64()
-                              : static_cast<int64_t>(std::floor(std::strtod(
-                                    exp->number_text().c_str(), nullptr)));
+      exp_v =
+          exp->as_int64()
+              ? *exp->as_int64()
+              : static_cast<int64_t>(std::floor(std::strtod(exp->number_text().c_str(), nullptr)));
     }
     if (exp_v <= now - 30) return bad("expired");
     if (exp_v > now + o.client_assertion_max_seconds + 30) return bad("exp too far in the future");
@@ -652,7 +654,8 @@ struct AuthorizationServer::Impl {
         // The assertion names its client (iss); verified below.
         size_t d1 = assertion->find('.');
         size_t d2 = assertion->find('.', d1 == std::string::npos ? 0 : d1 + 1);
-        if (d1 == std::string::npos || d2 == std::string::npos) return invalid("malformed assertion");
+        if (d1 == std::string::npos || d2 == std::string::npos)
+          return invalid("malformed assertion");
         auto text = Base64UrlDecode(std::string_view(*assertion).substr(d1 + 1, d2 - d1 - 1));
         auto claims = text ? json::Parse(*text) : absl::StatusOr<Value>(absl::InternalError(""));
         if (!claims.ok() || !claims->GetString("iss")) return invalid("malformed assertion");
@@ -664,7 +667,8 @@ struct AuthorizationServer::Impl {
     if (client_id.empty()) return invalid("client authentication required");
     auto client = d.store->GetClient(client_id);
     if (!client.ok()) return Fail("server_error", "", 500);
-    if (!*client || (*client)->disabled) return invalid("unknown or disabled client", method == "client_secret_basic");
+    if (!*client || (*client)->disabled)
+      return invalid("unknown or disabled client", method == "client_secret_basic");
     Client& c = **client;
     const int64_t now = Now();
     switch (c.auth) {
@@ -802,8 +806,8 @@ struct AuthorizationServer::Impl {
                        const std::string& grant_id, const std::string& scope,
                        const std::string& jkt, const std::string& x5t,
                        const std::string& refresh_token, bool with_id_token) {
-    auto access = SignAccess(g.username, client.client_id, g, scope, o.access_token_seconds, jkt,
-                             x5t);
+    auto access =
+        SignAccess(g.username, client.client_id, g, scope, o.access_token_seconds, jkt, x5t);
     if (!access.ok()) return Fail("server_error", "", 500);
     if (auto s = d.store->AddAccessToken(access->jti, grant_id, access->exp); !s.ok()) {
       return Fail("server_error", "", 500);
@@ -1045,8 +1049,7 @@ struct AuthorizationServer::Impl {
     if (auto rep = Repeated(*form)) return Fail("invalid_request", "repeated parameter " + *rep);
     auto caller = AuthenticateClient(req, *form, /*allow_public=*/true);
     if (auto* f = std::get_if<OAuthFailure>(&caller)) {
-      Audit(req, "token-client-auth", "denied", f->status, GetOr(*form, "client_id"), "",
-            f->error);
+      Audit(req, "token-client-auth", "denied", f->status, GetOr(*form, "client_id"), "", f->error);
       return *f;
     }
     const Client& client = std::get<Caller>(caller).client;
@@ -1064,8 +1067,9 @@ struct AuthorizationServer::Impl {
     } else if (grant_type.empty()) {
       return Fail("invalid_request", "grant_type is required");
     } else {
-      return Fail("unsupported_grant_type", "supported: authorization_code, refresh_token, "
-                                            "client_credentials");
+      return Fail("unsupported_grant_type",
+                  "supported: authorization_code, refresh_token, "
+                  "client_credentials");
     }
     if (auto* f = std::get_if<OAuthFailure>(&r); f && f->error != "server_error") {
       Audit(req, "token-" + grant_type, "denied", f->status, client.client_id, "", f->error);
@@ -1086,8 +1090,9 @@ struct AuthorizationServer::Impl {
 
   static void SetCookie(net::HttpResponse& r, const std::string& name, const std::string& value,
                         int64_t max_age) {
-    r.headers.emplace_back("Set-Cookie", name + "=" + value + "; Path=/; Secure; HttpOnly; "
-                                                             "SameSite=Lax; Max-Age=" +
+    r.headers.emplace_back("Set-Cookie", name + "=" + value +
+                                             "; Path=/; Secure; HttpOnly; "
+                                             "SameSite=Lax; Max-Age=" +
                                              std::to_string(max_age));
   }
 
@@ -1139,11 +1144,13 @@ struct AuthorizationServer::Impl {
     }
     const std::string redirect_uri = GetOr(params, "redirect_uri");
     bool registered = false;
-    for (const auto& r : c.redirect_uris) registered = registered || RedirectMatches(r, redirect_uri);
+    for (const auto& r : c.redirect_uris)
+      registered = registered || RedirectMatches(r, redirect_uri);
     if (redirect_uri.empty() || !registered) {
       Audit(req, "authorize", "denied", 400, client_id, "", "redirect_uri_mismatch");
-      return ErrorPageResponse(400, "Invalid redirect",
-                               "The address this application asked to return to is not registered.");
+      return ErrorPageResponse(
+          400, "Invalid redirect",
+          "The address this application asked to return to is not registered.");
     }
     const std::string state = GetOr(params, "state");
     auto error = [&](const std::string& e, const std::string& why) {
@@ -1269,8 +1276,8 @@ struct AuthorizationServer::Impl {
 
   net::HttpResponse ShowLogin(const Pending& p, const std::string& username,
                               const std::string& error, int status = 200) const {
-    return Html(status, RenderLoginPage({"/authorize/login", Hidden(p), p.client_name, username,
-                                         error}));
+    return Html(status,
+                RenderLoginPage({"/authorize/login", Hidden(p), p.client_name, username, error}));
   }
 
   net::HttpResponse ShowConsent(const Pending& p, const std::string& error) {
@@ -1280,8 +1287,8 @@ struct AuthorizationServer::Impl {
     page.client_name = p.client_name;
     page.user_display = p.username;
     page.patient_display = p.patient;
-    page.ask_patient = p.patient.empty() && NeedsPatient(p.scopes) &&
-                       p.fhir_user.rfind("Patient/", 0) != 0;
+    page.ask_patient =
+        p.patient.empty() && NeedsPatient(p.scopes) && p.fhir_user.rfind("Patient/", 0) != 0;
     for (const auto& s : p.scopes) {
       ScopeChoice ch;
       ch.scope = s;
@@ -1375,8 +1382,8 @@ struct AuthorizationServer::Impl {
     }
     if (!crypto::VerifyPassword(password, u.password_hash)) {
       AddressFailed(req.remote_ip);
-      auto failed = d.store->RecordLoginFailure(username, now, o.max_login_failures,
-                                                o.lockout_seconds);
+      auto failed =
+          d.store->RecordLoginFailure(username, now, o.max_login_failures, o.lockout_seconds);
       bool locked = failed.ok() && *failed >= o.max_login_failures;
       Audit(req, "login", "denied", 401, p.client_id, username,
             locked ? "bad_password:locked" : "bad_password");
@@ -1438,8 +1445,7 @@ struct AuthorizationServer::Impl {
     }
     auto seed = d.kek->Unwrap(u.totp_secret_wrapped, "fhirward-totp-v1:" + u.username);
     if (!seed.ok()) return ErrorPageResponse(500, "Server error", "Please try again later.");
-    auto step = crypto::VerifyTotp(seed->UnsafeView(), GetOr(*form, "totp"), now,
-                                   u.totp_last_step);
+    auto step = crypto::VerifyTotp(seed->UnsafeView(), GetOr(*form, "totp"), now, u.totp_last_step);
     bool ok = step.has_value();
     if (ok) {
       auto fresh = d.store->UseTotpStep(p.username, *step);
@@ -1535,13 +1541,15 @@ struct AuthorizationServer::Impl {
     auto form = ParseForm(req.body);
     if (!form.ok()) return Fail("invalid_request", DetailOf(form.status()));
     if (auto rep = Repeated(*form)) return Fail("invalid_request", "repeated parameter " + *rep);
-    if (Get(*form, "request_uri")) return Fail("invalid_request", "request_uri is not allowed here");
+    if (Get(*form, "request_uri"))
+      return Fail("invalid_request", "request_uri is not allowed here");
     auto caller = AuthenticateClient(req, *form, /*allow_public=*/true);
     if (auto* f = std::get_if<OAuthFailure>(&caller)) return *f;
     const Client& c = std::get<Caller>(caller).client;
     const std::string redirect_uri = GetOr(*form, "redirect_uri");
     bool registered = false;
-    for (const auto& r : c.redirect_uris) registered = registered || RedirectMatches(r, redirect_uri);
+    for (const auto& r : c.redirect_uris)
+      registered = registered || RedirectMatches(r, redirect_uri);
     if (!registered) return Fail("invalid_request", "redirect_uri is not registered");
     auto v = ValidateAuthorizeParams(c, *form);
     if (auto* f = std::get_if<OAuthFailure>(&v)) return *f;
@@ -1610,7 +1618,7 @@ struct AuthorizationServer::Impl {
         int64_t exp = claims.Find("exp")->as_int64().value_or(now);
         if (!jti.empty()) {
           if (d.revocations) d.revocations->Add(jti, exp);
-          (void)d.store->RevokeAccessToken(jti, exp);
+          (void)d.store->RevokeAccessToken(jti, exp, now);
           Audit(req, "token-revoke", "success", 200, c.client_id,
                 std::string(claims.GetString("sub").value_or("")), "");
         }
@@ -1710,8 +1718,7 @@ struct AuthorizationServer::Impl {
     } else if (dpop_scheme) {
       return unauthorized("invalid_token");
     }
-    if (cnf && cnf->GetString("x5t#S256") &&
-        *cnf->GetString("x5t#S256") != X5t(req)) {
+    if (cnf && cnf->GetString("x5t#S256") && *cnf->GetString("x5t#S256") != X5t(req)) {
       return unauthorized("invalid_token");
     }
     if (!Contains(SplitSpaces(c.GetString("scope").value_or("")), "openid")) {
@@ -1722,7 +1729,8 @@ struct AuthorizationServer::Impl {
     }
     Value out = Value::MakeObject();
     out.Set("sub", Str(std::string(c.GetString("sub").value_or(""))));
-    if (auto fu = c.GetString("fhirUser")) out.Set("fhirUser", Str(o.issuer + "/" + std::string(*fu)));
+    if (auto fu = c.GetString("fhirUser"))
+      out.Set("fhirUser", Str(o.issuer + "/" + std::string(*fu)));
     return Json(200, out);
   }
 
@@ -1752,16 +1760,17 @@ struct AuthorizationServer::Impl {
     m.Set("introspection_endpoint_auth_methods_supported",
           StrArray({"private_key_jwt", "client_secret_basic", "tls_client_auth"}));
     m.Set("scopes_supported",
-          StrArray({"openid", "fhirUser", "profile", "launch", "launch/patient",
-                    "launch/encounter", "offline_access", "online_access", "patient/*.rs",
-                    "patient/*.cruds", "user/*.rs", "user/*.cruds", "system/*.rs",
-                    "system/*.cruds", "patient/*.read", "user/*.read", "system/*.read"}));
+          StrArray({"openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter",
+                    "offline_access", "online_access", "patient/*.rs", "patient/*.cruds",
+                    "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds", "patient/*.read",
+                    "user/*.read", "system/*.read"}));
     m.Set("subject_types_supported", StrArray({"public"}));
     m.Set("id_token_signing_alg_values_supported", StrArray({"RS256", "ES256"}));
-    m.Set("claims_supported", StrArray({"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce",
-                                        "fhirUser"}));
+    m.Set("claims_supported",
+          StrArray({"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"}));
     m.Set("authorization_response_iss_parameter_supported", Value::Bool(true));
-    m.Set("dpop_signing_alg_values_supported", StrArray({"ES256", "ES384", "RS256", "PS256", "EdDSA"}));
+    m.Set("dpop_signing_alg_values_supported",
+          StrArray({"ES256", "ES384", "RS256", "PS256", "EdDSA"}));
     m.Set("tls_client_certificate_bound_access_tokens", Value::Bool(true));
     m.Set("require_pushed_authorization_requests", Value::Bool(false));
     if (smart) {
@@ -1826,7 +1835,7 @@ struct AuthorizationServer::Impl {
     }
     for (auto it = address_failures.begin(); it != address_failures.end();) {
       it = it->second.window_start + kAddressWindowSeconds <= now ? address_failures.erase(it)
-                                                                 : std::next(it);
+                                                                  : std::next(it);
     }
     for (auto it = sessions.begin(); it != sessions.end();) {
       const Session& s = it->second;

@@ -23,10 +23,15 @@ bool Exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-int64_t MtimeNs(const std::string& path) {
+// What identifies one version of the manifest: it is replaced by rename, so
+// the inode changes with every write even when two writes fall into the same
+// (coarse) timestamp tick.
+std::string FileVersion(const std::string& path) {
   struct stat st;
-  if (stat(path.c_str(), &st) != 0) return 0;
-  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  if (stat(path.c_str(), &st) != 0) return {};
+  return std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+         std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ":" +
+         std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec);
 }
 
 std::string FileName(jose::Algorithm alg, const std::string& kid) {
@@ -138,7 +143,7 @@ absl::StatusOr<std::unique_ptr<SigningKeyRing>> SigningKeyRing::Open(const std::
 }
 
 absl::Status SigningKeyRing::Load() {
-  int64_t mtime = MtimeNs(dir_ + kManifest);
+  std::string version = FileVersion(dir_ + kManifest);
   auto manifest = ReadManifest(dir_);
   if (!manifest.ok()) return manifest.status();
   std::vector<Entry> entries;
@@ -149,23 +154,22 @@ absl::Status SigningKeyRing::Load() {
   }
   std::lock_guard<std::mutex> lock(mu_);
   entries_ = std::move(entries);
-  mtime_ns_ = mtime;
+  version_ = std::move(version);
   return absl::OkStatus();
 }
 
 absl::StatusOr<bool> SigningKeyRing::ReloadIfChanged(int64_t now) {
-  int64_t mtime = MtimeNs(dir_ + kManifest);
+  std::string version = FileVersion(dir_ + kManifest);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (mtime == mtime_ns_) return false;
+    if (version == version_) return false;
   }
   if (auto s = Load(); !s.ok()) return s;
   return true;
 }
 
 absl::StatusOr<KeyInfo> SigningKeyRing::Rotate(const std::string& keys_dir, jose::Algorithm alg,
-                                               int64_t now, int64_t activate_in,
-                                               int64_t overlap) {
+                                               int64_t now, int64_t activate_in, int64_t overlap) {
   auto manifest = ReadManifest(keys_dir);
   if (!manifest.ok()) return manifest.status();
   auto fresh = NewKey(keys_dir, alg, now + std::max<int64_t>(0, activate_in));

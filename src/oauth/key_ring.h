@@ -55,7 +55,7 @@ class SigningKeyRing {
   // Every key that is published now (activated or not, not retired).
   jose::KeySet Published(int64_t now) const;
   std::vector<KeyInfo> Keys() const;
-  // Re-reads the manifest when its modification time changed. True when it did.
+  // Re-reads the manifest when it was replaced or changed. True when it did.
   absl::StatusOr<bool> ReloadIfChanged(int64_t now);
 
  private:
@@ -68,7 +68,7 @@ class SigningKeyRing {
   std::string dir_;
   mutable std::mutex mu_;
   std::vector<Entry> entries_;
-  int64_t mtime_ns_ = 0;
+  std::string version_;  // inode, size and times of the manifest last loaded
 };
 
 }  // namespace fhirward::oauth

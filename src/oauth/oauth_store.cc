@@ -180,8 +180,8 @@ absl::StatusOr<std::unique_ptr<OAuthStore>> OAuthStore::Open(const std::string& 
   return std::unique_ptr<OAuthStore>(new OAuthStore(std::move(impl)));
 }
 
-#define FW_PREP(var, sql)        \
-  auto var##_or = impl_->Prep(sql); \
+#define FW_PREP(var, sql)                       \
+  auto var##_or = impl_->Prep(sql);             \
   if (!var##_or.ok()) return var##_or.status(); \
   Stmt& var = *var##_or
 
@@ -254,8 +254,7 @@ absl::Status OAuthStore::SetTotp(const std::string& username, const std::string&
 }
 
 absl::StatusOr<int64_t> OAuthStore::RecordLoginFailure(const std::string& username, int64_t now,
-                                                       int64_t max_failures,
-                                                       int64_t lock_seconds) {
+                                                       int64_t max_failures, int64_t lock_seconds) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   // A failure after the lock expired starts a new count.
   FW_PREP(s,
@@ -341,8 +340,7 @@ absl::Status OAuthStore::SetClientDisabled(const std::string& client_id, bool di
 }
 
 absl::Status OAuthStore::RotateSecret(const std::string& client_id, const std::string& new_hash,
-                                      int64_t now, int64_t grace_seconds,
-                                      int64_t secret_expires) {
+                                      int64_t now, int64_t grace_seconds, int64_t secret_expires) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
           "UPDATE clients SET previous_secret_hash=secret_hash, previous_secret_expires=?, "
@@ -424,9 +422,10 @@ absl::StatusOr<std::string> OAuthStore::AddGrant(const GrantData& g, const std::
                                                  int64_t now, int64_t absolute_expires) {
   std::string id = HexEncode(RandomBytes(16));
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s,
-          "INSERT INTO grants(id,client_id,username,fhir_user,scope,patient,encounter,purpose,"
-          "auth_time,dpop_jkt,code_hash,created,absolute_expires) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+  FW_PREP(
+      s,
+      "INSERT INTO grants(id,client_id,username,fhir_user,scope,patient,encounter,purpose,"
+      "auth_time,dpop_jkt,code_hash,created,absolute_expires) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
   s.Bind(1, id).Bind(2, g.client_id).Bind(3, g.username).Bind(4, g.fhir_user).Bind(5, g.scope);
   s.Bind(6, g.patient).Bind(7, g.encounter).Bind(8, g.purpose_of_use).Bind(9, g.auth_time);
   s.Bind(10, g.dpop_jkt).Bind(11, code_hash).Bind(12, now).Bind(13, absolute_expires);
@@ -462,11 +461,10 @@ absl::StatusOr<std::optional<GrantRecord>> OAuthStore::GetGrant(const std::strin
 
 namespace {
 absl::Status RevokeGrantLocked(Db& db, const std::string& grant_id, int64_t now) {
-  for (const char* sql :
-       {"UPDATE grants SET revoked=1 WHERE id=?1",
-        "UPDATE refresh_tokens SET used=1 WHERE grant_id=?1",
-        "INSERT OR IGNORE INTO revoked_tokens(jti,exp,revoked_at) "
-        "SELECT jti,exp,?2 FROM access_tokens WHERE grant_id=?1 AND exp>?2"}) {
+  for (const char* sql : {"UPDATE grants SET revoked=1 WHERE id=?1",
+                          "UPDATE refresh_tokens SET used=1 WHERE grant_id=?1",
+                          "INSERT OR IGNORE INTO revoked_tokens(jti,exp,revoked_at) "
+                          "SELECT jti,exp,?2 FROM access_tokens WHERE grant_id=?1 AND exp>?2"}) {
     auto s = db.Prepare(sql);
     if (!s.ok()) return s.status();
     s->Bind(1, grant_id).Bind(2, now);
@@ -509,8 +507,7 @@ absl::Status OAuthStore::AddRefresh(const std::string& token_hash, const std::st
   return s.Run();
 }
 
-absl::StatusOr<std::optional<RefreshRecord>> OAuthStore::GetRefresh(
-    const std::string& token_hash) {
+absl::StatusOr<std::optional<RefreshRecord>> OAuthStore::GetRefresh(const std::string& token_hash) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s, "SELECT grant_id,idle_expires,used FROM refresh_tokens WHERE hash=?");
   s.Bind(1, token_hash);
@@ -544,17 +541,15 @@ absl::Status OAuthStore::AddAccessToken(const std::string& jti, const std::strin
   return s.Run();
 }
 
-absl::Status OAuthStore::RevokeAccessToken(const std::string& jti, int64_t exp) {
+absl::Status OAuthStore::RevokeAccessToken(const std::string& jti, int64_t exp, int64_t now) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s,
-          "INSERT OR IGNORE INTO revoked_tokens(jti,exp,revoked_at) "
-          "VALUES(?,?,strftime('%s','now'))");
-  s.Bind(1, jti).Bind(2, exp);
+  FW_PREP(s, "INSERT OR IGNORE INTO revoked_tokens(jti,exp,revoked_at) VALUES(?,?,?)");
+  s.Bind(1, jti).Bind(2, exp).Bind(3, now);
   return s.Run();
 }
 
-absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> OAuthStore::RevokedSince(
-    int64_t since, int64_t now) {
+absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> OAuthStore::RevokedSince(int64_t since,
+                                                                                      int64_t now) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s, "SELECT jti,exp FROM revoked_tokens WHERE revoked_at>=? AND exp>?");
   s.Bind(1, since).Bind(2, now);

@@ -28,9 +28,9 @@ namespace fhirward::oauth {
 
 struct User {
   std::string username;
-  std::string password_hash;  // argon2id PHC
-  std::string fhir_user;      // "Practitioner/123", "Patient/p1", "RelatedPerson/r"
-  std::string roles;          // space-separated
+  std::string password_hash;        // argon2id PHC
+  std::string fhir_user;            // "Practitioner/123", "Patient/p1", "RelatedPerson/r"
+  std::string roles;                // space-separated
   std::string totp_secret_wrapped;  // KEK-wrapped seed; empty: no second factor
   int64_t totp_last_step = 0;
   bool disabled = false;
@@ -50,16 +50,16 @@ struct Client {
   std::string secret_hash;              // SHA-256 hex of the current secret
   std::string previous_secret_hash;     // accepted until previous_secret_expires
   int64_t previous_secret_expires = 0;
-  int64_t secret_expires = 0;           // 0: no expiry
-  std::string jwks;                     // inline JWKS (private_key_jwt)
-  std::string jwks_uri;                 // or fetched from here
-  std::string tls_subject_dn;           // tls_client_auth: RFC 2253 subject of the certificate
+  int64_t secret_expires = 0;  // 0: no expiry
+  std::string jwks;            // inline JWKS (private_key_jwt)
+  std::string jwks_uri;        // or fetched from here
+  std::string tls_subject_dn;  // tls_client_auth: RFC 2253 subject of the certificate
   std::vector<std::string> redirect_uris;
-  std::string scope;                    // registered (allowed) scopes, space-separated
+  std::string scope;  // registered (allowed) scopes, space-separated
   std::vector<std::string> grant_types;
-  bool rotate_refresh = true;           // refresh token rotation on every use
-  std::string sender_constraint;        // "", "dpop" or "mtls": tokens must be bound
-  std::string id_token_alg = "RS256";   // RS256 (OpenID default) or ES256
+  bool rotate_refresh = true;          // refresh token rotation on every use
+  std::string sender_constraint;       // "", "dpop" or "mtls": tokens must be bound
+  std::string id_token_alg = "RS256";  // RS256 (OpenID default) or ES256
   bool disabled = false;
   int64_t created = 0;
   bool is_public() const { return auth == ClientAuth::kNone; }
@@ -137,8 +137,8 @@ class OAuthStore {
   absl::StatusOr<std::vector<Client>> ListClients();
   absl::Status SetClientDisabled(const std::string& client_id, bool disabled);
   // New secret hash; the old one stays valid for `grace_seconds`.
-  absl::Status RotateSecret(const std::string& client_id, const std::string& new_hash,
-                            int64_t now, int64_t grace_seconds, int64_t secret_expires);
+  absl::Status RotateSecret(const std::string& client_id, const std::string& new_hash, int64_t now,
+                            int64_t grace_seconds, int64_t secret_expires);
 
   // --- EHR launch contexts
   absl::Status AddLaunch(const LaunchContext& l);
@@ -168,7 +168,7 @@ class OAuthStore {
   // Records an access token issued under a grant (so that revoking the grant revokes it).
   absl::Status AddAccessToken(const std::string& jti, const std::string& grant_id, int64_t exp);
   // Adds one access token to the revocation list.
-  absl::Status RevokeAccessToken(const std::string& jti, int64_t exp);
+  absl::Status RevokeAccessToken(const std::string& jti, int64_t exp, int64_t now);
   // Revoked access tokens that have not expired yet, revoked at or after `since`.
   absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> RevokedSince(int64_t since,
                                                                             int64_t now);

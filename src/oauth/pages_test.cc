@@ -283,7 +283,9 @@ TEST(PagesTest, ConsentScopesCarryValueAndCheckedState) {
   // Given descriptions win; missing ones come from DescribeScope.
   EXPECT_THAT(page, HasSubstr("Read and search your observations"));
   EXPECT_THAT(page, HasSubstr("Keep access while you are away (refresh tokens)"));
-  EXPECT_THAT(page, HasSubstr("<button type=\"submit\" name=\"decision\" value=\"deny\">Deny<"));
+  EXPECT_THAT(
+      page,
+      HasSubstr("<button type=\"submit\" name=\"decision\" value=\"deny\" formnovalidate>Deny<"));
   EXPECT_THAT(page, HasSubstr("name=\"decision\" value=\"allow\" class=\"primary\">Allow<"));
 }
 
@@ -359,6 +361,23 @@ TEST(PagesTest, DescribeScopeUnknownOrMalformedIsVerbatim) {
         "patient/Observation.rs?", "/Observation.rs"}) {
     EXPECT_EQ(DescribeScope(scope), scope);
   }
+}
+
+TEST(PagesTest, FormActionAllowsOnlyTheRedirectOrigin) {
+  EXPECT_EQ(FormActionSource("https://app.example/cb?x=1"), " https://app.example");
+  EXPECT_EQ(FormActionSource("http://127.0.0.1:8765/cb"), " http://127.0.0.1:8765");
+  EXPECT_EQ(FormActionSource("http://[::1]:9/cb"), " http://[::1]:9");
+  EXPECT_EQ(FormActionSource("com.example.app:/callback"), " com.example.app:");
+  // Anything that could close the directive or add a source adds nothing.
+  EXPECT_EQ(FormActionSource("https://a.example;script-src *"), "");
+  EXPECT_EQ(FormActionSource("https://a.example 'unsafe-inline'/cb"), "");
+  EXPECT_EQ(FormActionSource("https://user@a.example/cb"), "");
+  EXPECT_EQ(FormActionSource("java script:x"), "");
+  EXPECT_EQ(FormActionSource(""), "");
+  const std::string csp = PageContentSecurityPolicy("https://app.example/cb");
+  EXPECT_NE(csp.find("form-action 'self' https://app.example;"), std::string::npos) << csp;
+  EXPECT_NE(csp.find("frame-ancestors 'none'"), std::string::npos);
+  EXPECT_EQ(PageContentSecurityPolicy(), PageContentSecurityPolicy(""));
 }
 
 }  // namespace

@@ -75,11 +75,11 @@ absl::Status CheckScopes(const std::string& scope) {
   std::istringstream in(scope);
   std::string s;
   while (in >> s) {
-    static const char* kPlain[] = {"openid", "fhirUser", "profile", "launch", "launch/patient",
-                                   "launch/encounter", "offline_access", "online_access"};
-    bool plain = std::any_of(std::begin(kPlain), std::end(kPlain), [&](const char* p) {
-      return s == p;
-    });
+    static const char* kPlain[] = {"openid",         "fhirUser",       "profile",
+                                   "launch",         "launch/patient", "launch/encounter",
+                                   "offline_access", "online_access"};
+    bool plain =
+        std::any_of(std::begin(kPlain), std::end(kPlain), [&](const char* p) { return s == p; });
     if (!plain && !policy::ParseResourceScope(s)) {
       return Error(ErrorCode::kInvalidParameter, "not a SMART scope: " + s);
     }
@@ -88,7 +88,8 @@ absl::Status CheckScopes(const std::string& scope) {
 }
 
 std::string Time(int64_t t) {
-  return t == 0 ? "-" : FormatInstant(std::chrono::system_clock::time_point(std::chrono::seconds(t)));
+  return t == 0 ? "-"
+                : FormatInstant(std::chrono::system_clock::time_point(std::chrono::seconds(t)));
 }
 
 }  // namespace
@@ -139,8 +140,11 @@ absl::Status UsersList(const std::string& data_dir, std::ostream& out) {
   const int64_t now = SystemClock::Get().NowSeconds();
   for (const auto& u : *users) {
     out << u.username << "\t" << u.fhir_user << "\troles=" << (u.roles.empty() ? "-" : u.roles)
-        << "\ttotp=" << (u.totp_secret_wrapped.empty() ? "no" : "yes")
-        << "\t" << (u.disabled ? "disabled" : u.locked_until > now ? "locked" : "active") << "\n";
+        << "\ttotp=" << (u.totp_secret_wrapped.empty() ? "no" : "yes") << "\t"
+        << (u.disabled             ? "disabled"
+            : u.locked_until > now ? "locked"
+                                   : "active")
+        << "\n";
   }
   return absl::OkStatus();
 }
@@ -230,7 +234,8 @@ absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
       break;
     case oauth::ClientAuth::kPrivateKeyJwt: {
       if (a.jwks_file.empty() == a.jwks_uri.empty()) {
-        return Error(ErrorCode::kInvalidParameter, "private_key_jwt needs --jwks-file or --jwks-uri");
+        return Error(ErrorCode::kInvalidParameter,
+                     "private_key_jwt needs --jwks-file or --jwks-uri");
       }
       if (!a.jwks_file.empty()) {
         std::ifstream in(a.jwks_file, std::ios::binary);
@@ -241,9 +246,9 @@ absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
         if (!doc.ok()) return Error(ErrorCode::kInvalidParameter, a.jwks_file + " is not JSON");
         auto keys = jose::KeySet::FromJwks(*doc);
         if (!keys.ok()) {
-          return Error(ErrorCode::kInvalidParameter,
-                       a.jwks_file + ": no usable public signing key (" +
-                           DetailOf(keys.status()) + ")");
+          return Error(
+              ErrorCode::kInvalidParameter,
+              a.jwks_file + ": no usable public signing key (" + DetailOf(keys.status()) + ")");
         }
         for (const char* priv : {"d", "p", "q", "k"}) {
           if (ss.str().find(std::string("\"") + priv + "\"") != std::string::npos) {
@@ -296,8 +301,8 @@ absl::Status ClientsList(const std::string& data_dir, std::ostream& out) {
   return absl::OkStatus();
 }
 
-absl::Status ClientsDisable(const std::string& data_dir, const std::string& client_id,
-                            bool disable, std::ostream& out) {
+absl::Status ClientsDisable(const std::string& data_dir, const std::string& client_id, bool disable,
+                            std::ostream& out) {
   auto o = Open(data_dir);
   if (!o.ok()) return o.status();
   if (auto s = o->store->SetClientDisabled(client_id, disable); !s.ok()) return s;
@@ -327,7 +332,8 @@ absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out) {
       return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
     });
   };
-  if (!valid_id(a.patient)) return Error(ErrorCode::kInvalidParameter, "--patient must be a FHIR id");
+  if (!valid_id(a.patient))
+    return Error(ErrorCode::kInvalidParameter, "--patient must be a FHIR id");
   if (!a.encounter.empty() && !valid_id(a.encounter)) {
     return Error(ErrorCode::kInvalidParameter, "--encounter must be a FHIR id");
   }
@@ -380,8 +386,8 @@ absl::Status KeysList(const std::string& data_dir, std::ostream& out) {
                                                                : "active";
     auto active = (*ring)->Active(k.alg, now);
     if (state == "active" && active && active->kid() != k.kid) state = "retiring";
-    out << k.kid << "\t" << jose::AlgorithmName(k.alg) << "\t" << state << "\tactivate_at="
-        << Time(k.activate_at) << "\tretire_at=" << Time(k.retire_at) << "\n";
+    out << k.kid << "\t" << jose::AlgorithmName(k.alg) << "\t" << state
+        << "\tactivate_at=" << Time(k.activate_at) << "\tretire_at=" << Time(k.retire_at) << "\n";
   }
   return absl::OkStatus();
 }

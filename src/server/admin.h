@@ -43,13 +43,13 @@ struct ClientArgs {
   bool no_rotate_refresh = false;
   std::string sender_constraint;  // "", dpop, mtls
   std::string id_token_alg = "RS256";
-  int64_t secret_days = 0;   // client secret lifetime (0: none)
+  int64_t secret_days = 0;        // client secret lifetime (0: none)
   int64_t grace_seconds = 86400;  // rotate-secret: how long the old secret still works
 };
 absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out);
 absl::Status ClientsList(const std::string& data_dir, std::ostream& out);
-absl::Status ClientsDisable(const std::string& data_dir, const std::string& client_id,
-                            bool disable, std::ostream& out);
+absl::Status ClientsDisable(const std::string& data_dir, const std::string& client_id, bool disable,
+                            std::ostream& out);
 absl::Status ClientsRotateSecret(const ClientArgs& a, std::ostream& out);
 
 struct LaunchArgs {

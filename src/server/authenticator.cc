@@ -1,9 +1,9 @@
 #include "server/authenticator.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <cctype>
 
 #include "common/encoding.h"
 #include "common/error.h"
@@ -243,9 +243,10 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
   const json::Value* exp = c.Find("exp");
   e.exp = 0;
   if (exp && exp->is_number()) {
-    e.exp = exp->as_int64() ? *exp->as_int64()
-                            : static_cast<int64_t>(
-                                  std::floor(std::strtod(exp->number_text().c_str(), nullptr)));
+    e.exp =
+        exp->as_int64()
+            ? *exp->as_int64()
+            : static_cast<int64_t>(std::floor(std::strtod(exp->number_text().c_str(), nullptr)));
   }
   e.jti = StringClaim(c, "jti");
   e.own = trust->own;

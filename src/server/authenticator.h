@@ -39,7 +39,7 @@ struct IssuerTrust {
 
 // What one request presents.
 struct AuthInput {
-  std::string_view authorization;  // the Authorization header value
+  std::string_view authorization;      // the Authorization header value
   std::vector<std::string_view> dpop;  // DPoP header values
   std::string method;
   std::string url;  // absolute URL of the request, without query (the DPoP htu)
