@@ -4,7 +4,7 @@ DATA_DIR ?= data
 LISTEN ?= 127.0.0.1:8443
 JOBS ?= 2
 
-.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate conformance format clean
+.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token conformance format clean
 
 all: build
 
@@ -48,6 +48,12 @@ bench-search: build
 R4_EXAMPLES ?= ../shared/fhir/r4-examples
 bench-validate: build
 	@taskset -c 0 $(BUILD_DIR)/bench/validate_bench $(R4_EXAMPLES) 5
+
+# Token endpoint beside oidc-provider (client_credentials, private_key_jwt, ES256), and the
+# resource server's per-request token check (cached, uncached, DPoP); bench/results/token-DATE.txt.
+bench-token: build
+	@FHIRWARD_BENCH=1 scripts/bootstrap
+	@bench/token-run $(BUILD_DIR)/fhirward $(BUILD_DIR)/bench/token_check_bench
 
 conformance: build
 	@JOBS=$(JOBS) scripts/conformance $(BUILD_DIR)
