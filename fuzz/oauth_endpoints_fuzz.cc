@@ -22,6 +22,7 @@ struct World {
   std::unique_ptr<oauth::SigningKeyRing> ring;
   oauth::RevocationList revocations;
   jose::ReplayCache replay{4096};
+  jose::ReplayCache dpop_replay{4096};
   std::unique_ptr<jose::DpopNonces> nonces;
   SecretBytes session_key{std::string(32, 's')};
   std::unique_ptr<oauth::AuthorizationServer> server;
@@ -60,6 +61,7 @@ World& W() {
     d.clock = &SystemClock::Get();
     d.revocations = &w->revocations;
     d.replay = &w->replay;
+    d.dpop_replay = &w->dpop_replay;
     d.nonces = w->nonces.get();
     d.session_key = &w->session_key;
     w->server = std::make_unique<oauth::AuthorizationServer>(std::move(o), d);

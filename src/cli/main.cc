@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
   launch_create->add_option("--data-dir", launch.data_dir, "Data directory")->required();
   launch_create->add_option("--patient", launch.patient, "Patient id")->required();
   launch_create->add_option("--encounter", launch.encounter, "Encounter id");
+  launch_create->add_option("--client-id", launch.client_id, "Only this app may use the launch");
   launch_create->add_option("--ttl", launch.ttl_seconds, "Lifetime in seconds (default 3600)");
 
   CLI::App* keys_cmd = app.add_subcommand("keys", "Token-signing keys");

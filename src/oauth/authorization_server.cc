@@ -315,6 +315,27 @@ bool ScopeAllowed(std::string_view requested, std::string_view registered) {
   return false;
 }
 
+bool IsRegistrableRedirectUri(std::string_view uri) {
+  if (uri.empty() || uri.size() > 2048 || uri.find('#') != std::string_view::npos) return false;
+  for (char c : uri) {
+    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f) return false;
+  }
+  if (uri.substr(0, 7) == "http://") return ParseLoopback(uri).has_value();
+  if (uri.substr(0, 8) == "https://") {
+    std::string_view rest = uri.substr(8);
+    std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
+    return !authority.empty() && authority.find('@') == std::string_view::npos;
+  }
+  size_t colon = uri.find(':');
+  if (colon == std::string_view::npos || colon == 0) return false;
+  // Private-use schemes are reverse domain names (RFC 8252 §7.1): at least one dot.
+  std::string_view scheme = uri.substr(0, colon);
+  return scheme.find('.') != std::string_view::npos &&
+         std::all_of(scheme.begin(), scheme.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '+';
+         });
+}
+
 std::string HashClientSecret(std::string_view secret) {
   return HexEncode(crypto::Sha256(std::string("fhirward-client-secret-v1:") + std::string(secret)));
 }
@@ -346,7 +367,8 @@ struct Pending {
   std::string state;
   std::string challenge;
   std::string nonce;
-  std::string patient;  // from the EHR launch context
+  std::string launch_id;  // EHR launch: consumed when the code is issued
+  std::string patient;    // from the EHR launch context
   std::string encounter;
   std::string purpose;
   std::string username;        // set once the password was accepted
@@ -409,6 +431,9 @@ struct AuthorizationServer::Impl {
   };
   std::unordered_map<std::string, AddressFailures> address_failures;
   static constexpr int64_t kAddressWindowSeconds = 300;
+  // Hard caps on what unauthenticated callers can make the server hold.
+  static constexpr size_t kMaxPending = 20000;
+  static constexpr size_t kMaxPar = 10000;
   static constexpr int64_t kAddressMaxFailures = 30;
 
   bool AddressThrottled(const std::string& ip) {
@@ -417,6 +442,11 @@ struct AuthorizationServer::Impl {
     return it != address_failures.end() &&
            it->second.window_start + kAddressWindowSeconds > Now() &&
            it->second.count >= kAddressMaxFailures;
+  }
+  void AddressSucceeded(const std::string& ip) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = address_failures.find(ip);
+    if (it != address_failures.end() && it->second.count > 0) --it->second.count;
   }
   void AddressFailed(const std::string& ip) {
     std::lock_guard<std::mutex> lock(mu);
@@ -720,7 +750,7 @@ struct AuthorizationServer::Impl {
     e.url = Url("/token");
     e.now = Now();
     e.nonces = o.dpop_nonce_required ? d.nonces : nullptr;
-    e.replay = d.replay;
+    e.replay = d.dpop_replay;
     auto proof = jose::VerifyDpopProof(proofs[0], e);
     if (!proof.ok()) {
       if (DetailOf(proof.status()) == "use_dpop_nonce") {
@@ -812,6 +842,14 @@ struct AuthorizationServer::Impl {
     if (auto s = d.store->AddAccessToken(access->jti, grant_id, access->exp); !s.ok()) {
       return Fail("server_error", "", 500);
     }
+    // Revoked meanwhile (a concurrent reuse or replay)? Its revocation may have
+    // run before this token was recorded: revoke it here.
+    auto current = d.store->GetGrant(grant_id);
+    if (!current.ok() || !*current || (*current)->revoked) {
+      (void)d.store->RevokeAccessToken(access->jti, access->exp, Now());
+      if (d.revocations) d.revocations->Add(access->jti, access->exp);
+      return Fail("invalid_grant", "the grant was revoked");
+    }
     Value body = Value::MakeObject();
     body.Set("access_token", Str(access->token));
     body.Set("token_type", Str(jkt.empty() ? "Bearer" : "DPoP"));
@@ -875,10 +913,14 @@ struct AuthorizationServer::Impl {
     if (!code || code->empty()) return Fail("invalid_request", "code is required");
     const std::string code_hash = Sha256B64u(*code);
     CodeRecord rec;
-    auto use = d.store->ConsumeCode(code_hash, &rec);
+    auto use = d.store->ConsumeCode(code_hash, client.client_id, &rec);
     if (!use.ok()) return Fail("server_error", "", 500);
     const int64_t now = Now();
     if (*use == CodeUse::kUnknown) return Fail("invalid_grant", "unknown authorization code");
+    if (*use == CodeUse::kOtherClient) {
+      // Not consumed: another client cannot burn a code or revoke its grant.
+      return Fail("invalid_grant", "the code was issued to another client");
+    }
     if (*use == CodeUse::kReplayed) {
       auto gid = d.store->RevokeGrantOfCode(code_hash, now);
       if (gid.ok()) SyncRevocations();
@@ -904,6 +946,12 @@ struct AuthorizationServer::Impl {
     if (client.is_public() && !jkt.empty()) g.dpop_jkt = jkt;
     auto grant_id = d.store->AddGrant(g, code_hash, now, now + o.refresh_absolute_seconds);
     if (!grant_id.ok()) return Fail("server_error", "", 500);
+    // A replay that arrived before the grant existed could not revoke it.
+    if (auto uses = d.store->CodeUses(code_hash); !uses.ok() || *uses > 1) {
+      (void)d.store->RevokeGrant(*grant_id, now);
+      SyncRevocations();
+      return Fail("invalid_grant", "authorization code already used; its tokens are revoked");
+    }
     auto refresh = MaybeRefresh(client, g.scope, *grant_id);
     if (!refresh.ok()) return Fail("server_error", "", 500);
     std::string x5t = client.sender_constraint == "mtls" ? X5t(req) : std::string();
@@ -930,6 +978,15 @@ struct AuthorizationServer::Impl {
       return Fail("invalid_grant", "the refresh token was issued to another client");
     }
     if (gr.revoked) return Fail("invalid_grant", "the grant was revoked");
+    // A disabled user, or one whose password changed since the authorization,
+    // keeps nothing.
+    auto user = d.store->GetUser(gr.data.username);
+    if (!user.ok()) return Fail("server_error", "", 500);
+    if (!*user || (*user)->disabled || (*user)->changed_at >= gr.data.auth_time) {
+      (void)d.store->RevokeGrant(gr.id, now);
+      SyncRevocations();
+      return Fail("invalid_grant", "the user's account changed; authorize again");
+    }
     if ((*rec)->used && client.rotate_refresh) {
       (void)d.store->RevokeGrant(gr.id, now);
       SyncRevocations();
@@ -1053,10 +1110,16 @@ struct AuthorizationServer::Impl {
       return *f;
     }
     const Client& client = std::get<Caller>(caller).client;
+    const std::string grant_type = GetOr(*form, "grant_type");
+    if (grant_type.empty()) return Fail("invalid_request", "grant_type is required");
+    if (grant_type != "authorization_code" && grant_type != "refresh_token" &&
+        grant_type != "client_credentials") {
+      return Fail("unsupported_grant_type",
+                  "supported: authorization_code, refresh_token, client_credentials");
+    }
     auto dpop = TokenDpop(req);
     if (auto* f = std::get_if<OAuthFailure>(&dpop)) return *f;
     const std::string& jkt = std::get<std::string>(dpop);
-    const std::string grant_type = GetOr(*form, "grant_type");
     Result r;
     if (grant_type == "authorization_code") {
       r = TokenAuthorizationCode(req, *form, client, jkt);
@@ -1153,6 +1216,9 @@ struct AuthorizationServer::Impl {
           "The address this application asked to return to is not registered.");
     }
     const std::string state = GetOr(params, "state");
+    if (state.size() > 1024) {
+      return ErrorPageResponse(400, "Invalid request", "The state parameter is too long.");
+    }
     auto error = [&](const std::string& e, const std::string& why) {
       Audit(req, "authorize", "denied", 302, client_id, "", e);
       return RedirectError(redirect_uri, state, e, why);
@@ -1176,7 +1242,8 @@ struct AuthorizationServer::Impl {
     if (prompt == "none") return error("consent_required", "consent needs the consent page");
     if (session) {
       auto user = d.store->GetUser(session->username);
-      if (user.ok() && *user && !(*user)->disabled) {
+      if (user.ok() && *user && !(*user)->disabled &&
+          (*user)->changed_at < session->auth_time) {
         p.username = session->username;
         p.fhir_user = (*user)->fhir_user;
         p.authenticated = true;
@@ -1185,7 +1252,10 @@ struct AuthorizationServer::Impl {
     net::HttpResponse r;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (pending.size() > 100000) SweepLocked();
+      if (pending.size() >= kMaxPending) SweepLocked();
+      if (pending.size() >= kMaxPending) {
+        return ErrorPageResponse(503, "Busy", "Too many sign-ins are in progress. Try again soon.");
+      }
       pending[p.id] = p;
     }
     r = p.authenticated ? ShowConsent(p, "") : ShowLogin(p, "", "");
@@ -1233,16 +1303,22 @@ struct AuthorizationServer::Impl {
     if (const std::string* launch = Get(params, "launch")) {
       auto ctx = d.store->GetLaunch(*launch, Now());
       if (!ctx.ok() || !*ctx) return Fail("invalid_request", "unknown or expired launch");
+      if (!(*ctx)->client_id.empty() && (*ctx)->client_id != c.client_id) {
+        return Fail("invalid_request", "unknown or expired launch");
+      }
+      p.launch_id = *launch;
       p.patient = (*ctx)->patient;
       p.encounter = (*ctx)->encounter;
     }
-    const std::string purpose = GetOr(params, "purpose_of_use");
-    for (const auto& code : SplitSpaces(purpose)) {
+    std::vector<std::string> purposes;
+    for (const auto& code : SplitSpaces(GetOr(params, "purpose_of_use"))) {
       if (!IsPurposeCode(code)) {
         return Fail("invalid_request", "purpose_of_use must be HL7 v3 PurposeOfUse codes");
       }
+      if (!Contains(purposes, code)) purposes.push_back(code);
     }
-    p.purpose = purpose;
+    if (purposes.size() > 4) return Fail("invalid_request", "at most 4 purpose_of_use codes");
+    p.purpose = JoinSpaces(purposes);
     return p;
   }
 
@@ -1287,8 +1363,8 @@ struct AuthorizationServer::Impl {
     page.client_name = p.client_name;
     page.user_display = p.username;
     page.patient_display = p.patient;
-    page.ask_patient =
-        p.patient.empty() && NeedsPatient(p.scopes) && p.fhir_user.rfind("Patient/", 0) != 0;
+    page.ask_patient = p.patient.empty() && NeedsPatient(p.scopes) &&
+                       p.fhir_user.rfind("Practitioner/", 0) == 0;
     for (const auto& s : p.scopes) {
       ScopeChoice ch;
       ch.scope = s;
@@ -1363,7 +1439,12 @@ struct AuthorizationServer::Impl {
     if (!*user) {
       AddressFailed(req.remote_ip);
       crypto::VerifyAgainstDummy(password, o.argon2);
-      Audit(req, "login", "denied", 401, p.client_id, username, "unknown_user");
+      // What was typed may be a password in the wrong field: only a keyed hash.
+      Audit(req, "login", "denied", 401, p.client_id,
+            "unknown:" + HexEncode(crypto::HmacSha256(d.session_key->UnsafeView(),
+                                                      "audit-username\x1f" + username))
+                             .substr(0, 16),
+            "unknown_user");
       return ShowLogin(p, username, generic, 401);
     }
     const User& u = **user;
@@ -1373,30 +1454,40 @@ struct AuthorizationServer::Impl {
       Audit(req, "login", "denied", 401, p.client_id, username, "user_disabled");
       return ShowLogin(p, username, generic, 401);
     }
+    // A locked account looks like a wrong password (no account oracle); the
+    // audit trail and `users list` say it is locked.
     if (u.locked_until > now) {
-      Audit(req, "login", "denied", 423, p.client_id, username, "account_locked");
-      return ShowLogin(p, username,
-                       "This account is locked after repeated failed sign-ins. Try again later "
-                       "or ask an administrator.",
-                       423);
+      crypto::VerifyAgainstDummy(password, o.argon2);
+      Audit(req, "login", "denied", 401, p.client_id, username, "account_locked");
+      return ShowLogin(p, username, generic, 401);
+    }
+    // The attempt is counted before the password is checked, so concurrent
+    // guesses cannot outrun the lockout; a success resets the count.
+    AddressFailed(req.remote_ip);
+    auto attempts =
+        d.store->RecordLoginFailure(username, now, o.max_login_failures, o.lockout_seconds);
+    if (!attempts.ok()) return ErrorPageResponse(500, "Server error", "Please try again later.");
+    if (*attempts > o.max_login_failures) {
+      crypto::VerifyAgainstDummy(password, o.argon2);
+      Audit(req, "login", "denied", 401, p.client_id, username, "account_locked");
+      return ShowLogin(p, username, generic, 401);
     }
     if (!crypto::VerifyPassword(password, u.password_hash)) {
-      AddressFailed(req.remote_ip);
-      auto failed =
-          d.store->RecordLoginFailure(username, now, o.max_login_failures, o.lockout_seconds);
-      bool locked = failed.ok() && *failed >= o.max_login_failures;
+      bool locked = *attempts >= o.max_login_failures;
       Audit(req, "login", "denied", 401, p.client_id, username,
             locked ? "bad_password:locked" : "bad_password");
       return ShowLogin(p, username, generic, 401);
     }
+    AddressSucceeded(req.remote_ip);
     if (crypto::NeedsRehash(u.password_hash, o.argon2)) {
       if (auto h = crypto::HashPassword(password, o.argon2); h.ok()) {
-        (void)d.store->SetPassword(username, *h);
+        (void)d.store->SetPassword(username, *h, /*credential_change=*/false);
       }
     }
     p.username = username;
     p.fhir_user = u.fhir_user;
     if (!u.totp_secret_wrapped.empty()) {
+      (void)d.store->UndoLoginAttempt(username);
       SavePending(p);
       Audit(req, "login-password", "success", 200, p.client_id, username, "");
       return Html(200, RenderTotpPage({"/authorize/totp", Hidden(p), ""}));
@@ -1493,6 +1584,21 @@ struct AuthorizationServer::Impl {
     if (!user.ok() || !*user || (*user)->disabled) {
       return ErrorPageResponse(403, "Sign-in refused", "This account cannot sign in.");
     }
+    if (!p.launch_id.empty()) {
+      // Single use, and never another patient for a patient user.
+      auto launch = d.store->ConsumeLaunch(p.launch_id, Now());
+      if (!launch.ok() || !*launch) {
+        Audit(req, "consent", "denied", 302, p.client_id, p.username, "launch_used_or_expired");
+        return RedirectError(p.redirect_uri, p.state, "invalid_request",
+                             "the launch was already used or has expired");
+      }
+      const std::string& fu = (*user)->fhir_user;
+      if (fu.rfind("Patient/", 0) == 0 && fu.substr(8) != (*launch)->patient) {
+        Audit(req, "consent", "denied", 302, p.client_id, p.username, "launch_patient_mismatch");
+        return RedirectError(p.redirect_uri, p.state, "invalid_request",
+                             "the launch is for another patient");
+      }
+    }
     GrantData g;
     g.client_id = p.client_id;
     g.username = p.username;
@@ -1512,7 +1618,7 @@ struct AuthorizationServer::Impl {
     // A practitioner's standalone launch: the patient chosen on the consent
     // page. (Whether this user may see that patient is the policy engine's
     // decision at every request; the choice itself grants nothing more.)
-    if (patient_scope && g.patient.empty() && g.fhir_user.rfind("Patient/", 0) != 0) {
+    if (patient_scope && g.patient.empty() && g.fhir_user.rfind("Practitioner/", 0) == 0) {
       g.patient = GetOr(*form, "patient");
     }
     if (patient_scope && (g.patient.empty() || !IsFhirId(g.patient))) {
@@ -1555,14 +1661,20 @@ struct AuthorizationServer::Impl {
     if (auto* f = std::get_if<OAuthFailure>(&v)) return *f;
     Params kept;
     for (const auto& [k, val] : *form) {
-      if (k != "client_assertion" && k != "client_assertion_type" && k != "client_secret") {
-        kept.emplace_back(k, val);
+      for (const char* known : {"response_type", "client_id", "redirect_uri", "scope", "state",
+                                "code_challenge", "code_challenge_method", "aud", "resource",
+                                "nonce", "launch", "prompt", "purpose_of_use"}) {
+        if (k == known) kept.emplace_back(k, val);
       }
     }
+    if (GetOr(*form, "state").size() > 1024) return Fail("invalid_request", "state too long");
     std::string uri = std::string(kRequestUriPrefix) + NewSecret();
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (par.size() > 100000) SweepLocked();
+      if (par.size() >= kMaxPar) SweepLocked();
+      if (par.size() >= kMaxPar) {
+        return OAuthFailure{503, "temporarily_unavailable", "too many pushed requests", false, {}};
+      }
       par[uri] = ParRecord{c.client_id, std::move(kept), Now() + o.par_seconds};
     }
     Value body = Value::MakeObject();
@@ -1634,8 +1746,12 @@ struct AuthorizationServer::Impl {
     if (auto rep = Repeated(*form)) return Fail("invalid_request", "repeated parameter " + *rep);
     auto caller = AuthenticateClient(req, *form, /*allow_public=*/false);
     if (auto* f = std::get_if<OAuthFailure>(&caller)) return *f;
+    const Client& who = std::get<Caller>(caller).client;
     const std::string* token = Get(*form, "token");
     if (!token) return Fail("invalid_request", "token is required");
+    // A client sees its own tokens; a resource server registered with the
+    // `introspect` scope sees every access token (never others' refresh tokens).
+    const bool resource_server = Contains(SplitSpaces(who.scope), "introspect");
     Value inactive = Value::MakeObject();
     inactive.Set("active", Value::Bool(false));
     const int64_t now = Now();
@@ -1644,6 +1760,9 @@ struct AuthorizationServer::Impl {
       const Value& c = jwt->claims;
       std::string jti(c.GetString("jti").value_or(""));
       if (jti.empty() || (d.revocations && d.revocations->IsRevoked(jti))) {
+        return Json(200, inactive);
+      }
+      if (!resource_server && c.GetString("client_id").value_or("") != who.client_id) {
         return Json(200, inactive);
       }
       Value out = Value::MakeObject();
@@ -1658,7 +1777,8 @@ struct AuthorizationServer::Impl {
     auto rec = d.store->GetRefresh(Sha256B64u(*token));
     if (rec.ok() && *rec && !(*rec)->used && (*rec)->idle_expires > now) {
       auto grant = d.store->GetGrant((*rec)->grant_id);
-      if (grant.ok() && *grant && !(*grant)->revoked && (*grant)->absolute_expires > now) {
+      if (grant.ok() && *grant && !(*grant)->revoked && (*grant)->absolute_expires > now &&
+          (*grant)->data.client_id == who.client_id) {
         const GrantRecord& g = **grant;
         Value out = Value::MakeObject();
         out.Set("active", Value::Bool(true));
@@ -1713,7 +1833,7 @@ struct AuthorizationServer::Impl {
       e.now = Now();
       e.access_token = std::string(token);
       e.jkt = std::string(*cnf->GetString("jkt"));
-      e.replay = d.replay;
+      e.replay = d.dpop_replay;
       if (!jose::VerifyDpopProof(*proof, e).ok()) return unauthorized("invalid_token");
     } else if (dpop_scheme) {
       return unauthorized("invalid_token");

@@ -63,7 +63,8 @@ struct AuthServerDeps {
   const crypto::KeyEncryptionService* kek = nullptr;  // unwraps TOTP seeds
   const Clock* clock = nullptr;
   RevocationList* revocations = nullptr;
-  jose::ReplayCache* replay = nullptr;       // client assertion and DPoP jti
+  jose::ReplayCache* replay = nullptr;       // client assertion jti
+  jose::ReplayCache* dpop_replay = nullptr;  // DPoP proof jti at /token and /userinfo
   const jose::DpopNonces* nonces = nullptr;  // DPoP nonces (shared with the resource server)
   const SecretBytes* session_key = nullptr;  // CSRF tokens
 };
@@ -91,6 +92,11 @@ class AuthorizationServer {
 // with the same context, the same type or `*`, a superset of permissions and
 // no (or the same) query restriction. v1 forms are normalised first.
 bool ScopeAllowed(std::string_view requested, std::string_view registered);
+
+// A redirect URI a client may register: https (no fragment, no user info),
+// http only on a loopback host (127.0.0.1, [::1], localhost; any port), or a
+// private-use scheme (RFC 8252 §7.1, e.g. com.example.app:/cb).
+bool IsRegistrableRedirectUri(std::string_view uri);
 
 // The SHA-256 (hex) stored for a client secret.
 std::string HashClientSecret(std::string_view secret);

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS users(
   username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, fhir_user TEXT NOT NULL,
   roles TEXT NOT NULL, totp_secret BLOB NOT NULL DEFAULT '', totp_last_step INTEGER NOT NULL DEFAULT 0,
   disabled INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
-  locked_until INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);
+  locked_until INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,
+  changed_at INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS clients(
   client_id TEXT PRIMARY KEY, name TEXT NOT NULL, auth TEXT NOT NULL,
   secret_hash TEXT NOT NULL DEFAULT '', previous_secret_hash TEXT NOT NULL DEFAULT '',
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS clients(
   rotate_refresh INTEGER NOT NULL DEFAULT 1, sender_constraint TEXT NOT NULL DEFAULT '',
   id_token_alg TEXT NOT NULL DEFAULT 'RS256', disabled INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS launches(
-  id TEXT PRIMARY KEY, patient TEXT NOT NULL, encounter TEXT NOT NULL, expires INTEGER NOT NULL);
+  id TEXT PRIMARY KEY, patient TEXT NOT NULL, encounter TEXT NOT NULL, expires INTEGER NOT NULL,
+  client_id TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS codes(
   hash TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL, fhir_user TEXT NOT NULL,
   scope TEXT NOT NULL, patient TEXT NOT NULL, encounter TEXT NOT NULL, purpose TEXT NOT NULL,
@@ -79,7 +81,7 @@ std::vector<std::string> SplitLines(const std::string& s) {
 
 constexpr const char* kUserCols =
     "username,password_hash,fhir_user,roles,totp_secret,totp_last_step,disabled,failed,"
-    "locked_until,created";
+    "locked_until,created,changed_at";
 
 User ReadUser(const Stmt& s) {
   User u;
@@ -93,6 +95,7 @@ User ReadUser(const Stmt& s) {
   u.failed_logins = s.Int(7);
   u.locked_until = s.Int(8);
   u.created = s.Int(9);
+  u.changed_at = s.Int(10);
   return u;
 }
 
@@ -175,6 +178,9 @@ absl::StatusOr<std::unique_ptr<OAuthStore>> OAuthStore::Open(const std::string& 
   if (!db.ok()) return db.status();
   ::chmod(path.c_str(), 0600);
   if (auto s = (*db)->Exec(kSchema); !s.ok()) return s;
+  // Columns added after the first version of the schema (errors: already there).
+  (void)(*db)->Exec("ALTER TABLE users ADD COLUMN changed_at INTEGER NOT NULL DEFAULT 0");
+  (void)(*db)->Exec("ALTER TABLE launches ADD COLUMN client_id TEXT NOT NULL DEFAULT ''");
   auto impl = std::make_unique<Impl>();
   impl->db = std::move(*db);
   return std::unique_ptr<OAuthStore>(new OAuthStore(std::move(impl)));
@@ -234,14 +240,22 @@ absl::Status ExpectChange(Db& db, const absl::Status& s, const std::string& what
 
 absl::Status OAuthStore::SetUserDisabled(const std::string& username, bool disabled) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s, "UPDATE users SET disabled=? WHERE username=?");
+  FW_PREP(s, "UPDATE users SET disabled=?, changed_at=strftime('%s','now') WHERE username=?");
   s.Bind(1, int64_t{disabled}).Bind(2, username);
   return ExpectChange(*impl_->db, s.Run(), "user " + username);
 }
 
-absl::Status OAuthStore::SetPassword(const std::string& username, const std::string& hash) {
+absl::Status OAuthStore::SetPassword(const std::string& username, const std::string& hash,
+                                     bool credential_change) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s, "UPDATE users SET password_hash=?, failed=0, locked_until=0 WHERE username=?");
+  if (!credential_change) {
+    FW_PREP(r, "UPDATE users SET password_hash=? WHERE username=?");
+    r.Bind(1, hash).Bind(2, username);
+    return ExpectChange(*impl_->db, r.Run(), "user " + username);
+  }
+  FW_PREP(s,
+          "UPDATE users SET password_hash=?, failed=0, locked_until=0, "
+          "changed_at=strftime('%s','now') WHERE username=?");
   s.Bind(1, hash).Bind(2, username);
   return ExpectChange(*impl_->db, s.Run(), "user " + username);
 }
@@ -278,6 +292,13 @@ absl::StatusOr<int64_t> OAuthStore::RecordLoginFailure(const std::string& userna
 absl::Status OAuthStore::RecordLoginSuccess(const std::string& username) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s, "UPDATE users SET failed=0, locked_until=0 WHERE username=?");
+  s.Bind(1, username);
+  return s.Run();
+}
+
+absl::Status OAuthStore::UndoLoginAttempt(const std::string& username) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  FW_PREP(s, "UPDATE users SET failed=failed-1 WHERE username=? AND failed>0");
   s.Bind(1, username);
   return s.Run();
 }
@@ -354,20 +375,36 @@ absl::Status OAuthStore::RotateSecret(const std::string& client_id, const std::s
 
 absl::Status OAuthStore::AddLaunch(const LaunchContext& l) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s, "INSERT INTO launches(id,patient,encounter,expires) VALUES(?,?,?,?)");
-  s.Bind(1, l.id).Bind(2, l.patient).Bind(3, l.encounter).Bind(4, l.expires);
+  FW_PREP(s, "INSERT INTO launches(id,patient,encounter,expires,client_id) VALUES(?,?,?,?,?)");
+  s.Bind(1, l.id).Bind(2, l.patient).Bind(3, l.encounter).Bind(4, l.expires).Bind(5, l.client_id);
   return s.Run();
+}
+
+absl::StatusOr<std::optional<LaunchContext>> OAuthStore::ConsumeLaunch(const std::string& id,
+                                                                       int64_t now) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  FW_PREP(s,
+          "DELETE FROM launches WHERE id=? AND expires>? "
+          "RETURNING id,patient,encounter,expires,client_id");
+  s.Bind(1, id).Bind(2, now);
+  auto row = s.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::optional<LaunchContext>();
+  LaunchContext l{s.Text(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4)};
+  (void)s.Step();
+  return std::optional<LaunchContext>(std::move(l));
 }
 
 absl::StatusOr<std::optional<LaunchContext>> OAuthStore::GetLaunch(const std::string& id,
                                                                    int64_t now) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s, "SELECT id,patient,encounter,expires FROM launches WHERE id=? AND expires>?");
+  FW_PREP(s,
+          "SELECT id,patient,encounter,expires,client_id FROM launches WHERE id=? AND expires>?");
   s.Bind(1, id).Bind(2, now);
   auto row = s.Step();
   if (!row.ok()) return row.status();
   if (!*row) return std::optional<LaunchContext>();
-  LaunchContext l{s.Text(0), s.Text(1), s.Text(2), s.Int(3)};
+  LaunchContext l{s.Text(0), s.Text(1), s.Text(2), s.Int(3), s.Text(4)};
   return std::optional<LaunchContext>(std::move(l));
 }
 
@@ -387,16 +424,23 @@ absl::Status OAuthStore::AddCode(const std::string& code_hash, const CodeRecord&
   return s.Run();
 }
 
-absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash, CodeRecord* out) {
+absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash,
+                                                const std::string& client_id, CodeRecord* out) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
-          "UPDATE codes SET used=used+1 WHERE hash=? RETURNING used,client_id,username,fhir_user,"
-          "scope,patient,encounter,purpose,nonce,auth_time,dpop_jkt,redirect_uri,challenge,"
-          "expires");
-  s.Bind(1, code_hash);
+          "UPDATE codes SET used=used+1 WHERE hash=? AND client_id=? RETURNING used,client_id,"
+          "username,fhir_user,scope,patient,encounter,purpose,nonce,auth_time,dpop_jkt,"
+          "redirect_uri,challenge,expires");
+  s.Bind(1, code_hash).Bind(2, client_id);
   auto row = s.Step();
   if (!row.ok()) return row.status();
-  if (!*row) return CodeUse::kUnknown;
+  if (!*row) {
+    FW_PREP(e, "SELECT 1 FROM codes WHERE hash=?");
+    e.Bind(1, code_hash);
+    auto found = e.Step();
+    if (!found.ok()) return found.status();
+    return *found ? CodeUse::kOtherClient : CodeUse::kUnknown;
+  }
   const int64_t used = s.Int(0);
   GrantData& g = out->grant;
   g.client_id = s.Text(1);
@@ -414,6 +458,15 @@ absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash, Co
   out->expires = s.Int(13);
   (void)s.Step();
   return used == 1 ? CodeUse::kOk : CodeUse::kReplayed;
+}
+
+absl::StatusOr<int64_t> OAuthStore::CodeUses(const std::string& code_hash) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  FW_PREP(s, "SELECT used FROM codes WHERE hash=?");
+  s.Bind(1, code_hash);
+  auto row = s.Step();
+  if (!row.ok()) return row.status();
+  return *row ? s.Int(0) : int64_t{0};
 }
 
 // --- grants -------------------------------------------------------------------
@@ -495,6 +548,29 @@ absl::Status OAuthStore::RevokeGrant(const std::string& grant_id, int64_t now) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   if (auto st = impl_->db->Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
   auto st = RevokeGrantLocked(*impl_->db, grant_id, now);
+  (void)impl_->db->Exec(st.ok() ? "COMMIT" : "ROLLBACK");
+  return st;
+}
+
+absl::Status OAuthStore::RevokeUserGrants(const std::string& username, int64_t now) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::vector<std::string> ids;
+  {
+    FW_PREP(s, "SELECT id FROM grants WHERE username=? AND revoked=0");
+    s.Bind(1, username);
+    for (;;) {
+      auto row = s.Step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      ids.push_back(s.Text(0));
+    }
+  }
+  if (auto st = impl_->db->Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
+  absl::Status st;
+  for (const auto& id : ids) {
+    st = RevokeGrantLocked(*impl_->db, id, now);
+    if (!st.ok()) break;
+  }
   (void)impl_->db->Exec(st.ok() ? "COMMIT" : "ROLLBACK");
   return st;
 }

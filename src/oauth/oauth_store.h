@@ -37,6 +37,7 @@ struct User {
   int64_t failed_logins = 0;  // consecutive
   int64_t locked_until = 0;   // unix seconds
   int64_t created = 0;
+  int64_t changed_at = 0;     // last password change or disable/enable: older sessions end
 };
 
 enum class ClientAuth { kNone, kSecretBasic, kPrivateKeyJwt, kTlsClientAuth };
@@ -71,6 +72,7 @@ struct LaunchContext {
   std::string patient;
   std::string encounter;
   int64_t expires = 0;
+  std::string client_id;  // when set, only this client may use it
 };
 
 // What an authorization (a code, then a grant) carries.
@@ -109,7 +111,7 @@ struct RefreshRecord {
 };
 
 // Result of consuming a code.
-enum class CodeUse { kOk, kUnknown, kReplayed };
+enum class CodeUse { kOk, kUnknown, kReplayed, kOtherClient };
 
 class OAuthStore {
  public:
@@ -121,13 +123,19 @@ class OAuthStore {
   absl::StatusOr<std::optional<User>> GetUser(const std::string& username);
   absl::StatusOr<std::vector<User>> ListUsers();
   absl::Status SetUserDisabled(const std::string& username, bool disabled);
-  absl::Status SetPassword(const std::string& username, const std::string& hash);
+  // `credential_change`: a new password (ends sessions and grants made before
+  // it); false for a re-hash of the same password with stronger parameters.
+  absl::Status SetPassword(const std::string& username, const std::string& hash,
+                           bool credential_change = true);
   absl::Status SetTotp(const std::string& username, const std::string& wrapped_secret);
   // Records a failed login; locks the account for `lock_seconds` once
   // `max_failures` consecutive failures are reached. Returns the new count.
   absl::StatusOr<int64_t> RecordLoginFailure(const std::string& username, int64_t now,
                                              int64_t max_failures, int64_t lock_seconds);
   absl::Status RecordLoginSuccess(const std::string& username);
+  // Takes back one counted attempt (a right password while the second factor
+  // is still to come: the count is only reset once the login is complete).
+  absl::Status UndoLoginAttempt(const std::string& username);
   // Stores the TOTP step just used; false when it is not newer than the stored one.
   absl::StatusOr<bool> UseTotpStep(const std::string& username, int64_t step);
 
@@ -143,12 +151,20 @@ class OAuthStore {
   // --- EHR launch contexts
   absl::Status AddLaunch(const LaunchContext& l);
   absl::StatusOr<std::optional<LaunchContext>> GetLaunch(const std::string& id, int64_t now);
+  // Removes and returns a live launch context: each launch is used once.
+  absl::StatusOr<std::optional<LaunchContext>> ConsumeLaunch(const std::string& id, int64_t now);
 
   // --- authorization codes (stored by SHA-256 of the code)
   absl::Status AddCode(const std::string& code_hash, const CodeRecord& c);
-  // Marks the code used. kReplayed when it was used before (the caller then
-  // revokes the grant issued from it); kUnknown when it does not exist.
-  absl::StatusOr<CodeUse> ConsumeCode(const std::string& code_hash, CodeRecord* out);
+  // Marks the code used when it belongs to `client_id`. kReplayed when it was
+  // used before (the caller then revokes the grant issued from it); kUnknown
+  // when it does not exist; kOtherClient (code untouched) when it belongs to
+  // another client.
+  absl::StatusOr<CodeUse> ConsumeCode(const std::string& code_hash, const std::string& client_id,
+                                      CodeRecord* out);
+  // How many times the code was presented by its client (a value above 1 means
+  // a replay raced with the first exchange).
+  absl::StatusOr<int64_t> CodeUses(const std::string& code_hash);
 
   // --- grants, refresh tokens, access tokens
   absl::StatusOr<std::string> AddGrant(const GrantData& g, const std::string& code_hash,
@@ -159,6 +175,8 @@ class OAuthStore {
   // Marks the grant revoked, all its refresh tokens used, and every access
   // token issued under it revoked (recorded in the revocation list).
   absl::Status RevokeGrant(const std::string& grant_id, int64_t now);
+  // Revokes every live grant of a user (disable, password reset).
+  absl::Status RevokeUserGrants(const std::string& username, int64_t now);
   absl::Status AddRefresh(const std::string& token_hash, const std::string& grant_id,
                           int64_t idle_expires);
   absl::StatusOr<std::optional<RefreshRecord>> GetRefresh(const std::string& token_hash);

@@ -67,6 +67,8 @@ Client FullClient() {
   return c;
 }
 
+constexpr const char* kClient = "app";
+
 GrantData MakeGrant() {
   GrantData g;
   g.client_id = "app";
@@ -341,7 +343,7 @@ TEST_F(OAuthStoreTest, ConsumeCodeOkThenReplayedUnknownIsUnknown) {
   CodeRecord rec{MakeGrant(), "https://app.example/cb", "challenge-xyz", kNow + 60};
   ASSERT_TRUE(store_->AddCode("code-hash", rec).ok());
   CodeRecord out;
-  auto first = store_->ConsumeCode("code-hash", &out);
+  auto first = store_->ConsumeCode("code-hash", kClient, &out);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(*first, CodeUse::kOk);
   EXPECT_EQ(out.grant.client_id, "app");
@@ -359,16 +361,22 @@ TEST_F(OAuthStoreTest, ConsumeCodeOkThenReplayedUnknownIsUnknown) {
   EXPECT_EQ(out.expires, kNow + 60);
 
   CodeRecord again;
-  auto second = store_->ConsumeCode("code-hash", &again);
+  auto second = store_->ConsumeCode("code-hash", kClient, &again);
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(*second, CodeUse::kReplayed);
   EXPECT_EQ(again.grant.username, "alice") << "the record is still returned for auditing";
-  auto third = store_->ConsumeCode("code-hash", &again);
+  auto third = store_->ConsumeCode("code-hash", kClient, &again);
   ASSERT_TRUE(third.ok());
   EXPECT_EQ(*third, CodeUse::kReplayed);
 
   CodeRecord none;
-  auto unknown = store_->ConsumeCode("other-hash", &none);
+  auto unknown = store_->ConsumeCode("other-hash", kClient, &none);
+  // Another client's presentation neither consumes nor counts as a replay.
+  CodeRecord rec2{MakeGrant(), "https://app.example/cb", "challenge-xyz", kNow + 60};
+  ASSERT_TRUE(store_->AddCode("code-2", rec2).ok());
+  EXPECT_EQ(*store_->ConsumeCode("code-2", "mallory", &none), CodeUse::kOtherClient);
+  EXPECT_EQ(*store_->CodeUses("code-2"), 0);
+  EXPECT_EQ(*store_->ConsumeCode("code-2", kClient, &none), CodeUse::kOk);
   ASSERT_TRUE(unknown.ok());
   EXPECT_EQ(*unknown, CodeUse::kUnknown);
 }
@@ -513,8 +521,8 @@ TEST_F(OAuthStoreTest, PurgeDropsExpiredRows) {
   ASSERT_TRUE(store_->Purge(kNow).ok());
 
   CodeRecord out;
-  EXPECT_EQ(*store_->ConsumeCode("code-old", &out), CodeUse::kUnknown);
-  EXPECT_EQ(*store_->ConsumeCode("code-recent", &out), CodeUse::kOk);
+  EXPECT_EQ(*store_->ConsumeCode("code-old", kClient, &out), CodeUse::kUnknown);
+  EXPECT_EQ(*store_->ConsumeCode("code-recent", kClient, &out), CodeUse::kOk);
   EXPECT_FALSE(store_->GetLaunch("L-old", 0)->has_value());
   EXPECT_TRUE(store_->GetLaunch("L-new", 0)->has_value());
   EXPECT_FALSE(store_->GetGrant(*dead)->has_value());
@@ -559,8 +567,8 @@ TEST_F(OAuthStoreTest, TwoInstancesOnTheSameFileSeeEachOthersWrites) {
   // Single use across connections: one wins, the other sees a replay.
   ASSERT_TRUE(store_->AddCode("code", {MakeGrant(), "u", "c", kNow + 60}).ok());
   CodeRecord out;
-  EXPECT_EQ(*cli->ConsumeCode("code", &out), CodeUse::kOk);
-  EXPECT_EQ(*store_->ConsumeCode("code", &out), CodeUse::kReplayed);
+  EXPECT_EQ(*cli->ConsumeCode("code", kClient, &out), CodeUse::kOk);
+  EXPECT_EQ(*store_->ConsumeCode("code", kClient, &out), CodeUse::kReplayed);
 
   auto gid = store_->AddGrant(MakeGrant(), "code", kNow, kNow + 100);
   ASSERT_TRUE(gid.ok());

@@ -75,9 +75,9 @@ absl::Status CheckScopes(const std::string& scope) {
   std::istringstream in(scope);
   std::string s;
   while (in >> s) {
-    static const char* kPlain[] = {"openid",         "fhirUser",       "profile",
-                                   "launch",         "launch/patient", "launch/encounter",
-                                   "offline_access", "online_access"};
+    static const char* kPlain[] = {"openid",         "fhirUser",         "profile",
+                                   "launch",         "launch/patient",   "launch/encounter",
+                                   "offline_access", "online_access",    "introspect"};
     bool plain =
         std::any_of(std::begin(kPlain), std::end(kPlain), [&](const char* p) { return s == p; });
     if (!plain && !policy::ParseResourceScope(s)) {
@@ -154,6 +154,12 @@ absl::Status UsersDisable(const std::string& data_dir, const std::string& userna
   auto o = Open(data_dir);
   if (!o.ok()) return o.status();
   if (auto s = o->store->SetUserDisabled(username, disable); !s.ok()) return s;
+  // Everything the user was granted ends now (sessions end at their next use).
+  if (disable) {
+    if (auto s = o->store->RevokeUserGrants(username, SystemClock::Get().NowSeconds()); !s.ok()) {
+      return s;
+    }
+  }
   out << "user " << username << (disable ? " disabled\n" : " enabled\n");
   return absl::OkStatus();
 }
@@ -168,7 +174,11 @@ absl::Status UsersResetPassword(const UserArgs& a, std::ostream& out) {
   auto hash = crypto::HashPassword(password);
   if (!hash.ok()) return hash.status();
   if (auto s = o->store->SetPassword(a.username, *hash); !s.ok()) return s;
-  out << "password of " << a.username << " reset (lockout cleared)\n";
+  if (auto s = o->store->RevokeUserGrants(a.username, SystemClock::Get().NowSeconds()); !s.ok()) {
+    return s;
+  }
+  out << "password of " << a.username
+      << " reset (lockout cleared; sessions and grants of the user revoked)\n";
   if (a.password.empty()) out << "password: " << password << "\n";
   return absl::OkStatus();
 }
@@ -199,11 +209,7 @@ absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
     return Error(ErrorCode::kInvalidParameter, "authorization_code needs --redirect-uri");
   }
   for (const auto& r : a.redirect_uris) {
-    bool https = r.rfind("https://", 0) == 0;
-    bool loopback = r.rfind("http://127.0.0.1", 0) == 0 || r.rfind("http://localhost", 0) == 0 ||
-                    r.rfind("http://[::1]", 0) == 0;
-    bool custom = r.find("://") != std::string::npos && r.rfind("http://", 0) != 0;
-    if ((!https && !loopback && !custom) || r.find('#') != std::string::npos) {
+    if (!oauth::IsRegistrableRedirectUri(r)) {
       return Error(ErrorCode::kInvalidParameter,
                    "redirect URIs: https, http only on loopback, no fragment: " + r);
     }
@@ -346,6 +352,7 @@ absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out) {
   l.id = Base64UrlEncode(RandomBytes(16));
   l.patient = a.patient;
   l.encounter = a.encounter;
+  l.client_id = a.client_id;
   l.expires = SystemClock::Get().NowSeconds() + a.ttl_seconds;
   if (auto s = o->store->AddLaunch(l); !s.ok()) return s;
   out << l.id << "\n";

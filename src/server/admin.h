@@ -56,6 +56,7 @@ struct LaunchArgs {
   std::string data_dir;
   std::string patient;
   std::string encounter;
+  std::string client_id;  // when set, only this app may use the launch
   int64_t ttl_seconds = 3600;
 };
 absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out);

@@ -386,7 +386,11 @@ absl::Status Serve(const ServeArgs& args) {
   if (!ring.ok()) return ring.status();
   oauth::RevocationList revocations;
   if (auto s = revocations.Sync(**oauth_store, start_time); !s.ok()) return s;
-  jose::ReplayCache replay;
+  // Separate single-use caches, so that filling one (e.g. with DPoP proofs at
+  // the token endpoint) cannot make the others fail closed.
+  jose::ReplayCache assertion_replay;
+  jose::ReplayCache token_dpop_replay;
+  jose::ReplayCache replay;  // DPoP proofs at the FHIR API
   jose::DpopNonces nonces(std::string(inst.dpop_nonce_key().UnsafeView()), 300);
 
   AuthenticatorOptions auth_options;
@@ -501,7 +505,8 @@ absl::Status Serve(const ServeArgs& args) {
     ad.kek = &inst.kek();
     ad.clock = &SystemClock::Get();
     ad.revocations = &revocations;
-    ad.replay = &replay;
+    ad.replay = &assertion_replay;
+    ad.dpop_replay = &token_dpop_replay;
     ad.nonces = &nonces;
     ad.session_key = &inst.session_key();
     auth_server = std::make_unique<oauth::AuthorizationServer>(std::move(ao), ad);

@@ -53,8 +53,9 @@ describe('OAuth 2 / SMART with oauth4webapi, jose and Chromium', { timeout: 9000
     cli(['clients', 'add', ...d, '--client-id', ids.app, '--name', 'E2E SMART app', '--auth', 'none',
       '--redirect-uri', APP_REDIRECT, '--redirect-uri', 'http://127.0.0.1/cb',
       '--scope', APP_SCOPES, '--grant-type', 'authorization_code', '--grant-type', 'refresh_token']);
+    // A resource server: the `introspect` scope lets it introspect other clients' access tokens.
     const intro = cli(['clients', 'add', ...d, '--client-id', ids.introspector, '--auth', 'client_secret_basic',
-      '--scope', 'system/Patient.rs', '--grant-type', 'client_credentials']);
+      '--scope', 'introspect system/Patient.rs', '--grant-type', 'client_credentials']);
     const secret = (/client_secret:\s*(\S+)/.exec(intro) || [])[1];
     assert.ok(secret, `clients add printed no client_secret: ${intro}`);
     srv.secrets.push(secret);
@@ -172,7 +173,7 @@ describe('OAuth 2 / SMART with oauth4webapi, jose and Chromium', { timeout: 9000
     assert.equal(ok('fhirReadAfterRefresh').status, 200);
   });
 
-  it('introspection (client_secret_basic): active, then inactive after revocation; public clients refused', () => {
+  it('introspection by a resource server (client_secret_basic, introspect scope): active, then inactive after revocation; public clients refused', () => {
     const i = ok('introspectActive');
     assert.equal(i.active, true, JSON.stringify(i));
     assert.equal(i.client_id, ids.app);
@@ -180,7 +181,8 @@ describe('OAuth 2 / SMART with oauth4webapi, jose and Chromium', { timeout: 9000
     assert.equal(i.iss, srv.base);
     assert.equal(i.patient, patientId);
     assert.ok(i.scope.split(' ').includes('patient/*.rs'));
-    assert.equal(ok('introspectRefreshActive').active, true);
+    // A resource server sees access tokens only: another client's refresh token is inactive to it.
+    assert.deepEqual(ok('introspectRefreshActive'), { active: false });
     // 401 with a WWW-Authenticate challenge, which oauth4webapi reports as such.
     const pub = failedStep(out, 'introspectByPublicClient');
     assert.equal(pub.status, 401, JSON.stringify(pub));
