@@ -188,6 +188,30 @@ bool KeyTypeFits(std::string_view kty, const json::Value& jwk, Algorithm alg) {
 
 }  // namespace
 
+namespace {
+
+// Imported proof keys by (alg, SHA-256 of the JWK). Bounded: cleared when full.
+absl::StatusOr<PublicKey> CachedKey(const json::Value& jwk, Algorithm alg) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, PublicKey>();
+  constexpr size_t kMaxKeys = 4096;
+  // The whole JWK as sent (members such as "use" matter to the import too).
+  std::string k = std::string(AlgorithmName(alg)) + ":" + crypto::Sha256(json::Write(jwk));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache->find(k);
+    if (it != cache->end()) return it->second;
+  }
+  absl::StatusOr<PublicKey> key = PublicKey::FromJwk(jwk, alg);
+  if (!key.ok()) return key.status();
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache->size() >= kMaxKeys) cache->clear();
+  cache->emplace(std::move(k), *key);
+  return key;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> JwkThumbprint(const json::Value& jwk) {
   if (!jwk.is_object()) return Invalid("bad_jwk");
   std::optional<std::string_view> kty = jwk.GetString("kty");
@@ -309,11 +333,13 @@ absl::StatusOr<DpopProof> VerifyDpopProof(std::string_view proof, const DpopExpe
       return Invalid("bad_alg");
     }
   }
-  absl::StatusOr<PublicKey> key = PublicKey::FromJwk(*jwk, *alg);
-  if (!key.ok()) return Invalid("bad_jwk");
-  if (key->alg() != *alg) return Invalid("bad_alg");
   absl::StatusOr<std::string> jkt = JwkThumbprint(*jwk);
   if (!jkt.ok()) return jkt.status();
+  // Importing the key costs as much as checking the signature: a client sends
+  // the same key with every proof, so imported keys are kept.
+  absl::StatusOr<PublicKey> key = CachedKey(*jwk, *alg);
+  if (!key.ok()) return Invalid("bad_jwk");
+  if (key->alg() != *alg) return Invalid("bad_alg");
 
   std::optional<std::string> signature = Base64UrlDecode(proof.substr(dot2 + 1));
   if (!signature.has_value()) return Invalid("malformed");
