@@ -315,25 +315,69 @@ bool ScopeAllowed(std::string_view requested, std::string_view registered) {
   return false;
 }
 
+namespace {
+// ":" DIGITS with a value 1-65535, or nothing.
+bool ValidPort(std::string_view port) {
+  if (port.empty()) return true;
+  if (port.size() > 5) return false;
+  int v = 0;
+  for (char c : port) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) return false;
+    v = v * 10 + (c - '0');
+  }
+  return v >= 1 && v <= 65535;
+}
+}  // namespace
+
 bool IsRegistrableRedirectUri(std::string_view uri) {
   if (uri.empty() || uri.size() > 2048 || uri.find('#') != std::string_view::npos) return false;
   for (char c : uri) {
     if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f) return false;
+    if (c == '\\') return false;
   }
-  if (uri.substr(0, 7) == "http://") return ParseLoopback(uri).has_value();
+  if (uri.substr(0, 7) == "http://") {
+    if (!ParseLoopback(uri)) return false;
+    std::string_view rest = uri.substr(7);
+    std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
+    size_t colon = authority.rfind(':');
+    return colon == std::string_view::npos || authority.back() == ']' ||
+           (colon + 1 < authority.size() && ValidPort(authority.substr(colon + 1)));
+  }
   if (uri.substr(0, 8) == "https://") {
     std::string_view rest = uri.substr(8);
     std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
-    return !authority.empty() && authority.find('@') == std::string_view::npos;
+    if (authority.empty() || authority.find('@') != std::string_view::npos) return false;
+    std::string_view host = authority;
+    if (size_t colon = authority.rfind(':');
+        colon != std::string_view::npos && authority.back() != ']') {
+      if (colon + 1 >= authority.size() || !ValidPort(authority.substr(colon + 1))) return false;
+      host = authority.substr(0, colon);
+    }
+    return !host.empty() && std::all_of(host.begin(), host.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '[' ||
+             c == ']' || c == ':';
+    });
   }
+  // A private-use scheme (RFC 8252 §7.1): a reverse domain name, i.e. labels
+  // that start with a letter, separated by dots.
   size_t colon = uri.find(':');
   if (colon == std::string_view::npos || colon == 0) return false;
-  // Private-use schemes are reverse domain names (RFC 8252 §7.1): at least one dot.
   std::string_view scheme = uri.substr(0, colon);
-  return scheme.find('.') != std::string_view::npos &&
-         std::all_of(scheme.begin(), scheme.end(), [](char c) {
-           return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '+';
-         });
+  if (scheme.find('.') == std::string_view::npos) return false;
+  size_t start = 0;
+  while (start <= scheme.size()) {
+    size_t dot = scheme.find('.', start);
+    std::string_view label = scheme.substr(start, dot == std::string_view::npos ? dot : dot - start);
+    if (label.empty() || !std::isalpha(static_cast<unsigned char>(label.front())) ||
+        !std::all_of(label.begin(), label.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '-';
+        })) {
+      return false;
+    }
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  return true;
 }
 
 std::string HashClientSecret(std::string_view secret) {
@@ -374,6 +418,8 @@ struct Pending {
   std::string username;        // set once the password was accepted
   std::string fhir_user;       // the user's fhirUser once logged in
   bool authenticated = false;  // password (and TOTP when enrolled) accepted
+  int64_t credential_version = 0;  // the user's when they authenticated
+  std::string address;             // client address that started it (quota)
   int64_t expires = 0;
 };
 
@@ -382,6 +428,7 @@ struct Session {
   std::string browser;
   int64_t auth_time = 0;
   int64_t last_seen = 0;
+  int64_t credential_version = 0;
 };
 
 struct ParRecord {
@@ -434,6 +481,52 @@ struct AuthorizationServer::Impl {
   // Hard caps on what unauthenticated callers can make the server hold.
   static constexpr size_t kMaxPending = 20000;
   static constexpr size_t kMaxPar = 10000;
+  static constexpr size_t kMaxPendingPerAddress = 1000;
+  static constexpr size_t kMaxParPerClient = 100;
+
+  // Room for one more pending authorization from `address`: at most
+  // kMaxPendingPerAddress each; when the table is full the oldest request not
+  // yet signed in is dropped (its user starts again), so no one can lock
+  // everybody out by filling it.
+  bool AdmitPendingLocked(const std::string& address) {
+    if (pending.size() >= kMaxPending) SweepLocked();
+    size_t same = 0;
+    auto oldest = pending.end();
+    for (auto it = pending.begin(); it != pending.end(); ++it) {
+      if (it->second.address == address) ++same;
+      if (!it->second.authenticated &&
+          (oldest == pending.end() || it->second.expires < oldest->second.expires)) {
+        oldest = it;
+      }
+    }
+    if (same >= kMaxPendingPerAddress) return false;
+    if (pending.size() >= kMaxPending) {
+      if (oldest == pending.end()) return false;
+      pending.erase(oldest);
+    }
+    return true;
+  }
+
+  // Room for one more pushed request of `client_id`: each client keeps at most
+  // kMaxParPerClient (its oldest is dropped), the table at most kMaxPar.
+  void AdmitParLocked(const std::string& client_id) {
+    if (par.size() >= kMaxPar) SweepLocked();
+    size_t same = 0;
+    auto oldest_own = par.end(), oldest = par.end();
+    for (auto it = par.begin(); it != par.end(); ++it) {
+      if (oldest == par.end() || it->second.expires < oldest->second.expires) oldest = it;
+      if (it->second.client_id != client_id) continue;
+      ++same;
+      if (oldest_own == par.end() || it->second.expires < oldest_own->second.expires) {
+        oldest_own = it;
+      }
+    }
+    if (same >= kMaxParPerClient && oldest_own != par.end()) {
+      par.erase(oldest_own);
+    } else if (par.size() >= kMaxPar && oldest != par.end()) {
+      par.erase(oldest);
+    }
+  }
   static constexpr int64_t kAddressMaxFailures = 30;
 
   bool AddressThrottled(const std::string& ip) {
@@ -443,6 +536,15 @@ struct AuthorizationServer::Impl {
            it->second.window_start + kAddressWindowSeconds > Now() &&
            it->second.count >= kAddressMaxFailures;
   }
+  // How a typed username that is not known to exist appears in the audit
+  // trail: it may be a password typed into the wrong field, so only a keyed
+  // hash (the same name gives the same value, for correlation).
+  std::string AuditName(const std::string& typed) const {
+    return "unknown:" +
+           HexEncode(crypto::HmacSha256(d.session_key->UnsafeView(), "audit-username\x1f" + typed))
+               .substr(0, 16);
+  }
+
   void AddressSucceeded(const std::string& ip) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = address_failures.find(ip);
@@ -919,7 +1021,7 @@ struct AuthorizationServer::Impl {
     if (*use == CodeUse::kUnknown) return Fail("invalid_grant", "unknown authorization code");
     if (*use == CodeUse::kOtherClient) {
       // Not consumed: another client cannot burn a code or revoke its grant.
-      return Fail("invalid_grant", "the code was issued to another client");
+      return Fail("invalid_grant", "unknown authorization code");
     }
     if (*use == CodeUse::kReplayed) {
       auto gid = d.store->RevokeGrantOfCode(code_hash, now);
@@ -929,7 +1031,7 @@ struct AuthorizationServer::Impl {
       return Fail("invalid_grant", "authorization code already used; its tokens are revoked");
     }
     if (rec.grant.client_id != client.client_id) {
-      return Fail("invalid_grant", "the code was issued to another client");
+      return Fail("invalid_grant", "unknown authorization code");
     }
     if (rec.expires <= now) return Fail("invalid_grant", "authorization code expired");
     if (!redirect || *redirect != rec.redirect_uri) {
@@ -941,13 +1043,16 @@ struct AuthorizationServer::Impl {
       return Fail("invalid_grant", "code_verifier does not match the code_challenge");
     }
     if (auto f = CheckConstraint(client, req, jkt)) return *f;
+    if (!UserStillValid(rec.grant)) {
+      return Fail("invalid_grant", "the user's account changed; authorize again");
+    }
     GrantData g = rec.grant;
     // A public client's refresh tokens are bound to its DPoP key.
     if (client.is_public() && !jkt.empty()) g.dpop_jkt = jkt;
     auto grant_id = d.store->AddGrant(g, code_hash, now, now + o.refresh_absolute_seconds);
     if (!grant_id.ok()) return Fail("server_error", "", 500);
     // A replay that arrived before the grant existed could not revoke it.
-    if (auto uses = d.store->CodeUses(code_hash); !uses.ok() || *uses > 1) {
+    if (auto uses = d.store->CodeUses(code_hash); !uses.ok() || *uses > 1 || !UserStillValid(g)) {
       (void)d.store->RevokeGrant(*grant_id, now);
       SyncRevocations();
       return Fail("invalid_grant", "authorization code already used; its tokens are revoked");
@@ -980,9 +1085,7 @@ struct AuthorizationServer::Impl {
     if (gr.revoked) return Fail("invalid_grant", "the grant was revoked");
     // A disabled user, or one whose password changed since the authorization,
     // keeps nothing.
-    auto user = d.store->GetUser(gr.data.username);
-    if (!user.ok()) return Fail("server_error", "", 500);
-    if (!*user || (*user)->disabled || (*user)->changed_at >= gr.data.auth_time) {
+    if (!UserStillValid(gr.data)) {
       (void)d.store->RevokeGrant(gr.id, now);
       SyncRevocations();
       return Fail("invalid_grant", "the user's account changed; authorize again");
@@ -1140,6 +1243,14 @@ struct AuthorizationServer::Impl {
     return r;
   }
 
+  // The user who authorized still exists, is enabled and has not had their
+  // password reset (or been disabled and enabled) since.
+  bool UserStillValid(const GrantData& g) const {
+    auto user = d.store->GetUser(g.username);
+    return user.ok() && *user && !(*user)->disabled &&
+           (*user)->credential_version == g.credential_version;
+  }
+
   void SyncRevocations() {
     if (d.revocations) (void)d.revocations->Sync(*d.store, Now());
   }
@@ -1198,7 +1309,8 @@ struct AuthorizationServer::Impl {
       std::lock_guard<std::mutex> lock(mu);
       auto it = par.find(*ru);
       if (it == par.end() || it->second.expires <= Now() || it->second.client_id != client_id) {
-        if (it != par.end()) par.erase(it);
+        // Another client's request_uri stays (whoever saw the URL cannot burn it).
+        if (it != par.end() && it->second.client_id == client_id) par.erase(it);
         return ErrorPageResponse(400, "Invalid request",
                                  "The pushed authorization request is unknown or expired.");
       }
@@ -1243,8 +1355,9 @@ struct AuthorizationServer::Impl {
     if (session) {
       auto user = d.store->GetUser(session->username);
       if (user.ok() && *user && !(*user)->disabled &&
-          (*user)->changed_at < session->auth_time) {
+          (*user)->credential_version == session->credential_version) {
         p.username = session->username;
+        p.credential_version = session->credential_version;
         p.fhir_user = (*user)->fhir_user;
         p.authenticated = true;
       }
@@ -1252,9 +1365,11 @@ struct AuthorizationServer::Impl {
     net::HttpResponse r;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (pending.size() >= kMaxPending) SweepLocked();
-      if (pending.size() >= kMaxPending) {
-        return ErrorPageResponse(503, "Busy", "Too many sign-ins are in progress. Try again soon.");
+      p.address = req.remote_ip;
+      if (!AdmitPendingLocked(p.address)) {
+        return ErrorPageResponse(429, "Too many sign-ins",
+                                 "Too many sign-ins were started from this network. Try again "
+                                 "in a few minutes.");
       }
       pending[p.id] = p;
     }
@@ -1296,7 +1411,8 @@ struct AuthorizationServer::Impl {
     std::vector<std::string> asked = SplitSpaces(GetOr(params, "scope"));
     if (asked.empty()) return Fail("invalid_scope", "scope is required");
     for (const auto& s : asked) {
-      if (s.rfind("system/", 0) == 0) continue;  // never through a user's authorization
+      // Never through a user's authorization: system scopes, resource-server rights.
+      if (s.rfind("system/", 0) == 0 || s == "introspect") continue;
       if (ScopeAllowed(s, c.scope) && !Contains(p.scopes, s)) p.scopes.push_back(s);
     }
     if (p.scopes.empty()) return Fail("invalid_scope", "none of the requested scopes is allowed");
@@ -1423,7 +1539,7 @@ struct AuthorizationServer::Impl {
     const int64_t now = Now();
     const std::string generic = "The username or password is not correct.";
     if (AddressThrottled(req.remote_ip)) {
-      Audit(req, "login", "denied", 429, p.client_id, username.substr(0, 128), "address_throttled");
+      Audit(req, "login", "denied", 429, p.client_id, AuditName(username), "address_throttled");
       net::HttpResponse r = ShowLogin(p, username.substr(0, 128),
                                       "Too many failed sign-ins from this network. Wait a few "
                                       "minutes and try again.",
@@ -1439,12 +1555,7 @@ struct AuthorizationServer::Impl {
     if (!*user) {
       AddressFailed(req.remote_ip);
       crypto::VerifyAgainstDummy(password, o.argon2);
-      // What was typed may be a password in the wrong field: only a keyed hash.
-      Audit(req, "login", "denied", 401, p.client_id,
-            "unknown:" + HexEncode(crypto::HmacSha256(d.session_key->UnsafeView(),
-                                                      "audit-username\x1f" + username))
-                             .substr(0, 16),
-            "unknown_user");
+      Audit(req, "login", "denied", 401, p.client_id, AuditName(username), "unknown_user");
       return ShowLogin(p, username, generic, 401);
     }
     const User& u = **user;
@@ -1486,8 +1597,9 @@ struct AuthorizationServer::Impl {
     }
     p.username = username;
     p.fhir_user = u.fhir_user;
+    p.credential_version = u.credential_version;
     if (!u.totp_secret_wrapped.empty()) {
-      (void)d.store->UndoLoginAttempt(username);
+      (void)d.store->UndoLoginAttempt(username, o.max_login_failures);
       SavePending(p);
       Audit(req, "login-password", "success", 200, p.client_id, username, "");
       return Html(200, RenderTotpPage({"/authorize/totp", Hidden(p), ""}));
@@ -1506,7 +1618,7 @@ struct AuthorizationServer::Impl {
       for (auto it = sessions.begin(); it != sessions.end();) {
         it = it->second.browser == p.browser ? sessions.erase(it) : std::next(it);
       }
-      sessions[Sha256B64u(sid)] = Session{p.username, p.browser, now, now};
+      sessions[Sha256B64u(sid)] = Session{p.username, p.browser, now, now, p.credential_version};
     }
     Audit(req, "login", "success", 200, p.client_id, p.username, "");
     net::HttpResponse r = ShowConsent(p, "");
@@ -1529,10 +1641,15 @@ struct AuthorizationServer::Impl {
       return ErrorPageResponse(403, "Sign-in refused", "This account cannot sign in.");
     }
     const User& u = **user;
-    if (u.locked_until > now) {
-      Audit(req, "login-totp", "denied", 423, p.client_id, p.username, "account_locked");
-      return ErrorPageResponse(423, "Account locked",
-                               "This account is locked after repeated failed sign-ins.");
+    const std::string wrong = "The code is not correct or was already used.";
+    if (AddressThrottled(req.remote_ip)) {
+      Audit(req, "login-totp", "denied", 429, p.client_id, p.username, "address_throttled");
+      return Html(429, RenderTotpPage({"/authorize/totp", Hidden(p), wrong}));
+    }
+    // Locked looks like a wrong code (as on the password page).
+    if (u.locked_until > now || u.credential_version != p.credential_version) {
+      Audit(req, "login-totp", "denied", 401, p.client_id, p.username, "account_locked");
+      return Html(401, RenderTotpPage({"/authorize/totp", Hidden(p), wrong}));
     }
     auto seed = d.kek->Unwrap(u.totp_secret_wrapped, "fhirward-totp-v1:" + u.username);
     if (!seed.ok()) return ErrorPageResponse(500, "Server error", "Please try again later.");
@@ -1546,8 +1663,7 @@ struct AuthorizationServer::Impl {
       AddressFailed(req.remote_ip);
       (void)d.store->RecordLoginFailure(p.username, now, o.max_login_failures, o.lockout_seconds);
       Audit(req, "login-totp", "denied", 401, p.client_id, p.username, "bad_totp");
-      return Html(401, RenderTotpPage({"/authorize/totp", Hidden(p),
-                                       "The code is not correct or was already used."}));
+      return Html(401, RenderTotpPage({"/authorize/totp", Hidden(p), wrong}));
     }
     (void)d.store->RecordLoginSuccess(p.username);
     return CompleteLogin(req, p, now);
@@ -1581,22 +1697,29 @@ struct AuthorizationServer::Impl {
       }
     }
     auto user = d.store->GetUser(p.username);
-    if (!user.ok() || !*user || (*user)->disabled) {
+    if (!user.ok() || !*user || (*user)->disabled ||
+        (*user)->credential_version != session->credential_version) {
       return ErrorPageResponse(403, "Sign-in refused", "This account cannot sign in.");
     }
     if (!p.launch_id.empty()) {
-      // Single use, and never another patient for a patient user.
+      // An EHR launch context is for a practitioner, or for the patient
+      // themself; checked before it is used up, which it is once.
+      const std::string& fu = (*user)->fhir_user;
+      auto peek = d.store->GetLaunch(p.launch_id, Now());
+      if (peek.ok() && *peek) {
+        bool allowed = fu.rfind("Practitioner/", 0) == 0 ||
+                       (fu.rfind("Patient/", 0) == 0 && fu.substr(8) == (*peek)->patient);
+        if (!allowed) {
+          Audit(req, "consent", "denied", 302, p.client_id, p.username, "launch_patient_mismatch");
+          return RedirectError(p.redirect_uri, p.state, "invalid_request",
+                               "this user cannot take that launch context");
+        }
+      }
       auto launch = d.store->ConsumeLaunch(p.launch_id, Now());
       if (!launch.ok() || !*launch) {
         Audit(req, "consent", "denied", 302, p.client_id, p.username, "launch_used_or_expired");
         return RedirectError(p.redirect_uri, p.state, "invalid_request",
                              "the launch was already used or has expired");
-      }
-      const std::string& fu = (*user)->fhir_user;
-      if (fu.rfind("Patient/", 0) == 0 && fu.substr(8) != (*launch)->patient) {
-        Audit(req, "consent", "denied", 302, p.client_id, p.username, "launch_patient_mismatch");
-        return RedirectError(p.redirect_uri, p.state, "invalid_request",
-                             "the launch is for another patient");
       }
     }
     GrantData g;
@@ -1608,6 +1731,7 @@ struct AuthorizationServer::Impl {
     g.nonce = p.nonce;
     g.purpose_of_use = p.purpose;
     g.auth_time = session->auth_time;
+    g.credential_version = session->credential_version;
     bool patient_scope = false;
     for (const auto& s : granted) {
       patient_scope = patient_scope || s.rfind("patient/", 0) == 0 || s == "launch/patient";
@@ -1671,10 +1795,7 @@ struct AuthorizationServer::Impl {
     std::string uri = std::string(kRequestUriPrefix) + NewSecret();
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (par.size() >= kMaxPar) SweepLocked();
-      if (par.size() >= kMaxPar) {
-        return OAuthFailure{503, "temporarily_unavailable", "too many pushed requests", false, {}};
-      }
+      AdmitParLocked(c.client_id);
       par[uri] = ParRecord{c.client_id, std::move(kept), Now() + o.par_seconds};
     }
     Value body = Value::MakeObject();

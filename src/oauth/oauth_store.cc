@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS users(
   roles TEXT NOT NULL, totp_secret BLOB NOT NULL DEFAULT '', totp_last_step INTEGER NOT NULL DEFAULT 0,
   disabled INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
   locked_until INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,
-  changed_at INTEGER NOT NULL DEFAULT 0);
+  credential_version INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS clients(
   client_id TEXT PRIMARY KEY, name TEXT NOT NULL, auth TEXT NOT NULL,
   secret_hash TEXT NOT NULL DEFAULT '', previous_secret_hash TEXT NOT NULL DEFAULT '',
@@ -39,12 +39,14 @@ CREATE TABLE IF NOT EXISTS codes(
   hash TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL, fhir_user TEXT NOT NULL,
   scope TEXT NOT NULL, patient TEXT NOT NULL, encounter TEXT NOT NULL, purpose TEXT NOT NULL,
   nonce TEXT NOT NULL, auth_time INTEGER NOT NULL, dpop_jkt TEXT NOT NULL,
+  credential_version INTEGER NOT NULL DEFAULT 0,
   redirect_uri TEXT NOT NULL, challenge TEXT NOT NULL, expires INTEGER NOT NULL,
   used INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS grants(
   id TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL, fhir_user TEXT NOT NULL,
   scope TEXT NOT NULL, patient TEXT NOT NULL, encounter TEXT NOT NULL, purpose TEXT NOT NULL,
   auth_time INTEGER NOT NULL, dpop_jkt TEXT NOT NULL, code_hash TEXT NOT NULL,
+  credential_version INTEGER NOT NULL DEFAULT 0,
   created INTEGER NOT NULL, absolute_expires INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS grants_by_code ON grants(code_hash);
 CREATE TABLE IF NOT EXISTS refresh_tokens(
@@ -81,7 +83,7 @@ std::vector<std::string> SplitLines(const std::string& s) {
 
 constexpr const char* kUserCols =
     "username,password_hash,fhir_user,roles,totp_secret,totp_last_step,disabled,failed,"
-    "locked_until,created,changed_at";
+    "locked_until,created,credential_version";
 
 User ReadUser(const Stmt& s) {
   User u;
@@ -95,7 +97,7 @@ User ReadUser(const Stmt& s) {
   u.failed_logins = s.Int(7);
   u.locked_until = s.Int(8);
   u.created = s.Int(9);
-  u.changed_at = s.Int(10);
+  u.credential_version = s.Int(10);
   return u;
 }
 
@@ -179,7 +181,12 @@ absl::StatusOr<std::unique_ptr<OAuthStore>> OAuthStore::Open(const std::string& 
   ::chmod(path.c_str(), 0600);
   if (auto s = (*db)->Exec(kSchema); !s.ok()) return s;
   // Columns added after the first version of the schema (errors: already there).
-  (void)(*db)->Exec("ALTER TABLE users ADD COLUMN changed_at INTEGER NOT NULL DEFAULT 0");
+  for (const char* alter :
+       {"ALTER TABLE users ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE codes ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE grants ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0"}) {
+    (void)(*db)->Exec(alter);
+  }
   (void)(*db)->Exec("ALTER TABLE launches ADD COLUMN client_id TEXT NOT NULL DEFAULT ''");
   auto impl = std::make_unique<Impl>();
   impl->db = std::move(*db);
@@ -240,7 +247,9 @@ absl::Status ExpectChange(Db& db, const absl::Status& s, const std::string& what
 
 absl::Status OAuthStore::SetUserDisabled(const std::string& username, bool disabled) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s, "UPDATE users SET disabled=?, changed_at=strftime('%s','now') WHERE username=?");
+  FW_PREP(s,
+          "UPDATE users SET disabled=?, credential_version=credential_version+1 "
+          "WHERE username=?");
   s.Bind(1, int64_t{disabled}).Bind(2, username);
   return ExpectChange(*impl_->db, s.Run(), "user " + username);
 }
@@ -255,7 +264,7 @@ absl::Status OAuthStore::SetPassword(const std::string& username, const std::str
   }
   FW_PREP(s,
           "UPDATE users SET password_hash=?, failed=0, locked_until=0, "
-          "changed_at=strftime('%s','now') WHERE username=?");
+          "credential_version=credential_version+1 WHERE username=?");
   s.Bind(1, hash).Bind(2, username);
   return ExpectChange(*impl_->db, s.Run(), "user " + username);
 }
@@ -296,10 +305,12 @@ absl::Status OAuthStore::RecordLoginSuccess(const std::string& username) {
   return s.Run();
 }
 
-absl::Status OAuthStore::UndoLoginAttempt(const std::string& username) {
+absl::Status OAuthStore::UndoLoginAttempt(const std::string& username, int64_t max_failures) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(s, "UPDATE users SET failed=failed-1 WHERE username=? AND failed>0");
-  s.Bind(1, username);
+  FW_PREP(s,
+          "UPDATE users SET failed=failed-1, locked_until=CASE WHEN failed-1 < ?2 THEN 0 "
+          "ELSE locked_until END WHERE username=?1 AND failed>0");
+  s.Bind(1, username).Bind(2, max_failures);
   return s.Run();
 }
 
@@ -414,13 +425,13 @@ absl::Status OAuthStore::AddCode(const std::string& code_hash, const CodeRecord&
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
           "INSERT INTO codes(hash,client_id,username,fhir_user,scope,patient,encounter,purpose,"
-          "nonce,auth_time,dpop_jkt,redirect_uri,challenge,expires) "
-          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+          "nonce,auth_time,dpop_jkt,redirect_uri,challenge,expires,credential_version) "
+          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   const GrantData& g = c.grant;
   s.Bind(1, code_hash).Bind(2, g.client_id).Bind(3, g.username).Bind(4, g.fhir_user);
   s.Bind(5, g.scope).Bind(6, g.patient).Bind(7, g.encounter).Bind(8, g.purpose_of_use);
   s.Bind(9, g.nonce).Bind(10, g.auth_time).Bind(11, g.dpop_jkt).Bind(12, c.redirect_uri);
-  s.Bind(13, c.code_challenge).Bind(14, c.expires);
+  s.Bind(13, c.code_challenge).Bind(14, c.expires).Bind(15, g.credential_version);
   return s.Run();
 }
 
@@ -430,7 +441,7 @@ absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash,
   FW_PREP(s,
           "UPDATE codes SET used=used+1 WHERE hash=? AND client_id=? RETURNING used,client_id,"
           "username,fhir_user,scope,patient,encounter,purpose,nonce,auth_time,dpop_jkt,"
-          "redirect_uri,challenge,expires");
+          "redirect_uri,challenge,expires,credential_version");
   s.Bind(1, code_hash).Bind(2, client_id);
   auto row = s.Step();
   if (!row.ok()) return row.status();
@@ -456,6 +467,7 @@ absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash,
   out->redirect_uri = s.Text(11);
   out->code_challenge = s.Text(12);
   out->expires = s.Int(13);
+  g.credential_version = s.Int(14);
   (void)s.Step();
   return used == 1 ? CodeUse::kOk : CodeUse::kReplayed;
 }
@@ -478,10 +490,12 @@ absl::StatusOr<std::string> OAuthStore::AddGrant(const GrantData& g, const std::
   FW_PREP(
       s,
       "INSERT INTO grants(id,client_id,username,fhir_user,scope,patient,encounter,purpose,"
-      "auth_time,dpop_jkt,code_hash,created,absolute_expires) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+      "auth_time,dpop_jkt,code_hash,created,absolute_expires,credential_version) "
+      "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   s.Bind(1, id).Bind(2, g.client_id).Bind(3, g.username).Bind(4, g.fhir_user).Bind(5, g.scope);
   s.Bind(6, g.patient).Bind(7, g.encounter).Bind(8, g.purpose_of_use).Bind(9, g.auth_time);
   s.Bind(10, g.dpop_jkt).Bind(11, code_hash).Bind(12, now).Bind(13, absolute_expires);
+  s.Bind(14, g.credential_version);
   if (auto st = s.Run(); !st.ok()) return st;
   return id;
 }
@@ -490,7 +504,7 @@ absl::StatusOr<std::optional<GrantRecord>> OAuthStore::GetGrant(const std::strin
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
           "SELECT id,client_id,username,fhir_user,scope,patient,encounter,purpose,auth_time,"
-          "dpop_jkt,created,absolute_expires,revoked FROM grants WHERE id=?");
+          "dpop_jkt,created,absolute_expires,revoked,credential_version FROM grants WHERE id=?");
   s.Bind(1, id);
   auto row = s.Step();
   if (!row.ok()) return row.status();
@@ -509,6 +523,7 @@ absl::StatusOr<std::optional<GrantRecord>> OAuthStore::GetGrant(const std::strin
   r.created = s.Int(10);
   r.absolute_expires = s.Int(11);
   r.revoked = s.Int(12) != 0;
+  r.data.credential_version = s.Int(13);
   return std::optional<GrantRecord>(std::move(r));
 }
 
@@ -554,24 +569,30 @@ absl::Status OAuthStore::RevokeGrant(const std::string& grant_id, int64_t now) {
 
 absl::Status OAuthStore::RevokeUserGrants(const std::string& username, int64_t now) {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  std::vector<std::string> ids;
-  {
-    FW_PREP(s, "SELECT id FROM grants WHERE username=? AND revoked=0");
-    s.Bind(1, username);
+  Db& db = *impl_->db;
+  if (auto st = db.Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
+  auto work = [&]() -> absl::Status {
+    std::vector<std::string> ids;
+    auto sel = db.Prepare("SELECT id FROM grants WHERE username=? AND revoked=0");
+    if (!sel.ok()) return sel.status();
+    sel->Bind(1, username);
     for (;;) {
-      auto row = s.Step();
+      auto row = sel->Step();
       if (!row.ok()) return row.status();
       if (!*row) break;
-      ids.push_back(s.Text(0));
+      ids.push_back(sel->Text(0));
     }
-  }
-  if (auto st = impl_->db->Exec("BEGIN IMMEDIATE"); !st.ok()) return st;
-  absl::Status st;
-  for (const auto& id : ids) {
-    st = RevokeGrantLocked(*impl_->db, id, now);
-    if (!st.ok()) break;
-  }
-  (void)impl_->db->Exec(st.ok() ? "COMMIT" : "ROLLBACK");
+    // Unused codes: burnt (a later exchange counts as a replay).
+    auto burn = db.Prepare("UPDATE codes SET used=used+1 WHERE username=?");
+    if (!burn.ok()) return burn.status();
+    if (auto st = burn->Bind(1, username).Run(); !st.ok()) return st;
+    for (const auto& id : ids) {
+      if (auto st = RevokeGrantLocked(db, id, now); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  };
+  absl::Status st = work();
+  (void)db.Exec(st.ok() ? "COMMIT" : "ROLLBACK");
   return st;
 }
 

@@ -37,7 +37,9 @@ struct User {
   int64_t failed_logins = 0;  // consecutive
   int64_t locked_until = 0;   // unix seconds
   int64_t created = 0;
-  int64_t changed_at = 0;     // last password change or disable/enable: older sessions end
+  // Incremented by every password reset, disable and enable: sessions, codes
+  // and grants made under an older version end.
+  int64_t credential_version = 0;
 };
 
 enum class ClientAuth { kNone, kSecretBasic, kPrivateKeyJwt, kTlsClientAuth };
@@ -87,6 +89,7 @@ struct GrantData {
   std::string nonce;           // OIDC nonce (codes only)
   int64_t auth_time = 0;
   std::string dpop_jkt;  // grant bound to a DPoP key (public clients' refresh tokens)
+  int64_t credential_version = 0;  // the user's, when they authorized
 };
 
 struct CodeRecord {
@@ -134,8 +137,9 @@ class OAuthStore {
                                              int64_t max_failures, int64_t lock_seconds);
   absl::Status RecordLoginSuccess(const std::string& username);
   // Takes back one counted attempt (a right password while the second factor
-  // is still to come: the count is only reset once the login is complete).
-  absl::Status UndoLoginAttempt(const std::string& username);
+  // is still to come: the count is only reset once the login is complete), and
+  // the lock that attempt set, if the count is below `max_failures` again.
+  absl::Status UndoLoginAttempt(const std::string& username, int64_t max_failures);
   // Stores the TOTP step just used; false when it is not newer than the stored one.
   absl::StatusOr<bool> UseTotpStep(const std::string& username, int64_t step);
 
@@ -175,7 +179,8 @@ class OAuthStore {
   // Marks the grant revoked, all its refresh tokens used, and every access
   // token issued under it revoked (recorded in the revocation list).
   absl::Status RevokeGrant(const std::string& grant_id, int64_t now);
-  // Revokes every live grant of a user (disable, password reset).
+  // Revokes every live grant of a user and burns their unused codes (disable,
+  // password reset).
   absl::Status RevokeUserGrants(const std::string& username, int64_t now);
   absl::Status AddRefresh(const std::string& token_hash, const std::string& grant_id,
                           int64_t idle_expires);

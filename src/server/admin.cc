@@ -205,6 +205,19 @@ absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
   if (cc && *auth == oauth::ClientAuth::kNone) {
     return Error(ErrorCode::kInvalidParameter, "client_credentials needs a confidential client");
   }
+  // `introspect` lets a client read every user's access-token details: only
+  // for a confidential client that never acts for a user (a resource server).
+  {
+    std::istringstream in(a.scope);
+    std::string s;
+    while (in >> s) {
+      if (s == "introspect" && (*auth == oauth::ClientAuth::kNone || code)) {
+        return Error(ErrorCode::kInvalidParameter,
+                     "introspect is for confidential clients without authorization_code "
+                     "(resource servers)");
+      }
+    }
+  }
   if (code && a.redirect_uris.empty()) {
     return Error(ErrorCode::kInvalidParameter, "authorization_code needs --redirect-uri");
   }

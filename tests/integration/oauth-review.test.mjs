@@ -67,11 +67,32 @@ describe('authorization server: review regressions', () => {
     assert.ok(own.code);
   });
 
-  it('a patient user cannot take another patient\'s launch context', async () => {
+  it('a patient user or a RelatedPerson cannot take a launch context; the launch is not used up by trying', async () => {
     const launch = createLaunch(srv, { patient: 'p2' });
     const r = await flow({ username: 'pat1', launch, scope: 'openid launch patient/*.rs', allowError: true });
     assert.equal(r.params.error, 'invalid_request', r.location);
-    assert.ok(auditRecords(srv, { action: 'consent', error: 'launch_patient_mismatch' }).length >= 1);
+    const rel = await flow({ username: 'rel', launch, scope: 'openid launch patient/*.rs', allowError: true });
+    assert.equal(rel.params.error, 'invalid_request', rel.location);
+    assert.ok(auditRecords(srv, { action: 'consent', error: 'launch_patient_mismatch' }).length >= 2);
+    const doc = await flow({ username: 'doc', launch, scope: 'openid launch patient/*.rs' });
+    const t = await exchangeCode(srv, { clientId: 'pub', code: doc.code, redirectUri: CB, verifier: doc.verifier });
+    assert.equal(t.json.patient, 'p2', 'the practitioner still gets the launch');
+  });
+
+  it('a code issued before the user was disabled cannot be exchanged', async () => {
+    addUser(srv, { username: 'late', fhirUser: 'Patient/p1', password: PW });
+    const f = await flow({ username: 'late', scope: 'openid patient/*.rs' });
+    cli(['users', 'disable', '--data-dir', srv.dataDir, '--username', 'late']);
+    const t = await exchangeCode(srv, { clientId: 'pub', code: f.code, redirectUri: CB, verifier: f.verifier });
+    assert.equal(t.json.error, 'invalid_grant', describeRes(t));
+  });
+
+  it('introspect is registrable only for confidential clients without authorization_code', () => {
+    for (const extra of [['--auth', 'none', '--redirect-uri', CB], ['--auth', 'client_secret_basic', '--redirect-uri', CB]]) {
+      const r = runCli(['clients', 'add', '--data-dir', srv.dataDir, '--client-id', `i-${Math.random().toString(36).slice(2, 8)}`,
+        '--scope', 'openid introspect', ...extra]);
+      assert.notEqual(r.code, 0, `${extra.join(' ')} must be refused`);
+    }
   });
 
   it('only practitioners choose a patient on the consent page; a RelatedPerson gets invalid_request', async () => {
@@ -178,7 +199,9 @@ describe('authorization server: review regressions', () => {
 
   it('clients add refuses plain-http redirect URIs outside loopback', () => {
     for (const uri of ['http://localhost.attacker.example/cb', 'http://127.0.0.1.evil.example/cb',
-      'http://127.0.0.1:1@evil.example/cb', 'https://user@app.example/cb', 'https://app.example/cb#frag', 'myapp:/cb']) {
+      'http://127.0.0.1:1@evil.example/cb', 'https://user@app.example/cb', 'https://app.example/cb#frag', 'myapp:/cb',
+      '.:/cb', '-.+:x', '1com.example:/cb', 'http://127.0.0.1:99999/cb', 'http://localhost:0/cb',
+      'https://app.example:abc/cb', 'https://app.example\\@evil.example/cb']) {
       const r = runCli(['clients', 'add', '--data-dir', srv.dataDir, '--client-id', `bad-${Math.random().toString(36).slice(2, 8)}`,
         '--scope', 'openid', '--redirect-uri', uri]);
       assert.notEqual(r.code, 0, `${uri} must be refused`);
