@@ -332,7 +332,8 @@ bool ValidPort(std::string_view port) {
 bool IsRegistrableRedirectUri(std::string_view uri) {
   if (uri.empty() || uri.size() > 2048 || uri.find('#') != std::string_view::npos) return false;
   for (char c : uri) {
-    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f) return false;
+    if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
+      return false;
     if (c == '\\') return false;
   }
   if (uri.substr(0, 7) == "http://") {
@@ -367,7 +368,8 @@ bool IsRegistrableRedirectUri(std::string_view uri) {
   size_t start = 0;
   while (start <= scheme.size()) {
     size_t dot = scheme.find('.', start);
-    std::string_view label = scheme.substr(start, dot == std::string_view::npos ? dot : dot - start);
+    std::string_view label =
+        scheme.substr(start, dot == std::string_view::npos ? dot : dot - start);
     if (label.empty() || !std::isalpha(static_cast<unsigned char>(label.front())) ||
         !std::all_of(label.begin(), label.end(), [](char c) {
           return std::isalnum(static_cast<unsigned char>(c)) || c == '-';
@@ -415,9 +417,9 @@ struct Pending {
   std::string patient;    // from the EHR launch context
   std::string encounter;
   std::string purpose;
-  std::string username;        // set once the password was accepted
-  std::string fhir_user;       // the user's fhirUser once logged in
-  bool authenticated = false;  // password (and TOTP when enrolled) accepted
+  std::string username;            // set once the password was accepted
+  std::string fhir_user;           // the user's fhirUser once logged in
+  bool authenticated = false;      // password (and TOTP when enrolled) accepted
   int64_t credential_version = 0;  // the user's when they authenticated
   std::string address;             // client address that started it (quota)
   int64_t expires = 0;
@@ -1479,8 +1481,8 @@ struct AuthorizationServer::Impl {
     page.client_name = p.client_name;
     page.user_display = p.username;
     page.patient_display = p.patient;
-    page.ask_patient = p.patient.empty() && NeedsPatient(p.scopes) &&
-                       p.fhir_user.rfind("Practitioner/", 0) == 0;
+    page.ask_patient =
+        p.patient.empty() && NeedsPatient(p.scopes) && p.fhir_user.rfind("Practitioner/", 0) == 0;
     for (const auto& s : p.scopes) {
       ScopeChoice ch;
       ch.scope = s;

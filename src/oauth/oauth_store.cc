@@ -487,11 +487,10 @@ absl::StatusOr<std::string> OAuthStore::AddGrant(const GrantData& g, const std::
                                                  int64_t now, int64_t absolute_expires) {
   std::string id = HexEncode(RandomBytes(16));
   std::lock_guard<std::mutex> lock(impl_->mu);
-  FW_PREP(
-      s,
-      "INSERT INTO grants(id,client_id,username,fhir_user,scope,patient,encounter,purpose,"
-      "auth_time,dpop_jkt,code_hash,created,absolute_expires,credential_version) "
-      "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+  FW_PREP(s,
+          "INSERT INTO grants(id,client_id,username,fhir_user,scope,patient,encounter,purpose,"
+          "auth_time,dpop_jkt,code_hash,created,absolute_expires,credential_version) "
+          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   s.Bind(1, id).Bind(2, g.client_id).Bind(3, g.username).Bind(4, g.fhir_user).Bind(5, g.scope);
   s.Bind(6, g.patient).Bind(7, g.encounter).Bind(8, g.purpose_of_use).Bind(9, g.auth_time);
   s.Bind(10, g.dpop_jkt).Bind(11, code_hash).Bind(12, now).Bind(13, absolute_expires);

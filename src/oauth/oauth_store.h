@@ -88,7 +88,7 @@ struct GrantData {
   std::string purpose_of_use;  // space-separated HL7 v3 PurposeOfUse codes
   std::string nonce;           // OIDC nonce (codes only)
   int64_t auth_time = 0;
-  std::string dpop_jkt;  // grant bound to a DPoP key (public clients' refresh tokens)
+  std::string dpop_jkt;            // grant bound to a DPoP key (public clients' refresh tokens)
   int64_t credential_version = 0;  // the user's, when they authorized
 };
 

@@ -75,9 +75,9 @@ absl::Status CheckScopes(const std::string& scope) {
   std::istringstream in(scope);
   std::string s;
   while (in >> s) {
-    static const char* kPlain[] = {"openid",         "fhirUser",         "profile",
-                                   "launch",         "launch/patient",   "launch/encounter",
-                                   "offline_access", "online_access",    "introspect"};
+    static const char* kPlain[] = {"openid",         "fhirUser",       "profile",
+                                   "launch",         "launch/patient", "launch/encounter",
+                                   "offline_access", "online_access",  "introspect"};
     bool plain =
         std::any_of(std::begin(kPlain), std::end(kPlain), [&](const char* p) { return s == p; });
     if (!plain && !policy::ParseResourceScope(s)) {
