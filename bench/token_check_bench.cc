@@ -40,7 +40,7 @@ namespace {
 constexpr const char* kIssuer = "https://127.0.0.1:8443";
 constexpr const char* kBase = "https://127.0.0.1:8443";
 constexpr const char* kUrl = "https://127.0.0.1:8443/Patient/bench-1";
-constexpr size_t kTokens = 4096;  // distinct tokens for the cache-miss cases
+constexpr size_t kTokens = 4096;   // distinct tokens for the cache-miss cases
 constexpr size_t kProofs = 50000;  // distinct DPoP proofs (40,000 measured)
 
 template <typename T>
@@ -54,8 +54,10 @@ T Must(absl::StatusOr<T> v, const char* what) {
 
 struct Fixture {
   fw::SystemClock clock;
-  fw::jose::SigningKey issuer_key = Must(fw::jose::SigningKey::Generate(fw::jose::Algorithm::kES256, "own-1"), "issuer key");
-  fw::jose::SigningKey dpop_key = Must(fw::jose::SigningKey::Generate(fw::jose::Algorithm::kES256, "dpop"), "dpop key");
+  fw::jose::SigningKey issuer_key =
+      Must(fw::jose::SigningKey::Generate(fw::jose::Algorithm::kES256, "own-1"), "issuer key");
+  fw::jose::SigningKey dpop_key =
+      Must(fw::jose::SigningKey::Generate(fw::jose::Algorithm::kES256, "dpop"), "dpop key");
   fw::oauth::RevocationList revocations;
   std::string jkt;
   Value dpop_jwk;
@@ -108,7 +110,7 @@ struct Fixture {
   }
 
   std::unique_ptr<fw::server::Authenticator> MakeAuthenticator(size_t cache_entries,
-                                                                fw::jose::ReplayCache* replay) {
+                                                               fw::jose::ReplayCache* replay) {
     fw::server::AuthenticatorOptions o;
     fw::server::IssuerTrust t;
     t.issuer = kIssuer;
@@ -162,7 +164,10 @@ void BM_Uncached(benchmark::State& state) {
   for (auto _ : state) {
     in.authorization = headers[i++ % kTokens];
     auto p = auth->Authenticate(in);
-    if (!p.ok()) { state.SkipWithError(p.status().ToString().c_str()); break; }
+    if (!p.ok()) {
+      state.SkipWithError(p.status().ToString().c_str());
+      break;
+    }
     benchmark::DoNotOptimize(p);
   }
 }
@@ -184,10 +189,16 @@ void BM_DpopCached(benchmark::State& state) {
   in.dpop = {proofs[i++]};
   Check(auth->Authenticate(in), state);  // caches the token
   for (auto _ : state) {
-    if (i == kProofs) { state.SkipWithError("ran out of pre-signed proofs"); break; }
+    if (i == kProofs) {
+      state.SkipWithError("ran out of pre-signed proofs");
+      break;
+    }
     in.dpop[0] = proofs[i++];
     auto p = auth->Authenticate(in);
-    if (!p.ok()) { state.SkipWithError(p.status().ToString().c_str()); break; }
+    if (!p.ok()) {
+      state.SkipWithError(p.status().ToString().c_str());
+      break;
+    }
     benchmark::DoNotOptimize(p);
   }
 }
@@ -207,12 +218,18 @@ void BM_DpopUncached(benchmark::State& state) {
   in.dpop = {std::string_view()};
   size_t i = 0;
   for (auto _ : state) {
-    if (i == kTokens) { state.SkipWithError("ran out of pre-signed requests"); break; }
+    if (i == kTokens) {
+      state.SkipWithError("ran out of pre-signed requests");
+      break;
+    }
     in.authorization = reqs[i].first;
     in.dpop[0] = reqs[i].second;
     ++i;
     auto p = auth->Authenticate(in);
-    if (!p.ok()) { state.SkipWithError(p.status().ToString().c_str()); break; }
+    if (!p.ok()) {
+      state.SkipWithError(p.status().ToString().c_str());
+      break;
+    }
     benchmark::DoNotOptimize(p);
   }
 }
@@ -224,7 +241,10 @@ void BM_Verify(benchmark::State& state) {
   const std::string sig = Must(F().issuer_key.Sign(input), "sign");
   for (auto _ : state) {
     bool ok = pub.Verify(input, sig);
-    if (!ok) { state.SkipWithError("verify failed"); break; }
+    if (!ok) {
+      state.SkipWithError("verify failed");
+      break;
+    }
     benchmark::DoNotOptimize(ok);
   }
 }

@@ -11,6 +11,7 @@
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/aead.h"
+#include "jose/internal/segments.h"
 #include "jose/jws.h"
 #include "jose/openssl_util.h"
 
@@ -32,32 +33,8 @@ json::Limits ProofJsonLimits() {
   return limits;
 }
 
-// A base64url-encoded JSON object.
 std::optional<json::Value> DecodeObject(std::string_view b64) {
-  std::optional<std::string> text = Base64UrlDecode(b64);
-  if (!text.has_value()) return std::nullopt;
-  absl::StatusOr<json::Value> value = json::Parse(*text, ProofJsonLimits());
-  if (!value.ok() || !value->is_object()) return std::nullopt;
-  return std::move(*value);
-}
-
-// A NumericDate (RFC 7519 §2): seconds, possibly fractional; floored. Bounded so that the
-// arithmetic on it cannot overflow.
-std::optional<int64_t> NumericDate(const json::Value& v) {
-  if (!v.is_number()) return std::nullopt;
-  constexpr int64_t kLimit = 1'000'000'000'000'000;  // far beyond any real date
-  if (std::optional<int64_t> i = v.as_int64()) {
-    if (*i > kLimit || *i < -kLimit) return std::nullopt;
-    return i;
-  }
-  const std::string& text = v.number_text();
-  double d = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), d);
-  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(d)) {
-    return std::nullopt;
-  }
-  if (d > static_cast<double>(kLimit) || d < -static_cast<double>(kLimit)) return std::nullopt;
-  return static_cast<int64_t>(std::floor(d));
+  return internal::DecodeJsonObject(b64, ProofJsonLimits());
 }
 
 char AsciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }

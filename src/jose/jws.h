@@ -107,6 +107,10 @@ struct VerifiedJwt {
   json::Value claims;
 };
 
+// A NumericDate (RFC 7519 §2): seconds, possibly fractional, floored; nullopt
+// for a non-number or a value beyond ±10^15 (so arithmetic on it cannot overflow).
+std::optional<int64_t> NumericDate(const json::Value& v);
+
 // Parses and verifies a compact JWT. Every failure is kInvalidToken with a
 // machine-readable detail such as "alg_mismatch", "bad_signature", "expired",
 // "not_yet_valid", "wrong_issuer", "wrong_audience", "malformed", "unknown_kid",

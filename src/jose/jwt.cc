@@ -7,6 +7,7 @@
 
 #include "common/encoding.h"
 #include "common/error.h"
+#include "jose/internal/segments.h"
 #include "jose/jws.h"
 
 namespace fhirward::jose {
@@ -26,29 +27,8 @@ json::Limits TokenJsonLimits() {
   return limits;
 }
 
-// A base64url-encoded JSON object.
 std::optional<json::Value> DecodeObject(std::string_view b64) {
-  std::optional<std::string> text = Base64UrlDecode(b64);
-  if (!text.has_value()) return std::nullopt;
-  absl::StatusOr<json::Value> value = json::Parse(*text, TokenJsonLimits());
-  if (!value.ok() || !value->is_object()) return std::nullopt;
-  return std::move(*value);
-}
-
-// A NumericDate (RFC 7519 §2): seconds, possibly fractional; floored.
-std::optional<int64_t> NumericDate(const json::Value& v) {
-  if (!v.is_number()) return std::nullopt;
-  if (std::optional<int64_t> i = v.as_int64()) return i;
-  const std::string& text = v.number_text();
-  double d = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), d);
-  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(d)) {
-    return std::nullopt;
-  }
-  // Far beyond any real date; keeps the integer conversion defined.
-  constexpr double kLimit = 1e15;
-  if (d > kLimit || d < -kLimit) return std::nullopt;
-  return static_cast<int64_t>(std::floor(d));
+  return internal::DecodeJsonObject(b64, TokenJsonLimits());
 }
 
 // "JWT", "at+jwt" and "application/at+jwt" compare per RFC 7515 §4.1.9.
@@ -120,6 +100,35 @@ absl::Status CheckClaims(const json::Value& claims, const JwtExpectations& expec
 }
 
 }  // namespace
+
+namespace internal {
+
+std::optional<json::Value> DecodeJsonObject(std::string_view b64, const json::Limits& limits) {
+  std::optional<std::string> text = Base64UrlDecode(b64);
+  if (!text.has_value()) return std::nullopt;
+  absl::StatusOr<json::Value> value = json::Parse(*text, limits);
+  if (!value.ok() || !value->is_object()) return std::nullopt;
+  return std::move(*value);
+}
+
+}  // namespace internal
+
+std::optional<int64_t> NumericDate(const json::Value& v) {
+  if (!v.is_number()) return std::nullopt;
+  constexpr int64_t kLimit = 1'000'000'000'000'000;  // far beyond any real date
+  if (std::optional<int64_t> i = v.as_int64()) {
+    if (*i > kLimit || *i < -kLimit) return std::nullopt;
+    return i;
+  }
+  const std::string& text = v.number_text();
+  double d = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), d);
+  if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(d)) {
+    return std::nullopt;
+  }
+  if (d > static_cast<double>(kLimit) || d < -static_cast<double>(kLimit)) return std::nullopt;
+  return static_cast<int64_t>(std::floor(d));
+}
 
 absl::StatusOr<VerifiedJwt> VerifyJwt(std::string_view token, const KeySet& keys,
                                       const JwtExpectations& expect) {

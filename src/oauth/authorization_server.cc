@@ -735,13 +735,7 @@ struct AuthorizationServer::Impl {
     // NumericDate may have a fraction (RFC 7519 §2): rounded down, never 0,
     // so that neither the lifetime limit nor the replay window can be skipped.
     const Value* exp = claims.Find("exp");
-    int64_t exp_v = 0;
-    if (exp && exp->is_number()) {
-      exp_v =
-          exp->as_int64()
-              ? *exp->as_int64()
-              : static_cast<int64_t>(std::floor(std::strtod(exp->number_text().c_str(), nullptr)));
-    }
+    int64_t exp_v = exp ? jose::NumericDate(*exp).value_or(0) : 0;
     if (exp_v <= now - 30) return bad("expired");
     if (exp_v > now + o.client_assertion_max_seconds + 30) return bad("exp too far in the future");
     if (!d.replay->Use("assertion\x1f" + c.client_id + "\x1f" + std::string(*jti), exp_v + 60,

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "crypto/test_util.h"
 #include "gtest/gtest.h"
 #include "jose/jws.h"
 #include "json/value.h"
@@ -23,24 +24,7 @@ namespace {
 constexpr int64_t kNow = 1'700'000'000;
 constexpr int64_t kOverlap = 3900;  // 1 h + 5 min
 
-class KeysTempDir {
- public:
-  KeysTempDir() {
-    std::string tmpl = ::testing::TempDir() + "fw-key-ring-XXXXXX";
-    char* p = mkdtemp(tmpl.data());
-    EXPECT_NE(p, nullptr);
-    path_ = tmpl;
-  }
-  ~KeysTempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using KeysTempDir = testing_util::TempDir;
 
 std::set<std::string> Kids(const jose::KeySet& set) {
   std::set<std::string> out;

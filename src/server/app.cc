@@ -165,7 +165,11 @@ class OAuthMaintenance {
   OAuthMaintenance(oauth::SigningKeyRing* ring, oauth::OAuthStore* store,
                    oauth::RevocationList* revocations, oauth::AuthorizationServer* server,
                    Authenticator* auth, std::vector<std::string> own_issuers)
-      : ring_(ring), store_(store), revocations_(revocations), server_(server), auth_(auth),
+      : ring_(ring),
+        store_(store),
+        revocations_(revocations),
+        server_(server),
+        auth_(auth),
         own_(std::move(own_issuers)) {
     thread_ = std::thread([this] { Loop(); });
   }

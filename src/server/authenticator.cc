@@ -241,13 +241,7 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
   }
   // NumericDate may have a fraction (RFC 7519 §2): rounded down.
   const json::Value* exp = c.Find("exp");
-  e.exp = 0;
-  if (exp && exp->is_number()) {
-    e.exp =
-        exp->as_int64()
-            ? *exp->as_int64()
-            : static_cast<int64_t>(std::floor(std::strtod(exp->number_text().c_str(), nullptr)));
-  }
+  e.exp = exp ? jose::NumericDate(*exp).value_or(0) : 0;
   e.jti = StringClaim(c, "jti");
   e.own = trust->own;
   if (e.own && e.jti.empty()) return Error(ErrorCode::kInvalidToken, "missing_jti");

@@ -156,12 +156,12 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "search", "cursor_lifetime_seconds", &c.cursor_lifetime_seconds));
   }
   if (auto* t = root["oauth"].as_table()) {
-    FW_TRY(CheckKeys(*t, "oauth",
-                     {"enabled", "access_token_seconds", "backend_token_seconds",
-                      "refresh_idle_seconds", "refresh_absolute_seconds", "session_idle_seconds",
-                      "session_absolute_seconds", "max_login_failures", "lockout_seconds",
-                      "dpop_nonce_required", "dpop_nonce_resource", "argon2_memory_kib",
-                      "argon2_iterations", "jwks_ca_file"}));
+    FW_TRY(CheckKeys(
+        *t, "oauth",
+        {"enabled", "access_token_seconds", "backend_token_seconds", "refresh_idle_seconds",
+         "refresh_absolute_seconds", "session_idle_seconds", "session_absolute_seconds",
+         "max_login_failures", "lockout_seconds", "dpop_nonce_required", "dpop_nonce_resource",
+         "argon2_memory_kib", "argon2_iterations", "jwks_ca_file"}));
     FW_TRY(Get(*t, "oauth", "enabled", &c.oauth_enabled));
     FW_TRY(Get(*t, "oauth", "access_token_seconds", &c.oauth_access_token_seconds));
     FW_TRY(Get(*t, "oauth", "backend_token_seconds", &c.oauth_backend_token_seconds));

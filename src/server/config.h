@@ -84,19 +84,19 @@ struct Config {
 
   // [oauth] the built-in authorization server
   bool oauth_enabled = true;
-  int64_t oauth_access_token_seconds = 3600;   // 60-3600
-  int64_t oauth_backend_token_seconds = 300;   // 30-300
+  int64_t oauth_access_token_seconds = 3600;  // 60-3600
+  int64_t oauth_backend_token_seconds = 300;  // 30-300
   int64_t oauth_refresh_idle_seconds = 7 * 86400;
   int64_t oauth_refresh_absolute_seconds = 90 * 86400;
-  int64_t oauth_session_idle_seconds = 900;    // automatic logoff
+  int64_t oauth_session_idle_seconds = 900;  // automatic logoff
   int64_t oauth_session_absolute_seconds = 8 * 3600;
   int64_t oauth_max_login_failures = 5;
   int64_t oauth_lockout_seconds = 900;
-  bool oauth_dpop_nonce_required = true;       // at the token endpoint
-  bool oauth_dpop_nonce_resource = false;      // also at the FHIR API
+  bool oauth_dpop_nonce_required = true;   // at the token endpoint
+  bool oauth_dpop_nonce_resource = false;  // also at the FHIR API
   int oauth_argon2_memory_kib = 19456;
   int oauth_argon2_iterations = 2;
-  std::string oauth_jwks_ca_file;              // trust for clients' jwks_uri
+  std::string oauth_jwks_ca_file;  // trust for clients' jwks_uri
 
   // [store]
   size_t store_cache_bytes = 64 * 1024 * 1024;  // sealed newest versions kept in memory

@@ -525,7 +525,8 @@ struct FhirService::Impl {
         // RFC 9449 §7.1: a DPoP-bound token's failure is challenged with DPoP.
         r.SetHeader("WWW-Authenticate",
                     "DPoP algs=\"ES256 ES384 RS256 PS256 EdDSA\", error=\"invalid_token\", "
-                    "error_description=\"" + detail + "\"");
+                    "error_description=\"" +
+                        detail + "\"");
       }
     }
     if (code == ErrorCode::kTooManyRequests) r.SetHeader("Retry-After", "1");
@@ -3026,7 +3027,8 @@ struct FhirService::Impl {
         has_csp = has_csp || k == "Content-Security-Policy";
         has_cache = has_cache || k == "Cache-Control";
       }
-      if (!has_csp) r.SetHeader("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
+      if (!has_csp)
+        r.SetHeader("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
       if (!has_cache) r.SetHeader("Cache-Control", "no-store");
       if (ctx.tls && d.config.hsts_max_age > 0) {
         r.SetHeader("Strict-Transport-Security",
@@ -3047,9 +3049,8 @@ struct FhirService::Impl {
   }
 
   void HandleAsync(net::HttpRequest&& req, net::Responder respond) {
-    if (d.oauth &&
-        oauth::AuthorizationServer::Handles(
-            std::string_view(req.target).substr(0, req.target.find('?')))) {
+    if (d.oauth && oauth::AuthorizationServer::Handles(
+                       std::string_view(req.target).substr(0, req.target.find('?')))) {
       return HandleOAuth(std::move(req), std::move(respond));
     }
     Parsed parsed = Parse(req);
