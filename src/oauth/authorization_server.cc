@@ -463,6 +463,12 @@ using Result = std::variant<net::HttpResponse, OAuthFailure>;
 
 }  // namespace
 
+namespace {
+// Where Audit() puts the records of the request being handled on this thread
+// (set by Handle when its caller appends them itself).
+thread_local std::vector<audit::AuditRecord>* tl_records = nullptr;
+}  // namespace
+
 struct AuthorizationServer::Impl {
   AuthServerOptions o;
   AuthServerDeps d;
@@ -662,6 +668,10 @@ struct AuthorizationServer::Impl {
     a.outcome = std::move(outcome);
     a.status_code = status;
     a.error = std::move(error);
+    if (tl_records != nullptr) {
+      tl_records->push_back(std::move(a));
+      return;
+    }
     (void)d.audit->Append(a);
   }
 
@@ -2095,7 +2105,14 @@ AuthorizationServer::AuthorizationServer(AuthServerOptions options, AuthServerDe
 
 AuthorizationServer::~AuthorizationServer() = default;
 
-net::HttpResponse AuthorizationServer::Handle(const net::HttpRequest& request) {
+net::HttpResponse AuthorizationServer::Handle(const net::HttpRequest& request,
+                                              std::vector<audit::AuditRecord>* records) {
+  // The records of this request go to the caller (Dispatch runs on this thread).
+  struct Collect {
+    explicit Collect(std::vector<audit::AuditRecord>* v) : prev(tl_records) { tl_records = v; }
+    ~Collect() { tl_records = prev; }
+    std::vector<audit::AuditRecord>* prev;
+  } collect(records);
   net::HttpResponse r = impl_->Dispatch(request);
   r.SetHeader("X-Content-Type-Options", "nosniff");
   return r;

@@ -22,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "audit/audit_log.h"
@@ -76,7 +77,11 @@ class AuthorizationServer {
 
   // True for the paths this server answers (the caller routes them here).
   static bool Handles(std::string_view path);
-  net::HttpResponse Handle(const net::HttpRequest& request);
+  // When `records` is given, the request's audit records (security events) are
+  // returned there for the caller to append, and the caller must not send the
+  // response before they are durable; otherwise they are appended here.
+  net::HttpResponse Handle(const net::HttpRequest& request,
+                           std::vector<audit::AuditRecord>* records = nullptr);
 
   // Removes expired sessions and pending requests (called periodically).
   void Sweep();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cctype>
 #include <charconv>
 #include <condition_variable>
@@ -3012,10 +3013,11 @@ struct FhirService::Impl {
     pool->Submit([this, req = std::move(req), respond = std::move(respond)]() mutable {
       Ctx ctx = Begin(req);
       net::HttpResponse r;
+      std::vector<audit::AuditRecord> records;
       if (req.transport_error) {
         r = Error(ctx, *req.transport_error);
       } else {
-        r = d.oauth->Handle(req);
+        r = d.oauth->Handle(req, &records);
       }
       r.SetHeader("X-Request-Id", ctx.request_id);
       r.SetHeader("Date", FormatHttpDate(d.clock->Now()));
@@ -3044,7 +3046,43 @@ struct FhirService::Impl {
                 {"path", LogValue(req.target.substr(0, req.target.find('?')))},
                 {"status", LogValue(r.status)},
                 {"duration_us", LogValue(us)}});
-      respond(std::move(r));
+      if (records.empty()) return respond(std::move(r));
+      // As for FHIR requests: the response leaves once its audit records are
+      // durable (group commit; no worker waits), or becomes 503.
+      struct Pending {
+        net::HttpResponse r;
+        net::Responder respond;
+        std::atomic<int> left{0};
+        std::atomic<bool> failed{false};
+      };
+      auto state = std::make_shared<Pending>();
+      state->r = std::move(r);
+      state->respond = std::move(respond);
+      state->left = static_cast<int>(records.size());
+      for (audit::AuditRecord& rec : records) {
+        rec.request_id = ctx.request_id;
+        d.audit->AppendAsync(rec, [state](absl::StatusOr<int64_t> seq) {
+          if (!seq.ok()) state->failed = true;
+          if (--state->left != 0) return;
+          if (state->failed) {
+            net::HttpResponse fail;
+            fail.status = 503;
+            // The security headers stay; no cookie, redirect or body of the refused one.
+            for (const auto& [k, v] : state->r.headers) {
+              if (!IEquals(k, "Set-Cookie") && !IEquals(k, "Location") &&
+                  !IEquals(k, "Content-Type")) {
+                fail.headers.emplace_back(k, v);
+              }
+            }
+            fail.SetHeader("Content-Type", "application/json");
+            fail.SetHeader("Retry-After", "1");
+            fail.body =
+                R"({"error":"temporarily_unavailable","error_description":"the audit trail is unavailable"})";
+            state->r = std::move(fail);
+          }
+          state->respond(std::move(state->r));
+        });
+      }
     });
   }
 

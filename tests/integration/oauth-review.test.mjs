@@ -197,6 +197,19 @@ describe('authorization server: review regressions', () => {
     assert.ok(auditRecords(srv, { error: 'unknown_user' }).every((r) => /^unknown:[0-9a-f]{16}$/.test(r.subject)));
   });
 
+  it('a token response leaves after its audit record, which carries the response\'s X-Request-Id', async () => {
+    const r = await tokenRequest(srv, { grant_type: 'client_credentials', scope: 'system/Patient.rs' },
+      { basic: ['svc', secret] });
+    assertStatus(r, 200);
+    const id = r.headers['x-request-id'];
+    assert.ok(id);
+    const recs = auditRecords(srv, { request_id: id });
+    assert.equal(recs.length, 1, JSON.stringify(recs));
+    assert.equal(recs[0].action, 'token-issue');
+    assert.equal(recs[0].client_id, 'svc');
+    assert.ok(!JSON.stringify(recs[0]).includes(r.json.access_token.split('.')[2]), 'no token in the record');
+  });
+
   it('clients add refuses plain-http redirect URIs outside loopback', () => {
     for (const uri of ['http://localhost.attacker.example/cb', 'http://127.0.0.1.evil.example/cb',
       'http://127.0.0.1:1@evil.example/cb', 'https://user@app.example/cb', 'https://app.example/cb#frag', 'myapp:/cb',
