@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
     c->add_option("--username", user.username, "User name")->required();
     c->add_flag("--password-stdin", password_stdin,
                 "Read the password from standard input instead of generating one");
+    c->add_option("--config", user.config_file,
+                  "The server's TOML configuration: hash with its [oauth] argon2 parameters")
+        ->check(CLI::ExistingFile);
   }
   users_add
       ->add_option("--fhir-user", user.fhir_user,

@@ -15,6 +15,7 @@
 #include "oauth/key_ring.h"
 #include "oauth/oauth_store.h"
 #include "policy/policy.h"
+#include "server/config.h"
 #include "server/instance.h"
 
 namespace fhirward::server {
@@ -87,6 +88,21 @@ absl::Status CheckScopes(const std::string& scope) {
   return absl::OkStatus();
 }
 
+// The argon2id parameters the server uses (its [oauth] section), so that new
+// hashes cost what the server's dummy verification for unknown users costs.
+absl::StatusOr<crypto::Argon2Params> Argon2From(const std::string& config_file) {
+  Config config;
+  if (!config_file.empty()) {
+    auto loaded = LoadConfig(config_file, config);
+    if (!loaded.ok()) return loaded.status();
+    config = std::move(*loaded);
+  }
+  crypto::Argon2Params p;
+  p.m_cost_kib = static_cast<uint32_t>(config.oauth_argon2_memory_kib);
+  p.t_cost = static_cast<uint32_t>(config.oauth_argon2_iterations);
+  return p;
+}
+
 std::string Time(int64_t t) {
   return t == 0 ? "-"
                 : FormatInstant(std::chrono::system_clock::time_point(std::chrono::seconds(t)));
@@ -108,7 +124,9 @@ absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
   if (password.size() < kMinPassword) {
     return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
   }
-  auto hash = crypto::HashPassword(password);
+  auto params = Argon2From(a.config_file);
+  if (!params.ok()) return params.status();
+  auto hash = crypto::HashPassword(password, *params);
   if (!hash.ok()) return hash.status();
   oauth::User u;
   u.username = a.username;
@@ -171,7 +189,9 @@ absl::Status UsersResetPassword(const UserArgs& a, std::ostream& out) {
   if (password.size() < kMinPassword) {
     return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
   }
-  auto hash = crypto::HashPassword(password);
+  auto params = Argon2From(a.config_file);
+  if (!params.ok()) return params.status();
+  auto hash = crypto::HashPassword(password, *params);
   if (!hash.ok()) return hash.status();
   if (auto s = o->store->SetPassword(a.username, *hash); !s.ok()) return s;
   if (auto s = o->store->RevokeUserGrants(a.username, SystemClock::Get().NowSeconds()); !s.ok()) {

@@ -18,10 +18,11 @@ namespace fhirward::server {
 struct UserArgs {
   std::string data_dir;
   std::string username;
-  std::string fhir_user;  // Practitioner/ID, Patient/ID, RelatedPerson/ID
-  std::string roles;      // comma or space separated
-  std::string password;   // empty: generate one and print it
-  bool totp = false;      // enrol a TOTP second factor and print its otpauth:// URI
+  std::string fhir_user;    // Practitioner/ID, Patient/ID, RelatedPerson/ID
+  std::string roles;        // comma or space separated
+  std::string password;     // empty: generate one and print it
+  bool totp = false;        // enrol a TOTP second factor and print its otpauth:// URI
+  std::string config_file;  // optional: hash with the server's [oauth] argon2 parameters
 };
 absl::Status UsersAdd(const UserArgs& a, std::ostream& out);
 absl::Status UsersList(const std::string& data_dir, std::ostream& out);

@@ -4,7 +4,7 @@
 // scope, memory caps, audit of typed usernames, redirect URI registration.
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, stopAndClean, diagnose, request, mintToken, runCli, assertStatus, describeRes } from './lib.mjs';
+import { startServer, stopAndClean, diagnose, request, mintToken, runCli, assertStatus, describeRes, sqlite } from './lib.mjs';
 import {
   oauthConfig, newBrowser, authorize, exchangeCode, refreshGrant, tokenRequest, addUser, addClient,
   createLaunch, cli, auditRecords, parseLocation, authorizeQuery, authorizeParams, formBody,
@@ -208,6 +208,17 @@ describe('authorization server: review regressions', () => {
     assert.equal(recs[0].action, 'token-issue');
     assert.equal(recs[0].client_id, 'svc');
     assert.ok(!JSON.stringify(recs[0]).includes(r.json.access_token.split('.')[2]), 'no token in the record');
+  });
+
+  it('users add --config hashes with the server\'s argon2 parameters (same cost as the dummy check)', async () => {
+    const fs = await import('node:fs');
+    const file = `${srv.root}/argon2.toml`;
+    fs.writeFileSync(file, oauthConfig({ argon2_memory_kib: 9000, argon2_iterations: 3 }));
+    const r = runCli(['users', 'add', '--data-dir', srv.dataDir, '--username', 'cfg', '--fhir-user', 'Patient/p1',
+      '--password-stdin', '--config', file], { input: `${PW}\n` });
+    assert.equal(r.code, 0, r.stderr);
+    const phc = sqlite(`${srv.dataDir}/db/oauth.db`, "SELECT password_hash FROM users WHERE username='cfg';").trim();
+    assert.match(phc, /^\$argon2id\$v=19\$m=9000,t=3,p=1\$/, phc);
   });
 
   it('clients add refuses plain-http redirect URIs outside loopback', () => {
