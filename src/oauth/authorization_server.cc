@@ -431,6 +431,7 @@ struct Session {
   int64_t auth_time = 0;
   int64_t last_seen = 0;
   int64_t credential_version = 0;
+  std::string id_hash;  // its key in `sessions`
 };
 
 struct ParRecord {
@@ -1091,6 +1092,9 @@ struct AuthorizationServer::Impl {
     if (gr.revoked) return Fail("invalid_grant", "the grant was revoked");
     // A disabled user, or one whose password changed since the authorization,
     // keeps nothing.
+    if (!gr.data.session.empty() && !SessionAlive(gr.data.session)) {
+      return Fail("invalid_grant", "the login session of this online_access grant has ended");
+    }
     if (!UserStillValid(gr.data)) {
       (void)d.store->RevokeGrant(gr.id, now);
       SyncRevocations();
@@ -1251,6 +1255,14 @@ struct AuthorizationServer::Impl {
 
   // The user who authorized still exists, is enabled and has not had their
   // password reset (or been disabled and enabled) since.
+  bool SessionAlive(const std::string& id_hash) {
+    const int64_t now = Now();
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = sessions.find(id_hash);
+    return it != sessions.end() && it->second.last_seen + o.session_idle_seconds > now &&
+           it->second.auth_time + o.session_absolute_seconds > now;
+  }
+
   bool UserStillValid(const GrantData& g) const {
     auto user = d.store->GetUser(g.username);
     return user.ok() && *user && !(*user)->disabled &&
@@ -1624,7 +1636,8 @@ struct AuthorizationServer::Impl {
       for (auto it = sessions.begin(); it != sessions.end();) {
         it = it->second.browser == p.browser ? sessions.erase(it) : std::next(it);
       }
-      sessions[Sha256B64u(sid)] = Session{p.username, p.browser, now, now, p.credential_version};
+      sessions[Sha256B64u(sid)] =
+          Session{p.username, p.browser, now, now, p.credential_version, Sha256B64u(sid)};
     }
     Audit(req, "login", "success", 200, p.client_id, p.username, "");
     net::HttpResponse r = ShowConsent(p, "");
@@ -1759,6 +1772,10 @@ struct AuthorizationServer::Impl {
     }
     if (!Contains(granted, "launch/encounter") && !Contains(granted, "launch")) g.encounter.clear();
     g.scope = JoinSpaces(granted);
+    // online_access: refresh tokens last as long as this login session.
+    if (Contains(granted, "online_access") && !Contains(granted, "offline_access")) {
+      g.session = session->id_hash;
+    }
     std::string code = NewSecret();
     CodeRecord rec{g, p.redirect_uri, p.challenge, Now() + o.code_seconds};
     if (auto s = d.store->AddCode(Sha256B64u(code), rec); !s.ok()) {

@@ -39,14 +39,14 @@ CREATE TABLE IF NOT EXISTS codes(
   hash TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL, fhir_user TEXT NOT NULL,
   scope TEXT NOT NULL, patient TEXT NOT NULL, encounter TEXT NOT NULL, purpose TEXT NOT NULL,
   nonce TEXT NOT NULL, auth_time INTEGER NOT NULL, dpop_jkt TEXT NOT NULL,
-  credential_version INTEGER NOT NULL DEFAULT 0,
+  credential_version INTEGER NOT NULL DEFAULT 0, session TEXT NOT NULL DEFAULT '',
   redirect_uri TEXT NOT NULL, challenge TEXT NOT NULL, expires INTEGER NOT NULL,
   used INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS grants(
   id TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL, fhir_user TEXT NOT NULL,
   scope TEXT NOT NULL, patient TEXT NOT NULL, encounter TEXT NOT NULL, purpose TEXT NOT NULL,
   auth_time INTEGER NOT NULL, dpop_jkt TEXT NOT NULL, code_hash TEXT NOT NULL,
-  credential_version INTEGER NOT NULL DEFAULT 0,
+  credential_version INTEGER NOT NULL DEFAULT 0, session TEXT NOT NULL DEFAULT '',
   created INTEGER NOT NULL, absolute_expires INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS grants_by_code ON grants(code_hash);
 CREATE TABLE IF NOT EXISTS refresh_tokens(
@@ -184,7 +184,9 @@ absl::StatusOr<std::unique_ptr<OAuthStore>> OAuthStore::Open(const std::string& 
   for (const char* alter :
        {"ALTER TABLE users ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE codes ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE grants ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0"}) {
+        "ALTER TABLE grants ADD COLUMN credential_version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE codes ADD COLUMN session TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE grants ADD COLUMN session TEXT NOT NULL DEFAULT ''"}) {
     (void)(*db)->Exec(alter);
   }
   (void)(*db)->Exec("ALTER TABLE launches ADD COLUMN client_id TEXT NOT NULL DEFAULT ''");
@@ -425,13 +427,14 @@ absl::Status OAuthStore::AddCode(const std::string& code_hash, const CodeRecord&
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
           "INSERT INTO codes(hash,client_id,username,fhir_user,scope,patient,encounter,purpose,"
-          "nonce,auth_time,dpop_jkt,redirect_uri,challenge,expires,credential_version) "
-          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+          "nonce,auth_time,dpop_jkt,redirect_uri,challenge,expires,credential_version,session) "
+          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   const GrantData& g = c.grant;
   s.Bind(1, code_hash).Bind(2, g.client_id).Bind(3, g.username).Bind(4, g.fhir_user);
   s.Bind(5, g.scope).Bind(6, g.patient).Bind(7, g.encounter).Bind(8, g.purpose_of_use);
   s.Bind(9, g.nonce).Bind(10, g.auth_time).Bind(11, g.dpop_jkt).Bind(12, c.redirect_uri);
   s.Bind(13, c.code_challenge).Bind(14, c.expires).Bind(15, g.credential_version);
+  s.Bind(16, g.session);
   return s.Run();
 }
 
@@ -441,7 +444,7 @@ absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash,
   FW_PREP(s,
           "UPDATE codes SET used=used+1 WHERE hash=? AND client_id=? RETURNING used,client_id,"
           "username,fhir_user,scope,patient,encounter,purpose,nonce,auth_time,dpop_jkt,"
-          "redirect_uri,challenge,expires,credential_version");
+          "redirect_uri,challenge,expires,credential_version,session");
   s.Bind(1, code_hash).Bind(2, client_id);
   auto row = s.Step();
   if (!row.ok()) return row.status();
@@ -468,6 +471,7 @@ absl::StatusOr<CodeUse> OAuthStore::ConsumeCode(const std::string& code_hash,
   out->code_challenge = s.Text(12);
   out->expires = s.Int(13);
   g.credential_version = s.Int(14);
+  g.session = s.Text(15);
   (void)s.Step();
   return used == 1 ? CodeUse::kOk : CodeUse::kReplayed;
 }
@@ -489,12 +493,12 @@ absl::StatusOr<std::string> OAuthStore::AddGrant(const GrantData& g, const std::
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
           "INSERT INTO grants(id,client_id,username,fhir_user,scope,patient,encounter,purpose,"
-          "auth_time,dpop_jkt,code_hash,created,absolute_expires,credential_version) "
-          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+          "auth_time,dpop_jkt,code_hash,created,absolute_expires,credential_version,session) "
+          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   s.Bind(1, id).Bind(2, g.client_id).Bind(3, g.username).Bind(4, g.fhir_user).Bind(5, g.scope);
   s.Bind(6, g.patient).Bind(7, g.encounter).Bind(8, g.purpose_of_use).Bind(9, g.auth_time);
   s.Bind(10, g.dpop_jkt).Bind(11, code_hash).Bind(12, now).Bind(13, absolute_expires);
-  s.Bind(14, g.credential_version);
+  s.Bind(14, g.credential_version).Bind(15, g.session);
   if (auto st = s.Run(); !st.ok()) return st;
   return id;
 }
@@ -503,7 +507,8 @@ absl::StatusOr<std::optional<GrantRecord>> OAuthStore::GetGrant(const std::strin
   std::lock_guard<std::mutex> lock(impl_->mu);
   FW_PREP(s,
           "SELECT id,client_id,username,fhir_user,scope,patient,encounter,purpose,auth_time,"
-          "dpop_jkt,created,absolute_expires,revoked,credential_version FROM grants WHERE id=?");
+          "dpop_jkt,created,absolute_expires,revoked,credential_version,session FROM grants "
+          "WHERE id=?");
   s.Bind(1, id);
   auto row = s.Step();
   if (!row.ok()) return row.status();
@@ -523,6 +528,7 @@ absl::StatusOr<std::optional<GrantRecord>> OAuthStore::GetGrant(const std::strin
   r.absolute_expires = s.Int(11);
   r.revoked = s.Int(12) != 0;
   r.data.credential_version = s.Int(13);
+  r.data.session = s.Text(14);
   return std::optional<GrantRecord>(std::move(r));
 }
 

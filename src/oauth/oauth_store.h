@@ -90,6 +90,9 @@ struct GrantData {
   int64_t auth_time = 0;
   std::string dpop_jkt;            // grant bound to a DPoP key (public clients' refresh tokens)
   int64_t credential_version = 0;  // the user's, when they authorized
+  // online_access (without offline_access): the login session (hash of its id)
+  // whose end ends the refresh tokens too.
+  std::string session;
 };
 
 struct CodeRecord {

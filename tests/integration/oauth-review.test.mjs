@@ -221,6 +221,31 @@ describe('authorization server: review regressions', () => {
     assert.match(phc, /^\$argon2id\$v=19\$m=9000,t=3,p=1\$/, phc);
   });
 
+  it('online_access refresh tokens end with the login session (offline_access ones do not)', async () => {
+    const s2 = await startServer({ config: oauthConfig({ session_idle_seconds: 10 }), name: 'oauth-online' });
+    servers.push(s2);
+    try {
+      addUser(s2, { username: 'on', fhirUser: 'Patient/p1', password: PW });
+      addClient(s2, { clientId: 'app', scope: 'openid online_access offline_access patient/*.rs', redirectUris: [CB] });
+      const get = async (scope) => {
+        const f = await authorize(s2, { clientId: 'app', redirectUri: CB, scope, username: 'on', password: PW });
+        const t = await exchangeCode(s2, { clientId: 'app', code: f.code, redirectUri: CB, verifier: f.verifier });
+        assertStatus(t, 200);
+        return t.json.refresh_token;
+      };
+      const online = await get('openid online_access patient/*.rs');
+      const offline = await get('openid offline_access patient/*.rs');
+      const first = await refreshGrant(s2, { clientId: 'app', refreshToken: online });
+      assertStatus(first, 200, 'while the session lives');
+      await new Promise((r) => setTimeout(r, 11500));
+      const late = await refreshGrant(s2, { clientId: 'app', refreshToken: first.json.refresh_token });
+      assert.equal(late.json.error, 'invalid_grant', describeRes(late));
+      assertStatus(await refreshGrant(s2, { clientId: 'app', refreshToken: offline }), 200, 'offline_access outlives it');
+    } finally {
+      await stopAndClean(s2);
+    }
+  });
+
   it('clients add refuses plain-http redirect URIs outside loopback', () => {
     for (const uri of ['http://localhost.attacker.example/cb', 'http://127.0.0.1.evil.example/cb',
       'http://127.0.0.1:1@evil.example/cb', 'https://user@app.example/cb', 'https://app.example/cb#frag', 'myapp:/cb',
