@@ -443,6 +443,21 @@ struct FhirService::Impl {
     coding.Set("code", Str("SMART-on-FHIR"));
     svc.Set("coding", json::Value::MakeArray({std::move(coding)}));
     security.Set("service", json::Value::MakeArray({std::move(svc)}));
+    if (d.oauth != nullptr) {
+      // SMART App Launch v1 discovery (still read by clients and test kits):
+      // the built-in authorization server's endpoints.
+      json::Value uris = json::Value::MakeObject();
+      uris.Set("url", Str("http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"));
+      json::Value parts = json::Value::MakeArray();
+      for (const char* name : {"authorize", "token", "revoke", "introspect"}) {
+        json::Value e = json::Value::MakeObject();
+        e.Set("url", Str(name));
+        e.Set("valueUri", Str(d.base_url + "/" + name));
+        parts.Push(std::move(e));
+      }
+      uris.Set("extension", std::move(parts));
+      security.Set("extension", json::Value::MakeArray({std::move(uris)}));
+    }
     security.Set("description",
                  Str("Bearer JWT access tokens (RFC 9068) with SMART App Launch v1/v2 scopes; "
                      "TLS 1.3"));

@@ -246,6 +246,18 @@ describe('authorization server: review regressions', () => {
     }
   });
 
+  it('the CapabilityStatement names the OAuth endpoints (SMART v1 oauth-uris extension)', async () => {
+    const r = await request(srv, 'GET', '/metadata');
+    assertStatus(r, 200);
+    const ext = r.json.rest[0].security.extension
+      .find((e) => e.url === 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris');
+    const uri = (n) => ext.extension.find((e) => e.url === n).valueUri;
+    assert.equal(uri('authorize'), `${srv.base}/authorize`);
+    assert.equal(uri('token'), `${srv.base}/token`);
+    assert.equal(uri('revoke'), `${srv.base}/revoke`);
+    assert.equal(uri('introspect'), `${srv.base}/introspect`);
+  });
+
   it('clients add refuses plain-http redirect URIs outside loopback', () => {
     for (const uri of ['http://localhost.attacker.example/cb', 'http://127.0.0.1.evil.example/cb',
       'http://127.0.0.1:1@evil.example/cb', 'https://user@app.example/cb', 'https://app.example/cb#frag', 'myapp:/cb',
