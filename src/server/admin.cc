@@ -103,6 +103,17 @@ absl::StatusOr<crypto::Argon2Params> Argon2From(const std::string& config_file) 
   return p;
 }
 
+// The stored hash of a new password (at least kMinPassword characters).
+absl::StatusOr<std::string> NewPasswordHash(const std::string& password,
+                                            const std::string& config_file) {
+  if (password.size() < kMinPassword) {
+    return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
+  }
+  auto params = Argon2From(config_file);
+  if (!params.ok()) return params.status();
+  return crypto::HashPassword(password, *params);
+}
+
 std::string Time(int64_t t) {
   return t == 0 ? "-"
                 : FormatInstant(std::chrono::system_clock::time_point(std::chrono::seconds(t)));
@@ -121,12 +132,7 @@ absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
   auto o = Open(a.data_dir);
   if (!o.ok()) return o.status();
   std::string password = a.password.empty() ? GeneratePassword() : a.password;
-  if (password.size() < kMinPassword) {
-    return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
-  }
-  auto params = Argon2From(a.config_file);
-  if (!params.ok()) return params.status();
-  auto hash = crypto::HashPassword(password, *params);
+  auto hash = NewPasswordHash(password, a.config_file);
   if (!hash.ok()) return hash.status();
   oauth::User u;
   u.username = a.username;
@@ -186,12 +192,7 @@ absl::Status UsersResetPassword(const UserArgs& a, std::ostream& out) {
   auto o = Open(a.data_dir);
   if (!o.ok()) return o.status();
   std::string password = a.password.empty() ? GeneratePassword() : a.password;
-  if (password.size() < kMinPassword) {
-    return Error(ErrorCode::kInvalidParameter, "passwords have at least 12 characters");
-  }
-  auto params = Argon2From(a.config_file);
-  if (!params.ok()) return params.status();
-  auto hash = crypto::HashPassword(password, *params);
+  auto hash = NewPasswordHash(password, a.config_file);
   if (!hash.ok()) return hash.status();
   if (auto s = o->store->SetPassword(a.username, *hash); !s.ok()) return s;
   if (auto s = o->store->RevokeUserGrants(a.username, SystemClock::Get().NowSeconds()); !s.ok()) {
