@@ -22,6 +22,10 @@ run: build
 
 test: build
 	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) -L unit
+	@$(BUILD_DIR)/fhirward policy check policies/default.toml
+	@$(BUILD_DIR)/fhirward policy test policies/default.toml policies/scenarios/default.toml \
+	  > $(BUILD_DIR)/policy-test.txt || { cat $(BUILD_DIR)/policy-test.txt; exit 1; }
+	@tail -1 $(BUILD_DIR)/policy-test.txt
 	@tests/run-integration $(BUILD_DIR)/fhirward
 
 unit: build

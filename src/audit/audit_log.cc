@@ -498,6 +498,10 @@ std::string AuditRecord::ToJson() const {
   m.emplace_back("error", s(error));
   m.emplace_back("policy_id", s(policy_id));
   m.emplace_back("count", Value::Int(count));
+  m.emplace_back("decision", s(decision));
+  m.emplace_back("break_glass", s(break_glass));
+  m.emplace_back("break_glass_reason", s(break_glass_reason));
+  m.emplace_back("shadow", s(shadow));
   return json::Write(Value::MakeObject(std::move(m)));
 }
 

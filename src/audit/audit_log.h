@@ -49,6 +49,12 @@ struct AuditRecord {
   std::string error;      // ErrorCode name when refused/failed
   std::string policy_id;  // deciding policy id@version
   int64_t count = 0;      // resources returned
+  // The decision: "id@version allow role=... rule=... patients=N masked=M".
+  std::string decision;
+  std::string break_glass;         // break-glass episode id of the access, if any
+  std::string break_glass_reason;  // its written justification
+  // Shadow mode: the candidate policy's outcome where it disagrees.
+  std::string shadow;
   // Canonical JSON (fixed member order, all members present).
   std::string ToJson() const;
 };

@@ -181,7 +181,8 @@ TEST(AuditRecordTest, ToJsonEmptyRecordHasEveryMemberInOrder) {
             R"({"time":"","request_id":"","trace_id":"","client_address":"","user_agent":"",)"
             R"("subject":"","client_id":"","scopes":"","action":"","method":"",)"
             R"("resource_type":"","resource_id":"","version_id":"","patient_id":"",)"
-            R"("outcome":"","status_code":0,"error":"","policy_id":"","count":0})");
+            R"("outcome":"","status_code":0,"error":"","policy_id":"","count":0,"decision":"",)"
+            R"("break_glass":"","break_glass_reason":"","shadow":""})");
 }
 
 TEST(AuditRecordTest, ToJsonIsCanonicalAndStable) {
@@ -194,7 +195,8 @@ TEST(AuditRecordTest, ToJsonIsCanonicalAndStable) {
       R"("client_id":"app","scopes":"patient/*.rs","action":"read","method":"GET",)"
       R"("resource_type":"Patient","resource_id":"p7","version_id":"1","patient_id":"p7",)"
       R"("outcome":"success","status_code":200,"error":"insufficient_scope",)"
-      R"("policy_id":"default@1","count":1234567890123})";
+      R"("policy_id":"default@1","count":1234567890123,"decision":"","break_glass":"",)"
+      R"("break_glass_reason":"","shadow":""})";
   EXPECT_EQ(r.ToJson(), expected);
   EXPECT_EQ(r.ToJson(), r.ToJson());
   AuditRecord copy = r;
@@ -216,7 +218,8 @@ TEST(AuditRecordTest, ToJsonEscapesAndHasNoUnexpectedMembers) {
       keys, ::testing::ElementsAre("time", "request_id", "trace_id", "client_address", "user_agent",
                                    "subject", "client_id", "scopes", "action", "method",
                                    "resource_type", "resource_id", "version_id", "patient_id",
-                                   "outcome", "status_code", "error", "policy_id", "count"));
+                                   "outcome", "status_code", "error", "policy_id", "count",
+                                   "decision", "break_glass", "break_glass_reason", "shadow"));
   EXPECT_EQ(parsed->GetString("user_agent"), r.user_agent);
   EXPECT_EQ(parsed->GetString("subject"), r.subject);
   EXPECT_EQ(parsed->Find("status_code")->as_int64(), -1);

@@ -1,11 +1,14 @@
 // fhirward command line: serve, token mint, users, clients, launch, keys, audit verify,
-// validate, version.
+// validate, policy check|test, breakglass list|review, version.
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "common/error.h"
+#include "policy/policy_set.h"
+#include "policy/scenario.h"
 #include "server/admin.h"
 #include "server/app.h"
 
@@ -42,6 +45,12 @@ int main(int argc, char** argv) {
   mint_cmd->add_option("--ttl", mint.ttl_seconds, "Lifetime in seconds (default 3600, max 86400)");
   mint_cmd->add_option("--patient", mint.patient, "Patient in launch context");
   mint_cmd->add_option("--client-id", mint.client_id, "client_id claim (default fhirward-cli)");
+  mint_cmd->add_option("--roles", mint.roles, "roles claim: policy roles (comma separated)")
+      ->delimiter(',');
+  mint_cmd->add_option("--fhir-user", mint.fhir_user, "fhirUser claim, e.g. Practitioner/pr1");
+  mint_cmd->add_option("--purpose", mint.purpose_of_use,
+                       "purpose_of_use claim: HL7 v3 PurposeOfUse codes (comma separated)")
+      ->delimiter(',');
 
   CLI::App* audit_cmd = app.add_subcommand("audit", "Audit trail");
   audit_cmd->require_subcommand(1);
@@ -160,6 +169,36 @@ int main(int argc, char** argv) {
   CLI::App* keys_list = keys_cmd->add_subcommand("list", "List signing keys and their state");
   keys_list->add_option("--data-dir", keys_dir, "Data directory")->required();
 
+  CLI::App* policy_cmd = app.add_subcommand("policy", "Authorization policy files");
+  policy_cmd->require_subcommand(1);
+  std::vector<std::string> policy_check_files;
+  CLI::App* policy_check =
+      policy_cmd->add_subcommand("check", "Check policy files (exit 1 when any has errors)");
+  policy_check->add_option("files", policy_check_files, "Policy files (TOML)")->required();
+
+  std::string policy_test_file;
+  std::vector<std::string> policy_test_scenarios;
+  CLI::App* policy_test = policy_cmd->add_subcommand(
+      "test", "Run scenario files against a policy (exit 1 on any failure or error)");
+  policy_test->add_option("policy", policy_test_file, "Policy file (TOML)")->required();
+  policy_test->add_option("scenarios", policy_test_scenarios, "Scenario files (TOML)")->required();
+
+  CLI::App* bg_cmd = app.add_subcommand("breakglass", "Break-glass episodes and their review");
+  bg_cmd->require_subcommand(1);
+  std::string bg_dir;
+  bool bg_all = false;
+  CLI::App* bg_list = bg_cmd->add_subcommand("list", "Episodes awaiting review (--all: every one)");
+  bg_list->add_option("--data-dir", bg_dir, "Data directory")->required();
+  bg_list->add_flag("--all", bg_all, "Include reviewed episodes");
+  server::BreakGlassReviewArgs review;
+  CLI::App* bg_review = bg_cmd->add_subcommand(
+      "review", "Close an episode: an auditor's verdict (password on standard input)");
+  bg_review->add_option("--data-dir", review.data_dir, "Data directory")->required();
+  bg_review->add_option("id", review.id, "Episode id (from breakglass list)")->required();
+  bg_review->add_option("--reviewer", review.reviewer, "User name of the auditor")->required();
+  bg_review->add_option("--outcome", review.outcome, "justified | unjustified")->required();
+  bg_review->add_option("--note", review.note, "The review's finding")->required();
+
   app.add_subcommand("version", "Print the version");
 
   CLI11_PARSE(app, argc, argv);
@@ -194,6 +233,21 @@ int main(int argc, char** argv) {
   if (launch_create->parsed()) return done(server::LaunchCreate(launch, std::cout));
   if (keys_rotate->parsed()) return done(server::KeysRotateSigning(rotate, std::cout));
   if (keys_list->parsed()) return done(server::KeysList(keys_dir, std::cout));
+  if (bg_list->parsed()) return done(server::BreakGlassList(bg_dir, bg_all, std::cout));
+  if (bg_review->parsed()) {
+    // The auditor proves who they are with their login password.
+    std::getline(std::cin, review.password);
+    while (!review.password.empty() &&
+           (review.password.back() == '\n' || review.password.back() == '\r')) {
+      review.password.pop_back();
+    }
+    return done(server::BreakGlassReview(review, std::cout));
+  }
+  if (policy_test->parsed()) {
+    policy::ScenarioRun run = policy::RunScenarios(policy_test_file, policy_test_scenarios);
+    policy::PrintReport(run, std::cout);
+    return run.errors.empty() && run.failed() == 0 && run.passed() > 0 ? 0 : 1;
+  }
 
   if (serve_cmd->parsed()) {
     absl::Status s = server::Serve(serve);
@@ -220,6 +274,23 @@ int main(int argc, char** argv) {
     auto failed = server::ValidateFiles(validate, std::cout);
     if (!failed.ok()) return Fail(failed.status());
     return *failed == 0 ? 0 : 1;
+  }
+  if (policy_check->parsed()) {
+    int status = 0;
+    for (const std::string& file : policy_check_files) {
+      policy::PolicyLoad l = policy::LoadPolicyFile(file);
+      for (const policy::PolicyError& e : l.errors) {
+        std::fprintf(stderr, "%s\n", e.ToString().c_str());
+      }
+      if (!l.policy) {
+        status = 1;
+        continue;
+      }
+      std::printf("%s: ok (%s, %zu roles, %zu rules, %zu relationship sources)\n", file.c_str(),
+                  l.policy->IdVersion().c_str(), l.policy->roles.size(), l.policy->rules.size(),
+                  l.policy->relationships.size());
+    }
+    return status;
   }
   if (app.got_subcommand("version")) {
     std::printf("fhirward %s\n", FHIRWARD_VERSION);

@@ -882,7 +882,8 @@ struct AuthorizationServer::Impl {
 
   absl::StatusOr<Issued> SignAccess(const std::string& subject, const std::string& client_id,
                                     const GrantData& g, const std::string& scope, int64_t ttl,
-                                    const std::string& jkt, const std::string& x5t) const {
+                                    const std::string& jkt, const std::string& x5t,
+                                    const std::string& roles = "") const {
     const int64_t now = Now();
     auto key = d.keys->Active(jose::Algorithm::kES256, now);
     if (!key) return Error(ErrorCode::kInternal, "no active ES256 signing key");
@@ -901,6 +902,11 @@ struct AuthorizationServer::Impl {
     if (!g.patient.empty()) c.Set("patient", Str(g.patient));
     if (!g.encounter.empty()) c.Set("encounter", Str(g.encounter));
     if (!g.fhir_user.empty()) c.Set("fhirUser", Str(g.fhir_user));
+    if (!roles.empty()) {
+      Value a = Value::MakeArray();
+      for (const auto& r : SplitSpaces(roles)) a.Push(Str(r));
+      c.Set("roles", std::move(a));
+    }
     if (!g.purpose_of_use.empty()) {
       Value a = Value::MakeArray();
       for (const auto& p : SplitSpaces(g.purpose_of_use)) a.Push(Str(p));
@@ -945,8 +951,13 @@ struct AuthorizationServer::Impl {
                        const std::string& grant_id, const std::string& scope,
                        const std::string& jkt, const std::string& x5t,
                        const std::string& refresh_token, bool with_id_token) {
-    auto access =
-        SignAccess(g.username, client.client_id, g, scope, o.access_token_seconds, jkt, x5t);
+    // The user's roles as they are now (a change applies from the next
+    // token); a user without roles gets none (the policy's default roles).
+    auto user = d.store->GetUser(g.username);
+    if (!user.ok()) return Fail("server_error", "", 500);
+    if (!*user) return Fail("invalid_grant", "the user no longer exists");
+    auto access = SignAccess(g.username, client.client_id, g, scope, o.access_token_seconds, jkt,
+                             x5t, (*user)->roles);
     if (!access.ok()) return Fail("server_error", "", 500);
     if (auto s = d.store->AddAccessToken(access->jti, grant_id, access->exp); !s.ok()) {
       return Fail("server_error", "", 500);
@@ -1912,7 +1923,8 @@ struct AuthorizationServer::Impl {
       Value out = Value::MakeObject();
       out.Set("active", Value::Bool(true));
       for (const char* k : {"scope", "client_id", "sub", "iss", "aud", "exp", "iat", "jti",
-                            "patient", "encounter", "fhirUser", "cnf", "purpose_of_use"}) {
+                            "patient", "encounter", "fhirUser", "cnf", "purpose_of_use",
+                            "roles"}) {
         if (const Value* v = c.Find(k)) out.Set(k, *v);
       }
       out.Set("token_type", Str(c.Find("cnf") && c.Find("cnf")->Find("jkt") ? "DPoP" : "Bearer"));

@@ -1,17 +1,18 @@
-// Authorization: SMART App Launch scopes (v1 and v2) behind the PolicyEngine
-// interface. The full engine (roles, attributes, consent, break-glass,
-// masking) arrives with its own issue and replaces ScopePolicyEngine without
-// changing callers.
+// Authorization: one PolicyEngine decides every access (docs/policy.md).
 //
 // Deny by default. A decision is made in two steps:
-//  1. Authorize(principal, request) before execution: does any granted scope
-//     allow this interaction on this type? The decision may carry an
-//     obligation `patient_compartment`: the executor must confine the request
-//     to that Patient's compartment (reads, writes, history).
-//  2. AuthorizeResource(principal, decision, type, patients) for each resource
-//     the request would read or write: its Patient compartments must include
-//     the obligation's patient.
-// Engines are immutable and thread-safe.
+//  1. Authorize(principal, request, environment) before execution: which of
+//     the principal's roles allows this interaction on this type, given the
+//     token's scopes, the role's permissions, the policy's deny rules and the
+//     principal's relationship to patients. An allow carries obligations the
+//     executor must carry out: confine to a set of Patient compartments
+//     (narrowing searches in SQL), mask elements, hide security labels,
+//     evaluate consents, record break-glass.
+//  2. AuthorizeResource(principal, decision, ...) for each resource the
+//     request would read or write: its Patient compartments must be in the
+//     confinement, its labels not denied, its patients' consents not deny.
+// Engines are immutable and thread-safe; facts (relationships, consents,
+// break-glass episodes) come from a PolicyFacts the server provides.
 #ifndef FHIRWARD_POLICY_POLICY_H_
 #define FHIRWARD_POLICY_POLICY_H_
 
@@ -21,7 +22,10 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "common/error.h"
+#include "json/value.h"
+#include "policy/policy_set.h"
 
 namespace fhirward::policy {
 
@@ -39,6 +43,9 @@ enum class Interaction {
   kCapabilities,
 };
 std::string_view InteractionName(Interaction i);
+// The inverse of InteractionName ("read", "search-type", "history-instance", ...);
+// also accepts "search" and "history" (type level).
+std::optional<Interaction> InteractionFromName(std::string_view name);
 
 // A SMART scope on resources: (patient|user|system)/(Type|*).(cruds|read|write|*).
 struct ResourceScope {
@@ -63,6 +70,11 @@ struct Principal {
   std::string patient;  // launch context: the patient in context, if any
   std::string fhir_user;
   std::vector<std::string> purpose_of_use;
+  // Roles from the token's `roles` claim; without the claim the policy's
+  // default roles apply.
+  std::vector<std::string> roles;
+  bool has_roles_claim = false;
+  std::string break_glass_reason;  // token claim `break_glass_reason`, if any
 };
 
 // Builds a Principal's scopes from a space-separated scope string.
@@ -74,30 +86,112 @@ struct AccessRequest {
   std::string resource_id;
 };
 
+// What the request carries besides the token.
+struct Environment {
+  int64_t now = 0;              // unix seconds
+  std::string client_address;   // IP literal of the peer
+  std::string break_glass_reason;  // X-Break-Glass-Reason header
+  // Explain only: never open a break-glass episode.
+  bool dry_run = false;
+};
+
+struct BreakGlassEpisode {
+  std::string id;
+  std::string subject;
+  std::string client_id;
+  std::string role;
+  std::string reason;
+  std::string purposes;  // space-separated
+  int64_t started = 0;
+  int64_t expires = 0;
+};
+
+// Facts the engine needs from the data: implemented by the server over the
+// store (with caching), and by the scenario runner from a scenario file.
+class PolicyFacts {
+ public:
+  virtual ~PolicyFacts() = default;
+  // Patient ids related to `actor` ("Practitioner/p1") through `source`.
+  virtual absl::StatusOr<std::vector<std::string>> RelatedPatients(
+      const RelationshipSource& source, const std::string& actor) = 0;
+  // The patient's Consent resources (any status: the evaluation filters).
+  virtual absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) = 0;
+  // The subject's break-glass episode open at `now`, if any.
+  virtual absl::StatusOr<std::optional<BreakGlassEpisode>> ActiveBreakGlass(
+      const std::string& subject, const std::string& client_id, int64_t now) = 0;
+  // Records a new episode (assigns its id); it enters the review queue.
+  virtual absl::StatusOr<BreakGlassEpisode> OpenBreakGlass(BreakGlassEpisode episode) = 0;
+};
+
+struct Obligations {
+  // Confine to these Patient compartments (nullopt: unconfined; empty: no
+  // patient at all). Searches are narrowed to them in SQL.
+  std::optional<std::vector<std::string>> patients;
+  std::vector<std::string> masked;         // element paths to mask on output
+  std::vector<std::string> read_only;      // element paths the principal may not change
+  std::vector<std::string> denied_labels;  // resources with these labels are hidden
+  // Evaluate each patient's consents; actors/purposes identify the accessor.
+  bool consent = false;
+  std::vector<std::string> consent_actors;
+  // Break-glass access: every access is marked with the episode.
+  std::string break_glass_episode;
+  std::string break_glass_reason;
+  bool alert = false;  // a new break-glass episode was opened by this request
+  bool confined() const { return patients.has_value(); }
+  bool Allows(std::string_view patient) const;
+};
+
 struct Decision {
   bool allow = false;
   std::string policy_id;  // "id@version" of the deciding policy
-  std::string rule;       // the scope or rule that decided
+  std::string role;       // the role that allowed (or was last tried)
+  std::string rule;       // the rule, scope or permission that decided
   ErrorCode deny_code = ErrorCode::kForbidden;
   std::string reason;  // machine-readable reason for a denial
-  // Obligation: confine to this Patient's compartment (empty: unconfined).
-  std::string patient_compartment;
+  Obligations obligations;
+  // Shadow mode: the candidate policy's different outcome ("" when it agrees).
+  std::string shadow;
+  // One line for the audit trail: "allow role=clinician rule=... patients=2 masked=1".
+  std::string Summary() const;
+};
+
+// One resource to be returned or written.
+struct ResourceFacts {
+  std::string_view type;
+  const std::vector<std::string>* patients = nullptr;  // its Patient compartments
+  bool in_compartment_definition = false;  // its type can belong to a Patient compartment
+  const std::vector<std::string>* labels = nullptr;  // meta.security codes (null: none known)
 };
 
 class PolicyEngine {
  public:
   virtual ~PolicyEngine() = default;
-  virtual Decision Authorize(const Principal& principal, const AccessRequest& request) const = 0;
-  // `patients` are the Patient compartments of one resource to be returned or
-  // written; `in_compartment_definition` tells whether its type can belong to
-  // a Patient compartment at all.
+  virtual Decision Authorize(const Principal& principal, const AccessRequest& request,
+                             const Environment& env) const = 0;
   virtual Decision AuthorizeResource(const Principal& principal, const Decision& decision,
-                                     Interaction interaction, std::string_view type,
-                                     const std::vector<std::string>& patients,
-                                     bool in_compartment_definition) const = 0;
+                                     Interaction interaction, const ResourceFacts& resource,
+                                     const Environment& env) const = 0;
+  // The enforced policy (for explanations and the CapabilityStatement).
+  virtual std::shared_ptr<const PolicySet> policy() const = 0;
 };
 
-// SMART scopes only. Policy id "smart-scopes@1".
+// The engine for `policy`; `candidate` (may be null) is evaluated beside it in
+// shadow mode: disagreements are reported in Decision::shadow, never enforced.
+// `facts` must outlive the engine (null: no relationships, consents or
+// break-glass; roles needing them deny).
+std::unique_ptr<PolicyEngine> NewPolicyEngine(std::shared_ptr<const PolicySet> policy,
+                                              std::shared_ptr<const PolicySet> candidate,
+                                              PolicyFacts* facts);
+
+// The roles a principal acts under: its token's roles (those the policy
+// defines) or, without a roles claim, the policy's default roles.
+std::vector<std::string> EffectiveRoles(const PolicySet& policy, const Principal& principal);
+// Whether the principal may ask POST /$explain-access.
+bool MayExplain(const PolicySet& policy, const Principal& principal);
+
+// SMART scopes only: a built-in policy "smart-scopes@1" with one role whose
+// relationship is "scopes" and which every token has.
+std::shared_ptr<const PolicySet> SmartScopesPolicy();
 std::unique_ptr<PolicyEngine> NewScopePolicyEngine();
 
 }  // namespace fhirward::policy

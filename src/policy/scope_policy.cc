@@ -1,12 +1,11 @@
 #include <algorithm>
 
 #include "fhir/resources.h"
+#include "policy/internal/scopes.h"
 #include "policy/policy.h"
 
 namespace fhirward::policy {
 namespace {
-
-constexpr std::string_view kPolicyId = "smart-scopes@1";
 
 bool IsTypeName(std::string_view t) {
   if (t == "*") return true;
@@ -14,6 +13,10 @@ bool IsTypeName(std::string_view t) {
   return std::all_of(t.begin(), t.end(),
                      [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); });
 }
+
+}  // namespace
+
+namespace internal {
 
 // Which permission letter an interaction needs.
 char LetterFor(Interaction i) {
@@ -124,94 +127,7 @@ bool IsWrite(Interaction i) {
          i == Interaction::kDelete;
 }
 
-class ScopePolicyEngine final : public PolicyEngine {
- public:
-  Decision Authorize(const Principal& p, const AccessRequest& req) const override {
-    Decision d;
-    d.policy_id = std::string(kPolicyId);
-    char letter = LetterFor(req.interaction);
-    if (letter == 0) {  // capabilities: public
-      d.allow = true;
-      d.rule = "public";
-      return d;
-    }
-    // System-level interactions need a wildcard scope.
-    std::string_view type = req.resource_type.empty() ? "*" : std::string_view(req.resource_type);
-    const ResourceScope* patient_scope = nullptr;
-    for (const auto& s : p.scopes) {
-      if (s.restricted) continue;  // v2 restrictions are not enforced yet: never grant on them
-      if (s.type != "*" && s.type != type) continue;
-      if (!Grants(s, letter)) continue;
-      if (s.context != ResourceScope::Context::kPatient) {
-        d.allow = true;
-        d.rule = s.text;
-        return d;
-      }
-      if (!patient_scope) patient_scope = &s;
-    }
-    if (patient_scope) {
-      if (p.patient.empty()) {
-        d.deny_code = ErrorCode::kForbidden;
-        d.reason = "patient_scope_without_patient_context";
-        d.rule = patient_scope->text;
-        return d;
-      }
-      d.rule = patient_scope->text;
-      // A type a patient scope can neither confine nor treat as shared
-      // reference data is out of its reach (searching it would list every
-      // patient's resources of that type).
-      if (type != "*" && type != "Patient" && !fhir::InPatientCompartmentDefinition(type) &&
-          !IsSharedReferenceType(type)) {
-        d.deny_code = ErrorCode::kForbidden;
-        d.reason = "type_outside_patient_scope";
-        return d;
-      }
-      d.allow = true;
-      d.patient_compartment = p.patient;
-      return d;
-    }
-    d.deny_code = ErrorCode::kInsufficientScope;
-    d.reason = "no scope grants " + std::string(1, letter) + " on " + std::string(type);
-    return d;
-  }
-
-  Decision AuthorizeResource(const Principal& p, const Decision& decision, Interaction interaction,
-                             std::string_view type, const std::vector<std::string>& patients,
-                             bool in_compartment_definition) const override {
-    Decision d = decision;
-    if (!decision.allow) return d;
-    if (decision.patient_compartment.empty()) return d;
-    const bool in_own =
-        std::find(patients.begin(), patients.end(), decision.patient_compartment) != patients.end();
-    if (in_own && IsWrite(interaction)) {
-      // A write must stay inside the patient's own record: a resource that
-      // also lands in another patient's compartment (subject B, performer A)
-      // would put data into B's chart.
-      for (const auto& other : patients) {
-        if (other != decision.patient_compartment) {
-          d.allow = false;
-          d.deny_code = ErrorCode::kForbidden;
-          d.reason = "write_reaches_another_patient_compartment";
-          return d;
-        }
-      }
-      return d;
-    }
-    if (in_own) return d;
-    // Types outside the Patient compartment (Medication, Organization, ...)
-    // are shared reference data: readable, not writable, under patient scopes.
-    if (!in_compartment_definition && type != "Patient" && IsSharedReferenceType(type) &&
-        !IsWrite(interaction)) {
-      return d;
-    }
-    d.allow = false;
-    d.deny_code = ErrorCode::kForbidden;
-    d.reason = "outside_patient_compartment";
-    return d;
-  }
-};
-
-}  // namespace
+}  // namespace internal
 
 std::string_view InteractionName(Interaction i) {
   switch (i) {
@@ -317,10 +233,6 @@ std::vector<ResourceScope> ParseScopes(std::string_view scope_text) {
     i = j + 1;
   }
   return out;
-}
-
-std::unique_ptr<PolicyEngine> NewScopePolicyEngine() {
-  return std::make_unique<ScopePolicyEngine>();
 }
 
 }  // namespace fhirward::policy

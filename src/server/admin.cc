@@ -17,6 +17,8 @@
 #include "policy/policy.h"
 #include "server/config.h"
 #include "server/instance.h"
+#include "server/policy_runtime.h"
+#include "store/internal/sqlite.h"
 
 namespace fhirward::server {
 namespace {
@@ -430,6 +432,99 @@ absl::Status KeysList(const std::string& data_dir, std::ostream& out) {
     out << k.kid << "\t" << jose::AlgorithmName(k.alg) << "\t" << state
         << "\tactivate_at=" << Time(k.activate_at) << "\tretire_at=" << Time(k.retire_at) << "\n";
   }
+  return absl::OkStatus();
+}
+
+// --- break-glass review queue ------------------------------------------------------
+
+namespace {
+
+// How many audit records carry the episode (its accesses).
+int64_t EpisodeAccesses(const Instance& inst, const std::string& id) {
+  auto db = store::internal::Db::Open(inst.audit_db_path(), /*read_only=*/true);
+  if (!db.ok()) return -1;
+  auto st = (*db)->Prepare(
+      "SELECT count(*) FROM audit_records WHERE json_extract(record, '$.break_glass') = ?1");
+  if (!st.ok()) return -1;
+  st->Bind(1, id);
+  auto row = st->Step();
+  return row.ok() && *row ? st->Int(0) : -1;
+}
+
+}  // namespace
+
+absl::Status BreakGlassList(const std::string& data_dir, bool all, std::ostream& out) {
+  auto opened = Open(data_dir);
+  if (!opened.ok()) return opened.status();
+  auto store = BreakGlassStore::Open(opened->inst->policy_db_path(), &opened->inst->kek());
+  if (!store.ok()) return store.status();
+  auto list = (*store)->List(!all);
+  if (!list.ok()) return list.status();
+  const int64_t now = SystemClock::Get().NowSeconds();
+  for (const BreakGlassRecord& r : *list) {
+    const policy::BreakGlassEpisode& e = r.episode;
+    out << e.id << "\t" << (e.expires > now ? "open" : "expired") << "\tstarted=" << Time(e.started)
+        << "\texpires=" << Time(e.expires) << "\tsubject=" << e.subject
+        << "\tclient=" << e.client_id << "\trole=" << e.role << "\tpurpose=" << e.purposes
+        << "\taccesses=" << EpisodeAccesses(*opened->inst, e.id);
+    if (r.reviewed_at != 0) {
+      out << "\treviewed=" << Time(r.reviewed_at) << "\treviewer=" << r.reviewer
+          << "\toutcome=" << r.outcome;
+    } else {
+      out << "\treview=pending";
+    }
+    out << "\n\tjustification: " << e.reason << "\n";
+    if (!r.note.empty()) out << "\tnote: " << r.note << "\n";
+  }
+  if (list->empty()) out << (all ? "no break-glass episodes\n" : "no episode awaits review\n");
+  return absl::OkStatus();
+}
+
+absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out) {
+  if (a.outcome != "justified" && a.outcome != "unjustified") {
+    return Error(ErrorCode::kInvalidParameter, "--outcome must be justified or unjustified");
+  }
+  if (a.note.empty() || a.note.size() > 2000) {
+    return Error(ErrorCode::kInvalidParameter, "--note is required (at most 2000 characters)");
+  }
+  auto opened = Open(a.data_dir);
+  if (!opened.ok()) return opened.status();
+  // The reviewer is an auditor known to the authorization server, and not the
+  // person who broke the glass.
+  auto reviewer = opened->store->GetUser(a.reviewer);
+  if (!reviewer.ok()) return reviewer.status();
+  // One answer for an unknown user, a disabled one and a wrong password.
+  const bool known = *reviewer && !(*reviewer)->disabled &&
+                     (*reviewer)->locked_until <= SystemClock::Get().NowSeconds();
+  bool password_ok = false;
+  if (known) {
+    password_ok = crypto::VerifyPassword(a.password, (*reviewer)->password_hash);
+  } else {
+    crypto::VerifyAgainstDummy(a.password);  // the same time either way
+  }
+  if (!known || !password_ok) {
+    return Error(ErrorCode::kForbidden,
+                 "reviewer " + a.reviewer + ": not an active user, or wrong password");
+  }
+  std::istringstream roles((*reviewer)->roles);
+  bool auditor = false;
+  for (std::string r; roles >> r;) auditor = auditor || r == "auditor";
+  if (!auditor) return Error(ErrorCode::kForbidden, "the reviewer needs the auditor role");
+  auto store = BreakGlassStore::Open(opened->inst->policy_db_path(), &opened->inst->kek());
+  if (!store.ok()) return store.status();
+  auto list = (*store)->List(false);
+  if (!list.ok()) return list.status();
+  for (const BreakGlassRecord& r : *list) {
+    if (r.episode.id == a.id && r.episode.subject == a.reviewer) {
+      return Error(ErrorCode::kForbidden, "an episode is reviewed by someone else");
+    }
+  }
+  if (auto s = (*store)->Review(a.id, a.reviewer, a.outcome, a.note,
+                                SystemClock::Get().NowSeconds());
+      !s.ok()) {
+    return s;
+  }
+  out << "episode " << a.id << " reviewed: " << a.outcome << "\n";
   return absl::OkStatus();
 }
 

@@ -70,6 +70,19 @@ struct RotateArgs {
 absl::Status KeysRotateSigning(const RotateArgs& a, std::ostream& out);
 absl::Status KeysList(const std::string& data_dir, std::ostream& out);
 
+
+// `fhirward breakglass list|review`: the review queue of break-glass episodes.
+absl::Status BreakGlassList(const std::string& data_dir, bool all, std::ostream& out);
+struct BreakGlassReviewArgs {
+  std::string data_dir;
+  std::string id;
+  std::string reviewer;  // a user with the auditor role (not the episode's subject)
+  std::string outcome;   // justified | unjustified
+  std::string note;
+  std::string password;  // the reviewer's login password (verified)
+};
+absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out);
+
 }  // namespace fhirward::server
 
 #endif  // FHIRWARD_SERVER_ADMIN_H_

@@ -471,6 +471,14 @@ absl::Status Serve(const ServeArgs& args) {
   JwksRefresher refresher(config.issuers, &authenticator, config.jwks_refresh_seconds);
   RateLimiter limiter(config.rate_per_second, config.rate_burst);
   std::unique_ptr<policy::PolicyEngine> policy = policy::NewScopePolicyEngine();
+  auto break_glass = BreakGlassStore::Open(inst.policy_db_path(), &inst.kek());
+  if (!break_glass.ok()) return break_glass.status();
+  StorePolicyFacts facts(store->get(), config.tenant, break_glass->get(), &SystemClock::Get(),
+                         config.policy_cache_seconds);
+  auto policies = PolicyRuntime::Open(
+      {config.policy_file, config.policy_candidate, config.policy_reload_seconds}, &facts,
+      &SystemClock::Get());
+  if (!policies.ok()) return policies.status();
   auto profiles = LoadProfiles(config);
   if (!profiles.ok()) return profiles.status();
   fhir::Validator validator(ValidatorOptionsFor(config, profiles->get()));
@@ -481,6 +489,8 @@ absl::Status Serve(const ServeArgs& args) {
   deps.store = store->get();
   deps.audit = audit_log->get();
   deps.policy = policy.get();
+  deps.policies = policies->get();
+  deps.facts = &facts;
   deps.authenticator = &authenticator;
   deps.rate_limiter = &limiter;
   deps.cursor_key = &inst.cursor_key();
@@ -581,6 +591,14 @@ absl::StatusOr<std::string> MintToken(const MintArgs& args) {
   claims.Set("exp", json::Value::Int(now + args.ttl_seconds));
   claims.Set("jti", json::Value::String(RandomUuid()));
   if (!args.patient.empty()) claims.Set("patient", json::Value::String(args.patient));
+  if (!args.fhir_user.empty()) claims.Set("fhirUser", json::Value::String(args.fhir_user));
+  auto list = [](const std::vector<std::string>& items) {
+    json::Value a = json::Value::MakeArray();
+    for (const auto& i : items) a.Push(json::Value::String(i));
+    return a;
+  };
+  if (!args.roles.empty()) claims.Set("roles", list(args.roles));
+  if (!args.purpose_of_use.empty()) claims.Set("purpose_of_use", list(args.purpose_of_use));
   auto ring = oauth::SigningKeyRing::Open((*instance)->keys_dir(), (*instance)->signing_kid(), now);
   if (!ring.ok()) return ring.status();
   auto key = (*ring)->Active(jose::Algorithm::kES256, now);

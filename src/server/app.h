@@ -29,6 +29,9 @@ struct MintArgs {
   int64_t ttl_seconds = 3600;
   std::string patient;
   std::string client_id = "fhirward-cli";
+  std::vector<std::string> roles;           // `roles` claim (policy roles)
+  std::string fhir_user;                    // "Practitioner/pr1"
+  std::vector<std::string> purpose_of_use;  // HL7 v3 PurposeOfUse codes
 };
 
 // An RFC 9068 access token signed by the instance's issuer key.

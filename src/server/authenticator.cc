@@ -239,6 +239,33 @@ absl::StatusOr<Authenticator::CacheEntry> Authenticator::Verify(std::string_view
       }
     }
   }
+  // Roles: an array of names, or a space-separated string.
+  if (const json::Value* roles = c.Find("roles")) {
+    p.has_roles_claim = true;
+    if (roles->is_string()) {
+      std::string_view text = roles->as_string();
+      size_t i = 0;
+      while (i < text.size()) {
+        size_t j = text.find(' ', i);
+        if (j == std::string_view::npos) j = text.size();
+        if (j > i) p.roles.emplace_back(text.substr(i, j - i));
+        i = j + 1;
+      }
+    } else if (roles->is_array()) {
+      for (const auto& v : roles->items()) {
+        if (v.is_string()) p.roles.push_back(v.as_string());
+      }
+    } else {
+      return Error(ErrorCode::kInvalidToken, "bad_roles_claim");
+    }
+    if (p.roles.size() > 32) return Error(ErrorCode::kInvalidToken, "bad_roles_claim");
+  }
+  p.break_glass_reason = StringClaim(c, "break_glass_reason");
+  if (p.break_glass_reason.size() > 500 ||
+      std::any_of(p.break_glass_reason.begin(), p.break_glass_reason.end(),
+                  [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; })) {
+    return Error(ErrorCode::kInvalidToken, "bad_break_glass_reason");
+  }
   // NumericDate may have a fraction (RFC 7519 §2): rounded down.
   const json::Value* exp = c.Find("exp");
   e.exp = exp ? jose::NumericDate(*exp).value_or(0) : 0;

@@ -89,7 +89,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
   }
   FW_TRY(CheckKeys(root, "",
                    {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "search",
-                    "bundle", "validation", "auth", "oauth", "store", "rate_limit", "log"}));
+                    "bundle", "validation", "auth", "oauth", "policy", "store", "rate_limit",
+                    "log"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));
@@ -154,6 +155,19 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "search", "time_budget_ms", &c.search.time_budget_ms));
     FW_TRY(Get(*t, "search", "default_total", &c.search_default_total));
     FW_TRY(Get(*t, "search", "cursor_lifetime_seconds", &c.cursor_lifetime_seconds));
+  }
+  if (auto* t = root["policy"].as_table()) {
+    FW_TRY(CheckKeys(*t, "policy", {"file", "candidate", "reload_seconds", "cache_seconds"}));
+    FW_TRY(Get(*t, "policy", "file", &c.policy_file));
+    FW_TRY(Get(*t, "policy", "candidate", &c.policy_candidate));
+    FW_TRY(Get(*t, "policy", "reload_seconds", &c.policy_reload_seconds));
+    FW_TRY(Get(*t, "policy", "cache_seconds", &c.policy_cache_seconds));
+    if (c.policy_reload_seconds < 1 || c.policy_reload_seconds > 3600) {
+      return Error(ErrorCode::kInvalidParameter, "policy.reload_seconds must be 1..3600");
+    }
+    if (c.policy_cache_seconds < 0 || c.policy_cache_seconds > 300) {
+      return Error(ErrorCode::kInvalidParameter, "policy.cache_seconds must be 0..300");
+    }
   }
   if (auto* t = root["oauth"].as_table()) {
     FW_TRY(CheckKeys(

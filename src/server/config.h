@@ -84,6 +84,13 @@ struct Config {
 
   // [oauth] the built-in authorization server
   bool oauth_enabled = true;
+  // [policy]: the policy file (empty: built-in SMART scopes only), a candidate
+  // evaluated in shadow mode, how often the files are checked for changes,
+  // and how long relationships and consents read from the data are cached.
+  std::string policy_file;
+  std::string policy_candidate;
+  int64_t policy_reload_seconds = 5;
+  int64_t policy_cache_seconds = 30;
   int64_t oauth_access_token_seconds = 3600;  // 60-3600
   int64_t oauth_backend_token_seconds = 300;  // 30-300
   int64_t oauth_refresh_idle_seconds = 7 * 86400;

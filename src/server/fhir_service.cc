@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/aead.h"
@@ -22,6 +23,7 @@
 #include "fhir/resources.h"
 #include "fhir/search_index.h"
 #include "json/patch.h"
+#include "policy/obligations.h"
 #include "json/value.h"
 #include "server/log.h"
 #include "server/search.h"
@@ -352,6 +354,8 @@ std::string BearerChallenge(ErrorCode code, std::string_view description) {
 }
 
 // Per-request state: what the audit record and the log line need.
+constexpr size_t kMaxBreakGlassReason = 500;
+
 struct Ctx {
   std::string request_id;
   std::string trace_id;
@@ -361,6 +365,17 @@ struct Ctx {
   audit::AuditRecord audit;
   std::string forced_outcome;  // e.g. "denied" for a hidden 404
   std::chrono::steady_clock::time_point start;
+  policy::Environment env;  // time, address and break-glass header of the request
+  std::shared_ptr<const policy::PolicyEngine> engine;  // null: ServiceDeps::policy
+  // Obligations gathered from every decision of the request (Decide): masks
+  // apply to every resource of their type the response carries.
+  mutable std::vector<std::string> masked;
+  mutable std::vector<std::string> read_only;
+  mutable std::string break_glass_episode;
+  mutable std::string break_glass_reason;
+  mutable bool break_glass_opened = false;
+  mutable std::string shadow;    // shadow-mode disagreement of the first decision
+  mutable std::string decision;  // summary of the request's decision
 };
 
 struct Route {
@@ -524,6 +539,73 @@ struct FhirService::Impl {
     return v.ok() ? json::Write(*v, {.pretty = true}) : stored_json;
   }
 
+  // One request is decided by one policy version.
+  const policy::PolicyEngine& Engine(const Ctx& ctx) const {
+    return ctx.engine ? *ctx.engine : *d.policy;
+  }
+
+  // The policy decision for `areq`, gathering its obligations into ctx.
+  policy::Decision Decide(const Ctx& ctx, const policy::AccessRequest& areq) const {
+    policy::Decision dec = Engine(ctx).Authorize(*ctx.principal, areq, ctx.env);
+    if (!dec.shadow.empty() && ctx.shadow.empty()) ctx.shadow = dec.shadow;
+    if (!dec.allow) return dec;
+    const policy::Obligations& ob = dec.obligations;
+    auto gather = [](std::vector<std::string>& into, const std::vector<std::string>& from) {
+      for (const auto& x : from) {
+        if (std::find(into.begin(), into.end(), x) == into.end()) into.push_back(x);
+      }
+    };
+    gather(ctx.masked, ob.masked);
+    gather(ctx.read_only, ob.read_only);
+    if (!ob.break_glass_episode.empty()) {
+      ctx.break_glass_episode = ob.break_glass_episode;
+      ctx.break_glass_reason = ob.break_glass_reason;
+      ctx.break_glass_opened = ctx.break_glass_opened || ob.alert;
+    }
+    return dec;
+  }
+
+  // The per-resource check of `dec` for one resource (its compartments, and
+  // its JSON or parsed body when labels or consents must be looked at).
+  policy::Decision CheckResource(const Ctx& ctx, const policy::Decision& dec,
+                                 Interaction interaction, std::string_view type,
+                                 const std::vector<std::string>& patients,
+                                 std::string_view json_text = {},
+                                 const json::Value* body = nullptr) const {
+    policy::ResourceFacts f;
+    f.type = type;
+    f.patients = &patients;
+    f.in_compartment_definition = fhir::InPatientCompartmentDefinition(type);
+    std::vector<std::string> labels;
+    const policy::Obligations& ob = dec.obligations;
+    if (dec.allow && (!ob.denied_labels.empty() || ob.consent)) {
+      if (body) {
+        labels = policy::SecurityLabels(*body);
+      } else if (json_text.find("\"security\"") != std::string_view::npos) {
+        auto v = json::Parse(json_text, d.config.json_limits);
+        if (!v.ok()) {
+          policy::Decision refused = dec;
+          refused.allow = false;
+          refused.reason = "unreadable_resource";
+          return refused;
+        }
+        labels = policy::SecurityLabels(*v);
+      }
+      f.labels = &labels;
+    }
+    return Engine(ctx).AuthorizeResource(*ctx.principal, dec, interaction, f, ctx.env);
+  }
+
+  // A stored resource as this principal may see it: masked elements replaced
+  // by data-absent-reason placeholders.
+  std::string Shown(const Ctx& ctx, const std::string& stored_json) const {
+    if (ctx.masked.empty()) return stored_json;
+    auto v = json::Parse(stored_json, d.config.json_limits);
+    if (!v.ok()) return "{}";
+    if (policy::ApplyMasks(*v, ctx.masked) == 0) return stored_json;
+    return json::Write(*v);
+  }
+
   net::HttpResponse ErrorResponse(Ctx& ctx, const absl::Status& status) const {
     ErrorCode code = CodeOf(status);
     const ErrorInfo& info = Describe(code);
@@ -586,7 +668,7 @@ struct FhirService::Impl {
                                           ""));
       return;
     }
-    r.body = Body(ctx, v.json);
+    r.body = Body(ctx, Shown(ctx, v.json));
     ctx.audit.count = 1;
   }
 
@@ -629,6 +711,10 @@ struct FhirService::Impl {
     }
     if (!seg[0].empty() && seg[0][0] == '$') {
       r->operation = true;
+      if (n == 1 && seg[0] == "$explain-access") {
+        r->operation_name = "explain-access";
+        return method_is({"POST"}) ? absl::OkStatus() : not_allowed();
+      }
       return fhirward::Error(ErrorCode::kNotImplemented, "operations are not supported yet");
     }
     if (auto s = check_type(seg[0]); !s.ok()) return s;
@@ -800,7 +886,143 @@ struct FhirService::Impl {
     }
 
     if (route.bundle) return BundleRequest(ctx, req);
+    if (route.operation_name == "explain-access") return ExplainAccess(ctx, req);
     return Perform(ctx, req, parsed);
+  }
+
+  // POST /$explain-access (admins and auditors): which policy, role and rule
+  // decide a request of a given principal, and why. Never opens a break-glass
+  // episode; reads relationships and consents as the request would.
+  net::HttpResponse ExplainAccess(Ctx& ctx, const net::HttpRequest& req) {
+    ctx.audit.action = "explain-access";
+    const policy::PolicyEngine& engine = Engine(ctx);
+    const std::shared_ptr<const policy::PolicySet> pol = engine.policy();
+    if (!policy::MayExplain(*pol, *ctx.principal)) {
+      ctx.audit.error = "forbidden:explain_needs_admin_or_auditor";
+      return Error(ctx, ErrorCode::kForbidden, "$explain-access is for the roles " +
+                                                   absl::StrJoin(pol->explain_roles, ", "));
+    }
+    auto ct = req.header("Content-Type");
+    if (!ct || !IsJsonMediaType(*ct)) return Error(ctx, ErrorCode::kUnsupportedMediaType);
+    auto body = json::Parse(req.body, d.config.json_limits);
+    if (!body.ok()) return ErrorResponse(ctx, body.status());
+    if (body->GetString("resourceType") != "Parameters") {
+      return Error(ctx, ErrorCode::kInvalidRequest, "send a Parameters resource");
+    }
+    policy::Principal who;
+    who.subject = "explain";
+    policy::AccessRequest areq;
+    policy::Environment env;
+    env.now = ctx.env.now;
+    env.dry_run = true;
+    std::string interaction = "read";
+    const json::Value* params = body->Find("parameter");
+    if (params && !params->is_array()) return Error(ctx, ErrorCode::kInvalidRequest);
+    for (const json::Value& prm : params ? params->items() : json::Array{}) {
+      auto name = prm.GetString("name");
+      std::optional<std::string_view> value;
+      for (const char* k : {"valueString", "valueCode", "valueUri", "valueId", "valueInstant"}) {
+        if (!value) value = prm.GetString(k);
+      }
+      if (!name || !value) {
+        return Error(ctx, ErrorCode::kInvalidRequest, "each parameter needs a name and a value");
+      }
+      std::string v(*value);
+      if (*name == "subject") {
+        who.subject = v;
+      } else if (*name == "client_id") {
+        who.client_id = v;
+      } else if (*name == "role") {
+        who.roles.push_back(v);
+        who.has_roles_claim = true;
+      } else if (*name == "scope") {
+        who.scope_text += (who.scope_text.empty() ? "" : " ") + v;
+      } else if (*name == "fhirUser") {
+        who.fhir_user = v;
+      } else if (*name == "patient") {
+        who.patient = v;
+      } else if (*name == "purpose_of_use") {
+        who.purpose_of_use.push_back(v);
+      } else if (*name == "interaction") {
+        interaction = v;
+      } else if (*name == "type") {
+        areq.resource_type = v;
+      } else if (*name == "id") {
+        areq.resource_id = v;
+      } else if (*name == "address") {
+        env.client_address = v;
+      } else if (*name == "time") {
+        auto t = ParseInstant(v);
+        if (!t) return Error(ctx, ErrorCode::kInvalidParameter, "time must be an instant");
+        env.now = std::chrono::duration_cast<std::chrono::seconds>(t->time_since_epoch()).count();
+      } else if (*name == "break_glass_reason") {
+        env.break_glass_reason = v;
+      } else {
+        return Error(ctx, ErrorCode::kInvalidParameter, "unknown parameter " + std::string(*name));
+      }
+    }
+    who.scopes = policy::ParseScopes(who.scope_text);
+    auto parsed = policy::InteractionFromName(interaction);
+    if (!parsed) return Error(ctx, ErrorCode::kInvalidParameter, "unknown interaction");
+    areq.interaction = *parsed;
+    if (!areq.resource_type.empty() && !fhir::IsResourceType(areq.resource_type)) {
+      return Error(ctx, ErrorCode::kUnknownResourceType);
+    }
+    policy::Decision dec = engine.Authorize(who, areq, env);
+    json::Value out = json::Value::MakeObject();
+    out.Set("resourceType", Str("Parameters"));
+    json::Value list = json::Value::MakeArray();
+    auto add = [&](const char* name, const char* kind, std::string value) {
+      json::Value prm = json::Value::MakeObject();
+      prm.Set("name", Str(name));
+      prm.Set(kind, Str(std::move(value)));
+      list.Push(std::move(prm));
+    };
+    add("decision", "valueCode", dec.allow ? "allow" : "deny");
+    add("policy", "valueString", dec.policy_id);
+    if (!dec.role.empty()) add("role", "valueString", dec.role);
+    if (!dec.rule.empty()) add("rule", "valueString", dec.rule);
+    if (!dec.allow) add("reason", "valueString", dec.reason);
+    add("summary", "valueString", dec.Summary());
+    const policy::Obligations& ob = dec.obligations;
+    if (dec.allow) {
+      if (ob.patients) {
+        add("confined", "valueString", std::to_string(ob.patients->size()) + " patient(s)");
+        for (const auto& pt : *ob.patients) add("patient", "valueString", pt);
+      }
+      for (const auto& m : ob.masked) add("masked", "valueString", m);
+      for (const auto& m : ob.read_only) add("read_only", "valueString", m);
+      for (const auto& l : ob.denied_labels) add("hidden_label", "valueCode", l);
+      if (ob.consent) add("consent", "valueString", "evaluated per resource");
+      if (!ob.break_glass_episode.empty()) add("break_glass", "valueString", ob.break_glass_episode);
+    }
+    if (!dec.shadow.empty()) add("shadow", "valueString", dec.shadow);
+    if (dec.allow && !areq.resource_type.empty() && !areq.resource_id.empty()) {
+      auto v = d.store->Read({d.config.tenant, areq.resource_type, areq.resource_id});
+      if (v.ok()) {
+        std::vector<std::string> labels;
+        if (auto doc = json::Parse(v->json.empty() ? "{}" : v->json, d.config.json_limits);
+            doc.ok()) {
+          labels = policy::SecurityLabels(*doc);
+        }
+        policy::ResourceFacts f;
+        f.type = areq.resource_type;
+        f.patients = &v->patients;
+        f.in_compartment_definition = fhir::InPatientCompartmentDefinition(areq.resource_type);
+        f.labels = &labels;
+        policy::Decision rd = engine.AuthorizeResource(who, dec, areq.interaction, f, env);
+        add("resource_decision", "valueCode", rd.allow ? "allow" : "deny");
+        if (!rd.allow) add("resource_reason", "valueString", rd.reason);
+        if (!rd.allow && rd.rule != dec.rule) add("resource_rule", "valueString", rd.rule);
+      } else {
+        add("resource_decision", "valueCode", "not-found");
+      }
+    }
+    out.Set("parameter", std::move(list));
+    net::HttpResponse r;
+    r.SetHeader("Content-Type", std::string(kFhirJson));
+    r.body = Body(ctx, out);
+    return r;
   }
 
   // An authenticated request (or one entry of a batch): authorization, then
@@ -824,13 +1046,16 @@ struct FhirService::Impl {
     areq.interaction = interaction;
     areq.resource_type = route.type;
     areq.resource_id = route.id;
-    policy::Decision decision = d.policy->Authorize(p, areq);
+    policy::Decision decision = Decide(ctx, areq);
+    ctx.decision = decision.Summary();
     ctx.audit.policy_id = decision.policy_id;
     if (!decision.allow) {
       ctx.audit.error = std::string(Describe(decision.deny_code).name) + ":" + decision.reason;
       return Error(ctx, decision.deny_code, decision.reason);
     }
-    if (!decision.patient_compartment.empty()) ctx.audit.patient_id = decision.patient_compartment;
+    if (decision.obligations.patients && decision.obligations.patients->size() == 1) {
+      ctx.audit.patient_id = decision.obligations.patients->front();
+    }
 
     if (route.search) return Search(ctx, req, route, query, decision);
 
@@ -929,6 +1154,22 @@ struct FhirService::Impl {
     ctx.audit.subject = ctx.principal->subject;
     ctx.audit.client_id = ctx.principal->client_id;
     ctx.audit.scopes = ctx.principal->scope_text;
+    if (d.policies) ctx.engine = d.policies->Current();
+    ctx.env.now = d.clock->NowSeconds();
+    ctx.env.client_address = req.remote_ip;
+    if (auto reason = req.header("X-Break-Glass-Reason")) {
+      // A written justification: printable text (UTF-8 allowed), bounded.
+      std::string_view text = Trim(*reason);
+      if (text.size() > kMaxBreakGlassReason ||
+          std::any_of(text.begin(), text.end(), [](char c) {
+            return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+          })) {
+        return fhirward::Error(ErrorCode::kInvalidRequest,
+                               "X-Break-Glass-Reason must be printable text of at most " +
+                                   std::to_string(kMaxBreakGlassReason) + " characters");
+      }
+      ctx.env.break_glass_reason = std::string(text);
+    }
     return absl::OkStatus();
   }
 
@@ -937,14 +1178,14 @@ struct FhirService::Impl {
     policy::AccessRequest read;
     read.interaction = Interaction::kRead;
     read.resource_type = type;
-    return d.policy->Authorize(*ctx.principal, read).allow;
+    return Decide(ctx, read).allow;
   }
 
   bool MayCreate(const Ctx& ctx, const std::string& type) const {
     policy::AccessRequest create;
     create.interaction = Interaction::kCreate;
     create.resource_type = type;
-    return d.policy->Authorize(*ctx.principal, create).allow;
+    return Decide(ctx, create).allow;
   }
 
   // A resource the policy hides is answered exactly like an absent one.
@@ -968,8 +1209,7 @@ struct FhirService::Impl {
       return ErrorResponse(ctx, v.status());
     }
     policy::Decision rd =
-        d.policy->AuthorizeResource(*ctx.principal, decision, route.interaction, route.type,
-                                    v->patients, fhir::InPatientCompartmentDefinition(route.type));
+        CheckResource(ctx, decision, route.interaction, route.type, v->patients, v->json);
     if (!rd.allow) return Hidden(ctx, rd);
     if (!v->patients.empty() && ctx.audit.patient_id.empty()) ctx.audit.patient_id = v->patients[0];
     ctx.audit.version_id = std::to_string(v->version);
@@ -989,7 +1229,7 @@ struct FhirService::Impl {
       }
     }
     r.SetHeader("Content-Type", std::string(kFhirJson));
-    r.body = Body(ctx, v->json);
+    r.body = Body(ctx, Shown(ctx, v->json));
     ctx.audit.count = 1;
     return r;
   }
@@ -1042,14 +1282,46 @@ struct FhirService::Impl {
     return std::optional<int64_t>(*v);
   }
 
+  // Field-level write rules of the request's decisions: masked elements keep
+  // their stored values (the principal cannot see them, so it cannot change
+  // them, and placeholders never overwrite data); a change to a read-only
+  // element is refused. `stored_json` is the current version (null: none).
+  std::optional<net::HttpResponse> ProtectElements(Ctx& ctx, json::Value& body,
+                                                   const std::string* stored_json) const {
+    if (ctx.masked.empty() && ctx.read_only.empty()) return std::nullopt;
+    std::optional<json::Value> stored;
+    if (stored_json) {
+      auto v = json::Parse(*stored_json, d.config.json_limits);
+      if (!v.ok()) return Error(ctx, ErrorCode::kInternal, "stored resource is unreadable");
+      stored = std::move(*v);
+    }
+    const json::Value* before = stored ? &*stored : nullptr;
+    if (!ctx.masked.empty() && before) policy::KeepStored(body, before, ctx.masked);
+    if (auto changed = policy::ChangedPath(body, before, ctx.read_only)) {
+      ctx.audit.error = "forbidden:read_only_element";
+      return Error(ctx, ErrorCode::kForbidden, "element " + *changed + " is read-only for you");
+    }
+    return std::nullopt;
+  }
+
+  // Whether the request's decisions mask or protect elements of `type`.
+  static bool HasFieldRules(const Ctx& ctx, std::string_view type) {
+    for (const auto* paths : {&ctx.masked, &ctx.read_only}) {
+      for (const auto& path : *paths) {
+        if (path.size() > type.size() && path.starts_with(type) && path[type.size()] == '.') {
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
   net::HttpResponse Write(Ctx& ctx, const net::HttpRequest& req, const Route& route,
                           const policy::Decision& decision) {
     store::ResourceKey key{d.config.tenant, route.type, route.id};
-    const bool in_def = fhir::InPatientCompartmentDefinition(route.type);
-    const policy::Principal& p = *ctx.principal;
-    auto authorize = [&](const std::vector<std::string>& patients) {
-      return d.policy->AuthorizeResource(p, decision, route.interaction, route.type, patients,
-                                         in_def);
+    auto authorize = [&](const std::vector<std::string>& patients, std::string_view text,
+                         const json::Value* body) {
+      return CheckResource(ctx, decision, route.interaction, route.type, patients, text, body);
     };
     auto deny = [&](const policy::Decision& rd) {
       ctx.audit.error = "forbidden:" + rd.reason;
@@ -1063,8 +1335,9 @@ struct FhirService::Impl {
       body->Set("id", Str(key.id));
       ctx.audit.resource_id = key.id;
       if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
+      if (auto refused = ProtectElements(ctx, *body, nullptr)) return std::move(*refused);
       auto patients = fhir::PatientCompartmentsOf(route.type, *body);
-      if (auto rd = authorize(patients); !rd.allow) return deny(rd);
+      if (auto rd = authorize(patients, {}, &*body); !rd.allow) return deny(rd);
       auto stored = d.store->Create(key, std::move(*body));
       if (!stored.ok()) return ErrorResponse(ctx, stored.status());
       return Written(ctx, req, *stored, 201, "created");
@@ -1081,7 +1354,7 @@ struct FhirService::Impl {
     if (!current.ok() && CodeOf(current.status()) != ErrorCode::kNotFound) {
       return ErrorResponse(ctx, current.status());
     }
-    const bool confined = !decision.patient_compartment.empty();
+    const bool confined = decision.obligations.confined();
     const bool absent = !current.ok() || current->deleted;
     if (confined && absent) {
       // A compartment-confined principal may change only what it can read:
@@ -1091,7 +1364,7 @@ struct FhirService::Impl {
       return Error(ctx, ErrorCode::kNotFound);
     }
     if (!absent) {
-      if (auto rd = authorize(current->patients); !rd.allow) {
+      if (auto rd = authorize(current->patients, current->json, nullptr); !rd.allow) {
         if (confined) return Hidden(ctx, rd);
         return deny(rd);
       }
@@ -1137,8 +1410,11 @@ struct FhirService::Impl {
       return Error(ctx, ErrorCode::kIdMismatch, "the body's id does not match the URL");
     }
     if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
+    if (auto refused = ProtectElements(ctx, *body, absent ? nullptr : &current->json)) {
+      return std::move(*refused);
+    }
     auto patients = fhir::PatientCompartmentsOf(route.type, *body);
-    if (auto rd = authorize(patients); !rd.allow) return deny(rd);
+    if (auto rd = authorize(patients, {}, &*body); !rd.allow) return deny(rd);
     if (absent && !d.config.update_create && !current.ok()) {
       return Error(ctx, ErrorCode::kMethodNotAllowed, "update cannot create; use POST");
     }
@@ -1189,22 +1465,28 @@ struct FhirService::Impl {
     return type == "Patient" || fhir::InPatientCompartmentDefinition(type);
   }
 
-  // The confinement of a search of `type` for this principal: nullopt when
-  // unconfined; an error when the principal may not search that type.
-  absl::StatusOr<std::optional<std::string>> NarrowFor(const Ctx& ctx, std::string_view type,
-                                                       Interaction interaction) const {
+  // The narrowing of a search of `type` under `dec`: its patient
+  // confinement (for confinable types) and the labels it hides.
+  static Narrowing NarrowingOf(const policy::Decision& dec, std::string_view type) {
+    Narrowing n;
+    if (dec.obligations.patients && Confinable(type)) n.patients = dec.obligations.patients;
+    n.hidden_labels = dec.obligations.denied_labels;
+    return n;
+  }
+
+  // The narrowing of a search of `type` for this principal; an error when the
+  // principal may not search that type.
+  absl::StatusOr<Narrowing> NarrowFor(const Ctx& ctx, std::string_view type,
+                                      Interaction interaction) const {
     policy::AccessRequest areq;
     areq.interaction = interaction;
     areq.resource_type = std::string(type);
-    policy::Decision dec = d.policy->Authorize(*ctx.principal, areq);
+    policy::Decision dec = Decide(ctx, areq);
     if (!dec.allow) {
       return fhirward::Error(ErrorCode::kForbidden,
                              "not permitted to search " + std::string(type) + ": " + dec.reason);
     }
-    if (!dec.patient_compartment.empty() && Confinable(type)) {
-      return std::optional<std::string>(dec.patient_compartment);
-    }
-    return std::optional<std::string>();
+    return NarrowingOf(dec, type);
   }
 
   // A search cursor: the canonical query and its position.
@@ -1346,15 +1628,18 @@ struct FhirService::Impl {
     // The policy's confinement is part of the query: counts and pages never
     // include what the principal may not read.
     bool empty_compartment = false;
-    if (!decision.patient_compartment.empty() && Confinable(route.type)) {
-      q.patient = decision.patient_compartment;
-    }
+    Narrowing narrowing = NarrowingOf(decision, route.type);
+    q.patients = std::move(narrowing.patients);
+    ExcludeLabels(narrowing.hidden_labels, &q.clauses);
     if (!route.compartment.empty()) {
       ctx.audit.action = "search-compartment";
-      if (q.patient && *q.patient != route.compartment) empty_compartment = true;
-      q.patient = route.compartment;
+      if (q.patients && std::find(q.patients->begin(), q.patients->end(), route.compartment) ==
+                            q.patients->end()) {
+        empty_compartment = true;
+      }
+      q.patients = std::vector<std::string>{route.compartment};
     }
-    if (q.patient) ctx.audit.patient_id = *q.patient;
+    if (q.patients && q.patients->size() == 1) ctx.audit.patient_id = q.patients->front();
     if (ps.summary == "count") q.count = 0;
 
     store::SearchPage page;
@@ -1371,7 +1656,7 @@ struct FhirService::Impl {
     policy::AccessRequest read_req;
     read_req.interaction = Interaction::kRead;
     read_req.resource_type = route.type;
-    const policy::Decision read = d.policy->Authorize(*ctx.principal, read_req);
+    const policy::Decision read = Decide(ctx, read_req);
     if (!read.allow && ps.summary != "count") {
       ctx.audit.error = "forbidden:" + read.reason;
       return Error(ctx, ErrorCode::kForbidden,
@@ -1382,8 +1667,7 @@ struct FhirService::Impl {
     std::vector<store::StoredVersion> included;
     std::vector<std::string> match_ids;
     for (const store::StoredVersion& v : page.matches) {
-      policy::Decision rd = d.policy->AuthorizeResource(*ctx.principal, read, Interaction::kRead,
-                                                        v.type, v.patients, in_def);
+      policy::Decision rd = CheckResource(ctx, read, Interaction::kRead, v.type, v.patients, v.json);
       if (!rd.allow) continue;  // defence in depth: the query was already confined
       match_ids.push_back(v.id);
       entries.emplace_back(&v, "match");
@@ -1427,9 +1711,10 @@ struct FhirService::Impl {
       if (subset) {
         auto res = json::Parse(v->json);
         if (!res.ok()) return Error(ctx, ErrorCode::kInternal);
+        if (!ctx.masked.empty()) policy::ApplyMasks(*res, ctx.masked);
         entry_text += json::Write(Subset(std::move(*res), ps));
       } else {
-        entry_text += v->json;
+        entry_text += Shown(ctx, v->json);
       }
       entry_text += ",\"search\":{\"mode\":\"";
       entry_text += mode;
@@ -1491,7 +1776,7 @@ struct FhirService::Impl {
         policy::AccessRequest areq;
         areq.interaction = Interaction::kRead;
         areq.resource_type = t;
-        policy::Decision dec = d.policy->Authorize(*ctx.principal, areq);
+        policy::Decision dec = Decide(ctx, areq);
         it = read_decisions
                  .emplace(t, dec.allow ? std::optional<policy::Decision>(dec) : std::nullopt)
                  .first;
@@ -1510,9 +1795,7 @@ struct FhirService::Impl {
         return v.status();
       }
       if (v->deleted) return absl::OkStatus();
-      policy::Decision rd =
-          d.policy->AuthorizeResource(*ctx.principal, *dec, Interaction::kRead, t, v->patients,
-                                      fhir::InPatientCompartmentDefinition(t));
+      policy::Decision rd = CheckResource(ctx, *dec, Interaction::kRead, t, v->patients, v->json);
       if (!rd.allow) return absl::OkStatus();
       (*next)[t].push_back(id);
       included->push_back(std::move(*v));
@@ -1540,7 +1823,7 @@ struct FhirService::Impl {
           auto narrow = NarrowFor(ctx, inc.source_type, Interaction::kRead);
           if (!narrow.ok()) continue;  // not readable: nothing to add
           auto ids = d.store->ReferencedBy(d.config.tenant, inc.source_type, inc.param, targets,
-                                           *narrow, cap, d.config.search.time_budget_ms);
+                                           narrow->patients, cap, d.config.search.time_budget_ms);
           if (!ids.ok()) return ids.status();
           for (const auto& id : *ids) {
             if (auto s = add(inc.source_type, id, &next); !s.ok()) return s;
@@ -1559,9 +1842,7 @@ struct FhirService::Impl {
   absl::Status AuthorizeWrite(const Ctx& ctx, const policy::Decision& decision,
                               Interaction interaction, const std::string& type,
                               const std::vector<std::string>& patients) const {
-    policy::Decision rd =
-        d.policy->AuthorizeResource(*ctx.principal, decision, interaction, type, patients,
-                                    fhir::InPatientCompartmentDefinition(type));
+    policy::Decision rd = CheckResource(ctx, decision, interaction, type, patients);
     if (!rd.allow) return fhirward::Error(ErrorCode::kForbidden, rd.reason);
     return absl::OkStatus();
   }
@@ -1574,18 +1855,15 @@ struct FhirService::Impl {
   // context, so they never name two different patients). An error when the
   // principal may not search the type: a condition is a search, and its
   // outcome (match or not) reveals what exists.
-  absl::StatusOr<std::optional<std::string>> ConditionConfinement(
-      const Ctx& ctx, const std::string& type, const policy::Decision& write) const {
+  absl::StatusOr<Narrowing> ConditionConfinement(const Ctx& ctx, const std::string& type,
+                                                 const policy::Decision& write) const {
     auto searched = NarrowFor(ctx, type, Interaction::kSearch);
     if (!searched.ok()) {
       return fhirward::Error(ErrorCode::kForbidden,
                              "a conditional request is a search: " + DetailOf(searched.status()));
     }
-    if (*searched) return searched;
-    if (!write.patient_compartment.empty() && Confinable(type)) {
-      return std::optional<std::string>(write.patient_compartment);
-    }
-    return std::optional<std::string>();
+    if (!searched->patients) searched->patients = NarrowingOf(write, type).patients;
+    return searched;
   }
 
   // POST with If-None-Exist, PUT Type?query, DELETE Type?query: the
@@ -1613,11 +1891,12 @@ struct FhirService::Impl {
     if (!cond.ok()) return ErrorResponse(ctx, cond.status());
     cond->tenant = d.config.tenant;
     cond->time_budget_ms = std::min<int64_t>(d.config.search.time_budget_ms, kWriterSearchBudgetMs);
-    cond->patient = *confine;
+    cond->patients = std::move(confine->patients);
+    ExcludeLabels(confine->hidden_labels, &cond->clauses);
     store::WriteOp op;
     op.key = {d.config.tenant, route.type, ""};
     op.condition = std::move(*cond);
-    op.confined = !decision.patient_compartment.empty();
+    op.confined = decision.obligations.confined();
     Interaction interaction = route.interaction;
     op.check = [&, interaction](const std::vector<std::string>& patients) {
       return AuthorizeWrite(ctx, decision, interaction, route.type, patients);
@@ -1638,6 +1917,15 @@ struct FhirService::Impl {
       if (!fhir::IsValidId(id)) return Error(ctx, ErrorCode::kInvalidId);
       if (route.interaction == Interaction::kCreate) body->Set("id", Str(id));
       if (auto refused = Refuse(ctx, *body)) return std::move(*refused);
+      if (HasFieldRules(ctx, route.type)) {
+        if (route.interaction == Interaction::kUpdate) {
+          ctx.audit.error = "forbidden:field_rules";
+          return Error(ctx, ErrorCode::kForbidden,
+                       "you have masked or read-only elements of " + route.type +
+                           ": update it by id, not conditionally");
+        }
+        if (auto refused = ProtectElements(ctx, *body, nullptr)) return std::move(*refused);
+      }
       json::Value as_stored = *body;  // with the id it gets when nothing matches
       as_stored.Set("id", Str(id));
       if (auto s = AuthorizeWrite(ctx, decision, route.interaction, route.type,
@@ -1651,7 +1939,7 @@ struct FhirService::Impl {
         policy::AccessRequest create;
         create.interaction = Interaction::kCreate;
         create.resource_type = route.type;
-        may_create = d.policy->Authorize(*ctx.principal, create).allow &&
+        may_create = Decide(ctx, create).allow &&
                      (!op.id_from_body || d.config.update_create);
       }
       op.kind = route.interaction == Interaction::kCreate ? store::WriteOp::Kind::kCreate
@@ -1694,11 +1982,10 @@ struct FhirService::Impl {
       policy::AccessRequest read;
       read.interaction = Interaction::kRead;
       read.resource_type = route.type;
-      policy::Decision rd = d.policy->Authorize(*ctx.principal, read);
+      policy::Decision rd = Decide(ctx, read);
       if (rd.allow) {
-        rd = d.policy->AuthorizeResource(*ctx.principal, rd, Interaction::kRead, route.type,
-                                         w.stored.patients,
-                                         fhir::InPatientCompartmentDefinition(route.type));
+        rd = CheckResource(ctx, rd, Interaction::kRead, route.type, w.stored.patients,
+                           w.stored.json);
       }
       if (rd.allow) {
         VersionHeaders(r, w.stored, true);
@@ -1733,11 +2020,10 @@ struct FhirService::Impl {
     store::ResourceKey key{d.config.tenant, route.type, route.id};
     auto current = d.store->Read(key);
     if (!current.ok()) return ErrorResponse(ctx, current.status());
-    const bool in_def = fhir::InPatientCompartmentDefinition(route.type);
-    policy::Decision rd = d.policy->AuthorizeResource(*ctx.principal, decision, Interaction::kPatch,
-                                                      route.type, current->patients, in_def);
+    policy::Decision rd = CheckResource(ctx, decision, Interaction::kPatch, route.type,
+                                        current->patients, current->json);
     if (!rd.allow) {
-      if (!decision.patient_compartment.empty()) return Hidden(ctx, rd);
+      if (decision.obligations.confined()) return Hidden(ctx, rd);
       ctx.audit.error = "forbidden:" + rd.reason;
       return Error(ctx, ErrorCode::kForbidden, rd.reason);
     }
@@ -1746,7 +2032,10 @@ struct FhirService::Impl {
       return Error(ctx, ErrorCode::kPreconditionFailed,
                    "current version is W/\"" + std::to_string(current->version) + "\"");
     }
-    auto doc = json::Parse(current->json, d.config.json_limits);
+    // The patch works on what the principal may see: masked elements are
+    // placeholders (a `test`, `copy` or `move` cannot reveal them) and keep
+    // their stored values afterwards.
+    auto doc = json::Parse(Shown(ctx, current->json), d.config.json_limits);
     if (!doc.ok()) return Error(ctx, ErrorCode::kInternal, "stored resource is unreadable");
     json::PatchLimits pl;
     pl.max_depth = d.config.json_limits.max_depth;
@@ -1762,6 +2051,7 @@ struct FhirService::Impl {
     if (doc->GetString("resourceType") != route.type || doc->GetString("id") != route.id) {
       return Error(ctx, ErrorCode::kInvalidRequest, "a patch cannot change resourceType or id");
     }
+    if (auto refused = ProtectElements(ctx, *doc, &current->json)) return std::move(*refused);
     if (auto refused = Refuse(ctx, *doc)) return std::move(*refused);
     if (auto s = AuthorizeWrite(ctx, decision, Interaction::kPatch, route.type,
                                 fhir::PatientCompartmentsOf(route.type, *doc));
@@ -1863,7 +2153,8 @@ struct FhirService::Impl {
           if (!cond.ok()) return cond.status();
           auto n = narrow(type);
           if (!n.ok()) return n.status();
-          cond->patient = *n;
+          cond->patients = n->patients;
+          ExcludeLabels(n->hidden_labels, &cond->clauses);
           cond->tenant = d.config.tenant;
           cond->count = 2;
           cond->time_budget_ms = d.config.search.time_budget_ms;
@@ -2144,7 +2435,7 @@ struct FhirService::Impl {
       std::string condition;               // query of a conditional update/delete or ifNoneExist
       std::string id;                      // id written (create: new; update: from url)
       std::optional<std::string> expect;   // planned result of the condition
-      std::optional<std::string> confine;  // the condition's confinement
+      Narrowing confine;                   // the condition's narrowing
       bool id_from_body = false;           // conditional PUT creating under the body's id
       policy::Decision decision;
     };
@@ -2217,7 +2508,7 @@ struct FhirService::Impl {
         policy::AccessRequest areq;
         areq.interaction = pl.route.interaction;
         areq.resource_type = pl.route.type;
-        pl.decision = d.policy->Authorize(*ctx.principal, areq);
+        pl.decision = Decide(ctx, areq);
         if (!pl.decision.allow) {
           return fail(be.index, fhirward::Error(pl.decision.deny_code, pl.decision.reason));
         }
@@ -2235,7 +2526,8 @@ struct FhirService::Impl {
       pl.confine = *confine;
       auto cond = ParseCondition(pl.route.type, pl.condition, d.config.search, d.base_url, narrow);
       if (!cond.ok()) return fail(be.index, cond.status());
-      cond->patient = pl.confine;
+      cond->patients = pl.confine.patients;
+      ExcludeLabels(pl.confine.hidden_labels, &cond->clauses);
       cond->tenant = d.config.tenant;
       cond->count = 2;
       cond->time_budget_ms = d.config.search.time_budget_ms;
@@ -2293,7 +2585,7 @@ struct FhirService::Impl {
       Plan& pl = plans[i];
       if (be.method == "GET" || be.method == "HEAD") continue;
       store::WriteOp op;
-      op.confined = !pl.decision.patient_compartment.empty();
+      op.confined = pl.decision.obligations.confined();
       op.id_from_body = pl.id_from_body;
       op.key = {d.config.tenant, pl.route.type, pl.id};
       const Interaction interaction = pl.route.interaction;
@@ -2309,7 +2601,8 @@ struct FhirService::Impl {
         cond->tenant = d.config.tenant;
         cond->time_budget_ms =
             std::min<int64_t>(d.config.search.time_budget_ms, kWriterSearchBudgetMs);
-        cond->patient = pl.confine;
+        cond->patients = pl.confine.patients;
+        ExcludeLabels(pl.confine.hidden_labels, &cond->clauses);
         op.condition = std::move(*cond);
         op.expect_match = pl.expect;
       }
@@ -2365,6 +2658,18 @@ struct FhirService::Impl {
             !s.ok()) {
           return fail(i, s);
         }
+        if (HasFieldRules(ctx, type)) {
+          // Field rules need the stored version: an update goes one by one.
+          if (be.method != "POST") {
+            return fail(i, fhirward::Error(ErrorCode::kForbidden,
+                                           "you have masked or read-only elements of " + type +
+                                               ": update it with its own PUT, not in a bundle"));
+          }
+          if (auto changed = policy::ChangedPath(r, nullptr, ctx.read_only)) {
+            return fail(i, fhirward::Error(ErrorCode::kForbidden,
+                                           "element " + *changed + " is read-only for you"));
+          }
+        }
         op.kind =
             be.method == "POST" ? store::WriteOp::Kind::kCreate : store::WriteOp::Kind::kUpdate;
         op.resource = std::move(r);
@@ -2377,7 +2682,7 @@ struct FhirService::Impl {
           create.interaction = Interaction::kCreate;
           create.resource_type = type;
           const bool chosen_id = !pl.route.conditional || pl.id_from_body;
-          op.allow_create = d.policy->Authorize(*ctx.principal, create).allow &&
+          op.allow_create = Decide(ctx, create).allow &&
                             (!chosen_id || d.config.update_create);
         }
       }
@@ -2419,6 +2724,7 @@ struct FhirService::Impl {
         rec.version_id = w.stored.version > 0 ? std::to_string(w.stored.version) : "";
         rec.patient_id = w.stored.patients.empty() ? "" : w.stored.patients[0];
         rec.policy_id = plans[i].decision.policy_id;
+        rec.decision = plans[i].decision.Summary();
         rec.outcome = "success";
         rec.status_code = entries[i].method == "DELETE" ? 204 : (w.created ? 201 : 200);
         rec.error.clear();
@@ -2578,8 +2884,8 @@ struct FhirService::Impl {
       store::ResourceKey key{d.config.tenant, route.type, route.id};
       auto v = d.store->Read(key);
       if (!v.ok()) return ErrorResponse(ctx, v.status());
-      policy::Decision rd = d.policy->AuthorizeResource(p, decision, Interaction::kRead, route.type,
-                                                        v->patients, in_def);
+      policy::Decision rd =
+          CheckResource(ctx, decision, Interaction::kRead, route.type, v->patients, v->json);
       if (!rd.allow) return Hidden(ctx, rd);
       if (v->deleted) return Error(ctx, ErrorCode::kGone);
       if (!v->patients.empty()) ctx.audit.patient_id = v->patients[0];
@@ -2592,7 +2898,7 @@ struct FhirService::Impl {
       // patient-scoped client validates only its own compartment's data.
       auto patients = fhir::PatientCompartmentsOf(route.type, *body);
       policy::Decision rd =
-          d.policy->AuthorizeResource(p, decision, interaction, route.type, patients, in_def);
+          CheckResource(ctx, decision, interaction, route.type, patients, {}, &*body);
       if (!rd.allow) {
         ctx.audit.error = "forbidden:" + rd.reason;
         return Error(ctx, ErrorCode::kForbidden, rd.reason);
@@ -2819,7 +3125,7 @@ struct FhirService::Impl {
         return Error(ctx, ErrorCode::kInvalidParameter, "unsupported parameter " + k);
       }
     }
-    if (!decision.patient_compartment.empty()) q.patient = decision.patient_compartment;
+    q.patients = decision.obligations.patients;
     // History returns resources: type and system history need read too (the
     // instance's history is authorized as a read already).
     if (route.interaction != Interaction::kHistoryInstance &&
@@ -2832,15 +3138,14 @@ struct FhirService::Impl {
     if (route.interaction == Interaction::kHistoryInstance) {
       auto cur = d.store->Read({d.config.tenant, route.type, route.id});
       if (!cur.ok()) return ErrorResponse(ctx, cur.status());
-      policy::Decision rd = d.policy->AuthorizeResource(
-          *ctx.principal, decision, Interaction::kRead, route.type, cur->patients,
-          fhir::InPatientCompartmentDefinition(route.type));
+      policy::Decision rd =
+          CheckResource(ctx, decision, Interaction::kRead, route.type, cur->patients, cur->json);
       if (!rd.allow) return Hidden(ctx, rd);
       // Reference data outside any compartment is readable under a patient
       // scope; its history is too.
-      if (!decision.patient_compartment.empty() &&
-          !fhir::InPatientCompartmentDefinition(route.type) && route.type != "Patient") {
-        q.patient.reset();
+      if (decision.obligations.confined() && !fhir::InPatientCompartmentDefinition(route.type) &&
+          route.type != "Patient") {
+        q.patients.reset();
       }
     }
 
@@ -2859,13 +3164,21 @@ struct FhirService::Impl {
     }
     bundle.Set("link", std::move(links));
     json::Value entries = json::Value::MakeArray();
+    int64_t shown = 0;
     for (const auto& e : page->entries) {
       const store::StoredVersion& v = e.version;
+      // Each version passes the checks of a read of it (labels and consents
+      // can differ between versions); hidden versions are left out.
+      if (!CheckResource(ctx, decision, Interaction::kRead, v.type, v.patients, v.json).allow) {
+        continue;
+      }
+      ++shown;
       json::Value entry = json::Value::MakeObject();
       entry.Set("fullUrl", Str(d.base_url + "/" + v.type + "/" + v.id));
       if (!v.deleted) {
         auto res = json::Parse(v.json);
         if (!res.ok()) return Error(ctx, ErrorCode::kInternal);
+        if (!ctx.masked.empty()) policy::ApplyMasks(*res, ctx.masked);
         entry.Set("resource", std::move(*res));
       }
       json::Value request = json::Value::MakeObject();
@@ -2879,7 +3192,7 @@ struct FhirService::Impl {
       entry.Set("response", std::move(response));
       entries.Push(std::move(entry));
     }
-    ctx.audit.count = static_cast<int64_t>(page->entries.size());
+    ctx.audit.count = shown;
     bundle.Set("entry", std::move(entries));
     net::HttpResponse r;
     r.SetHeader("Content-Type", std::string(kFhirJson));
@@ -2892,6 +3205,27 @@ struct FhirService::Impl {
   // Sets the audit outcome from the response.
   static void Outcome(Ctx& ctx, const net::HttpResponse& r) {
     ctx.audit.status_code = r.status;
+    ctx.audit.decision = ctx.decision;
+    ctx.audit.break_glass = ctx.break_glass_episode;
+    ctx.audit.break_glass_reason = ctx.break_glass_reason;
+    ctx.audit.shadow = ctx.shadow;
+    if (ctx.break_glass_opened) {
+      // The alert: operators watch for this event (the justification stays in
+      // the audit trail, never in logs).
+      LogEvent(LogLevel::kWarn, "break_glass_opened",
+               {{"request_id", LogValue(ctx.request_id)},
+                {"episode", LogValue(ctx.break_glass_episode)},
+                {"subject", LogValue(ctx.audit.subject)},
+                {"client_id", LogValue(ctx.audit.client_id)}});
+    }
+    if (!ctx.shadow.empty()) {
+      LogEvent(LogLevel::kWarn, "policy_shadow_disagreement",
+               {{"request_id", LogValue(ctx.request_id)},
+                {"action", LogValue(ctx.audit.action)},
+                {"resource_type", LogValue(ctx.audit.resource_type)},
+                {"enforced", LogValue(ctx.decision)},
+                {"candidate", LogValue(ctx.shadow)}});
+    }
     if (!ctx.forced_outcome.empty()) {
       ctx.audit.outcome = ctx.forced_outcome;
     } else if (r.status < 400) {
@@ -2975,7 +3309,12 @@ struct FhirService::Impl {
 
   net::HttpResponse SafeDispatch(Ctx& ctx, net::HttpRequest& req, const Parsed& parsed) {
     try {
-      return Dispatch(ctx, req, parsed);
+      net::HttpResponse r = Dispatch(ctx, req, parsed);
+      // Cached policy facts (relationships, consents) derive from the data.
+      if (d.facts && r.status < 400 && req.method != "GET" && req.method != "HEAD") {
+        d.facts->Changed(ctx.audit.resource_type);
+      }
+      return r;
     } catch (const std::exception& e) {
       LogEvent(LogLevel::kError, "handler_exception", {{"request_id", LogValue(ctx.request_id)}});
       return Error(ctx, ErrorCode::kInternal);

@@ -18,6 +18,7 @@
 #include "net/message.h"
 #include "oauth/authorization_server.h"
 #include "policy/policy.h"
+#include "server/policy_runtime.h"
 #include "server/authenticator.h"
 #include "server/config.h"
 #include "server/rate_limiter.h"
@@ -30,7 +31,11 @@ struct ServiceDeps {
   std::string base_url;  // no trailing slash
   store::ResourceStore* store = nullptr;
   audit::AuditLog* audit = nullptr;
+  // The policy: `policies` (reloaded policy files) when set, else `policy`.
   const policy::PolicyEngine* policy = nullptr;
+  PolicyRuntime* policies = nullptr;
+  // Told about every successful write (cached relationships and consents).
+  StorePolicyFacts* facts = nullptr;
   const Authenticator* authenticator = nullptr;
   RateLimiter* rate_limiter = nullptr;
   const SecretBytes* cursor_key = nullptr;  // authenticates paging cursors

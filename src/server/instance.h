@@ -46,6 +46,8 @@ class Instance {
   const SecretBytes& dpop_nonce_key() const { return dpop_nonce_key_; }
   std::string keys_dir() const { return data_dir_ + "/keys"; }
   std::string oauth_db_path() const { return data_dir_ + "/db/oauth.db"; }
+  // Break-glass episodes and their review queue.
+  std::string policy_db_path() const { return data_dir_ + "/db/policy.db"; }
   const std::string& signing_kid() const { return signing_key_.kid(); }
 
   std::string tls_dir() const { return data_dir_ + "/tls"; }

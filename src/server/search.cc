@@ -535,7 +535,8 @@ struct Parser {
   absl::Status Narrow(SearchClause& c) {
     auto n = narrow(c.target_type);
     if (!n.ok()) return n.status();
-    c.narrow_patient = *n;
+    c.narrow_patients = std::move(n->patients);
+    ExcludeLabels(n->hidden_labels, &c.sub);
     return absl::OkStatus();
   }
 
@@ -667,6 +668,20 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseQueryStrin
     out.emplace_back(std::move(*name), std::move(*value));
   }
   return out;
+}
+
+void ExcludeLabels(const std::vector<std::string>& labels,
+                   std::vector<store::SearchClause>* clauses) {
+  for (const auto& code : labels) {
+    store::SearchClause c;
+    c.kind = store::SearchClause::Kind::kToken;
+    c.param = "_security";
+    c.modifier = "not";
+    store::SearchValue v;
+    v.code = code;
+    c.values.push_back(std::move(v));
+    clauses->push_back(std::move(c));
+  }
 }
 
 absl::StatusOr<ParsedSearch> ParseSearch(

@@ -50,10 +50,21 @@ struct ParsedSearch {
   std::string canonical;
 };
 
-// Confinement of a target type for chains and _has: nullopt = not confined,
-// a patient id = confined to that compartment; an error = the principal may
-// not search that type at all (the whole request is refused).
-using NarrowFn = std::function<absl::StatusOr<std::optional<std::string>>(std::string_view type)>;
+// The policy's narrowing of a search of one type.
+struct Narrowing {
+  // Confined to these Patients' compartments (nullopt: not confined).
+  std::optional<std::vector<std::string>> patients;
+  // Resources carrying one of these meta.security codes are excluded.
+  std::vector<std::string> hidden_labels;
+};
+
+// Appends one `_security:not=CODE` clause per label to `clauses`.
+void ExcludeLabels(const std::vector<std::string>& labels,
+                   std::vector<store::SearchClause>* clauses);
+
+// Narrowing of a target type for chains and _has; an error = the principal
+// may not search that type at all (the whole request is refused).
+using NarrowFn = std::function<absl::StatusOr<Narrowing>(std::string_view type)>;
 
 // `strict`: Prefer: handling=strict (unknown parameters are errors).
 absl::StatusOr<ParsedSearch> ParseSearch(

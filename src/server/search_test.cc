@@ -38,15 +38,17 @@ template <typename T>
 }
 
 NarrowFn NoNarrowing() {
-  return
-      [](std::string_view) -> absl::StatusOr<std::optional<std::string>> { return std::nullopt; };
+  return [](std::string_view) -> absl::StatusOr<Narrowing> { return Narrowing{}; };
 }
 
 // Confines every type to patient p1's compartment, and refuses Practitioner outright.
 NarrowFn PatientP1() {
-  return [](std::string_view type) -> absl::StatusOr<std::optional<std::string>> {
+  return [](std::string_view type) -> absl::StatusOr<Narrowing> {
     if (type == "Practitioner") return Error(ErrorCode::kForbidden, "no Practitioner access");
-    return std::optional<std::string>("p1");
+    Narrowing n;
+    n.patients = std::vector<std::string>{"p1"};
+    if (type == "Observation") n.hidden_labels = {"PSY"};
+    return n;
   };
 }
 
@@ -477,7 +479,7 @@ TEST_F(ParseSearchTest, ChainWithTypeModifier) {
   EXPECT_EQ(c.kind, SearchClause::Kind::kChain);
   EXPECT_EQ(c.param, "subject");
   EXPECT_EQ(c.target_type, "Patient");
-  EXPECT_EQ(c.narrow_patient, std::nullopt);
+  EXPECT_EQ(c.narrow_patients, std::nullopt);
   ASSERT_EQ(c.sub.size(), 1u);
   EXPECT_EQ(c.sub[0].kind, SearchClause::Kind::kString);
   EXPECT_EQ(c.sub[0].param, "name");
@@ -541,9 +543,15 @@ TEST_F(ParseSearchTest, Has) {
 TEST_F(ParseSearchTest, NarrowingOfChainAndHasTargets) {
   narrow_ = PatientP1();
   SearchClause chain = One("Observation", "subject:Patient.gender", "female");
-  EXPECT_EQ(chain.narrow_patient, "p1");
+  EXPECT_EQ(chain.narrow_patients, std::vector<std::string>{"p1"});
+  EXPECT_EQ(chain.sub.size(), 1u);  // Patient: no hidden labels
   SearchClause has = One("Patient", "_has:Observation:patient:code", "x");
-  EXPECT_EQ(has.narrow_patient, "p1");
+  EXPECT_EQ(has.narrow_patients, std::vector<std::string>{"p1"});
+  // Hidden labels of the target type become _security:not clauses beside the sub-clause.
+  ASSERT_EQ(has.sub.size(), 2u);
+  EXPECT_EQ(has.sub[1].param, "_security");
+  EXPECT_EQ(has.sub[1].modifier, "not");
+  EXPECT_EQ(has.sub[1].values[0].code, "PSY");
   // A type the principal may not search refuses the whole request, lenient or not.
   auto refused = Parse("Observation", {{"performer:Practitioner.name", "x"}}, false);
   EXPECT_TRUE(FailsWith(refused, ErrorCode::kForbidden));

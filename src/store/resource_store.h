@@ -61,8 +61,8 @@ struct HistoryQuery {
   std::optional<std::string> since;  // FHIR instant (normalized), inclusive
   int count = 50;
   int64_t before_seq = 0;  // paging: only entries with seq < before_seq (0 = from the newest)
-  // When set, only versions in this patient's compartment.
-  std::optional<std::string> patient;
+  // When set, only versions in one of these patients' compartments.
+  std::optional<std::vector<std::string>> patients;
 };
 
 struct HistoryEntry {
@@ -164,12 +164,13 @@ class ResourceStore {
       const std::string& tenant, const std::string& type, const std::vector<std::string>& ids,
       const std::string& param, const std::string& target_type, int64_t time_budget_ms) = 0;
   // Ids of resources of `source_type` referencing one of `targets` through
-  // `param` ("*": any), confined to `patient`'s compartment when set. Both
+  // `param` ("*": any), confined to `patients`' compartments when set. Both
   // lookups stop with kTooCostly beyond `time_budget_ms` (0: none).
   virtual absl::StatusOr<std::vector<std::string>> ReferencedBy(
       const std::string& tenant, const std::string& source_type, const std::string& param,
       const std::vector<std::pair<std::string, std::string>>& targets,
-      const std::optional<std::string>& patient, int limit, int64_t time_budget_ms) = 0;
+      const std::optional<std::vector<std::string>>& patients, int limit,
+      int64_t time_budget_ms) = 0;
   // All or nothing: every op is applied in one database transaction, in the
   // given order, or none is (the error names the failing op: "entry N: ...").
   virtual absl::StatusOr<std::vector<WriteOpResult>> Transaction(std::vector<WriteOp> ops) = 0;

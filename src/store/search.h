@@ -66,14 +66,12 @@ struct SearchClause {
   std::vector<SearchValue> values;  // OR
   // kChain: resources of `target_type` referenced through `param` must match
   // `sub`; kHas: resources of `target_type` whose `param` references this one
-  // must match `sub`. `narrow_patient` confines those resources to one Patient
-  // compartment (the principal's), `narrow_types` tells which target types the
-  // confinement applies to (types outside the compartment definition are
-  // reference data and are not confined).
+  // must match `sub`. `narrow_patients` confines those resources to the
+  // principal's Patient compartments.
   std::string target_type;
   std::string component_kind;  // kComposite: "token", "quantity", "date" or "string"
   std::vector<SearchClause> sub;
-  std::optional<std::string> narrow_patient;
+  std::optional<std::vector<std::string>> narrow_patients;
 };
 
 struct SortKey {
@@ -87,9 +85,10 @@ struct SearchQuery {
   std::string tenant;
   std::string type;
   std::vector<SearchClause> clauses;  // AND
-  // Confines matches to one Patient's compartment (the policy's obligation):
-  // applied in SQL, so paging and totals never count hidden resources.
-  std::optional<std::string> patient;
+  // Confines matches to these Patients' compartments (the policy's
+  // obligation; empty: none): applied in SQL, so paging and totals never count
+  // hidden resources.
+  std::optional<std::vector<std::string>> patients;
   std::vector<SortKey> sort;
   int64_t offset = 0;
   int count = 20;  // at most this many matches; SearchPage.more tells whether more exist

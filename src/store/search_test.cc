@@ -130,7 +130,7 @@ SearchClause Chain(std::string param, std::string target_type, SearchClause sub,
   c.param = std::move(param);
   c.target_type = std::move(target_type);
   c.sub.push_back(std::move(sub));
-  c.narrow_patient = std::move(narrow);
+  if (narrow) c.narrow_patients = std::vector<std::string>{*narrow};
   return c;
 }
 SearchClause Has(std::string target_type, std::string param, SearchClause sub,
@@ -713,7 +713,7 @@ TEST_F(StoreSearchTest, EmptyChainIsRefused) {
 TEST_F(StoreSearchTest, PatientNarrowingConfinesMatchesAndTotals) {
   Populate();
   SearchQuery q = Q("Observation");
-  q.patient = "p1";
+  q.patients = std::vector<std::string>{"p1"};
   q.total = true;
   auto page = store_->Search(q).value();
   EXPECT_THAT(IdsOf(page), ElementsAre("o1", "o2"));
@@ -728,7 +728,7 @@ TEST_F(StoreSearchTest, PatientNarrowingConfinesMatchesAndTotals) {
 
   // With a clause that would match other compartments too.
   q = Q("Observation", {C(Kind::kToken, "code", {Code("8867-4")})});
-  q.patient = "p2";
+  q.patients = std::vector<std::string>{"p2"};
   q.total = true;
   page = store_->Search(q).value();
   EXPECT_THAT(IdsOf(page), ElementsAre("o3"));
@@ -736,18 +736,33 @@ TEST_F(StoreSearchTest, PatientNarrowingConfinesMatchesAndTotals) {
 
   // A Patient is in its own compartment only; Group-subject o4 is in none.
   q = Q("Patient");
-  q.patient = "p1";
+  q.patients = std::vector<std::string>{"p1"};
   EXPECT_THAT(Ids(q), ElementsAre("p1"));
   q = Q("Observation", {C(Kind::kToken, "code", {Code("X")})});
-  q.patient = "p1";
+  q.patients = std::vector<std::string>{"p1"};
   EXPECT_THAT(Ids(q), IsEmpty());
   // Reference data outside the compartment definition is not in it either.
   q = Q("Organization");
-  q.patient = "p1";
+  q.patients = std::vector<std::string>{"p1"};
   EXPECT_THAT(Ids(q), IsEmpty());
   q = Q("RiskAssessment");
-  q.patient = "p2";
+  q.patients = std::vector<std::string>{"p2"};
   EXPECT_THAT(Ids(q), ElementsAre("ra2", "ra3"));
+
+  // A set of compartments (a clinician's patients), and the empty set.
+  q = Q("Observation");
+  q.patients = std::vector<std::string>{"p1", "p2"};
+  q.total = true;
+  page = store_->Search(q).value();
+  EXPECT_THAT(IdsOf(page), ElementsAre("o1", "o2", "o3"));
+  EXPECT_EQ(page.total, 3);
+  q.patients = std::vector<std::string>{};
+  page = store_->Search(q).value();
+  EXPECT_THAT(IdsOf(page), IsEmpty());
+  EXPECT_EQ(page.total, 0);
+  q = Q("Observation", {C(Kind::kToken, "code", {Code("8867-4")})});
+  q.patients = std::vector<std::string>{"p2", "nobody"};
+  EXPECT_THAT(Ids(q), ElementsAre("o3"));
 }
 
 TEST_F(StoreSearchTest, CompartmentFollowsTheCurrentVersion) {
@@ -760,9 +775,9 @@ TEST_F(StoreSearchTest, CompartmentFollowsTheCurrentVersion) {
           std::nullopt, false)
       .value();
   SearchQuery q = Q("Observation");
-  q.patient = "p1";
+  q.patients = std::vector<std::string>{"p1"};
   EXPECT_THAT(Ids(q), ElementsAre("o2"));
-  q.patient = "p2";
+  q.patients = std::vector<std::string>{"p2"};
   EXPECT_THAT(Ids(q), ElementsAre("o1", "o3"));
 }
 
@@ -1000,7 +1015,7 @@ TEST_F(StoreSearchTest, TransactionIsAtomic) {
   EXPECT_THAT(Ids("Patient", {}), ElementsAre("p1", "p2", "p3"));
   EXPECT_EQ(store_->Read({"t1", "Patient", "p1"})->version, 1);
   SearchQuery q = Q("Observation");
-  q.patient = "tx1";
+  q.patients = std::vector<std::string>{"tx1"};
   EXPECT_THAT(Ids(q), IsEmpty());
 
   // A conflicting create as the last op rolls back the same way.

@@ -476,10 +476,17 @@ class SqliteStore final : public ResourceStore {
     if (!q.id.empty()) sql += " AND v.id = ?3";
     if (q.since) sql += " AND v.last_updated >= ?4";
     if (q.before_seq > 0) sql += " AND v.seq < ?5";
-    if (q.patient) {
+    if (q.patients) {
+      // Bound from ?8 on; an empty set matches nothing.
+      std::string in = q.patients->empty() ? "0" : "m.patient IN (";
+      for (size_t i = 0; i < q.patients->size(); ++i) {
+        in += (i ? ", ?" : "?") + std::to_string(8 + i);
+      }
+      if (!q.patients->empty()) in += ")";
       sql +=
           " AND EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = v.tenant AND "
-          "m.type = v.type AND m.id = v.id AND m.version = v.version AND m.patient = ?6)";
+          "m.type = v.type AND m.id = v.id AND m.version = v.version AND " +
+          in + ")";
     }
     sql += " ORDER BY v.seq DESC LIMIT ?7";
     auto conn = AcquireReader();
@@ -490,7 +497,11 @@ class SqliteStore final : public ResourceStore {
     if (!q.id.empty()) st->Bind(3, q.id);
     if (q.since) st->Bind(4, *q.since);
     if (q.before_seq > 0) st->Bind(5, q.before_seq);
-    if (q.patient) st->Bind(6, *q.patient);
+    if (q.patients) {
+      for (size_t i = 0; i < q.patients->size(); ++i) {
+        st->Bind(static_cast<int>(8 + i), (*q.patients)[i]);
+      }
+    }
     st->Bind(7, static_cast<int64_t>(q.count) + 1);
     HistoryPage page;
     for (;;) {
@@ -630,7 +641,8 @@ class SqliteStore final : public ResourceStore {
   absl::StatusOr<std::vector<std::string>> ReferencedBy(
       const std::string& tenant, const std::string& source_type, const std::string& param,
       const std::vector<std::pair<std::string, std::string>>& targets,
-      const std::optional<std::string>& patient, int limit, int64_t time_budget_ms) override {
+      const std::optional<std::vector<std::string>>& patient, int limit,
+      int64_t time_budget_ms) override {
     auto conn = AcquireReader();
     internal::ScopedBudget budget(*conn.db, time_budget_ms);
     return internal::ReferencedBy(*conn.db, tenant, source_type, param, targets, patient, limit);

@@ -299,6 +299,15 @@ class Sql {
 // The upper bound of a prefix range: no UTF-8 text has a 0xFF byte.
 std::string PrefixEnd(std::string_view p) { return std::string(p) + "\xff"; }
 
+// "m.patient IN (?, ...)"; an empty set matches nothing.
+std::string PatientIn(Sql& sql, const std::vector<std::string>& patients) {
+  if (patients.empty()) return "0";
+  if (patients.size() == 1) return "m.patient = " + sql.P(patients[0]);
+  std::string out = "m.patient IN (";
+  for (size_t i = 0; i < patients.size(); ++i) out += (i ? ", " : "") + sql.P(patients[i]);
+  return out + ")";
+}
+
 class Compiler {
  public:
   Compiler(const BlindIndex& blind, std::string_view tenant) : blind_(blind), tenant_(tenant) {}
@@ -306,7 +315,7 @@ class Compiler {
   // `SELECT A.id ... ` for resources of `type` matching `clauses`.
   absl::Status Select(Sql& sql, const std::string& alias, std::string_view type,
                       const std::vector<SearchClause>& clauses,
-                      const std::optional<std::string>& patient) {
+                      const std::optional<std::vector<std::string>>& patient) {
     sql.text += "SELECT " + alias + ".id FROM resource_current " + alias +
                 " JOIN resource_versions " + alias + "v ON " + alias + "v.seq = " + alias +
                 ".seq WHERE " + alias + ".tenant = " + sql.P(tenant_) + " AND " + alias +
@@ -316,7 +325,7 @@ class Compiler {
 
   absl::Status Where(Sql& sql, const std::string& alias, std::string_view type,
                      const std::vector<SearchClause>& clauses,
-                     const std::optional<std::string>& patient) {
+                     const std::optional<std::vector<std::string>>& patient) {
     // One selective condition drives the query (an IN list the planner
     // starts from); the others are checked per candidate (correlated EXISTS
     // on the index rows of that resource). SQLite has no statistics on the
@@ -334,12 +343,12 @@ class Compiler {
       if (best < kCompartmentRank) {
         driver = -1;
         sql.text += " AND " + alias + ".id IN (SELECT m.id FROM compartment_members m WHERE " +
-                    "m.tenant = " + sql.P(tenant_) + " AND m.patient = " + sql.P(*patient) +
+                    "m.tenant = " + sql.P(tenant_) + " AND " + PatientIn(sql, *patient) +
                     " AND m.type = " + sql.P(type) + ")";
       }
       sql.text += " AND EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = " + alias +
                   ".tenant AND m.type = " + alias + ".type AND m.id = " + alias +
-                  ".id AND m.version = " + alias + ".version AND m.patient = " + sql.P(*patient) +
+                  ".id AND m.version = " + alias + ".version AND " + PatientIn(sql, *patient) +
                   ")";
     }
     for (size_t i = 0; i < clauses.size(); ++i) {
@@ -440,7 +449,7 @@ class Compiler {
                   ".id IN (SELECT r.id FROM search_reference r WHERE r.tenant = " + sql.P(tenant_) +
                   " AND r.type = " + sql.P(type) + " AND r.param = " + sql.P(c.param) +
                   " AND r.target_type = " + sql.P(c.target_type) + " AND r.target_id IN (";
-      if (auto s = Select(sql, inner, c.target_type, c.sub, c.narrow_patient); !s.ok()) return s;
+      if (auto s = Select(sql, inner, c.target_type, c.sub, c.narrow_patients); !s.ok()) return s;
       sql.text += "))";
       return absl::OkStatus();
     }
@@ -451,7 +460,7 @@ class Compiler {
                   sql.P(tenant_) + " AND r.type = " + sql.P(c.target_type) +
                   " AND r.param = " + sql.P(c.param) + " AND r.target_type = " + sql.P(type) +
                   " AND r.id IN (";
-      if (auto s = Select(sql, inner, c.target_type, c.sub, c.narrow_patient); !s.ok()) return s;
+      if (auto s = Select(sql, inner, c.target_type, c.sub, c.narrow_patients); !s.ok()) return s;
       sql.text += "))";
       return absl::OkStatus();
     }
@@ -741,7 +750,7 @@ absl::StatusOr<SearchIds> RunSearch(Db& db, const BlindIndex& blind, const Searc
   {
     Sql sql;
     Compiler comp(blind, q.tenant);
-    if (auto s = comp.Select(sql, "c0", q.type, q.clauses, q.patient); !s.ok()) return s;
+    if (auto s = comp.Select(sql, "c0", q.type, q.clauses, q.patients); !s.ok()) return s;
     sql.text += " ORDER BY ";
     for (const SortKey& k : q.sort) {
       std::string e = SortExpr(sql, "c0", k);
@@ -764,7 +773,7 @@ absl::StatusOr<SearchIds> RunSearch(Db& db, const BlindIndex& blind, const Searc
     Sql sql;
     Compiler comp(blind, q.tenant);
     sql.text = "SELECT COUNT(*) FROM (";
-    if (auto s = comp.Select(sql, "c0", q.type, q.clauses, q.patient); !s.ok()) return s;
+    if (auto s = comp.Select(sql, "c0", q.type, q.clauses, q.patients); !s.ok()) return s;
     sql.text += ")";
     auto st = db.Prepare(sql.text);
     if (!st.ok()) return st.status();
@@ -806,7 +815,7 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
 absl::StatusOr<std::vector<std::string>> ReferencedBy(
     Db& db, std::string_view tenant, std::string_view source_type, std::string_view param,
     const std::vector<std::pair<std::string, std::string>>& targets,
-    const std::optional<std::string>& patient, int limit) {
+    const std::optional<std::vector<std::string>>& patient, int limit) {
   std::vector<std::string> out;
   if (targets.empty()) return out;
   Sql sql;
@@ -824,8 +833,8 @@ absl::StatusOr<std::vector<std::string>> ReferencedBy(
   if (patient) {
     sql.text +=
         " AND EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = c.tenant AND m.type = "
-        "c.type AND m.id = c.id AND m.version = c.version AND m.patient = " +
-        sql.P(*patient) + ")";
+        "c.type AND m.id = c.id AND m.version = c.version AND " +
+        PatientIn(sql, *patient) + ")";
   }
   sql.text += " ORDER BY r.id LIMIT " + sql.P(static_cast<int64_t>(limit));
   auto st = db.Prepare(sql.text);

@@ -121,11 +121,11 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReferencesFrom(
     std::string_view param, std::string_view target_type);
 
 // Ids of resources of `source_type` that reference one of `targets` through
-// `param` ("*": any), confined to `patient`'s compartment when set; at most `limit`.
+// `param` ("*": any), confined to `patients`' compartments when set; at most `limit`.
 absl::StatusOr<std::vector<std::string>> ReferencedBy(
     Db& db, std::string_view tenant, std::string_view source_type, std::string_view param,
     const std::vector<std::pair<std::string, std::string>>& targets,
-    const std::optional<std::string>& patient, int limit);
+    const std::optional<std::vector<std::string>>& patients, int limit);
 
 }  // namespace fhirward::store::internal
 

@@ -1,0 +1,616 @@
+// The PolicyEngine: roles x scopes x permissions, deny rules with attribute
+// conditions, relationships to patients, consent, labels, masking and
+// break-glass. See policy.h for the two-step contract and docs/policy.md for
+// the semantics.
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "fhir/resources.h"
+#include "policy/internal/scopes.h"
+#include "policy/obligations.h"
+#include "policy/policy.h"
+
+namespace fhirward::policy {
+namespace {
+
+using internal::Grants;
+using internal::IsSharedReferenceType;
+using internal::IsWrite;
+using internal::LetterFor;
+
+bool Contains(const std::vector<std::string>& v, std::string_view s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+// The permission interaction name ("history" covers the three histories).
+std::string_view PermissionName(Interaction i) {
+  switch (i) {
+    case Interaction::kRead:
+      return "read";
+    case Interaction::kVread:
+      return "vread";
+    case Interaction::kSearch:
+      return "search";
+    case Interaction::kHistoryInstance:
+    case Interaction::kHistoryType:
+    case Interaction::kHistorySystem:
+      return "history";
+    case Interaction::kCreate:
+      return "create";
+    case Interaction::kUpdate:
+      return "update";
+    case Interaction::kPatch:
+      return "patch";
+    case Interaction::kDelete:
+      return "delete";
+    case Interaction::kCapabilities:
+      return "capabilities";
+  }
+  return "";
+}
+
+// "Practitioner/p1" from "Practitioner/p1" or "https://host/fhir/Practitioner/p1".
+std::string ActorReference(std::string_view fhir_user) {
+  size_t last = fhir_user.rfind('/');
+  if (last == std::string_view::npos || last == 0 || last + 1 == fhir_user.size()) return "";
+  size_t prev = fhir_user.rfind('/', last - 1);
+  std::string_view ref = prev == std::string_view::npos ? fhir_user : fhir_user.substr(prev + 1);
+  size_t slash = ref.find('/');
+  if (!fhir::IsResourceType(ref.substr(0, slash)) || !fhir::IsValidId(ref.substr(slash + 1))) {
+    return "";
+  }
+  return std::string(ref);
+}
+
+bool Holds(const Conditions& c, const Principal& p, const Environment& env, int offset_minutes) {
+  const int64_t local = env.now + int64_t{offset_minutes} * 60;
+  const int64_t day = local >= 0 ? local / 86400 : (local - 86399) / 86400;
+  if (c.hours) {
+    const int minute = static_cast<int>((local - day * 86400) / 60);
+    const auto [start, end] = *c.hours;
+    const bool in = start < end ? (minute >= start && minute < end)
+                                : (minute >= start || minute < end);
+    if (!in) return false;
+  }
+  if (!c.weekdays.empty()) {
+    const int weekday = static_cast<int>(((day % 7) + 7 + 4) % 7);  // 1970-01-01: Thursday
+    if (std::find(c.weekdays.begin(), c.weekdays.end(), weekday) == c.weekdays.end()) return false;
+  }
+  if (!c.networks.empty()) {
+    bool in = false;
+    for (const Cidr& n : c.networks) in = in || CidrContains(n, env.client_address);
+    if (!in) return false;
+  }
+  if (!c.purpose_of_use.empty()) {
+    bool any = false;
+    for (const auto& code : p.purpose_of_use) any = any || Contains(c.purpose_of_use, code);
+    if (!any) return false;
+  }
+  return true;
+}
+
+struct CompiledRole {
+  const Role* role = nullptr;
+  std::vector<ResourceScope> patterns;
+};
+
+// A denial's weight: the most telling reason across roles is reported.
+enum Weight { kNoScope = 1, kNoPermission = 2, kRelationship = 3, kRuleDeny = 4, kFacts = 5 };
+
+struct Candidate {
+  Decision decision;
+  int weight = 0;
+};
+
+class Engine final : public PolicyEngine {
+ public:
+  Engine(std::shared_ptr<const PolicySet> policy, PolicyFacts* facts)
+      : policy_(std::move(policy)), facts_(facts) {
+    for (const Role& r : policy_->roles) {
+      CompiledRole c;
+      c.role = &r;
+      for (const auto& text : r.scopes) {
+        if (auto s = ParseResourceScope(text); s && !s->restricted) c.patterns.push_back(*s);
+      }
+      roles_.emplace(r.name, std::move(c));
+    }
+  }
+
+  std::shared_ptr<const PolicySet> policy() const override { return policy_; }
+
+  Decision Authorize(const Principal& p, const AccessRequest& req,
+                     const Environment& env) const override {
+    Decision deny;
+    deny.policy_id = policy_->IdVersion();
+    if (req.interaction == Interaction::kCapabilities) {
+      deny.allow = true;
+      deny.rule = "public";
+      return deny;
+    }
+    const std::vector<std::string>& names =
+        p.has_roles_claim && !policy_->ignore_token_roles ? p.roles : policy_->default_roles;
+    Candidate best;
+    best.decision = deny;
+    best.decision.reason = "no_role";
+    best.decision.deny_code = ErrorCode::kForbidden;
+    for (const std::string& name : names) {
+      auto it = roles_.find(name);
+      if (it == roles_.end()) continue;
+      Candidate c = ForRole(it->second, p, req, env);
+      if (c.decision.allow) return std::move(c.decision);
+      if (c.weight > best.weight) best = std::move(c);
+    }
+    return std::move(best.decision);
+  }
+
+  Decision AuthorizeResource(const Principal& p, const Decision& decision,
+                             Interaction interaction, const ResourceFacts& r,
+                             const Environment& env) const override {
+    Decision d = decision;
+    if (!decision.allow) return d;
+    const Obligations& ob = decision.obligations;
+    static const std::vector<std::string> kNone;
+    const std::vector<std::string>& patients = r.patients ? *r.patients : kNone;
+    auto refuse = [&](std::string reason, std::string rule = "") {
+      d.allow = false;
+      d.deny_code = ErrorCode::kForbidden;
+      d.reason = std::move(reason);
+      if (!rule.empty()) d.rule = std::move(rule);
+      return d;
+    };
+    if (ob.confined()) {
+      bool in_own = false;
+      for (const auto& pt : patients) in_own = in_own || ob.Allows(pt);
+      if (in_own && IsWrite(interaction)) {
+        // A write must stay inside the records the principal may reach: a
+        // resource that also lands in another patient's compartment would
+        // put data into that chart.
+        for (const auto& pt : patients) {
+          if (!ob.Allows(pt)) return refuse("write_reaches_another_patient_compartment");
+        }
+      } else if (!in_own) {
+        // Types outside the Patient compartment (Medication, Organization,
+        // ...) are shared reference data: readable, not writable.
+        if (r.in_compartment_definition || r.type == "Patient" ||
+            !IsSharedReferenceType(r.type) || IsWrite(interaction)) {
+          return refuse("outside_patient_compartment");
+        }
+      }
+    }
+    if (r.labels && !ob.denied_labels.empty()) {
+      for (const auto& label : *r.labels) {
+        if (Contains(ob.denied_labels, label)) return refuse("security_label:" + label);
+      }
+    }
+    if (ob.consent && !patients.empty()) {
+      if (!facts_) return refuse("consent_unavailable");
+      ConsentRequest cr;
+      cr.actors = ob.consent_actors;
+      cr.purposes = p.purpose_of_use;
+      cr.now = env.now;
+      cr.resource_type = std::string(r.type);
+      if (r.labels) cr.labels = *r.labels;
+      std::set<std::string> seen;
+      for (const auto& pt : patients) {
+        if (!seen.insert(pt).second) continue;
+        auto consents = facts_->Consents(pt);
+        if (!consents.ok()) return refuse("consent_unavailable");
+        if (consents->empty()) continue;
+        ConsentVerdict v = EvaluateConsents(*consents, cr);
+        if (v.kind == ConsentVerdict::Kind::kDeny) {
+          return refuse("consent_denied", "Consent/" + v.consent_id);
+        }
+      }
+    }
+    return d;
+  }
+
+ private:
+  // The effective scope grant: a token scope and a role pattern of the same
+  // context that both grant `letter` on `type`. Reports which contexts grant.
+  struct ScopeGrant {
+    const ResourceScope* patient = nullptr;  // a patient/ scope grants
+    const ResourceScope* broad = nullptr;    // a user/ or system/ scope grants
+  };
+  static ScopeGrant EffectiveScopes(const CompiledRole& role, const Principal& p,
+                                    std::string_view type, char letter) {
+    ScopeGrant g;
+    auto matches = [&](const ResourceScope& s) {
+      if (s.restricted) return false;  // v2 restrictions are not enforced: never grant on them
+      if (s.type != "*" && s.type != type) return false;
+      return Grants(s, letter);
+    };
+    for (const auto& s : p.scopes) {
+      if (!matches(s)) continue;
+      bool bound = false;
+      for (const auto& pat : role.patterns) {
+        if (pat.context == s.context && matches(pat)) {
+          bound = true;
+          break;
+        }
+      }
+      if (!bound) continue;
+      if (s.context == ResourceScope::Context::kPatient) {
+        if (!g.patient) g.patient = &s;
+      } else if (!g.broad) {
+        g.broad = &s;
+      }
+    }
+    return g;
+  }
+
+  static bool PermissionGrants(const Role& role, std::string_view type, std::string_view perm,
+                               std::string* which) {
+    for (const auto& pm : role.permissions) {
+      if (pm.type != "*" && pm.type != type) continue;
+      if (pm.interaction != "*" && pm.interaction != perm) continue;
+      *which = pm.type + "." + pm.interaction;
+      return true;
+    }
+    return false;
+  }
+
+  Candidate ForRole(const CompiledRole& cr, const Principal& p, const AccessRequest& req,
+                    const Environment& env) const {
+    const Role& role = *cr.role;
+    Candidate c;
+    Decision& d = c.decision;
+    d.policy_id = policy_->IdVersion();
+    d.role = role.name;
+    auto deny = [&](Weight w, ErrorCode code, std::string reason, std::string rule = "") {
+      d.allow = false;
+      d.deny_code = code;
+      d.reason = std::move(reason);
+      d.rule = std::move(rule);
+      c.weight = w;
+      return c;
+    };
+    const char letter = LetterFor(req.interaction);
+    const std::string_view type =
+        req.resource_type.empty() ? std::string_view("*") : std::string_view(req.resource_type);
+    const std::string_view perm = PermissionName(req.interaction);
+
+    ScopeGrant g = EffectiveScopes(cr, p, type, letter);
+    if (!g.patient && !g.broad) {
+      return deny(kNoScope, ErrorCode::kInsufficientScope,
+                  "no scope grants " + std::string(1, letter) + " on " + std::string(type) +
+                      " for role " + role.name);
+    }
+    std::string permission;
+    if (!PermissionGrants(role, type, perm, &permission)) {
+      return deny(kNoPermission, ErrorCode::kForbidden,
+                  "role " + role.name + " lacks " + std::string(type) + "." + std::string(perm));
+    }
+    for (const Rule& rule : policy_->rules) {
+      if (!rule.roles.empty() && !Contains(rule.roles, role.name)) continue;
+      // A typed rule also governs system-level interactions (type "*"), whose
+      // results may include its types.
+      if (!rule.types.empty() && type != "*" && !Contains(rule.types, type)) continue;
+      if (!rule.interactions.empty() && !Contains(rule.interactions, perm)) continue;
+      if (!rule.when.empty() && !Holds(rule.when, p, env, policy_->utc_offset_minutes)) continue;
+      if (!rule.unless.empty() && Holds(rule.unless, p, env, policy_->utc_offset_minutes)) continue;
+      return deny(kRuleDeny, ErrorCode::kForbidden, "denied_by_rule", "rule:" + rule.id);
+    }
+    const ResourceScope* scope = g.broad ? g.broad : g.patient;
+    d.rule = "role:" + role.name + " permission:" + permission + " scope:" + scope->text;
+
+    // Patients: what the scopes allow, intersected with the relationship.
+    std::optional<std::vector<std::string>> patients;
+    if (!g.broad) {
+      if (p.patient.empty()) {
+        return deny(kRelationship, ErrorCode::kForbidden, "patient_scope_without_patient_context",
+                    scope->text);
+      }
+      patients = std::vector<std::string>{p.patient};
+    }
+    const std::string actor = ActorReference(p.fhir_user);
+    Obligations& ob = d.obligations;
+    std::optional<BreakGlassEpisode> opening;
+    switch (role.relationship) {
+      case Relationship::kNone:
+      case Relationship::kScopes:
+        break;
+      case Relationship::kSelf: {
+        std::string self;
+        if (actor.rfind("Patient/", 0) == 0) self = actor.substr(8);
+        if (self.empty()) self = p.patient;
+        if (self.empty()) {
+          return deny(kRelationship, ErrorCode::kForbidden, "no_patient_identity");
+        }
+        if (patients && (*patients)[0] != self) {
+          return deny(kRelationship, ErrorCode::kForbidden, "launch_patient_is_not_self");
+        }
+        patients = std::vector<std::string>{self};
+        break;
+      }
+      case Relationship::kCare: {
+        // Break-glass: an open episode, or a request that opens one, lifts
+        // the relationship (not the scopes) for a limited time.
+        auto episode = BreakGlass(role, p, env, &c);
+        if (!episode.ok()) return c;
+        if (*episode) {
+          if ((*episode)->id.empty()) {
+            opening = std::move(**episode);  // opened below, once nothing else denies
+          } else {
+            ob.break_glass_episode = (*episode)->id;
+            ob.break_glass_reason = (*episode)->reason;
+          }
+          break;
+        }
+        if (!facts_) return deny(kFacts, ErrorCode::kForbidden, "relationships_unavailable");
+        std::vector<std::string> related;
+        if (actor.rfind("Practitioner/", 0) == 0) {
+          for (const auto& source : policy_->relationships) {
+            auto got = facts_->RelatedPatients(source, actor);
+            if (!got.ok()) {
+              return deny(kFacts, ErrorCode::kUnavailable, "relationships_unavailable");
+            }
+            related.insert(related.end(), got->begin(), got->end());
+          }
+        }
+        std::sort(related.begin(), related.end());
+        related.erase(std::unique(related.begin(), related.end()), related.end());
+        if (patients) {
+          const bool in = std::binary_search(related.begin(), related.end(), (*patients)[0]);
+          if (!in) {
+            return deny(kRelationship, ErrorCode::kForbidden, "no_relationship_to_patient");
+          }
+        } else {
+          patients = std::move(related);
+        }
+        break;
+      }
+    }
+    if (patients && type != "*" && type != "Patient" &&
+        !fhir::InPatientCompartmentDefinition(type) && !IsSharedReferenceType(type)) {
+      // A type neither confinable nor shared reference data is out of reach:
+      // searching it would list every patient's resources of that type.
+      return deny(kRelationship, ErrorCode::kForbidden, "type_outside_patient_scope", d.rule);
+    }
+    if (opening) {
+      // Every other check passed: the request opens the episode (a dry run
+      // only reports that it would).
+      if (env.dry_run) {
+        ob.break_glass_episode = "(not opened: explain)";
+        ob.break_glass_reason = opening->reason;
+      } else {
+        auto opened = facts_->OpenBreakGlass(std::move(*opening));
+        if (!opened.ok()) {
+          return deny(kFacts, ErrorCode::kUnavailable, "break_glass_unavailable", "break-glass");
+        }
+        ob.break_glass_episode = opened->id;
+        ob.break_glass_reason = opened->reason;
+        ob.alert = true;
+      }
+    }
+    if (patients && role.consent && ob.break_glass_episode.empty() && facts_ && type != "*" &&
+        !actor.empty()) {
+      // Consents that deny this accessor a whole type of a patient's data,
+      // whatever the resource, narrow the confinement itself, so that
+      // searches never count those resources. Consents whose provisions
+      // depend on the resource (labels, data references, codes) are left to
+      // the per-resource check: narrowing on them would hide too much.
+      ConsentRequest cr;
+      cr.actors = {actor};
+      cr.purposes = p.purpose_of_use;
+      cr.now = env.now;
+      cr.resource_type = std::string(type);
+      std::vector<std::string> kept;
+      for (const auto& pt : *patients) {
+        auto consents = facts_->Consents(pt);
+        if (!consents.ok()) return deny(kFacts, ErrorCode::kUnavailable, "consent_unavailable");
+        std::vector<json::Value> type_wide;
+        for (const auto& consent : *consents) {
+          if (!ConsentDependsOnResource(consent)) type_wide.push_back(consent);
+        }
+        if (!type_wide.empty() &&
+            EvaluateConsents(type_wide, cr).kind == ConsentVerdict::Kind::kDeny) {
+          continue;
+        }
+        kept.push_back(pt);
+      }
+      patients = std::move(kept);
+    }
+    ob.patients = std::move(patients);
+    ob.masked = role.masked;
+    ob.read_only = role.read_only;
+    ob.denied_labels = role.denied_labels;
+    if (role.consent && ob.break_glass_episode.empty()) {
+      ob.consent = true;
+      if (!actor.empty()) ob.consent_actors.push_back(actor);
+    }
+    d.allow = true;
+    return c;
+  }
+
+  // The break-glass episode covering this request: an open one, or one this
+  // request would open (with an empty id; the caller opens it once nothing
+  // else denies). On a refused request sets `c` to the denial and returns an
+  // error status.
+  absl::StatusOr<std::optional<BreakGlassEpisode>> BreakGlass(const Role& role,
+                                                              const Principal& p,
+                                                              const Environment& env,
+                                                              Candidate* c) const {
+    const BreakGlassPolicy& bg = policy_->break_glass;
+    const std::string& reason =
+        env.break_glass_reason.empty() ? p.break_glass_reason : env.break_glass_reason;
+    auto refuse = [&](Weight w, ErrorCode code, std::string why) {
+      c->decision.allow = false;
+      c->decision.deny_code = code;
+      c->decision.reason = std::move(why);
+      c->decision.rule = "break-glass";
+      c->weight = w;
+      return absl::StatusOr<std::optional<BreakGlassEpisode>>(
+          absl::PermissionDeniedError(c->decision.reason));
+    };
+    if (!bg.enabled || !role.break_glass) {
+      if (!reason.empty()) return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_not_permitted");
+      return std::optional<BreakGlassEpisode>();
+    }
+    if (!facts_) {
+      if (!reason.empty()) return refuse(kFacts, ErrorCode::kForbidden, "break_glass_unavailable");
+      return std::optional<BreakGlassEpisode>();
+    }
+    auto open = facts_->ActiveBreakGlass(p.subject, p.client_id, env.now);
+    if (!open.ok()) return refuse(kFacts, ErrorCode::kUnavailable, "break_glass_unavailable");
+    if (*open) return open;
+    if (reason.empty()) return std::optional<BreakGlassEpisode>();
+    std::string purposes;
+    bool purpose_ok = false;
+    for (const auto& code : p.purpose_of_use) {
+      if (Contains(bg.purposes, code)) purpose_ok = true;
+      if (!purposes.empty()) purposes += ' ';
+      purposes += code;
+    }
+    if (!purpose_ok) return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_needs_purpose_of_use");
+    if (reason.size() < bg.min_justification) {
+      return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_justification_too_short");
+    }
+    BreakGlassEpisode e;
+    e.subject = p.subject;
+    e.client_id = p.client_id;
+    e.role = role.name;
+    e.reason = reason;
+    e.purposes = purposes;
+    e.started = env.now;
+    e.expires = env.now + bg.duration_seconds;
+    return std::optional<BreakGlassEpisode>(std::move(e));  // id empty: to be opened
+  }
+
+  std::shared_ptr<const PolicySet> policy_;
+  PolicyFacts* facts_;
+  std::map<std::string, CompiledRole, std::less<>> roles_;
+};
+
+// Evaluates a candidate policy beside the enforced one; reports disagreements.
+class ShadowEngine final : public PolicyEngine {
+ public:
+  ShadowEngine(std::unique_ptr<PolicyEngine> enforced, std::unique_ptr<PolicyEngine> candidate)
+      : enforced_(std::move(enforced)), candidate_(std::move(candidate)) {}
+
+  std::shared_ptr<const PolicySet> policy() const override { return enforced_->policy(); }
+
+  Decision Authorize(const Principal& p, const AccessRequest& req,
+                     const Environment& env) const override {
+    Decision d = enforced_->Authorize(p, req, env);
+    Environment dry = env;
+    dry.dry_run = true;  // the candidate never opens break-glass episodes
+    Decision s = candidate_->Authorize(p, req, dry);
+    d.shadow = Disagreement(d, s);
+    return d;
+  }
+
+  Decision AuthorizeResource(const Principal& p, const Decision& decision,
+                             Interaction interaction, const ResourceFacts& r,
+                             const Environment& env) const override {
+    return enforced_->AuthorizeResource(p, decision, interaction, r, env);
+  }
+
+ private:
+  static std::string Disagreement(const Decision& enforced, const Decision& candidate) {
+    const auto& a = enforced.obligations;
+    const auto& b = candidate.obligations;
+    if (enforced.allow == candidate.allow &&
+        (!enforced.allow || (a.patients == b.patients && a.masked == b.masked &&
+                             a.denied_labels == b.denied_labels && a.consent == b.consent))) {
+      return "";
+    }
+    return candidate.Summary();
+  }
+
+  std::unique_ptr<PolicyEngine> enforced_;
+  std::unique_ptr<PolicyEngine> candidate_;
+};
+
+}  // namespace
+
+bool Obligations::Allows(std::string_view patient) const {
+  if (!patients) return true;
+  return std::find(patients->begin(), patients->end(), patient) != patients->end();
+}
+
+std::string Decision::Summary() const {
+  std::string s = policy_id + (allow ? " allow" : " deny");
+  if (!role.empty()) s += " role=" + role;
+  if (!rule.empty()) s += " rule=" + rule;
+  if (!allow) {
+    s += " reason=" + reason;
+    return s;
+  }
+  if (obligations.patients) s += " patients=" + std::to_string(obligations.patients->size());
+  if (!obligations.masked.empty()) s += " masked=" + std::to_string(obligations.masked.size());
+  if (!obligations.denied_labels.empty()) {
+    s += " hidden-labels=" + std::to_string(obligations.denied_labels.size());
+  }
+  if (obligations.consent) s += " consent";
+  if (!obligations.break_glass_episode.empty()) {
+    s += " break-glass=" + obligations.break_glass_episode;
+  }
+  return s;
+}
+
+std::unique_ptr<PolicyEngine> NewPolicyEngine(std::shared_ptr<const PolicySet> policy,
+                                              std::shared_ptr<const PolicySet> candidate,
+                                              PolicyFacts* facts) {
+  auto enforced = std::make_unique<Engine>(std::move(policy), facts);
+  if (!candidate) return enforced;
+  return std::make_unique<ShadowEngine>(std::move(enforced),
+                                        std::make_unique<Engine>(std::move(candidate), facts));
+}
+
+std::shared_ptr<const PolicySet> SmartScopesPolicy() {
+  static const std::shared_ptr<const PolicySet> kPolicy = [] {
+    auto p = std::make_shared<PolicySet>();
+    p->id = "smart-scopes";
+    p->version = "1";
+    p->description = "SMART scopes only";
+    Role r;
+    r.name = "smart-app";
+    r.scopes = {"patient/*.cruds", "user/*.cruds", "system/*.cruds"};
+    r.permissions = {{"*", "*"}};
+    r.relationship = Relationship::kScopes;
+    r.consent = false;
+    p->roles.push_back(std::move(r));
+    p->default_roles = {"smart-app"};
+    p->ignore_token_roles = true;
+    return std::shared_ptr<const PolicySet>(std::move(p));
+  }();
+  return kPolicy;
+}
+
+std::vector<std::string> EffectiveRoles(const PolicySet& policy, const Principal& p) {
+  const std::vector<std::string>& names =
+      p.has_roles_claim && !policy.ignore_token_roles ? p.roles : policy.default_roles;
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    if (policy.FindRole(n) && !Contains(out, n)) out.push_back(n);
+  }
+  return out;
+}
+
+bool MayExplain(const PolicySet& policy, const Principal& p) {
+  for (const auto& r : EffectiveRoles(policy, p)) {
+    if (Contains(policy.explain_roles, r)) return true;
+  }
+  return false;
+}
+
+std::optional<Interaction> InteractionFromName(std::string_view name) {
+  if (name == "search") return Interaction::kSearch;
+  if (name == "history") return Interaction::kHistoryType;
+  for (Interaction i :
+       {Interaction::kRead, Interaction::kVread, Interaction::kSearch,
+        Interaction::kHistoryInstance, Interaction::kHistoryType, Interaction::kHistorySystem,
+        Interaction::kCreate, Interaction::kUpdate, Interaction::kPatch, Interaction::kDelete,
+        Interaction::kCapabilities}) {
+    if (InteractionName(i) == name) return i;
+  }
+  return std::nullopt;
+}
+
+std::unique_ptr<PolicyEngine> NewScopePolicyEngine() {
+  return NewPolicyEngine(SmartScopesPolicy(), nullptr, nullptr);
+}
+
+}  // namespace fhirward::policy
