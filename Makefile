@@ -4,7 +4,7 @@ DATA_DIR ?= data
 LISTEN ?= 127.0.0.1:8443
 JOBS ?= 2
 
-.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token conformance format clean
+.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token bench-policy conformance format clean
 
 all: build
 
@@ -58,6 +58,12 @@ bench-validate: build
 bench-token: build
 	@FHIRWARD_BENCH=1 scripts/bootstrap
 	@bench/token-run $(BUILD_DIR)/fhirward $(BUILD_DIR)/bench/token_check_bench
+
+# Authorization decision cost (request step + per-resource step) with policies/default.toml;
+# bench/results/policy-DATE.txt.
+bench-policy: build
+	@mkdir -p bench/results
+	@taskset -c 0 $(BUILD_DIR)/bench/policy_bench --benchmark_min_time=0.5 | tee bench/results/policy-$$(date +%F).txt
 
 conformance: build
 	@JOBS=$(JOBS) scripts/conformance $(BUILD_DIR)

@@ -711,29 +711,32 @@ Outcome EvaluateConsent(const Value& consent, const ConsentRequest& request) {
 
 }  // namespace
 
-bool ConsentDependsOnResource(const json::Value& consent) {
-  if (!consent.is_object()) return true;
+std::vector<std::string> ConsentLabels(const json::Value& consent) {
+  std::vector<std::string> labels;
+  if (!consent.is_object()) return labels;
   const Value* root = consent.Find("provision");
-  if (root == nullptr) return false;
+  if (root == nullptr) return labels;
   std::vector<std::pair<const Value*, int>> stack{{root, 0}};
   while (!stack.empty()) {
     auto [provision, depth] = stack.back();
     stack.pop_back();
-    if (depth > kMaxProvisionDepth || !provision->is_object()) return true;
-    for (const auto& [key, value] : provision->members()) {
-      if (key == "type" || key == "id" || key == "extension" || key == "actor" ||
-          key == "purpose" || key == "class" || key == "action" || key == "period") {
-        continue;
+    if (depth > kMaxProvisionDepth || !provision->is_object()) continue;
+    if (const Value* codings = provision->Find("securityLabel"); codings && codings->is_array()) {
+      for (const Value& coding : codings->items()) {
+        if (const auto code = coding.GetString("code")) labels.emplace_back(*code);
       }
-      if (key != "provision") return true;
-      if (value.is_array()) {
-        for (const Value& child : value.items()) stack.emplace_back(&child, depth + 1);
+    }
+    if (const Value* nested = provision->Find("provision")) {
+      if (nested->is_array()) {
+        for (const Value& child : nested->items()) stack.emplace_back(&child, depth + 1);
       } else {
-        stack.emplace_back(&value, depth + 1);
+        stack.emplace_back(nested, depth + 1);
       }
     }
   }
-  return false;
+  std::sort(labels.begin(), labels.end());
+  labels.erase(std::unique(labels.begin(), labels.end()), labels.end());
+  return labels;
 }
 
 int ApplyMasks(json::Value& resource, const std::vector<std::string>& paths) {

@@ -83,11 +83,12 @@ struct ConsentVerdict {
 ConsentVerdict EvaluateConsents(const std::vector<json::Value>& consents,
                                 const ConsentRequest& request);
 
-// Whether a consent's verdict can differ between two resources of the same
-// type for the same accessor, purpose and time: some provision states a
-// criterion other than actor, purpose, class, action and period (e.g.
-// securityLabel, data, dataPeriod, code) or is unreadable.
-bool ConsentDependsOnResource(const json::Value& consent);
+// The security label codes a consent's provisions name (securityLabel
+// criteria, at any depth). For one accessor, purpose, time and resource type
+// the verdict of EvaluateConsents depends on nothing of the resource but
+// which of these codes it carries (criteria not evaluated here, such as
+// data, are unknown whatever the resource).
+std::vector<std::string> ConsentLabels(const json::Value& consent);
 
 }  // namespace fhirward::policy
 

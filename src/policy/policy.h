@@ -133,6 +133,10 @@ struct Obligations {
   // Evaluate each patient's consents; actors/purposes identify the accessor.
   bool consent = false;
   std::vector<std::string> consent_actors;
+  // Of a list (search, history): per patient, the security labels their
+  // consents deny this accessor; searches exclude those resources in SQL so
+  // that counts and pages never include them ({patient, labels}, sorted).
+  std::vector<std::pair<std::string, std::vector<std::string>>> consent_hidden_labels;
   // Break-glass access: every access is marked with the episode.
   std::string break_glass_episode;
   std::string break_glass_reason;

@@ -307,6 +307,12 @@ class Engine final : public PolicyEngine {
     const std::string actor = ActorReference(p.fhir_user);
     Obligations& ob = d.obligations;
     std::optional<BreakGlassEpisode> opening;
+    if (role.relationship != Relationship::kCare &&
+        !(env.break_glass_reason.empty() && p.break_glass_reason.empty())) {
+      // Only care relationships can be lifted: a justification sent under
+      // any other role is refused, not silently ignored.
+      return deny(kRuleDeny, ErrorCode::kForbidden, "break_glass_not_permitted", "break-glass");
+    }
     switch (role.relationship) {
       case Relationship::kNone:
       case Relationship::kScopes:
@@ -384,13 +390,18 @@ class Engine final : public PolicyEngine {
         ob.alert = true;
       }
     }
-    if (patients && role.consent && ob.break_glass_episode.empty() && facts_ && type != "*" &&
-        !actor.empty()) {
-      // Consents that deny this accessor a whole type of a patient's data,
-      // whatever the resource, narrow the confinement itself, so that
-      // searches never count those resources. Consents whose provisions
-      // depend on the resource (labels, data references, codes) are left to
-      // the per-resource check: narrowing on them would hide too much.
+    const bool lists = req.interaction == Interaction::kSearch ||
+                       req.interaction == Interaction::kHistoryType;
+    if (lists && patients && role.consent && ob.break_glass_episode.empty() && facts_ &&
+        type != "*" && !actor.empty()) {
+      // Consents narrow lists themselves, so that counts and pages never
+      // include what they deny: a patient whose consents deny this accessor
+      // the type leaves the confinement; one whose consents deny some
+      // security labels has those resources excluded. The per-resource
+      // check stays the final gate. (A consent that denies the type but
+      // permits some labels is narrowed as a denial of the type: such
+      // resources are readable one by one, not listed.) Only lists need
+      // this: a single resource gets the per-resource check.
       ConsentRequest cr;
       cr.actors = {actor};
       cr.purposes = p.purpose_of_use;
@@ -400,13 +411,25 @@ class Engine final : public PolicyEngine {
       for (const auto& pt : *patients) {
         auto consents = facts_->Consents(pt);
         if (!consents.ok()) return deny(kFacts, ErrorCode::kUnavailable, "consent_unavailable");
-        std::vector<json::Value> type_wide;
-        for (const auto& consent : *consents) {
-          if (!ConsentDependsOnResource(consent)) type_wide.push_back(consent);
-        }
-        if (!type_wide.empty() &&
-            EvaluateConsents(type_wide, cr).kind == ConsentVerdict::Kind::kDeny) {
+        if (consents->empty()) {
+          kept.push_back(pt);
           continue;
+        }
+        cr.labels.clear();
+        if (EvaluateConsents(*consents, cr).kind == ConsentVerdict::Kind::kDeny) continue;
+        std::vector<std::string> hidden;
+        for (const auto& consent : *consents) {
+          for (auto& label : ConsentLabels(consent)) {
+            if (std::find(hidden.begin(), hidden.end(), label) != hidden.end()) continue;
+            cr.labels = {label};
+            if (EvaluateConsents(*consents, cr).kind == ConsentVerdict::Kind::kDeny) {
+              hidden.push_back(std::move(label));
+            }
+          }
+        }
+        if (!hidden.empty()) {
+          std::sort(hidden.begin(), hidden.end());
+          ob.consent_hidden_labels.emplace_back(pt, std::move(hidden));
         }
         kept.push_back(pt);
       }
@@ -512,8 +535,10 @@ class ShadowEngine final : public PolicyEngine {
     const auto& a = enforced.obligations;
     const auto& b = candidate.obligations;
     if (enforced.allow == candidate.allow &&
-        (!enforced.allow || (a.patients == b.patients && a.masked == b.masked &&
-                             a.denied_labels == b.denied_labels && a.consent == b.consent))) {
+        (!enforced.allow ||
+         (a.patients == b.patients && a.masked == b.masked && a.read_only == b.read_only &&
+          a.denied_labels == b.denied_labels && a.consent == b.consent &&
+          a.consent_hidden_labels == b.consent_hidden_labels))) {
       return "";
     }
     return candidate.Summary();
@@ -544,6 +569,9 @@ std::string Decision::Summary() const {
     s += " hidden-labels=" + std::to_string(obligations.denied_labels.size());
   }
   if (obligations.consent) s += " consent";
+  if (!obligations.consent_hidden_labels.empty()) {
+    s += " consent-hidden=" + std::to_string(obligations.consent_hidden_labels.size());
+  }
   if (!obligations.break_glass_episode.empty()) {
     s += " break-glass=" + obligations.break_glass_episode;
   }

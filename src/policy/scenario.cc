@@ -110,7 +110,7 @@ std::optional<ErrorCode> ErrorCodeByName(std::string_view name) {
 struct Expect {
   bool allow = false;
   std::optional<std::string> role, rule, rule_prefix, reason, deny_code;
-  std::optional<std::vector<std::string>> patients, masked, denied_labels;
+  std::optional<std::vector<std::string>> patients, masked, denied_labels, consent_hidden;
   std::optional<bool> confined, consent, break_glass, alert;
   std::optional<bool> resource_allow;
   std::optional<std::string> resource_reason;
@@ -466,7 +466,8 @@ void Parser::ParseExpect(const toml::table& t, Scenario* s) {
   constexpr std::string_view kWhere = "[scenario.expect]";
   CheckKeys(t, kWhere,
             {"decision", "role", "rule", "rule_prefix", "reason", "deny_code", "patients",
-             "confined", "masked", "denied_labels", "consent", "break_glass", "alert",
+             "confined", "masked", "denied_labels", "consent_hidden", "consent", "break_glass",
+             "alert",
              "resource_decision", "resource_reason"});
   Expect& x = s->expect;
   if (auto v = Verdict(t, "decision", kWhere, true)) x.allow = *v;
@@ -493,6 +494,7 @@ void Parser::ParseExpect(const toml::table& t, Scenario* s) {
   }
   x.masked = Strs(t, "masked", kWhere);
   x.denied_labels = Strs(t, "denied_labels", kWhere);
+  x.consent_hidden = Strs(t, "consent_hidden", kWhere);
   x.consent = Bool(t, "consent", kWhere);
   x.break_glass = Bool(t, "break_glass", kWhere);
   x.alert = Bool(t, "alert", kWhere);
@@ -570,6 +572,11 @@ ScenarioResult Run(const std::shared_ptr<const PolicySet>& policy, const Scenari
   }
   set("masked", x.masked, ob.masked);
   set("denied_labels", x.denied_labels, ob.denied_labels);
+  std::vector<std::string> hidden;
+  for (const auto& [patient, labels] : ob.consent_hidden_labels) {
+    for (const auto& label : labels) hidden.push_back(patient + ":" + label);
+  }
+  set("consent_hidden", x.consent_hidden, hidden);
   flag("consent", x.consent, ob.consent);
   flag("break_glass", x.break_glass, !ob.break_glass_episode.empty());
   // The alert is the opening of an episode: a denied request opens none.

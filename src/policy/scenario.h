@@ -66,6 +66,7 @@
 //   confined = true                    # false: unconfined
 //   masked = ["Patient.telecom"]       # obligations, order ignored
 //   denied_labels = ["R"]
+//   consent_hidden = ["p1:PSY"]        # labels patients' consents hide from lists
 //   consent = true                     # consents are evaluated
 //   break_glass = true                 # a break-glass episode (opened or active) covers it
 //   alert = true                       # this request opened a new episode (false: opened none)

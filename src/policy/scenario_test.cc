@@ -429,7 +429,7 @@ roles = ["doc"]
 scopes = "user/*.cruds"
 fhir_user = "Practitioner/d1"
 [scenario.request]
-interaction = "read"
+interaction = "search"
 type = "Observation"
 [scenario.environment]
 time = "2026-03-02T10:00:00Z"

@@ -1469,9 +1469,32 @@ struct FhirService::Impl {
   // confinement (for confinable types) and the labels it hides.
   static Narrowing NarrowingOf(const policy::Decision& dec, std::string_view type) {
     Narrowing n;
-    if (dec.obligations.patients && Confinable(type)) n.patients = dec.obligations.patients;
+    if (dec.obligations.patients && Confinable(type)) {
+      n.patients = dec.obligations.patients;
+      n.hidden_labels_of = dec.obligations.consent_hidden_labels;
+    }
     n.hidden_labels = dec.obligations.denied_labels;
     return n;
+  }
+
+  // Refuses a search or condition on elements masked from this principal.
+  absl::Status RefuseMasked(const Ctx& ctx, std::string_view type,
+                            const store::SearchQuery& q) const {
+    std::map<std::string, std::vector<std::string>, std::less<>> cache;
+    auto masked_of = [&](std::string_view t) -> std::vector<std::string> {
+      auto it = cache.find(t);
+      if (it == cache.end()) {
+        policy::AccessRequest areq;
+        areq.interaction = Interaction::kSearch;
+        areq.resource_type = std::string(t);
+        policy::Decision dec = Decide(ctx, areq);
+        it = cache.emplace(std::string(t), dec.allow ? dec.obligations.masked
+                                                     : std::vector<std::string>())
+                 .first;
+      }
+      return it->second;
+    };
+    return RefuseMaskedSearch(type, q, masked_of);
   }
 
   // The narrowing of a search of `type` for this principal; an error when the
@@ -1612,6 +1635,7 @@ struct FhirService::Impl {
     auto parsed = ParseSearch(route.type, params, limits, strict, d.base_url, narrow);
     if (!parsed.ok()) return ErrorResponse(ctx, parsed.status());
     ParsedSearch& ps = *parsed;
+    if (auto s = RefuseMasked(ctx, route.type, ps.query); !s.ok()) return ErrorResponse(ctx, s);
     if (!QueryParam(params, "_total")) {
       ps.total = ps.summary == "count" ? "accurate" : d.config.search_default_total;
       ps.query.total = ps.total != "none";
@@ -1630,7 +1654,7 @@ struct FhirService::Impl {
     bool empty_compartment = false;
     Narrowing narrowing = NarrowingOf(decision, route.type);
     q.patients = std::move(narrowing.patients);
-    ExcludeLabels(narrowing.hidden_labels, &q.clauses);
+    ExcludeHidden(narrowing, &q.clauses);
     if (!route.compartment.empty()) {
       ctx.audit.action = "search-compartment";
       if (q.patients && std::find(q.patients->begin(), q.patients->end(), route.compartment) ==
@@ -1889,10 +1913,11 @@ struct FhirService::Impl {
     }
     auto cond = ParseCondition(route.type, condition_text, d.config.search, d.base_url, narrow);
     if (!cond.ok()) return ErrorResponse(ctx, cond.status());
+    if (auto s = RefuseMasked(ctx, route.type, *cond); !s.ok()) return ErrorResponse(ctx, s);
     cond->tenant = d.config.tenant;
     cond->time_budget_ms = std::min<int64_t>(d.config.search.time_budget_ms, kWriterSearchBudgetMs);
     cond->patients = std::move(confine->patients);
-    ExcludeLabels(confine->hidden_labels, &cond->clauses);
+    ExcludeHidden(*confine, &cond->clauses);
     store::WriteOp op;
     op.key = {d.config.tenant, route.type, ""};
     op.condition = std::move(*cond);
@@ -2151,10 +2176,11 @@ struct FhirService::Impl {
           auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
           auto cond = ParseCondition(type, ref.substr(qm + 1), d.config.search, d.base_url, narrow);
           if (!cond.ok()) return cond.status();
+          if (auto s = RefuseMasked(ctx, type, *cond); !s.ok()) return s;
           auto n = narrow(type);
           if (!n.ok()) return n.status();
           cond->patients = n->patients;
-          ExcludeLabels(n->hidden_labels, &cond->clauses);
+          ExcludeHidden(*n, &cond->clauses);
           cond->tenant = d.config.tenant;
           cond->count = 2;
           cond->time_budget_ms = d.config.search.time_budget_ms;
@@ -2526,8 +2552,9 @@ struct FhirService::Impl {
       pl.confine = *confine;
       auto cond = ParseCondition(pl.route.type, pl.condition, d.config.search, d.base_url, narrow);
       if (!cond.ok()) return fail(be.index, cond.status());
+      if (auto s = RefuseMasked(ctx, pl.route.type, *cond); !s.ok()) return fail(be.index, s);
       cond->patients = pl.confine.patients;
-      ExcludeLabels(pl.confine.hidden_labels, &cond->clauses);
+      ExcludeHidden(pl.confine, &cond->clauses);
       cond->tenant = d.config.tenant;
       cond->count = 2;
       cond->time_budget_ms = d.config.search.time_budget_ms;
@@ -2594,15 +2621,37 @@ struct FhirService::Impl {
       op.check = [this, &ctx, interaction, type, decision](const std::vector<std::string>& pts) {
         return AuthorizeWrite(ctx, decision, interaction, type, pts);
       };
+      if (pl.condition.empty() && !pl.id.empty() && be.method != "POST") {
+        // As for a direct write: the stored version must be one this
+        // principal may see (its labels and the patient's consents too, not
+        // only its compartments), or it answers as absent; a confined write
+        // is bound to the version checked.
+        auto current = d.store->Read(op.key);
+        if (!current.ok() && CodeOf(current.status()) != ErrorCode::kNotFound) {
+          return fail(i, current.status());
+        }
+        if (current.ok() && !current->deleted) {
+          policy::Decision rd =
+              CheckResource(ctx, decision, interaction, type, current->patients, current->json);
+          if (!rd.allow) {
+            return fail(i, decision.obligations.confined()
+                               ? fhirward::Error(ErrorCode::kNotFound, type + "/" + pl.id)
+                               : fhirward::Error(ErrorCode::kForbidden, rd.reason));
+          }
+          // (A client's own If-Match, set below, replaces this one.)
+          if (decision.obligations.confined()) op.if_match = current->version;
+        }
+      }
       if (!pl.condition.empty()) {
         auto narrow = [&](std::string_view t) { return NarrowFor(ctx, t, Interaction::kSearch); };
         auto cond = ParseCondition(type, pl.condition, d.config.search, d.base_url, narrow);
         if (!cond.ok()) return fail(i, cond.status());
+        if (auto s = RefuseMasked(ctx, type, *cond); !s.ok()) return fail(i, s);
         cond->tenant = d.config.tenant;
         cond->time_budget_ms =
             std::min<int64_t>(d.config.search.time_budget_ms, kWriterSearchBudgetMs);
         cond->patients = pl.confine.patients;
-        ExcludeLabels(pl.confine.hidden_labels, &cond->clauses);
+        ExcludeHidden(pl.confine, &cond->clauses);
         op.condition = std::move(*cond);
         op.expect_match = pl.expect;
       }

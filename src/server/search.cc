@@ -1,6 +1,7 @@
 #include "server/search.h"
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <cstdlib>
 
@@ -536,7 +537,7 @@ struct Parser {
     auto n = narrow(c.target_type);
     if (!n.ok()) return n.status();
     c.narrow_patients = std::move(n->patients);
-    ExcludeLabels(n->hidden_labels, &c.sub);
+    ExcludeHidden(*n, &c.sub);
     return absl::OkStatus();
   }
 
@@ -670,18 +671,109 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseQueryStrin
   return out;
 }
 
-void ExcludeLabels(const std::vector<std::string>& labels,
-                   std::vector<store::SearchClause>* clauses) {
-  for (const auto& code : labels) {
+bool ExpressionReaches(std::string_view expression, std::string_view path) {
+  size_t start = 0;
+  while (start <= expression.size()) {
+    size_t bar = expression.find('|', start);
+    std::string_view part = expression.substr(start, bar == std::string_view::npos
+                                                         ? std::string_view::npos
+                                                         : bar - start);
+    // "(Patient.deceased as dateTime)", " Patient.name.where(use='x')": the
+    // element path before any function, cast or parenthesis.
+    while (!part.empty() && (part.front() == ' ' || part.front() == '(')) part.remove_prefix(1);
+    size_t end = part.find_first_of(" ()");
+    std::string_view elem = part.substr(0, end);
+    for (std::string_view fn : {".where", ".as", ".resolve", ".exists", ".ofType", ".first"}) {
+      if (size_t f = elem.find(fn); f != std::string_view::npos) elem = elem.substr(0, f);
+    }
+    auto prefix = [](std::string_view a, std::string_view b) {  // a is b or above it
+      return b.size() >= a.size() && b.compare(0, a.size(), a) == 0 &&
+             (b.size() == a.size() || b[a.size()] == '.');
+    };
+    std::string_view stem = path;
+    if (stem.size() > 3 && stem.substr(stem.size() - 3) == "[x]") {
+      stem.remove_suffix(3);  // Patient.deceased[x] reaches Patient.deceased...
+      if (elem.size() >= stem.size() && elem.compare(0, stem.size(), stem) == 0) return true;
+    }
+    if (!elem.empty() && (prefix(path, elem) || prefix(elem, path))) return true;
+    if (bar == std::string_view::npos) break;
+    start = bar + 1;
+  }
+  return false;
+}
+
+namespace {
+
+absl::Status RefuseMaskedClauses(
+    std::string_view type, const std::vector<store::SearchClause>& clauses,
+    const std::function<std::vector<std::string>(std::string_view type)>& masked_of, int depth) {
+  if (depth > 8) return absl::OkStatus();
+  const fhir::Model& model = fhir::Model::R4();
+  using K = store::SearchClause::Kind;
+  const std::vector<std::string> masked = masked_of(type);
+  for (const store::SearchClause& c : clauses) {
+    std::string_view on = c.kind == K::kHas ? std::string_view(c.target_type) : type;
+    const std::vector<std::string> here = c.kind == K::kHas ? masked_of(on) : masked;
+    if (const fhir::SearchParamDef* def = model.FindSearchParam(on, c.param)) {
+      for (const std::string& m : here) {
+        if (ExpressionReaches(def->expression, m)) {
+          return Error(ErrorCode::kForbidden, "searching on " + std::string(on) + "." + c.param +
+                                                  " is not permitted: " + m +
+                                                  " is masked for this principal");
+        }
+      }
+    }
+    if (c.kind == K::kChain || c.kind == K::kHas) {
+      if (auto s = RefuseMaskedClauses(c.target_type, c.sub, masked_of, depth + 1); !s.ok()) {
+        return s;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RefuseMaskedSearch(
+    std::string_view type, const store::SearchQuery& q,
+    const std::function<std::vector<std::string>(std::string_view type)>& masked_of) {
+  if (auto s = RefuseMaskedClauses(type, q.clauses, masked_of, 0); !s.ok()) return s;
+  const std::vector<std::string> masked = masked_of(type);
+  if (masked.empty()) return absl::OkStatus();
+  const fhir::Model& model = fhir::Model::R4();
+  for (const store::SortKey& k : q.sort) {
+    const fhir::SearchParamDef* def = model.FindSearchParam(type, k.param);
+    if (def == nullptr) continue;
+    for (const std::string& m : masked) {
+      if (ExpressionReaches(def->expression, m)) {
+        return Error(ErrorCode::kForbidden, "sorting by " + std::string(type) + "." + k.param +
+                                                " is not permitted: " + m +
+                                                " is masked for this principal");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ExcludeHidden(const Narrowing& n, std::vector<store::SearchClause>* clauses) {
+  auto exclude = [&](std::vector<std::string> labels,
+                     std::optional<std::vector<std::string>> patients) {
     store::SearchClause c;
     c.kind = store::SearchClause::Kind::kToken;
     c.param = "_security";
     c.modifier = "not";
-    store::SearchValue v;
-    v.code = code;
-    c.values.push_back(std::move(v));
+    c.narrow_patients = std::move(patients);
+    for (auto& code : labels) {
+      store::SearchValue v;
+      v.code = std::move(code);
+      c.values.push_back(std::move(v));
+    }
     clauses->push_back(std::move(c));
-  }
+  };
+  for (const auto& code : n.hidden_labels) exclude({code}, std::nullopt);
+  std::map<std::vector<std::string>, std::vector<std::string>> by_labels;
+  for (const auto& [patient, labels] : n.hidden_labels_of) by_labels[labels].push_back(patient);
+  for (auto& [labels, patients] : by_labels) exclude(labels, std::move(patients));
 }
 
 absl::StatusOr<ParsedSearch> ParseSearch(

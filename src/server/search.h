@@ -56,11 +56,28 @@ struct Narrowing {
   std::optional<std::vector<std::string>> patients;
   // Resources carrying one of these meta.security codes are excluded.
   std::vector<std::string> hidden_labels;
+  // Resources in one of these patients' compartments carrying one of these
+  // codes are excluded (what patients' consents deny): {patient, labels}.
+  std::vector<std::pair<std::string, std::vector<std::string>>> hidden_labels_of;
 };
 
-// Appends one `_security:not=CODE` clause per label to `clauses`.
-void ExcludeLabels(const std::vector<std::string>& labels,
-                   std::vector<store::SearchClause>* clauses);
+// Appends the exclusions of `n` to `clauses`: one `_security:not=CODE` clause
+// per hidden label, and one patient-scoped `_security:not` clause
+// (SearchClause::narrow_patients) per distinct label set of hidden_labels_of.
+void ExcludeHidden(const Narrowing& n, std::vector<store::SearchClause>* clauses);
+
+// Refuses (kForbidden) a search whose parameters, at any chain or _has
+// depth, or sort keys read an element masked from the principal:
+// `masked_of(type)` gives the masked element paths ("Patient.name") for a
+// type. Searching on a masked element would tell its value (a researcher
+// finding a patient by name), so the search is refused, naming the parameter.
+absl::Status RefuseMaskedSearch(
+    std::string_view type, const store::SearchQuery& q,
+    const std::function<std::vector<std::string>(std::string_view type)>& masked_of);
+
+// Whether a FHIRPath search expression (e.g. "Patient.telecom.where(system='phone')
+// | Person.telecom") reads `path` ("Patient.telecom") or below or above it.
+bool ExpressionReaches(std::string_view expression, std::string_view path);
 
 // Narrowing of a target type for chains and _has; an error = the principal
 // may not search that type at all (the whole request is refused).

@@ -793,5 +793,28 @@ TEST_F(ParseSearchTest, ParseCondition) {
   }
 }
 
+TEST(ExcludeHidden, GlobalAndPatientScopedExclusions) {
+  Narrowing n;
+  n.hidden_labels = {"R", "V"};
+  n.hidden_labels_of = {{"p1", {"PSY"}}, {"p2", {"ETH", "PSY"}}, {"p3", {"PSY"}}};
+  std::vector<SearchClause> clauses;
+  ExcludeHidden(n, &clauses);
+  ASSERT_EQ(clauses.size(), 4u);
+  for (const auto& c : clauses) {
+    EXPECT_EQ(c.param, "_security");
+    EXPECT_EQ(c.modifier, "not");
+  }
+  EXPECT_EQ(clauses[0].values[0].code, "R");
+  EXPECT_FALSE(clauses[0].narrow_patients);
+  EXPECT_EQ(clauses[1].values[0].code, "V");
+  // One clause per distinct label set, scoped to its patients.
+  ASSERT_EQ(clauses[2].values.size(), 2u);
+  EXPECT_EQ(clauses[2].values[0].code, "ETH");
+  EXPECT_EQ(clauses[2].values[1].code, "PSY");
+  EXPECT_THAT(*clauses[2].narrow_patients, ElementsAre("p2"));
+  ASSERT_EQ(clauses[3].values.size(), 1u);
+  EXPECT_THAT(*clauses[3].narrow_patients, ElementsAre("p1", "p3"));
+}
+
 }  // namespace
 }  // namespace fhirward::server

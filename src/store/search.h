@@ -67,7 +67,9 @@ struct SearchClause {
   // kChain: resources of `target_type` referenced through `param` must match
   // `sub`; kHas: resources of `target_type` whose `param` references this one
   // must match `sub`. `narrow_patients` confines those resources to the
-  // principal's Patient compartments.
+  // principal's Patient compartments. On a kToken clause with modifier "not"
+  // it scopes the exclusion: resources in those compartments that match the
+  // values are excluded, others are not.
   std::string target_type;
   std::string component_kind;  // kComposite: "token", "quantity", "date" or "string"
   std::vector<SearchClause> sub;

@@ -765,6 +765,27 @@ TEST_F(StoreSearchTest, PatientNarrowingConfinesMatchesAndTotals) {
   EXPECT_THAT(Ids(q), ElementsAre("o3"));
 }
 
+// A patient-scoped :not (what a patient's consent hides from one accessor):
+// excluded in that patient's compartment only, and never counted.
+TEST_F(StoreSearchTest, PatientScopedNotExcludesOnlyInThoseCompartments) {
+  Populate();
+  SearchClause hide = C(Kind::kToken, "code", {Code("8867-4")}, "not");
+  hide.narrow_patients = std::vector<std::string>{"p1"};
+  SearchQuery q = Q("Observation", {hide});
+  q.patients = std::vector<std::string>{"p1", "p2"};
+  q.total = true;
+  auto page = store_->Search(q).value();
+  EXPECT_THAT(IdsOf(page), ElementsAre("o2", "o3"));
+  EXPECT_EQ(page.total, 2);
+  // Unconfined: o4 and o5 (in no hidden compartment) stay.
+  q = Q("Observation", {hide});
+  EXPECT_THAT(Ids(q), ElementsAre("o2", "o3", "o4", "o5"));
+  // Scoped to no patient: excludes nothing.
+  hide.narrow_patients = std::vector<std::string>{};
+  q = Q("Observation", {hide});
+  EXPECT_THAT(Ids(q), ElementsAre("o1", "o2", "o3", "o4", "o5"));
+}
+
 TEST_F(StoreSearchTest, CompartmentFollowsTheCurrentVersion) {
   Populate();
   // o1 moves from p1 to p2.

@@ -464,6 +464,20 @@ class Compiler {
       sql.text += "))";
       return absl::OkStatus();
     }
+    if (c.kind == K::kToken && c.modifier == "not" && c.narrow_patients) {
+      // Scoped exclusion: not (in one of these Patient compartments and
+      // matching the values).
+      SearchClause positive = c;
+      positive.modifier.clear();
+      positive.narrow_patients.reset();
+      sql.text += "NOT (EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = " + alias +
+                  ".tenant AND m.type = " + alias + ".type AND m.id = " + alias +
+                  ".id AND m.version = " + alias + ".version AND " +
+                  PatientIn(sql, *c.narrow_patients) + ") AND ";
+      if (auto s = Clause(sql, alias, type, positive, true); !s.ok()) return s;
+      sql.text += ")";
+      return absl::OkStatus();
+    }
     const char* table = TableOf(c.kind, c.blind);
     if (table == nullptr) return Error(ErrorCode::kInvalidParameter, "unsupported clause");
     std::string param = c.param;
