@@ -141,7 +141,9 @@ absl::Status BreakGlassStore::Review(const std::string& id, const std::string& r
                                      int64_t now) {
   std::lock_guard lock(impl_->mu);
   auto st = impl_->db->Prepare(
-      "UPDATE break_glass SET reviewed_at = ?2, reviewer = ?3, outcome = ?4, note = ?5 "
+      "UPDATE break_glass SET reviewed_at = ?2, reviewer = ?3, outcome = ?4, note = ?5, "
+      // An unjustified episode ends now.
+      "expires = CASE WHEN ?4 = 'unjustified' AND expires > ?2 THEN ?2 ELSE expires END "
       "WHERE id = ?1 AND reviewed_at = 0");
   if (!st.ok()) return st.status();
   st->Bind(1, id).Bind(2, now).Bind(3, reviewer).Bind(4, outcome).Bind(5, note);

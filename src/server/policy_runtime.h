@@ -45,7 +45,8 @@ class BreakGlassStore {
   absl::StatusOr<policy::BreakGlassEpisode> Open(policy::BreakGlassEpisode e);
   // Newest first; `pending_only`: not yet reviewed.
   absl::StatusOr<std::vector<BreakGlassRecord>> List(bool pending_only);
-  // Closes the review of episode `id` (kNotFound; kVersionConflict when already reviewed).
+  // Closes the review of episode `id` (kNotFound; kVersionConflict when already reviewed);
+  // "unjustified" also ends the episode if it is still open.
   absl::Status Review(const std::string& id, const std::string& reviewer,
                       const std::string& outcome, const std::string& note, int64_t now);
 
