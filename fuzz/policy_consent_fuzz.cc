@@ -5,7 +5,8 @@
 //    alone and beside an active permitting consent; it must not crash, a
 //    kNone verdict carries no consent id or reason, a permit or deny a reason,
 //    and beside the permitting consent the verdict is a deny exactly when the
-//    input alone denies (deny wins), a permit otherwise.
+//    input alone denies (deny wins), a permit otherwise; adding a label that
+//    ConsentLabels does not name to a request never changes the verdict.
 //  - ApplyMasks masks it at a few paths under its own resourceType (once
 //    without "<type>.meta" among them, once with it). The result must re-read
 //    to an equal value and carry the REDACTED label when anything was masked;
@@ -14,6 +15,7 @@
 //    sees no change at the paths, and the whole resource equals the original
 //    when the meta path was masked too or the original had no meta), and
 //    KeepStored without a stored version must leave nothing at the paths.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -37,6 +39,7 @@ using fhirward::policy::ApplyMasks;
 using fhirward::policy::ChangedPath;
 using fhirward::policy::ConsentRequest;
 using fhirward::policy::ConsentVerdict;
+using fhirward::policy::ConsentLabels;
 using fhirward::policy::EvaluateConsents;
 using fhirward::policy::KeepStored;
 using fhirward::policy::SecurityLabels;
@@ -82,6 +85,17 @@ void CheckConsents(const Value& consent) {
     }
     if (deny && both.consent_id != alone.consent_id) Die("deny from another consent");
     if (!deny && both.consent_id != "fuzz-permit") Die("permit from the wrong consent");
+    // Search narrowing relies on it: labels the consent does not name never
+    // change its verdict.
+    const std::vector<std::string> named = ConsentLabels(consent);
+    for (const char* other : {"ZZ-UNNAMED", "PSY", "R", ""}) {
+      if (std::find(named.begin(), named.end(), other) != named.end()) continue;
+      ConsentRequest more = request;
+      more.labels.push_back(other);
+      if (EvaluateConsents({consent}, more).kind != alone.kind) {
+        Die("a label the consent does not name changed its verdict");
+      }
+    }
   }
 }
 

@@ -720,7 +720,8 @@ std::vector<std::string> ConsentLabels(const json::Value& consent) {
   while (!stack.empty()) {
     auto [provision, depth] = stack.back();
     stack.pop_back();
-    if (depth > kMaxProvisionDepth || !provision->is_object()) continue;
+    // Evaluate matches provisions down to one level below its depth limit.
+    if (depth > kMaxProvisionDepth + 1 || !provision->is_object()) continue;
     if (const Value* codings = provision->Find("securityLabel"); codings && codings->is_array()) {
       for (const Value& coding : codings->items()) {
         if (const auto code = coding.GetString("code")) labels.emplace_back(*code);

@@ -1,9 +1,11 @@
 #include "policy/obligations.h"
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "json/patch.h"
 #include "json/value.h"
@@ -12,6 +14,7 @@ namespace fhirward::policy {
 namespace {
 
 using json::Value;
+using ::testing::ElementsAre;
 
 // "$M" in test JSON stands for the masked placeholder, "$R" for the REDACTED
 // meta.security coding.
@@ -707,6 +710,49 @@ TEST(Consents, DeepNestingDoesNotCrash) {
   consent.Set("provision", *parsed);
   const ConsentVerdict v = EvaluateConsents({consent}, Request());
   EXPECT_EQ(v.kind, Kind::kDeny);
+}
+
+TEST(ConsentLabels, NamesEveryLabelCriterionAtAnyDepthSortedOnce) {
+  EXPECT_TRUE(ConsentLabels(Consent("")).empty());
+  EXPECT_TRUE(ConsentLabels(Consent(kDenyP1)).empty());
+  const Value c = Consent(R"({"type":"permit","securityLabel":[{"code":"R"}],"provision":[
+      {"type":"deny","securityLabel":[{"code":"PSY"},{"code":"ETH"},{"system":"x"}],
+       "provision":{"type":"permit","securityLabel":[{"code":"PSY"},{"code":"HIV"}]}}]})");
+  EXPECT_THAT(ConsentLabels(c), ElementsAre("ETH", "HIV", "PSY", "R"));
+}
+
+// Search narrowing relies on it: a label the consent does not name never
+// changes its verdict; a named one may.
+TEST(ConsentLabels, UnnamedLabelsNeverChangeTheVerdict) {
+  const std::vector<std::string_view> provisions = {
+      kDenyP1,
+      R"({"type":"permit","provision":[{"type":"deny","securityLabel":[{"code":"PSY"}]}]})",
+      R"({"type":"deny","provision":[{"type":"permit","securityLabel":[{"code":"N"}],
+          "provision":[{"type":"deny","securityLabel":[{"code":"PSY"}]}]}]})",
+      R"({"type":"permit","provision":[{"type":"deny","data":[{"meaning":"instance",
+          "reference":{"reference":"Observation/o9"}}]}]})",
+  };
+  for (std::string_view text : provisions) {
+    const Value c = Consent(text);
+    const auto named = ConsentLabels(c);
+    for (const std::vector<std::string>& base :
+         std::vector<std::vector<std::string>>{{}, {"PSY"}, {"N"}, {"N", "PSY"}}) {
+      ConsentRequest r = Request();
+      r.labels = base;
+      const Kind before = EvaluateConsents({c}, r).kind;
+      for (const char* other : {"R", "V", "HIV", "ZZ"}) {
+        if (std::find(named.begin(), named.end(), other) != named.end()) continue;
+        ConsentRequest more = r;
+        more.labels.push_back(other);
+        EXPECT_EQ(EvaluateConsents({c}, more).kind, before) << text << " + " << other;
+      }
+    }
+  }
+  // The named label decides.
+  ConsentRequest psy = Request();
+  psy.labels = {"PSY"};
+  EXPECT_EQ(KindOf(provisions[1], psy), Kind::kDeny);
+  EXPECT_EQ(KindOf(provisions[1]), Kind::kPermit);
 }
 
 }  // namespace
