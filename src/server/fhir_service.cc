@@ -3184,6 +3184,11 @@ struct FhirService::Impl {
                    "history returns resources: it needs read (r) as well as search (s)");
     }
 
+    if (route.interaction == Interaction::kHistoryType && !Confinable(route.type)) {
+      // Shared reference data (Medication, Practitioner) is readable under a
+      // confinement, and so is its history; each version is still checked.
+      q.patients.reset();
+    }
     if (route.interaction == Interaction::kHistoryInstance) {
       auto cur = d.store->Read({d.config.tenant, route.type, route.id});
       if (!cur.ok()) return ErrorResponse(ctx, cur.status());
