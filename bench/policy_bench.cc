@@ -85,6 +85,7 @@ class BenchFacts final : public policy::PolicyFacts {
   }
   absl::StatusOr<std::optional<policy::BreakGlassEpisode>> ActiveBreakGlass(const std::string&,
                                                                             const std::string&,
+                                                                            const std::string&,
                                                                             int64_t) override {
     return std::optional<policy::BreakGlassEpisode>();
   }

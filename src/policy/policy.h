@@ -97,6 +97,7 @@ struct Environment {
 
 struct BreakGlassEpisode {
   std::string id;
+  std::string issuer;  // of the subject's token: the same sub at another issuer is someone else
   std::string subject;
   std::string client_id;
   std::string role;
@@ -118,7 +119,8 @@ class PolicyFacts {
   virtual absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) = 0;
   // The subject's break-glass episode open at `now`, if any.
   virtual absl::StatusOr<std::optional<BreakGlassEpisode>> ActiveBreakGlass(
-      const std::string& subject, const std::string& client_id, int64_t now) = 0;
+      const std::string& issuer, const std::string& subject, const std::string& client_id,
+      int64_t now) = 0;
   // Records a new episode (assigns its id); it enters the review queue.
   virtual absl::StatusOr<BreakGlassEpisode> OpenBreakGlass(BreakGlassEpisode episode) = 0;
 };
@@ -162,6 +164,7 @@ struct Decision {
 // One resource to be returned or written.
 struct ResourceFacts {
   std::string_view type;
+  std::string_view id;  // when known (a Patient is visible to its own confinement only)
   const std::vector<std::string>* patients = nullptr;  // its Patient compartments
   bool in_compartment_definition = false;  // its type can belong to a Patient compartment
   const std::vector<std::string>* labels = nullptr;  // meta.security codes (null: none known)

@@ -162,6 +162,11 @@ class Engine final : public PolicyEngine {
     if (ob.confined()) {
       bool in_own = false;
       for (const auto& pt : patients) in_own = in_own || ob.Allows(pt);
+      if (r.type == "Patient" && !r.id.empty() && !ob.Allows(r.id)) {
+        // A Patient is in the compartments of the patients it links to, but
+        // it is another person's record: only the patients themselves.
+        in_own = false;
+      }
       if (in_own && IsWrite(interaction)) {
         // A write must stay inside the records the principal may reach: a
         // resource that also lands in another patient's compartment would
@@ -335,6 +340,17 @@ class Engine final : public PolicyEngine {
         // the relationship (not the scopes) for a limited time.
         auto episode = BreakGlass(role, p, env, &c);
         if (!episode.ok()) return c;
+        if (*episode && IsWrite(req.interaction)) {
+          // Break-glass lifts the relationship for reading and charting, never
+          // for writing the resources relationships are made of: an Encounter
+          // or CareTeam written during an episode would outlast it.
+          for (const auto& source : policy_->relationships) {
+            if (source.type == type) {
+              return deny(kRuleDeny, ErrorCode::kForbidden,
+                          "break_glass_cannot_write_relationship_sources", "break-glass");
+            }
+          }
+        }
         if (*episode) {
           if ((*episode)->id.empty()) {
             opening = std::move(**episode);  // opened below, once nothing else denies
@@ -437,6 +453,14 @@ class Engine final : public PolicyEngine {
     }
     ob.patients = std::move(patients);
     ob.masked = role.masked;
+    // The narrative may repeat any masked element (a name, a birth date):
+    // it is masked with them.
+    for (const auto& path : role.masked) {
+      std::string text = path.substr(0, path.find('.')) + ".text";
+      if (std::find(ob.masked.begin(), ob.masked.end(), text) == ob.masked.end()) {
+        ob.masked.push_back(std::move(text));
+      }
+    }
     ob.read_only = role.read_only;
     ob.denied_labels = role.denied_labels;
     if (role.consent && ob.break_glass_episode.empty()) {
@@ -475,7 +499,7 @@ class Engine final : public PolicyEngine {
       if (!reason.empty()) return refuse(kFacts, ErrorCode::kForbidden, "break_glass_unavailable");
       return std::optional<BreakGlassEpisode>();
     }
-    auto open = facts_->ActiveBreakGlass(p.subject, p.client_id, env.now);
+    auto open = facts_->ActiveBreakGlass(p.issuer, p.subject, p.client_id, env.now);
     if (!open.ok()) return refuse(kFacts, ErrorCode::kUnavailable, "break_glass_unavailable");
     if (*open) return open;
     if (reason.empty()) return std::optional<BreakGlassEpisode>();
@@ -491,6 +515,7 @@ class Engine final : public PolicyEngine {
       return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_justification_too_short");
     }
     BreakGlassEpisode e;
+    e.issuer = p.issuer;
     e.subject = p.subject;
     e.client_id = p.client_id;
     e.role = role.name;

@@ -585,6 +585,7 @@ ScenarioResult Run(const std::shared_ptr<const PolicySet>& policy, const Scenari
   if (s.has_resource) {
     ResourceFacts r;
     r.type = s.resource_type;
+    r.id = s.request.resource_id;
     r.patients = &s.resource_patients;
     r.in_compartment_definition = s.in_compartment_definition;
     r.labels = s.resource_labels ? &*s.resource_labels : nullptr;
@@ -631,11 +632,13 @@ absl::StatusOr<std::vector<json::Value>> ScenarioFacts::Consents(const std::stri
 }
 
 absl::StatusOr<std::optional<BreakGlassEpisode>> ScenarioFacts::ActiveBreakGlass(
-    const std::string& subject, const std::string& client_id, int64_t now) {
+    const std::string& issuer, const std::string& subject, const std::string& client_id,
+    int64_t now) {
   if (opened) return opened;
   if (!break_glass_active) return std::optional<BreakGlassEpisode>();
   BreakGlassEpisode e;
   e.id = "bg-scenario";
+  e.issuer = issuer;
   e.subject = subject;
   e.client_id = client_id;
   e.reason = "scenario: an episode already open";

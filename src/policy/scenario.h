@@ -121,7 +121,8 @@ class ScenarioFacts final : public PolicyFacts {
   absl::StatusOr<std::vector<std::string>> RelatedPatients(const RelationshipSource& source,
                                                            const std::string& actor) override;
   absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) override;
-  absl::StatusOr<std::optional<BreakGlassEpisode>> ActiveBreakGlass(const std::string& subject,
+  absl::StatusOr<std::optional<BreakGlassEpisode>> ActiveBreakGlass(const std::string& issuer,
+                                                                    const std::string& subject,
                                                                     const std::string& client_id,
                                                                     int64_t now) override;
   absl::StatusOr<BreakGlassEpisode> OpenBreakGlass(BreakGlassEpisode episode) override;

@@ -398,9 +398,9 @@ TEST(ScenarioFacts, Behaviour) {
   EXPECT_EQ((*c1)[0].GetString("id"), "c1");
   EXPECT_THAT(*facts.Consents("p2"), IsEmpty());
 
-  EXPECT_FALSE(facts.ActiveBreakGlass("u", "c", 1000)->has_value());
+  EXPECT_FALSE(facts.ActiveBreakGlass("iss", "u", "c", 1000)->has_value());
   facts.break_glass_active = true;
-  auto active = facts.ActiveBreakGlass("u", "c", 1000);
+  auto active = facts.ActiveBreakGlass("iss", "u", "c", 1000);
   ASSERT_TRUE(active.ok() && active->has_value());
   EXPECT_EQ((*active)->id, "bg-scenario");
   EXPECT_EQ((*active)->subject, "u");

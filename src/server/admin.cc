@@ -464,7 +464,7 @@ absl::Status BreakGlassList(const std::string& data_dir, bool all, std::ostream&
   for (const BreakGlassRecord& r : *list) {
     const policy::BreakGlassEpisode& e = r.episode;
     out << e.id << "\t" << (e.expires > now ? "open" : "expired") << "\tstarted=" << Time(e.started)
-        << "\texpires=" << Time(e.expires) << "\tsubject=" << e.subject
+        << "\texpires=" << Time(e.expires) << "\tsubject=" << e.subject << "\tissuer=" << e.issuer
         << "\tclient=" << e.client_id << "\trole=" << e.role << "\tpurpose=" << e.purposes
         << "\taccesses=" << EpisodeAccesses(*opened->inst, e.id);
     if (r.reviewed_at != 0) {

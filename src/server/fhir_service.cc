@@ -569,11 +569,12 @@ struct FhirService::Impl {
   // its JSON or parsed body when labels or consents must be looked at).
   policy::Decision CheckResource(const Ctx& ctx, const policy::Decision& dec,
                                  Interaction interaction, std::string_view type,
-                                 const std::vector<std::string>& patients,
+                                 std::string_view id, const std::vector<std::string>& patients,
                                  std::string_view json_text = {},
                                  const json::Value* body = nullptr) const {
     policy::ResourceFacts f;
     f.type = type;
+    f.id = id;
     f.patients = &patients;
     f.in_compartment_definition = fhir::InPatientCompartmentDefinition(type);
     std::vector<std::string> labels;
@@ -1007,6 +1008,7 @@ struct FhirService::Impl {
         }
         policy::ResourceFacts f;
         f.type = areq.resource_type;
+        f.id = areq.resource_id;
         f.patients = &v->patients;
         f.in_compartment_definition = fhir::InPatientCompartmentDefinition(areq.resource_type);
         f.labels = &labels;
@@ -1188,6 +1190,31 @@ struct FhirService::Impl {
     return Decide(ctx, create).allow;
   }
 
+  // The check of a resource as it is now: its current version, or for a
+  // deleted one the last version with content (a tombstone carries no labels).
+  // An older version is shown only when the resource as it is now may be too:
+  // a label added later, or a move to another patient, protects the earlier
+  // versions as well.
+  policy::Decision CheckCurrent(const Ctx& ctx, const policy::Decision& dec,
+                                const std::string& type, const std::string& id) const {
+    auto cur = d.store->Read({d.config.tenant, type, id});
+    if (!cur.ok()) {
+      policy::Decision refused = dec;
+      if (CodeOf(cur.status()) == ErrorCode::kNotFound) return refused;
+      refused.allow = false;
+      refused.reason = "current_version_unreadable";
+      return refused;
+    }
+    if (cur->deleted && cur->version > 1 &&
+        (!dec.obligations.denied_labels.empty() || dec.obligations.consent)) {
+      auto last = d.store->ReadVersion({d.config.tenant, type, id}, cur->version - 1);
+      if (last.ok() && !last->deleted) {
+        return CheckResource(ctx, dec, Interaction::kRead, type, id, last->patients, last->json);
+      }
+    }
+    return CheckResource(ctx, dec, Interaction::kRead, type, id, cur->patients, cur->json);
+  }
+
   // A resource the policy hides is answered exactly like an absent one.
   net::HttpResponse Hidden(Ctx& ctx, const policy::Decision& rd) const {
     ctx.forced_outcome = "denied";
@@ -1209,8 +1236,12 @@ struct FhirService::Impl {
       return ErrorResponse(ctx, v.status());
     }
     policy::Decision rd =
-        CheckResource(ctx, decision, route.interaction, route.type, v->patients, v->json);
+        CheckResource(ctx, decision, route.interaction, route.type, route.id, v->patients, v->json);
     if (!rd.allow) return Hidden(ctx, rd);
+    if (route.interaction == Interaction::kVread || v->deleted) {
+      rd = CheckCurrent(ctx, decision, route.type, route.id);
+      if (!rd.allow) return Hidden(ctx, rd);
+    }
     if (!v->patients.empty() && ctx.audit.patient_id.empty()) ctx.audit.patient_id = v->patients[0];
     ctx.audit.version_id = std::to_string(v->version);
     if (v->deleted) {
@@ -1321,7 +1352,7 @@ struct FhirService::Impl {
     store::ResourceKey key{d.config.tenant, route.type, route.id};
     auto authorize = [&](const std::vector<std::string>& patients, std::string_view text,
                          const json::Value* body) {
-      return CheckResource(ctx, decision, route.interaction, route.type, patients, text, body);
+      return CheckResource(ctx, decision, route.interaction, route.type, route.id, patients, text, body);
     };
     auto deny = [&](const policy::Decision& rd) {
       ctx.audit.error = "forbidden:" + rd.reason;
@@ -1691,7 +1722,7 @@ struct FhirService::Impl {
     std::vector<store::StoredVersion> included;
     std::vector<std::string> match_ids;
     for (const store::StoredVersion& v : page.matches) {
-      policy::Decision rd = CheckResource(ctx, read, Interaction::kRead, v.type, v.patients, v.json);
+      policy::Decision rd = CheckResource(ctx, read, Interaction::kRead, v.type, v.id, v.patients, v.json);
       if (!rd.allow) continue;  // defence in depth: the query was already confined
       match_ids.push_back(v.id);
       entries.emplace_back(&v, "match");
@@ -1819,7 +1850,7 @@ struct FhirService::Impl {
         return v.status();
       }
       if (v->deleted) return absl::OkStatus();
-      policy::Decision rd = CheckResource(ctx, *dec, Interaction::kRead, t, v->patients, v->json);
+      policy::Decision rd = CheckResource(ctx, *dec, Interaction::kRead, t, id, v->patients, v->json);
       if (!rd.allow) return absl::OkStatus();
       (*next)[t].push_back(id);
       included->push_back(std::move(*v));
@@ -1866,7 +1897,7 @@ struct FhirService::Impl {
   absl::Status AuthorizeWrite(const Ctx& ctx, const policy::Decision& decision,
                               Interaction interaction, const std::string& type,
                               const std::vector<std::string>& patients) const {
-    policy::Decision rd = CheckResource(ctx, decision, interaction, type, patients);
+    policy::Decision rd = CheckResource(ctx, decision, interaction, type, "", patients);
     if (!rd.allow) return fhirward::Error(ErrorCode::kForbidden, rd.reason);
     return absl::OkStatus();
   }
@@ -2009,7 +2040,7 @@ struct FhirService::Impl {
       read.resource_type = route.type;
       policy::Decision rd = Decide(ctx, read);
       if (rd.allow) {
-        rd = CheckResource(ctx, rd, Interaction::kRead, route.type, w.stored.patients,
+        rd = CheckResource(ctx, rd, Interaction::kRead, route.type, w.stored.id, w.stored.patients,
                            w.stored.json);
       }
       if (rd.allow) {
@@ -2045,7 +2076,7 @@ struct FhirService::Impl {
     store::ResourceKey key{d.config.tenant, route.type, route.id};
     auto current = d.store->Read(key);
     if (!current.ok()) return ErrorResponse(ctx, current.status());
-    policy::Decision rd = CheckResource(ctx, decision, Interaction::kPatch, route.type,
+    policy::Decision rd = CheckResource(ctx, decision, Interaction::kPatch, route.type, route.id,
                                         current->patients, current->json);
     if (!rd.allow) {
       if (decision.obligations.confined()) return Hidden(ctx, rd);
@@ -2632,7 +2663,7 @@ struct FhirService::Impl {
         }
         if (current.ok() && !current->deleted) {
           policy::Decision rd =
-              CheckResource(ctx, decision, interaction, type, current->patients, current->json);
+              CheckResource(ctx, decision, interaction, type, pl.id, current->patients, current->json);
           if (!rd.allow) {
             return fail(i, decision.obligations.confined()
                                ? fhirward::Error(ErrorCode::kNotFound, type + "/" + pl.id)
@@ -2934,7 +2965,7 @@ struct FhirService::Impl {
       auto v = d.store->Read(key);
       if (!v.ok()) return ErrorResponse(ctx, v.status());
       policy::Decision rd =
-          CheckResource(ctx, decision, Interaction::kRead, route.type, v->patients, v->json);
+          CheckResource(ctx, decision, Interaction::kRead, route.type, route.id, v->patients, v->json);
       if (!rd.allow) return Hidden(ctx, rd);
       if (v->deleted) return Error(ctx, ErrorCode::kGone);
       if (!v->patients.empty()) ctx.audit.patient_id = v->patients[0];
@@ -2947,7 +2978,7 @@ struct FhirService::Impl {
       // patient-scoped client validates only its own compartment's data.
       auto patients = fhir::PatientCompartmentsOf(route.type, *body);
       policy::Decision rd =
-          CheckResource(ctx, decision, interaction, route.type, patients, {}, &*body);
+          CheckResource(ctx, decision, interaction, route.type, route.id, patients, {}, &*body);
       if (!rd.allow) {
         ctx.audit.error = "forbidden:" + rd.reason;
         return Error(ctx, ErrorCode::kForbidden, rd.reason);
@@ -3193,7 +3224,7 @@ struct FhirService::Impl {
       auto cur = d.store->Read({d.config.tenant, route.type, route.id});
       if (!cur.ok()) return ErrorResponse(ctx, cur.status());
       policy::Decision rd =
-          CheckResource(ctx, decision, Interaction::kRead, route.type, cur->patients, cur->json);
+          CheckResource(ctx, decision, Interaction::kRead, route.type, route.id, cur->patients, cur->json);
       if (!rd.allow) return Hidden(ctx, rd);
       // Reference data outside any compartment is readable under a patient
       // scope; its history is too.
@@ -3219,13 +3250,22 @@ struct FhirService::Impl {
     bundle.Set("link", std::move(links));
     json::Value entries = json::Value::MakeArray();
     int64_t shown = 0;
+    std::map<std::pair<std::string, std::string>, bool> current_allowed;
     for (const auto& e : page->entries) {
       const store::StoredVersion& v = e.version;
       // Each version passes the checks of a read of it (labels and consents
       // can differ between versions); hidden versions are left out.
-      if (!CheckResource(ctx, decision, Interaction::kRead, v.type, v.patients, v.json).allow) {
+      if (!CheckResource(ctx, decision, Interaction::kRead, v.type, v.id, v.patients, v.json).allow) {
         continue;
       }
+      auto now = current_allowed.find({v.type, v.id});
+      if (now == current_allowed.end()) {
+        now = current_allowed
+                  .emplace(std::make_pair(v.type, v.id),
+                           CheckCurrent(ctx, decision, v.type, v.id).allow)
+                  .first;
+      }
+      if (!now->second) continue;
       ++shown;
       json::Value entry = json::Value::MakeObject();
       entry.Set("fullUrl", Str(d.base_url + "/" + v.type + "/" + v.id));

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS break_glass(
   reviewed_at INTEGER NOT NULL DEFAULT 0,
   reviewer TEXT NOT NULL DEFAULT '',
   outcome TEXT NOT NULL DEFAULT '',
-  note TEXT NOT NULL DEFAULT '');
+  note TEXT NOT NULL DEFAULT '',
+  issuer TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS break_glass_by_subject ON break_glass(subject, client_id, expires);
 )sql";
 
@@ -58,6 +59,7 @@ struct BreakGlassStore::Impl {
     e.purposes = st.Text(5);
     e.started = st.Int(6);
     e.expires = st.Int(7);
+    e.issuer = st.Text(8);
     return e;
   }
 };
@@ -71,6 +73,8 @@ absl::StatusOr<std::unique_ptr<BreakGlassStore>> BreakGlassStore::Open(
   if (!db.ok()) return db.status();
   ::chmod(path.c_str(), 0600);
   if (auto s = (*db)->Exec(kBreakGlassSchema); !s.ok()) return s;
+  // Data directories made before episodes named their issuer.
+  (void)(*db)->Exec("ALTER TABLE break_glass ADD COLUMN issuer TEXT NOT NULL DEFAULT ''");
   auto impl = std::make_unique<Impl>();
   impl->db = std::move(*db);
   impl->kek = kek;
@@ -78,16 +82,18 @@ absl::StatusOr<std::unique_ptr<BreakGlassStore>> BreakGlassStore::Open(
 }
 
 constexpr const char* kEpisodeColumns =
-    "id, subject, client_id, role, reason, purposes, started, expires";
+    "id, subject, client_id, role, reason, purposes, started, expires, issuer";
 
 absl::StatusOr<std::optional<policy::BreakGlassEpisode>> BreakGlassStore::Active(
-    const std::string& subject, const std::string& client_id, int64_t now) {
+    const std::string& issuer, const std::string& subject, const std::string& client_id,
+    int64_t now) {
   std::lock_guard lock(impl_->mu);
   auto st = impl_->db->Prepare(std::string("SELECT ") + kEpisodeColumns +
                                " FROM break_glass WHERE subject = ?1 AND client_id = ?2 AND "
-                               "started <= ?3 AND expires > ?3 ORDER BY expires DESC LIMIT 1");
+                               "started <= ?3 AND expires > ?3 AND issuer = ?4 "
+                               "ORDER BY expires DESC LIMIT 1");
   if (!st.ok()) return st.status();
-  st->Bind(1, subject).Bind(2, client_id).Bind(3, now);
+  st->Bind(1, subject).Bind(2, client_id).Bind(3, now).Bind(4, issuer);
   auto row = st->Step();
   if (!row.ok()) return row.status();
   if (!*row) return std::optional<policy::BreakGlassEpisode>();
@@ -102,11 +108,12 @@ absl::StatusOr<policy::BreakGlassEpisode> BreakGlassStore::Open(policy::BreakGla
   if (!sealed.ok()) return sealed.status();
   std::lock_guard lock(impl_->mu);
   auto st = impl_->db->Prepare(
-      "INSERT INTO break_glass(id, subject, client_id, role, reason, purposes, started, expires) "
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+      "INSERT INTO break_glass(id, subject, client_id, role, reason, purposes, started, expires, "
+      "issuer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
   if (!st.ok()) return st.status();
   st->Bind(1, e.id).Bind(2, e.subject).Bind(3, e.client_id).Bind(4, e.role);
   st->BindBlob(5, *sealed).Bind(6, e.purposes).Bind(7, e.started).Bind(8, e.expires);
+  st->Bind(9, e.issuer);
   if (auto s = st->Run(); !s.ok()) return s;
   return e;
 }
@@ -127,10 +134,10 @@ absl::StatusOr<std::vector<BreakGlassRecord>> BreakGlassStore::List(bool pending
     auto e = impl_->Row(*st);
     if (!e.ok()) return e.status();
     r.episode = std::move(*e);
-    r.reviewed_at = st->Int(8);
-    r.reviewer = st->Text(9);
-    r.outcome = st->Text(10);
-    r.note = st->Text(11);
+    r.reviewed_at = st->Int(9);
+    r.reviewer = st->Text(10);
+    r.outcome = st->Text(11);
+    r.note = st->Text(12);
     out.push_back(std::move(r));
   }
   return out;
@@ -282,9 +289,10 @@ absl::StatusOr<std::vector<json::Value>> StorePolicyFacts::Consents(const std::s
 }
 
 absl::StatusOr<std::optional<policy::BreakGlassEpisode>> StorePolicyFacts::ActiveBreakGlass(
-    const std::string& subject, const std::string& client_id, int64_t now) {
+    const std::string& issuer, const std::string& subject, const std::string& client_id,
+    int64_t now) {
   if (!break_glass_) return std::optional<policy::BreakGlassEpisode>();
-  const std::string key = subject + '\x1f' + client_id;
+  const std::string key = issuer + '\x1f' + subject + '\x1f' + client_id;
   {
     std::lock_guard lock(mu_);
     if (auto it = active_.find(key); it != active_.end() && now - it->second.first < 5) {
@@ -292,7 +300,7 @@ absl::StatusOr<std::optional<policy::BreakGlassEpisode>> StorePolicyFacts::Activ
       if (!e || (e->started <= now && e->expires > now)) return e;
     }
   }
-  auto e = break_glass_->Active(subject, client_id, now);
+  auto e = break_glass_->Active(issuer, subject, client_id, now);
   if (!e.ok()) return e.status();
   std::lock_guard lock(mu_);
   if (active_.size() >= kMaxCached) active_.clear();
@@ -303,7 +311,7 @@ absl::StatusOr<std::optional<policy::BreakGlassEpisode>> StorePolicyFacts::Activ
 absl::StatusOr<policy::BreakGlassEpisode> StorePolicyFacts::OpenBreakGlass(
     policy::BreakGlassEpisode e) {
   if (!break_glass_) return Error(ErrorCode::kUnavailable, "break-glass is not configured");
-  const std::string key = e.subject + '\x1f' + e.client_id;
+  const std::string key = e.issuer + '\x1f' + e.subject + '\x1f' + e.client_id;
   auto opened = break_glass_->Open(std::move(e));
   if (!opened.ok()) return opened.status();
   std::lock_guard lock(mu_);

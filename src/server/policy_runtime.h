@@ -39,7 +39,8 @@ class BreakGlassStore {
   static absl::StatusOr<std::unique_ptr<BreakGlassStore>> Open(
       const std::string& path, const crypto::KeyEncryptionService* kek);
   ~BreakGlassStore();
-  absl::StatusOr<std::optional<policy::BreakGlassEpisode>> Active(const std::string& subject,
+  absl::StatusOr<std::optional<policy::BreakGlassEpisode>> Active(const std::string& issuer,
+                                                                  const std::string& subject,
                                                                   const std::string& client_id,
                                                                   int64_t now);
   absl::StatusOr<policy::BreakGlassEpisode> Open(policy::BreakGlassEpisode e);
@@ -66,7 +67,8 @@ class StorePolicyFacts final : public policy::PolicyFacts {
                                                            const std::string& actor) override;
   absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) override;
   absl::StatusOr<std::optional<policy::BreakGlassEpisode>> ActiveBreakGlass(
-      const std::string& subject, const std::string& client_id, int64_t now) override;
+      const std::string& issuer, const std::string& subject, const std::string& client_id,
+      int64_t now) override;
   absl::StatusOr<policy::BreakGlassEpisode> OpenBreakGlass(policy::BreakGlassEpisode e) override;
 
   // A resource of `type` was written ("" : several types): cached facts

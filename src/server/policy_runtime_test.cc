@@ -22,6 +22,7 @@ class BreakGlassStoreTest : public ::testing::Test {
   }
   policy::BreakGlassEpisode Episode(int64_t started) {
     policy::BreakGlassEpisode e;
+    e.issuer = "https://iss";
     e.subject = "dr-ada";
     e.client_id = "ehr";
     e.role = "clinician";
@@ -40,13 +41,15 @@ TEST_F(BreakGlassStoreTest, OpenActiveListReview) {
   auto opened = store_->Open(Episode(1000));
   ASSERT_TRUE(opened.ok()) << opened.status();
   EXPECT_EQ(opened->id.rfind("bg-", 0), 0u);
-  auto active = store_->Active("dr-ada", "ehr", 1500);
+  auto active = store_->Active("https://iss", "dr-ada", "ehr", 1500);
   ASSERT_TRUE(active.ok());
   ASSERT_TRUE(active->has_value());
   EXPECT_EQ((*active)->reason, "Unconscious patient in the ED, care team unreachable");
-  // Another client of the same user, and after expiry: none.
-  EXPECT_FALSE(store_->Active("dr-ada", "other-app", 1500)->has_value());
-  EXPECT_FALSE(store_->Active("dr-ada", "ehr", 4600)->has_value());
+  // The same subject at another issuer, another client of the same user, and
+  // after expiry: none.
+  EXPECT_FALSE(store_->Active("https://other", "dr-ada", "ehr", 1500)->has_value());
+  EXPECT_FALSE(store_->Active("https://iss", "dr-ada", "other-app", 1500)->has_value());
+  EXPECT_FALSE(store_->Active("https://iss", "dr-ada", "ehr", 4600)->has_value());
   // The justification is sealed on disk.
   store_.reset();  // flush and close
   std::ifstream in(dir_.File("policy.db"), std::ios::binary);
@@ -65,14 +68,14 @@ TEST_F(BreakGlassStoreTest, OpenActiveListReview) {
   EXPECT_FALSE(store_->Review(opened->id, "aud", "justified", "again", 1700).ok());
   EXPECT_FALSE(store_->Review("bg-none", "aud", "justified", "x", 1700).ok());
   // A justified episode stays open until it expires.
-  EXPECT_TRUE(store_->Active("dr-ada", "ehr", 1800)->has_value());
+  EXPECT_TRUE(store_->Active("https://iss", "dr-ada", "ehr", 1800)->has_value());
 }
 
 TEST_F(BreakGlassStoreTest, UnjustifiedEndsTheEpisode) {
   auto opened = store_->Open(Episode(1000));
   ASSERT_TRUE(opened.ok());
   ASSERT_TRUE(store_->Review(opened->id, "aud", "unjustified", "no emergency", 1200).ok());
-  EXPECT_FALSE(store_->Active("dr-ada", "ehr", 1201)->has_value());
+  EXPECT_FALSE(store_->Active("https://iss", "dr-ada", "ehr", 1201)->has_value());
   auto all = store_->List(false);
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 1u);

@@ -805,7 +805,7 @@ describe('policy: access matrix of the default role catalogue', { timeout: 18000
       assert.deepEqual(get(res.json, 'rule'), ['rule:research-needs-purpose']);
       const resOk = await explain(adminC(), params({ role: 'researcher', scope: 'user/*.rs', interaction: 'search', type: 'Patient', purpose_of_use: 'HRESCH' }));
       assert.deepEqual(get(resOk.json, 'decision'), ['allow']);
-      assert.deepEqual(get(resOk.json, 'masked').sort(), RESEARCH_MASKED.map((m) => `Patient.${m}`).sort());
+      assert.deepEqual(get(resOk.json, 'masked').sort(), [...RESEARCH_MASKED, 'text'].map((m) => `Patient.${m}`).sort());
       // The admin network rule with an outside address.
       const far = await explain(adminC(), params({ role: 'admin', scope: 'user/*.cruds', interaction: 'read', type: 'Practitioner', address: '203.0.113.9' }));
       assert.deepEqual(get(far.json, 'decision'), ['deny']);
@@ -1040,6 +1040,14 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     assertStatus(await client(srv, dr3tok({ clientId: 'other-app' }))('GET', '/Observation/o3a'), 404);
     // Scopes and permissions still apply: a clinician may not delete.
     assertForbidden(await t.del('/Observation/o3a'), 'delete in the episode');
+    // No lasting relationship from an episode: the resources relationships are
+    // made of (Encounter, CareTeam) cannot be written in it.
+    const enc = await t.post('/Encounter', {
+      resourceType: 'Encounter', status: 'planned', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
+      subject: { reference: 'Patient/p3' }, participant: [{ individual: { reference: 'Practitioner/dr3' } }],
+    });
+    assertForbidden(enc, 'Encounter written in an episode');
+    assert.match(enc.json.issue[0].diagnostics || '', /break_glass_cannot_write_relationship_sources/);
     assert.equal(logEvents(srv, 'break_glass_opened').length, 1, 'one alert per episode');
   });
 
@@ -1249,5 +1257,97 @@ describe('policy: reload while running', { timeout: 180000 }, () => {
       return x.status === 200 ? x : undefined;
     });
     assert.equal((await auditOf(srv, r))[0].policy_id, 'fhirward-default@4');
+  });
+});
+
+// ===========================================================================
+// Regressions from the adversarial review
+
+describe('policy: review regressions', { timeout: 180000 }, () => {
+  let srv;
+  let sys;
+  const c = {};
+  const SECRET = 'Zanzibar-Secretname';
+
+  before(async () => {
+    srv = await startWithPolicy('regressions');
+    sys = await seed(srv);
+    c.researcher = client(srv, tokenFor(srv, PRINCIPALS['researcher with HRESCH']));
+    c.dr1 = client(srv, tokenFor(srv, PRINCIPALS['clinician Dr1 (care team of P1, consent denies PSY)']));
+    c.nurse = client(srv, tokenFor(srv, PRINCIPALS['care-team-member nurse1 (care team of P1)']));
+  });
+  after(() => stopAndClean(srv));
+  afterEach(diagnose(() => [srv]));
+
+  it('the narrative is masked with the masked elements it may repeat', async () => {
+    const put = await sys.put('/Patient/pn', {
+      resourceType: 'Patient', id: 'pn',
+      text: { status: 'generated', div: `<div xmlns="http://www.w3.org/1999/xhtml">${SECRET}, born 1960-05-05</div>` },
+      name: [{ family: SECRET }], birthDate: '1960-05-05',
+    });
+    assert.ok([200, 201].includes(put.status), describeRes(put));
+    const r = await c.researcher.get('/Patient/pn');
+    assertStatus(r, 200);
+    assert.ok(!r.text.includes(SECRET), `masked name leaked through the narrative: ${r.text}`);
+    assert.ok(!r.text.includes('1960-05-05'));
+    const s = await c.researcher.get('/Patient?_id=pn&_summary=text');
+    assertStatus(s, 200);
+    assert.ok(!s.text.includes(SECRET), `_summary=text: ${s.text}`);
+    await sys.del('/Patient/pn');
+  });
+
+  it('a label added later protects the earlier versions (vread, histories)', async () => {
+    const v1 = await sys.put('/Observation/later', {
+      resourceType: 'Observation', id: 'later', status: 'final', code: { text: 'later' },
+      subject: { reference: 'Patient/p1' },
+    });
+    assert.ok([200, 201].includes(v1.status), describeRes(v1));
+    const v2 = await sys.put('/Observation/later', {
+      resourceType: 'Observation', id: 'later', status: 'final', code: { text: 'later' },
+      meta: { security: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'PSY' }] },
+      subject: { reference: 'Patient/p1' },
+    });
+    assertStatus(v2, 200);
+    const nurse = c.nurse;
+    assertStatus(await nurse.get('/Observation/later'), 404);
+    assertStatus(await nurse.get('/Observation/later/_history/1'), 404, 'vread of the unlabelled v1');
+    for (const path of ['/Observation/_history?_count=100', '/_history?_count=100']) {
+      const h = await nurse.get(path);
+      assertStatus(h, 200, path);
+      const ids = (h.json.entry || []).map((e) => e.fullUrl || '');
+      assert.ok(!ids.some((u) => u.endsWith('/Observation/later')), `${path} lists an earlier version: ${ids}`);
+    }
+  });
+
+  it('a deleted labelled resource answers like an absent one to whom the label hides it', async () => {
+    const o = await sys.put('/Observation/psydel', {
+      resourceType: 'Observation', id: 'psydel', status: 'final', code: { text: 'psydel' },
+      meta: { security: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'PSY' }] },
+      subject: { reference: 'Patient/p1' },
+    });
+    assert.ok([200, 201].includes(o.status), describeRes(o));
+    assertStatus(await sys.del('/Observation/psydel'), 204);
+    const nurse = c.nurse;
+    const gone = await nurse.get('/Observation/psydel');
+    const absent = await nurse.get('/Observation/never-was');
+    assertStatus(gone, 404, 'deleted PSY observation');
+    assertStatus(absent, 404);
+    assert.equal(gone.json.issue[0].details.text, absent.json.issue[0].details.text);
+    assertStatus(await sys.get('/Observation/psydel'), 410, 'whoever may see it learns it was deleted');
+  });
+
+  it('a Patient linking to a related patient is still another person\'s record', async () => {
+    const cur = await sys.get('/Patient/p3');
+    assertStatus(cur, 200);
+    const linked = { ...cur.json, link: [{ other: { reference: 'Patient/p1' }, type: 'seealso' }] };
+    delete linked.meta;
+    assertStatus(await sys.put('/Patient/p3', linked), 200);
+    const dr1 = c.dr1;
+    assertStatus(await dr1.get('/Patient/p3'), 404, 'Dr1 (related to P1 only) reads P3 through the link');
+    const list = await dr1.get('/Patient?_total=accurate');
+    assertStatus(list, 200);
+    const ids = (list.json.entry || []).map((e) => e.resource.id);
+    assert.ok(!ids.includes('p3'), `P3 listed for Dr1: ${ids}`);
+    assertStatus(await dr1.get('/Patient/p1'), 200);
   });
 });
