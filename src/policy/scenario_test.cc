@@ -101,7 +101,7 @@ rule = "role:doc permission:*.* scope:user/*.cruds"
 rule_prefix = "role:doc"
 patients = ["p1", "p2"]
 confined = true
-masked = ["Patient.telecom"]
+masked = ["Patient.telecom", "Patient.text"]
 denied_labels = ["PSY"]
 consent = true
 break_glass = false
@@ -168,7 +168,7 @@ resource_reason = ""
           "rule: expected a prefix \"rule:\", got \"role:doc permission:*.* scope:user/*.cruds\"",
           "reason: expected \"no_relationship_to_patient\", got \"\"",
           "deny_code: expected \"insufficient_scope\", got \"forbidden\"",
-          "patients: expected [p1], got [p2]", "masked: expected [], got [Patient.telecom]",
+          "patients: expected [p1], got [p2]", "masked: expected [], got [Patient.telecom, Patient.text]",
           "consent: expected false, got true", "break_glass: expected true, got false",
           "alert: expected true, got false",
           HasSubstr("resource_decision: expected allow, got deny"),
