@@ -193,8 +193,10 @@ std::unique_ptr<PolicyEngine> NewPolicyEngine(std::shared_ptr<const PolicySet> p
 // The roles a principal acts under: its token's roles (those the policy
 // defines) or, without a roles claim, the policy's default roles.
 std::vector<std::string> EffectiveRoles(const PolicySet& policy, const Principal& principal);
-// Whether the principal may ask POST /$explain-access.
-bool MayExplain(const PolicySet& policy, const Principal& principal);
+// Whether the principal may ask POST /$explain-access: one of its roles is in
+// explain_roles and no deny rule of that role that applies to every type and
+// interaction (e.g. an admin network restriction) holds now.
+bool MayExplain(const PolicySet& policy, const Principal& principal, const Environment& env);
 
 // SMART scopes only: a built-in policy "smart-scopes@1" with one role whose
 // relationship is "scopes" and which every token has.

@@ -642,9 +642,19 @@ std::vector<std::string> EffectiveRoles(const PolicySet& policy, const Principal
   return out;
 }
 
-bool MayExplain(const PolicySet& policy, const Principal& p) {
+bool MayExplain(const PolicySet& policy, const Principal& p, const Environment& env) {
   for (const auto& r : EffectiveRoles(policy, p)) {
-    if (Contains(policy.explain_roles, r)) return true;
+    if (!Contains(policy.explain_roles, r)) continue;
+    bool denied = false;
+    for (const Rule& rule : policy.rules) {
+      if (!rule.roles.empty() && !Contains(rule.roles, r)) continue;
+      if (!rule.types.empty() || !rule.interactions.empty()) continue;
+      if (!rule.when.empty() && !Holds(rule.when, p, env, policy.utc_offset_minutes)) continue;
+      if (!rule.unless.empty() && Holds(rule.unless, p, env, policy.utc_offset_minutes)) continue;
+      denied = true;
+      break;
+    }
+    if (!denied) return true;
   }
   return false;
 }

@@ -583,5 +583,46 @@ rule = "rule:no-psych-notes"
   EXPECT_EQ(run.passed(), 3) << Report(run);
 }
 
+TEST(MayExplain, NeedsAnExplainRoleThatNoGeneralRuleDeniesNow) {
+  PolicyLoad load = ParsePolicy(R"toml(
+[policy]
+id = "explain"
+version = "1"
+explain_roles = ["admin"]
+[roles.admin]
+relationship = "none"
+scopes = ["user/*.rs"]
+permissions = ["Practitioner.read"]
+[roles.doc]
+relationship = "none"
+scopes = ["user/*.rs"]
+permissions = ["*.read"]
+[[rule]]
+id = "admin-network"
+roles = ["admin"]
+unless = { networks = ["10.0.0.0/8"] }
+[[rule]]
+id = "admin-no-observations"
+roles = ["admin"]
+types = ["Observation"]
+)toml",
+                                "explain.toml");
+  ASSERT_THAT(load.errors, IsEmpty());
+  Principal admin;
+  admin.roles = {"admin"};
+  admin.has_roles_claim = true;
+  Principal doc = admin;
+  doc.roles = {"doc"};
+  Environment inside;
+  inside.client_address = "10.1.2.3";
+  Environment outside;
+  outside.client_address = "192.0.2.7";
+  EXPECT_TRUE(MayExplain(*load.policy, admin, inside));
+  EXPECT_FALSE(MayExplain(*load.policy, admin, outside)) << "a rule denying the role everything";
+  EXPECT_FALSE(MayExplain(*load.policy, doc, inside)) << "not an explain role";
+  Principal none;
+  EXPECT_FALSE(MayExplain(*load.policy, none, inside)) << "no roles claim, no default roles";
+}
+
 }  // namespace
 }  // namespace fhirward::policy

@@ -898,11 +898,20 @@ struct FhirService::Impl {
     ctx.audit.action = "explain-access";
     const policy::PolicyEngine& engine = Engine(ctx);
     const std::shared_ptr<const policy::PolicySet> pol = engine.policy();
-    if (!policy::MayExplain(*pol, *ctx.principal)) {
+    if (!policy::MayExplain(*pol, *ctx.principal, ctx.env)) {
       ctx.audit.error = "forbidden:explain_needs_admin_or_auditor";
-      return Error(ctx, ErrorCode::kForbidden, "$explain-access is for the roles " +
-                                                   absl::StrJoin(pol->explain_roles, ", "));
+      return Error(ctx, ErrorCode::kForbidden,
+                   "$explain-access is for the roles " + absl::StrJoin(pol->explain_roles, ", ") +
+                       ", where no rule of the role denies it now");
     }
+    // What the explanation reveals of the data (which patients a principal
+    // relates to, a resource's labels and consents) is shown only as far as
+    // the caller may read it.
+    policy::AccessRequest read_patients;
+    read_patients.interaction = Interaction::kSearch;
+    read_patients.resource_type = "Patient";
+    const policy::Decision caller_patients = Decide(ctx, read_patients);
+    const bool show_patients = caller_patients.allow && !caller_patients.obligations.confined();
     auto ct = req.header("Content-Type");
     if (!ct || !IsJsonMediaType(*ct)) return Error(ctx, ErrorCode::kUnsupportedMediaType);
     auto body = json::Parse(req.body, d.config.json_limits);
@@ -989,7 +998,9 @@ struct FhirService::Impl {
     if (dec.allow) {
       if (ob.patients) {
         add("confined", "valueString", std::to_string(ob.patients->size()) + " patient(s)");
-        for (const auto& pt : *ob.patients) add("patient", "valueString", pt);
+        if (show_patients) {
+          for (const auto& pt : *ob.patients) add("patient", "valueString", pt);
+        }
       }
       for (const auto& m : ob.masked) add("masked", "valueString", m);
       for (const auto& m : ob.read_only) add("read_only", "valueString", m);
@@ -999,8 +1010,24 @@ struct FhirService::Impl {
     }
     if (!dec.shadow.empty()) add("shadow", "valueString", dec.shadow);
     if (dec.allow && !areq.resource_type.empty() && !areq.resource_id.empty()) {
+      policy::AccessRequest caller_read;
+      caller_read.interaction = Interaction::kRead;
+      caller_read.resource_type = areq.resource_type;
+      caller_read.resource_id = areq.resource_id;
+      const policy::Decision mine = Decide(ctx, caller_read);
       auto v = d.store->Read({d.config.tenant, areq.resource_type, areq.resource_id});
-      if (v.ok()) {
+      const bool caller_sees =
+          mine.allow && v.ok() && !v->deleted &&
+          CheckResource(ctx, mine, Interaction::kRead, areq.resource_type, areq.resource_id,
+                        v->patients, v->json)
+              .allow &&
+          CheckCurrent(ctx, mine, areq.resource_type, areq.resource_id).allow;
+      if (!caller_sees) {
+        // Whether it exists, its labels, its patient: not for this caller.
+        add("resource_decision", "valueCode", "not-shown");
+        add("resource_note", "valueString",
+            "the caller may not read this resource: its facts are not shown");
+      } else {
         std::vector<std::string> labels;
         if (auto doc = json::Parse(v->json.empty() ? "{}" : v->json, d.config.json_limits);
             doc.ok()) {
@@ -1016,8 +1043,6 @@ struct FhirService::Impl {
         add("resource_decision", "valueCode", rd.allow ? "allow" : "deny");
         if (!rd.allow) add("resource_reason", "valueString", rd.reason);
         if (!rd.allow && rd.rule != dec.rule) add("resource_rule", "valueString", rd.rule);
-      } else {
-        add("resource_decision", "valueCode", "not-found");
       }
     }
     out.Set("parameter", std::move(list));

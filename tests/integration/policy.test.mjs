@@ -44,6 +44,14 @@ scopes = ["user/*.cruds"]
 permissions = ["Patient.read", "Patient.search", "Patient.update", "Patient.patch"]
 masked = ["Patient.identifier"]
 read_only = ["Patient.birthDate"]
+
+# Test-only role: a privacy officer who reads everything and may explain
+# access (resource-level explanations need read access to the resource).
+[roles.privacy-officer]
+description = "Privacy officer (integration test role)"
+relationship = "none"
+scopes = ["user/*.rs"]
+permissions = ["*.read", "*.vread", "*.search"]
 `;
 
 /** Removes the [[rule]] block with the given id (up to the next blank line before a comment/table). */
@@ -65,6 +73,7 @@ function testPolicy({ version = '1', edit = (t) => t } = {}) {
   t = t.replace(/^version = "1"$/m, `version = "${version}"`);
   // Insert the test role before the deny rules.
   t = t.replace('# --- Deny rules', `${REGISTRAR_ROLE}\n# --- Deny rules`);
+  t = t.replace(/^default_roles = .*$/m, (line) => `${line}\nexplain_roles = ["admin", "auditor", "privacy-officer"]`);
   return edit(t);
 }
 
@@ -756,9 +765,34 @@ describe('policy: access matrix of the default role catalogue', { timeout: 18000
       .map((x) => x.valueString ?? x.valueCode);
     const explain = (who, body) => who.post('/$explain-access', body);
     const adminC = () => c.admin;
+    let officer;
+    const officerC = () => {
+      officer ??= client(srv, forgeJwt(srv, {
+        sub: 'po1', scope: 'user/*.rs', clientId: 'ehr', claims: { roles: ['privacy-officer'], fhirUser: 'Practitioner/po1' },
+      }));
+      return officer;
+    };
 
-    it('as admin: the decision, policy, role, rule, obligations and the stored resource\'s outcome', async () => {
+    it('as admin (no clinical data): the decision, but no patient ids and no facts of a resource it cannot read', async () => {
       const r = await explain(adminC(), params({
+        role: 'clinician', scope: 'user/*.cruds', fhirUser: 'Practitioner/dr1',
+        interaction: 'read', type: 'Observation', id: 'o1psy', purpose_of_use: 'TREAT',
+      }));
+      assertStatus(r, 200, 'explain');
+      assert.deepEqual(get(r.json, 'decision'), ['allow']);
+      assert.deepEqual(get(r.json, 'confined'), ['1 patient(s)']);
+      assert.deepEqual(get(r.json, 'patient'), [], 'patient ids are for callers who may read patients');
+      assert.deepEqual(get(r.json, 'resource_decision'), ['not-shown']);
+      assert.deepEqual(get(r.json, 'resource_reason'), []);
+      assert.ok(!r.text.includes('PSY') && !r.text.includes('consent_denied'), r.text);
+      const absent = await explain(adminC(), params({
+        role: 'clinician', scope: 'user/*.cruds', fhirUser: 'Practitioner/dr1', interaction: 'read', type: 'Observation', id: 'no-such-obs',
+      }));
+      assert.deepEqual(get(absent.json, 'resource_decision'), ['not-shown'], 'existence is not told either');
+    });
+
+    it('as a privacy officer: the decision, policy, role, rule, obligations and the stored resource\'s outcome', async () => {
+      const r = await explain(officerC(), params({
         role: 'clinician', scope: 'user/*.cruds', fhirUser: 'Practitioner/dr1',
         interaction: 'read', type: 'Observation', id: 'o1a', purpose_of_use: 'TREAT',
       }));
@@ -774,21 +808,21 @@ describe('policy: access matrix of the default role catalogue', { timeout: 18000
     });
 
     it('explains hidden resources: consent and missing relationship', async () => {
-      const psy = await explain(adminC(), params({
+      const psy = await explain(officerC(), params({
         role: 'clinician', scope: 'user/*.cruds', fhirUser: 'Practitioner/dr1', interaction: 'read', type: 'Observation', id: 'o1psy',
       }));
       assertStatus(psy, 200);
       assert.deepEqual(get(psy.json, 'decision'), ['allow']);
       assert.deepEqual(get(psy.json, 'resource_decision'), ['deny']);
       assert.deepEqual(get(psy.json, 'resource_reason'), ['consent_denied']);
-      const dr3 = await explain(adminC(), params({
+      const dr3 = await explain(officerC(), params({
         role: 'clinician', scope: 'user/*.cruds', fhirUser: 'Practitioner/dr3', interaction: 'read', type: 'Observation', id: 'o3a',
       }));
       assertStatus(dr3, 200);
       assert.deepEqual(get(dr3.json, 'patient'), [], 'Dr3 is related to nobody (cancelled encounter)');
       assert.deepEqual(get(dr3.json, 'resource_decision'), ['deny']);
       assert.deepEqual(get(dr3.json, 'resource_reason'), ['outside_patient_compartment']);
-      const ctm = await explain(adminC(), params({
+      const ctm = await explain(officerC(), params({
         role: 'care-team-member', scope: 'user/*.rs', fhirUser: 'Practitioner/nurse1', interaction: 'read', type: 'Observation', id: 'o1psy',
       }));
       assert.deepEqual(get(ctm.json, 'hidden_label').sort(), [...CTM_DENIED].sort());
@@ -1211,7 +1245,7 @@ describe('policy: reload while running', { timeout: 180000 }, () => {
     const v2 = testPolicy({ version: '2', edit: (t) => withoutPermissions(t, 'front-desk', ['Patient.read', 'Patient.search']) });
     const check = runCli(['policy', 'check', (fs.writeFileSync(`${srv.root}/v2.toml`, v2), `${srv.root}/v2.toml`)]);
     assert.equal(check.code, 0, check.stderr + check.stdout);
-    assert.match(check.stdout, /ok \(fhirward-default@2, 10 roles, 2 rules, 2 relationship sources\)/);
+    assert.match(check.stdout, /ok \(fhirward-default@2, 11 roles, 2 rules, 2 relationship sources\)/);
     writeAtomically(v2);
     const r2 = await waitFor('front-desk Patient.read to be refused under v2', async () => {
       const r = await fd().get('/Patient/p1');
