@@ -21,6 +21,7 @@
 // runs it pinned to one core with the shipped policies/default.toml.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -82,6 +83,12 @@ class BenchFacts final : public policy::PolicyFacts {
       return std::vector<fw::json::Value>{consent_};
     }
     return std::vector<fw::json::Value>();
+  }
+  absl::StatusOr<std::vector<std::string>> ConsentPatients() override {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < patients_.size(); i += 10) out.push_back(patients_[i]);
+    std::sort(out.begin(), out.end());
+    return out;
   }
   absl::StatusOr<std::optional<policy::BreakGlassEpisode>> ActiveBreakGlass(const std::string&,
                                                                             const std::string&,

@@ -117,6 +117,9 @@ class PolicyFacts {
       const RelationshipSource& source, const std::string& actor) = 0;
   // The patient's Consent resources (any status: the evaluation filters).
   virtual absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) = 0;
+  // Every patient that has a Consent resource (any status), sorted: the
+  // patients whose consents can narrow an unconfined principal's lists.
+  virtual absl::StatusOr<std::vector<std::string>> ConsentPatients() = 0;
   // The subject's break-glass episode open at `now`, if any.
   virtual absl::StatusOr<std::optional<BreakGlassEpisode>> ActiveBreakGlass(
       const std::string& issuer, const std::string& subject, const std::string& client_id,
@@ -139,6 +142,9 @@ struct Obligations {
   // consents deny this accessor; searches exclude those resources in SQL so
   // that counts and pages never include them ({patient, labels}, sorted).
   std::vector<std::pair<std::string, std::vector<std::string>>> consent_hidden_labels;
+  // Of a list by an unconfined principal: patients whose consents deny this
+  // accessor the type; their resources are excluded in SQL.
+  std::vector<std::string> consent_excluded_patients;
   // Break-glass access: every access is marked with the episode.
   std::string break_glass_episode;
   std::string break_glass_reason;

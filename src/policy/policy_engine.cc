@@ -408,23 +408,34 @@ class Engine final : public PolicyEngine {
     }
     const bool lists = req.interaction == Interaction::kSearch ||
                        req.interaction == Interaction::kHistoryType;
-    if (lists && patients && role.consent && ob.break_glass_episode.empty() && facts_ &&
-        type != "*" && !actor.empty()) {
+    if (lists && role.consent && ob.break_glass_episode.empty() && facts_ && type != "*" &&
+        (type == "Patient" || fhir::InPatientCompartmentDefinition(type))) {
       // Consents narrow lists themselves, so that counts and pages never
       // include what they deny: a patient whose consents deny this accessor
-      // the type leaves the confinement; one whose consents deny some
-      // security labels has those resources excluded. The per-resource
-      // check stays the final gate. (A consent that denies the type but
-      // permits some labels is narrowed as a denial of the type: such
-      // resources are readable one by one, not listed.) Only lists need
-      // this: a single resource gets the per-resource check.
+      // the type leaves the confinement (or, for an unconfined principal, is
+      // excluded); one whose consents deny some security labels has those
+      // resources excluded. The per-resource check stays the final gate. (A
+      // consent that denies the type but permits some labels is narrowed as
+      // a denial of the type: such resources are readable one by one, not
+      // listed.) Only lists need this: a single resource gets the
+      // per-resource check.
       ConsentRequest cr;
-      cr.actors = {actor};
+      if (!actor.empty()) cr.actors = {actor};
       cr.purposes = p.purpose_of_use;
       cr.now = env.now;
       cr.resource_type = std::string(type);
+      std::vector<std::string> candidates;
+      if (patients) {
+        candidates = *patients;
+      } else {
+        auto with_consents = facts_->ConsentPatients();
+        if (!with_consents.ok()) {
+          return deny(kFacts, ErrorCode::kUnavailable, "consent_unavailable");
+        }
+        candidates = std::move(*with_consents);
+      }
       std::vector<std::string> kept;
-      for (const auto& pt : *patients) {
+      for (const auto& pt : candidates) {
         auto consents = facts_->Consents(pt);
         if (!consents.ok()) return deny(kFacts, ErrorCode::kUnavailable, "consent_unavailable");
         if (consents->empty()) {
@@ -432,7 +443,10 @@ class Engine final : public PolicyEngine {
           continue;
         }
         cr.labels.clear();
-        if (EvaluateConsents(*consents, cr).kind == ConsentVerdict::Kind::kDeny) continue;
+        if (EvaluateConsents(*consents, cr).kind == ConsentVerdict::Kind::kDeny) {
+          if (!patients) ob.consent_excluded_patients.push_back(pt);
+          continue;
+        }
         std::vector<std::string> hidden;
         for (const auto& consent : *consents) {
           for (auto& label : ConsentLabels(consent)) {
@@ -449,7 +463,7 @@ class Engine final : public PolicyEngine {
         }
         kept.push_back(pt);
       }
-      patients = std::move(kept);
+      if (patients) patients = std::move(kept);
     }
     ob.patients = std::move(patients);
     ob.masked = role.masked;
@@ -563,7 +577,8 @@ class ShadowEngine final : public PolicyEngine {
         (!enforced.allow ||
          (a.patients == b.patients && a.masked == b.masked && a.read_only == b.read_only &&
           a.denied_labels == b.denied_labels && a.consent == b.consent &&
-          a.consent_hidden_labels == b.consent_hidden_labels))) {
+          a.consent_hidden_labels == b.consent_hidden_labels &&
+          a.consent_excluded_patients == b.consent_excluded_patients))) {
       return "";
     }
     return candidate.Summary();
@@ -594,6 +609,9 @@ std::string Decision::Summary() const {
     s += " hidden-labels=" + std::to_string(obligations.denied_labels.size());
   }
   if (obligations.consent) s += " consent";
+  if (!obligations.consent_excluded_patients.empty()) {
+    s += " consent-excluded=" + std::to_string(obligations.consent_excluded_patients.size());
+  }
   if (!obligations.consent_hidden_labels.empty()) {
     s += " consent-hidden=" + std::to_string(obligations.consent_hidden_labels.size());
   }

@@ -110,7 +110,8 @@ std::optional<ErrorCode> ErrorCodeByName(std::string_view name) {
 struct Expect {
   bool allow = false;
   std::optional<std::string> role, rule, rule_prefix, reason, deny_code;
-  std::optional<std::vector<std::string>> patients, masked, denied_labels, consent_hidden;
+  std::optional<std::vector<std::string>> patients, masked, denied_labels, consent_hidden,
+      consent_excluded;
   std::optional<bool> confined, consent, break_glass, alert;
   std::optional<bool> resource_allow;
   std::optional<std::string> resource_reason;
@@ -466,7 +467,8 @@ void Parser::ParseExpect(const toml::table& t, Scenario* s) {
   constexpr std::string_view kWhere = "[scenario.expect]";
   CheckKeys(t, kWhere,
             {"decision", "role", "rule", "rule_prefix", "reason", "deny_code", "patients",
-             "confined", "masked", "denied_labels", "consent_hidden", "consent", "break_glass",
+             "confined", "masked", "denied_labels", "consent_hidden", "consent_excluded", "consent",
+             "break_glass",
              "alert",
              "resource_decision", "resource_reason"});
   Expect& x = s->expect;
@@ -495,6 +497,7 @@ void Parser::ParseExpect(const toml::table& t, Scenario* s) {
   x.masked = Strs(t, "masked", kWhere);
   x.denied_labels = Strs(t, "denied_labels", kWhere);
   x.consent_hidden = Strs(t, "consent_hidden", kWhere);
+  x.consent_excluded = Strs(t, "consent_excluded", kWhere);
   x.consent = Bool(t, "consent", kWhere);
   x.break_glass = Bool(t, "break_glass", kWhere);
   x.alert = Bool(t, "alert", kWhere);
@@ -577,6 +580,7 @@ ScenarioResult Run(const std::shared_ptr<const PolicySet>& policy, const Scenari
     for (const auto& label : labels) hidden.push_back(patient + ":" + label);
   }
   set("consent_hidden", x.consent_hidden, hidden);
+  set("consent_excluded", x.consent_excluded, ob.consent_excluded_patients);
   flag("consent", x.consent, ob.consent);
   flag("break_glass", x.break_glass, !ob.break_glass_episode.empty());
   // The alert is the opening of an episode: a denied request opens none.
@@ -629,6 +633,13 @@ absl::StatusOr<std::vector<json::Value>> ScenarioFacts::Consents(const std::stri
     return std::vector<json::Value>();
   }
   return consents;
+}
+
+absl::StatusOr<std::vector<std::string>> ScenarioFacts::ConsentPatients() {
+  std::vector<std::string> out = consent_patients;
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 absl::StatusOr<std::optional<BreakGlassEpisode>> ScenarioFacts::ActiveBreakGlass(

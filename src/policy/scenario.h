@@ -67,6 +67,7 @@
 //   masked = ["Patient.telecom"]       # obligations, order ignored
 //   denied_labels = ["R"]
 //   consent_hidden = ["p1:PSY"]        # labels patients' consents hide from lists
+//   consent_excluded = ["p3"]          # patients whose consents hide the type (unconfined)
 //   consent = true                     # consents are evaluated
 //   break_glass = true                 # a break-glass episode (opened or active) covers it
 //   alert = true                       # this request opened a new episode (false: opened none)
@@ -121,6 +122,7 @@ class ScenarioFacts final : public PolicyFacts {
   absl::StatusOr<std::vector<std::string>> RelatedPatients(const RelationshipSource& source,
                                                            const std::string& actor) override;
   absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) override;
+  absl::StatusOr<std::vector<std::string>> ConsentPatients() override;
   absl::StatusOr<std::optional<BreakGlassEpisode>> ActiveBreakGlass(const std::string& issuer,
                                                                     const std::string& subject,
                                                                     const std::string& client_id,

@@ -1525,9 +1525,10 @@ struct FhirService::Impl {
   // confinement (for confinable types) and the labels it hides.
   static Narrowing NarrowingOf(const policy::Decision& dec, std::string_view type) {
     Narrowing n;
-    if (dec.obligations.patients && Confinable(type)) {
+    if (Confinable(type)) {
       n.patients = dec.obligations.patients;
       n.hidden_labels_of = dec.obligations.consent_hidden_labels;
+      n.excluded_patients = dec.obligations.consent_excluded_patients;
     }
     n.hidden_labels = dec.obligations.denied_labels;
     return n;

@@ -184,7 +184,14 @@ bool StorePolicyFacts::Fresh(const Cached& c, int64_t now) const {
   return c.generation == generation_.load() && now - c.fetched < cache_seconds_;
 }
 
-void StorePolicyFacts::Changed(std::string_view) { generation_.fetch_add(1); }
+bool StorePolicyFacts::FreshConsents(const Cached& c, int64_t now) const {
+  return c.generation == consent_generation_.load() && now - c.fetched < cache_seconds_;
+}
+
+void StorePolicyFacts::Changed(std::string_view type) {
+  generation_.fetch_add(1);
+  if (type.empty() || type == "Consent") consent_generation_.fetch_add(1);
+}
 
 namespace {
 
@@ -256,10 +263,10 @@ absl::StatusOr<std::vector<std::string>> StorePolicyFacts::RelatedPatients(
 
 absl::StatusOr<std::vector<json::Value>> StorePolicyFacts::Consents(const std::string& patient) {
   const int64_t now = clock_->NowSeconds();
-  const int64_t generation = generation_.load();
+  const int64_t generation = consent_generation_.load();
   {
     std::lock_guard lock(mu_);
-    if (auto it = consents_.find(patient); it != consents_.end() && Fresh(it->second, now)) {
+    if (auto it = consents_.find(patient); it != consents_.end() && FreshConsents(it->second, now)) {
       return it->second.consents;
     }
   }
@@ -285,6 +292,38 @@ absl::StatusOr<std::vector<json::Value>> StorePolicyFacts::Consents(const std::s
   c.generation = generation;
   c.fetched = now;
   c.consents = out;
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> StorePolicyFacts::ConsentPatients() {
+  const int64_t now = clock_->NowSeconds();
+  const int64_t generation = consent_generation_.load();
+  {
+    std::lock_guard lock(mu_);
+    if (FreshConsents(consent_patients_, now) && consent_patients_.fetched != 0) {
+      return consent_patients_.patients;
+    }
+  }
+  store::SearchQuery q;
+  q.tenant = tenant_;
+  q.type = "Consent";
+  q.count = kPage;
+  q.time_budget_ms = kFactBudgetMs;
+  std::set<std::string> patients;
+  for (;;) {
+    auto page = store_->Search(q);
+    if (!page.ok()) return page.status();
+    for (const auto& m : page->matches) patients.insert(m.patients.begin(), m.patients.end());
+    // More than can be evaluated per request: fail closed rather than ignore some.
+    if (patients.size() > kMaxRelated) return Error(ErrorCode::kTooCostly, "too many consents");
+    if (!page->more) break;
+    q.offset += kPage;
+  }
+  std::vector<std::string> out(patients.begin(), patients.end());
+  std::lock_guard lock(mu_);
+  consent_patients_.generation = generation;
+  consent_patients_.fetched = now == 0 ? 1 : now;
+  consent_patients_.patients = out;
   return out;
 }
 

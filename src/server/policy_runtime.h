@@ -66,6 +66,7 @@ class StorePolicyFacts final : public policy::PolicyFacts {
   absl::StatusOr<std::vector<std::string>> RelatedPatients(const policy::RelationshipSource& source,
                                                            const std::string& actor) override;
   absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) override;
+  absl::StatusOr<std::vector<std::string>> ConsentPatients() override;
   absl::StatusOr<std::optional<policy::BreakGlassEpisode>> ActiveBreakGlass(
       const std::string& issuer, const std::string& subject, const std::string& client_id,
       int64_t now) override;
@@ -83,16 +84,19 @@ class StorePolicyFacts final : public policy::PolicyFacts {
     std::vector<json::Value> consents;
   };
   bool Fresh(const Cached& c, int64_t now) const;
+  bool FreshConsents(const Cached& c, int64_t now) const;
 
   store::ResourceStore* store_;
   std::string tenant_;
   BreakGlassStore* break_glass_;
   const Clock* clock_;
   int64_t cache_seconds_;
-  std::atomic<int64_t> generation_{0};
+  std::atomic<int64_t> generation_{0};          // any write
+  std::atomic<int64_t> consent_generation_{0};  // writes of Consent resources
   std::mutex mu_;
   std::map<std::string, Cached> related_;   // source id + actor
   std::map<std::string, Cached> consents_;  // patient
+  Cached consent_patients_;
   std::map<std::string, std::pair<int64_t, std::optional<policy::BreakGlassEpisode>>> active_;
 };
 

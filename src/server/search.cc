@@ -774,6 +774,8 @@ void ExcludeHidden(const Narrowing& n, std::vector<store::SearchClause>* clauses
   std::map<std::vector<std::string>, std::vector<std::string>> by_labels;
   for (const auto& [patient, labels] : n.hidden_labels_of) by_labels[labels].push_back(patient);
   for (auto& [labels, patients] : by_labels) exclude(labels, std::move(patients));
+  // No values: every resource in those compartments.
+  if (!n.excluded_patients.empty()) exclude({}, n.excluded_patients);
 }
 
 absl::StatusOr<ParsedSearch> ParseSearch(

@@ -59,6 +59,8 @@ struct Narrowing {
   // Resources in one of these patients' compartments carrying one of these
   // codes are excluded (what patients' consents deny): {patient, labels}.
   std::vector<std::pair<std::string, std::vector<std::string>>> hidden_labels_of;
+  // Resources in one of these patients' compartments are excluded.
+  std::vector<std::string> excluded_patients;
 };
 
 // Appends the exclusions of `n` to `clauses`: one `_security:not=CODE` clause

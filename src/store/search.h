@@ -69,7 +69,8 @@ struct SearchClause {
   // must match `sub`. `narrow_patients` confines those resources to the
   // principal's Patient compartments. On a kToken clause with modifier "not"
   // it scopes the exclusion: resources in those compartments that match the
-  // values are excluded, others are not.
+  // values are excluded, others are not; without values, every resource in
+  // those compartments is excluded.
   std::string target_type;
   std::string component_kind;  // kComposite: "token", "quantity", "date" or "string"
   std::vector<SearchClause> sub;

@@ -780,6 +780,14 @@ TEST_F(StoreSearchTest, PatientScopedNotExcludesOnlyInThoseCompartments) {
   // Unconfined: o4 and o5 (in no hidden compartment) stay.
   q = Q("Observation", {hide});
   EXPECT_THAT(Ids(q), ElementsAre("o2", "o3", "o4", "o5"));
+  // Without values: every resource in those compartments.
+  SearchClause out = C(Kind::kToken, "code", {}, "not");
+  out.narrow_patients = std::vector<std::string>{"p1"};
+  q = Q("Observation", {out});
+  q.total = true;
+  page = store_->Search(q).value();
+  EXPECT_THAT(IdsOf(page), ElementsAre("o3", "o4", "o5"));
+  EXPECT_EQ(page.total, 3);
   // Scoped to no patient: excludes nothing.
   hide.narrow_patients = std::vector<std::string>{};
   q = Q("Observation", {hide});

@@ -1370,6 +1370,34 @@ describe('policy: review regressions', { timeout: 180000 }, () => {
     assertStatus(await sys.get('/Observation/psydel'), 410, 'whoever may see it learns it was deleted');
   });
 
+  it('consents narrow unconfined principals too: no counts, no _has answers about what they hide', async () => {
+    const consent = await sys.put('/Consent/c3-no-research', {
+      resourceType: 'Consent', id: 'c3-no-research', status: 'active',
+      scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+      category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+      patient: { reference: 'Patient/p3' },
+      policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] },
+      provision: { type: 'permit', provision: [{ type: 'deny', actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'PRCP' }] }, reference: { reference: 'Practitioner/res1' } }], class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Observation' }] }] },
+    });
+    assert.ok([200, 201].includes(consent.status), describeRes(consent));
+    const res = c.researcher;
+    assertStatus(await res.get('/Observation/o3a'), 404, 'the consent hides P3\'s observation');
+    const byCode = await res.get(`/Observation?code=${CODE_SYSTEM}|o3a&_total=accurate`);
+    assertStatus(byCode, 200);
+    assert.equal(byCode.json.total, 0, 'counted although hidden');
+    const all = await res.get('/Observation?_total=accurate&_count=100');
+    assertStatus(all, 200);
+    const ids = (all.json.entry || []).filter((e) => e.search?.mode === 'match').map((e) => e.resource.id);
+    assert.equal(all.json.total, ids.length, `total ${all.json.total} vs ${ids}`);
+    assert.ok(!ids.includes('o3a'));
+    const has = await res.get(`/Patient?_has:Observation:subject:code=${CODE_SYSTEM}|o3a&_total=accurate`);
+    assertStatus(has, 200);
+    assert.equal(has.json.total, 0, '_has reveals the hidden observation');
+    // Patients are not hidden by a consent on observations.
+    assertStatus(await res.get('/Patient/p3'), 200);
+    assertStatus(await sys.del('/Consent/c3-no-research'), 204);
+  });
+
   it('a Patient linking to a related patient is still another person\'s record', async () => {
     const cur = await sys.get('/Patient/p3');
     assertStatus(cur, 200);

@@ -464,6 +464,14 @@ class Compiler {
       sql.text += "))";
       return absl::OkStatus();
     }
+    if (c.kind == K::kToken && c.modifier == "not" && c.narrow_patients && c.values.empty()) {
+      // Compartment exclusion: not in any of these Patient compartments.
+      sql.text += "NOT EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = " + alias +
+                  ".tenant AND m.type = " + alias + ".type AND m.id = " + alias +
+                  ".id AND m.version = " + alias + ".version AND " +
+                  PatientIn(sql, *c.narrow_patients) + ")";
+      return absl::OkStatus();
+    }
     if (c.kind == K::kToken && c.modifier == "not" && c.narrow_patients) {
       // Scoped exclusion: not (in one of these Patient compartments and
       // matching the values).
