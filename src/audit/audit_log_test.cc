@@ -214,12 +214,11 @@ TEST(AuditRecordTest, ToJsonEscapesAndHasNoUnexpectedMembers) {
   ASSERT_TRUE(parsed->is_object());
   std::vector<std::string> keys;
   for (const auto& [k, v] : parsed->members()) keys.push_back(k);
-  EXPECT_THAT(
-      keys, ::testing::ElementsAre("time", "request_id", "trace_id", "client_address", "user_agent",
-                                   "subject", "client_id", "scopes", "action", "method",
-                                   "resource_type", "resource_id", "version_id", "patient_id",
-                                   "outcome", "status_code", "error", "policy_id", "count",
-                                   "decision", "break_glass", "break_glass_reason", "shadow"));
+  EXPECT_THAT(keys, ::testing::ElementsAre(
+                        "time", "request_id", "trace_id", "client_address", "user_agent", "subject",
+                        "client_id", "scopes", "action", "method", "resource_type", "resource_id",
+                        "version_id", "patient_id", "outcome", "status_code", "error", "policy_id",
+                        "count", "decision", "break_glass", "break_glass_reason", "shadow"));
   EXPECT_EQ(parsed->GetString("user_agent"), r.user_agent);
   EXPECT_EQ(parsed->GetString("subject"), r.subject);
   EXPECT_EQ(parsed->Find("status_code")->as_int64(), -1);

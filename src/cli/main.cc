@@ -48,8 +48,9 @@ int main(int argc, char** argv) {
   mint_cmd->add_option("--roles", mint.roles, "roles claim: policy roles (comma separated)")
       ->delimiter(',');
   mint_cmd->add_option("--fhir-user", mint.fhir_user, "fhirUser claim, e.g. Practitioner/pr1");
-  mint_cmd->add_option("--purpose", mint.purpose_of_use,
-                       "purpose_of_use claim: HL7 v3 PurposeOfUse codes (comma separated)")
+  mint_cmd
+      ->add_option("--purpose", mint.purpose_of_use,
+                   "purpose_of_use claim: HL7 v3 PurposeOfUse codes (comma separated)")
       ->delimiter(',');
 
   CLI::App* audit_cmd = app.add_subcommand("audit", "Audit trail");

@@ -42,6 +42,10 @@ std::string FormatInstant(std::chrono::system_clock::time_point t);
 // RFC 7231 IMF-fixdate: Sun, 29 Nov 2026 03:36:46 GMT.
 std::string FormatHttpDate(std::chrono::system_clock::time_point t);
 
+// Days since 1970-01-01 of a proleptic Gregorian date (month 1-12, day 1-31;
+// H. Hinnant's algorithm), negative before it.
+int64_t DaysFromCivil(int64_t year, int64_t month, int64_t day);
+
 }  // namespace fhirward
 
 #endif  // FHIRWARD_COMMON_CLOCK_H_

@@ -1923,8 +1923,7 @@ struct AuthorizationServer::Impl {
       Value out = Value::MakeObject();
       out.Set("active", Value::Bool(true));
       for (const char* k : {"scope", "client_id", "sub", "iss", "aud", "exp", "iat", "jti",
-                            "patient", "encounter", "fhirUser", "cnf", "purpose_of_use",
-                            "roles"}) {
+                            "patient", "encounter", "fhirUser", "cnf", "purpose_of_use", "roles"}) {
         if (const Value* v = c.Find(k)) out.Set(k, *v);
       }
       out.Set("token_type", Str(c.Find("cnf") && c.Find("cnf")->Find("jkt") ? "DPoP" : "Bearer"));

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/clock.h"
 #include "json/patch.h"
 #include "json/value.h"
 
@@ -325,16 +326,6 @@ bool SameAt(const Value& incoming, const Value* stored, const std::vector<Segmen
 // ---------------------------------------------------------------------------
 // FHIR dateTime to unix seconds
 // ---------------------------------------------------------------------------
-
-// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2 ? 1 : 0;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
 
 int DaysInMonth(int64_t y, int64_t m) {
   static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};

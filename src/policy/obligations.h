@@ -54,10 +54,10 @@ struct ConsentRequest {
   // "Organization/o1" or "PractitionerRole/r1". Absolute references in a
   // Consent match on their trailing "Type/id".
   std::vector<std::string> actors;
-  std::vector<std::string> purposes;   // HL7 v3 PurposeOfUse codes of the request
-  int64_t now = 0;                     // unix seconds
-  std::string resource_type;           // of the resource to be read
-  std::vector<std::string> labels;     // its meta.security codes
+  std::vector<std::string> purposes;  // HL7 v3 PurposeOfUse codes of the request
+  int64_t now = 0;                    // unix seconds
+  std::string resource_type;          // of the resource to be read
+  std::vector<std::string> labels;    // its meta.security codes
 };
 
 struct ConsentVerdict {

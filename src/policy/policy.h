@@ -88,8 +88,8 @@ struct AccessRequest {
 
 // What the request carries besides the token.
 struct Environment {
-  int64_t now = 0;              // unix seconds
-  std::string client_address;   // IP literal of the peer
+  int64_t now = 0;                 // unix seconds
+  std::string client_address;      // IP literal of the peer
   std::string break_glass_reason;  // X-Break-Glass-Reason header
   // Explain only: never open a break-glass episode.
   bool dry_run = false;
@@ -113,8 +113,8 @@ class PolicyFacts {
  public:
   virtual ~PolicyFacts() = default;
   // Patient ids related to `actor` ("Practitioner/p1") through `source`.
-  virtual absl::StatusOr<std::vector<std::string>> RelatedPatients(
-      const RelationshipSource& source, const std::string& actor) = 0;
+  virtual absl::StatusOr<std::vector<std::string>> RelatedPatients(const RelationshipSource& source,
+                                                                   const std::string& actor) = 0;
   // The patient's Consent resources (any status: the evaluation filters).
   virtual absl::StatusOr<std::vector<json::Value>> Consents(const std::string& patient) = 0;
   // Every patient that has a Consent resource (any status), sorted: the
@@ -172,7 +172,7 @@ struct ResourceFacts {
   std::string_view type;
   std::string_view id;  // when known (a Patient is visible to its own confinement only)
   const std::vector<std::string>* patients = nullptr;  // its Patient compartments
-  bool in_compartment_definition = false;  // its type can belong to a Patient compartment
+  bool in_compartment_definition = false;            // its type can belong to a Patient compartment
   const std::vector<std::string>* labels = nullptr;  // meta.security codes (null: none known)
 };
 

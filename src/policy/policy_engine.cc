@@ -69,8 +69,8 @@ bool Holds(const Conditions& c, const Principal& p, const Environment& env, int 
   if (c.hours) {
     const int minute = static_cast<int>((local - day * 86400) / 60);
     const auto [start, end] = *c.hours;
-    const bool in = start < end ? (minute >= start && minute < end)
-                                : (minute >= start || minute < end);
+    const bool in =
+        start < end ? (minute >= start && minute < end) : (minute >= start || minute < end);
     if (!in) return false;
   }
   if (!c.weekdays.empty()) {
@@ -144,9 +144,8 @@ class Engine final : public PolicyEngine {
     return std::move(best.decision);
   }
 
-  Decision AuthorizeResource(const Principal& p, const Decision& decision,
-                             Interaction interaction, const ResourceFacts& r,
-                             const Environment& env) const override {
+  Decision AuthorizeResource(const Principal& p, const Decision& decision, Interaction interaction,
+                             const ResourceFacts& r, const Environment& env) const override {
     Decision d = decision;
     if (!decision.allow) return d;
     const Obligations& ob = decision.obligations;
@@ -177,8 +176,8 @@ class Engine final : public PolicyEngine {
       } else if (!in_own) {
         // Types outside the Patient compartment (Medication, Organization,
         // ...) are shared reference data: readable, not writable.
-        if (r.in_compartment_definition || r.type == "Patient" ||
-            !IsSharedReferenceType(r.type) || IsWrite(interaction)) {
+        if (r.in_compartment_definition || r.type == "Patient" || !IsSharedReferenceType(r.type) ||
+            IsWrite(interaction)) {
           return refuse("outside_patient_compartment");
         }
       }
@@ -406,8 +405,8 @@ class Engine final : public PolicyEngine {
         ob.alert = true;
       }
     }
-    const bool lists = req.interaction == Interaction::kSearch ||
-                       req.interaction == Interaction::kHistoryType;
+    const bool lists =
+        req.interaction == Interaction::kSearch || req.interaction == Interaction::kHistoryType;
     if (lists && role.consent && ob.break_glass_episode.empty() && facts_ && type != "*" &&
         (type == "Patient" || fhir::InPatientCompartmentDefinition(type))) {
       // Consents narrow lists themselves, so that counts and pages never
@@ -489,8 +488,7 @@ class Engine final : public PolicyEngine {
   // request would open (with an empty id; the caller opens it once nothing
   // else denies). On a refused request sets `c` to the denial and returns an
   // error status.
-  absl::StatusOr<std::optional<BreakGlassEpisode>> BreakGlass(const Role& role,
-                                                              const Principal& p,
+  absl::StatusOr<std::optional<BreakGlassEpisode>> BreakGlass(const Role& role, const Principal& p,
                                                               const Environment& env,
                                                               Candidate* c) const {
     const BreakGlassPolicy& bg = policy_->break_glass;
@@ -506,7 +504,8 @@ class Engine final : public PolicyEngine {
           absl::PermissionDeniedError(c->decision.reason));
     };
     if (!bg.enabled || !role.break_glass) {
-      if (!reason.empty()) return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_not_permitted");
+      if (!reason.empty())
+        return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_not_permitted");
       return std::optional<BreakGlassEpisode>();
     }
     if (!facts_) {
@@ -524,7 +523,8 @@ class Engine final : public PolicyEngine {
       if (!purposes.empty()) purposes += ' ';
       purposes += code;
     }
-    if (!purpose_ok) return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_needs_purpose_of_use");
+    if (!purpose_ok)
+      return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_needs_purpose_of_use");
     if (reason.size() < bg.min_justification) {
       return refuse(kRuleDeny, ErrorCode::kForbidden, "break_glass_justification_too_short");
     }
@@ -563,9 +563,8 @@ class ShadowEngine final : public PolicyEngine {
     return d;
   }
 
-  Decision AuthorizeResource(const Principal& p, const Decision& decision,
-                             Interaction interaction, const ResourceFacts& r,
-                             const Environment& env) const override {
+  Decision AuthorizeResource(const Principal& p, const Decision& decision, Interaction interaction,
+                             const ResourceFacts& r, const Environment& env) const override {
     return enforced_->AuthorizeResource(p, decision, interaction, r, env);
   }
 
@@ -680,11 +679,10 @@ bool MayExplain(const PolicySet& policy, const Principal& p, const Environment& 
 std::optional<Interaction> InteractionFromName(std::string_view name) {
   if (name == "search") return Interaction::kSearch;
   if (name == "history") return Interaction::kHistoryType;
-  for (Interaction i :
-       {Interaction::kRead, Interaction::kVread, Interaction::kSearch,
-        Interaction::kHistoryInstance, Interaction::kHistoryType, Interaction::kHistorySystem,
-        Interaction::kCreate, Interaction::kUpdate, Interaction::kPatch, Interaction::kDelete,
-        Interaction::kCapabilities}) {
+  for (Interaction i : {Interaction::kRead, Interaction::kVread, Interaction::kSearch,
+                        Interaction::kHistoryInstance, Interaction::kHistoryType,
+                        Interaction::kHistorySystem, Interaction::kCreate, Interaction::kUpdate,
+                        Interaction::kPatch, Interaction::kDelete, Interaction::kCapabilities}) {
     if (InteractionName(i) == name) return i;
   }
   return std::nullopt;

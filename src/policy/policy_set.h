@@ -80,8 +80,8 @@ struct Conditions {
   // Minutes since midnight in the policy's time zone offset, [start, end);
   // start > end wraps past midnight ("22:00-06:00").
   std::optional<std::pair<int, int>> hours;
-  std::vector<int> weekdays;  // 0 = Sunday ... 6 = Saturday; empty: any day
-  std::vector<Cidr> networks;  // client address in one of them; empty: any
+  std::vector<int> weekdays;                // 0 = Sunday ... 6 = Saturday; empty: any day
+  std::vector<Cidr> networks;               // client address in one of them; empty: any
   std::vector<std::string> purpose_of_use;  // one of the token's purposes; empty: any
   bool empty() const {
     return !hours && weekdays.empty() && networks.empty() && purpose_of_use.empty();
@@ -108,8 +108,8 @@ struct Rule {
 // compartments they are.
 struct RelationshipSource {
   std::string id;
-  std::string type;    // "CareTeam", "Encounter", "EpisodeOfCare", ...
-  std::string actor;   // search parameter: "participant", "care-manager", ...
+  std::string type;                 // "CareTeam", "Encounter", "EpisodeOfCare", ...
+  std::string actor;                // search parameter: "participant", "care-manager", ...
   std::vector<std::string> status;  // allowed status codes; empty: any
   int line = 0;
 };
@@ -117,15 +117,15 @@ struct RelationshipSource {
 struct BreakGlassPolicy {
   bool enabled = false;
   std::vector<std::string> purposes = {"ETREAT", "BTG"};  // token purpose_of_use needed
-  int64_t duration_seconds = 3600;  // an episode lasts this long
-  size_t min_justification = 20;    // characters
+  int64_t duration_seconds = 3600;                        // an episode lasts this long
+  size_t min_justification = 20;                          // characters
 };
 
 struct PolicySet {
   std::string id;
   std::string version;
   std::string description;
-  std::string source;        // file path it came from
+  std::string source;          // file path it came from
   int utc_offset_minutes = 0;  // time zone for hour windows
   std::vector<Role> roles;
   // Roles for principals whose token carries no `roles` claim (e.g. SMART

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <utility>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/str_cat.h"
 #include "fhir/resources.h"
@@ -22,16 +23,6 @@ namespace {
 using StringNode = toml::value<std::string>;
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
 
 bool ValidDate(int y, int m, int d) {
   static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
@@ -468,9 +459,7 @@ void Parser::ParseExpect(const toml::table& t, Scenario* s) {
   CheckKeys(t, kWhere,
             {"decision", "role", "rule", "rule_prefix", "reason", "deny_code", "patients",
              "confined", "masked", "denied_labels", "consent_hidden", "consent_excluded", "consent",
-             "break_glass",
-             "alert",
-             "resource_decision", "resource_reason"});
+             "break_glass", "alert", "resource_decision", "resource_reason"});
   Expect& x = s->expect;
   if (auto v = Verdict(t, "decision", kWhere, true)) x.allow = *v;
   auto str = [&](std::string_view key, std::optional<std::string>* out) {

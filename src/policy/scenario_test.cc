@@ -168,7 +168,8 @@ resource_reason = ""
           "rule: expected a prefix \"rule:\", got \"role:doc permission:*.* scope:user/*.cruds\"",
           "reason: expected \"no_relationship_to_patient\", got \"\"",
           "deny_code: expected \"insufficient_scope\", got \"forbidden\"",
-          "patients: expected [p1], got [p2]", "masked: expected [], got [Patient.telecom, Patient.text]",
+          "patients: expected [p1], got [p2]",
+          "masked: expected [], got [Patient.telecom, Patient.text]",
           "consent: expected false, got true", "break_glass: expected true, got false",
           "alert: expected true, got false",
           HasSubstr("resource_decision: expected allow, got deny"),
@@ -518,7 +519,6 @@ TEST(RunScenarios, ShippedScenariosPass) {
     EXPECT_THAT(text, HasSubstr("\"" + role.name + "\"")) << "no scenario names role " << role.name;
   }
 }
-
 
 // A rule limited to some types also governs system-level interactions, whose
 // results may contain those types (else the system history would bypass it).

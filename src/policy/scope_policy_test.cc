@@ -84,16 +84,14 @@ TEST(ScopePolicy, PatientScopeConfinesToCompartment) {
   ASSERT_TRUE(d.allow);
   ASSERT_TRUE(d.obligations.patients);
   EXPECT_EQ(*d.obligations.patients, std::vector<std::string>{"p1"});
-  EXPECT_TRUE(
-      Res(*engine, p, d, Interaction::kRead, "Observation", {"p1"}, true).allow);
+  EXPECT_TRUE(Res(*engine, p, d, Interaction::kRead, "Observation", {"p1"}, true).allow);
   Decision other = Res(*engine, p, d, Interaction::kRead, "Observation", {"p2"}, true);
   EXPECT_FALSE(other.allow);
   EXPECT_EQ(other.reason, "outside_patient_compartment");
   EXPECT_FALSE(Res(*engine, p, d, Interaction::kRead, "Observation", {}, true).allow);
   // Shared reference data is readable but not writable.
   EXPECT_TRUE(Res(*engine, p, d, Interaction::kRead, "Medication", {}, false).allow);
-  EXPECT_FALSE(
-      Res(*engine, p, d, Interaction::kUpdate, "Medication", {}, false).allow);
+  EXPECT_FALSE(Res(*engine, p, d, Interaction::kUpdate, "Medication", {}, false).allow);
 }
 
 TEST(ScopePolicy, PatientScopeNeedsPatientContext) {
@@ -107,7 +105,7 @@ TEST(ScopePolicy, PatientScopeNeedsPatientContext) {
 TEST(ScopePolicy, UserScopeWinsOverPatientScope) {
   auto engine = NewScopePolicyEngine();
   Decision d = Auth(*engine, With("patient/Observation.rs user/Observation.rs", "p1"),
-                                 {Interaction::kRead, "Observation", "1"});
+                    {Interaction::kRead, "Observation", "1"});
   EXPECT_TRUE(d.allow);
   EXPECT_FALSE(d.obligations.confined());
 }
@@ -146,14 +144,11 @@ TEST(ScopePolicy, PatientWritesMustStayInTheirOwnCompartment) {
   p.patient = "A";
   Decision d = Auth(*engine, p, {Interaction::kCreate, "Observation", ""});
   ASSERT_TRUE(d.allow);
-  EXPECT_TRUE(
-      Res(*engine, p, d, Interaction::kCreate, "Observation", {"A"}, true).allow);
-  EXPECT_FALSE(
-      Res(*engine, p, d, Interaction::kCreate, "Observation", {"A", "B"}, true).allow);
+  EXPECT_TRUE(Res(*engine, p, d, Interaction::kCreate, "Observation", {"A"}, true).allow);
+  EXPECT_FALSE(Res(*engine, p, d, Interaction::kCreate, "Observation", {"A", "B"}, true).allow);
   // Reading a resource shared with another patient stays allowed.
   Decision r = Auth(*engine, p, {Interaction::kRead, "Observation", "x"});
-  EXPECT_TRUE(
-      Res(*engine, p, r, Interaction::kRead, "Observation", {"B", "A"}, true).allow);
+  EXPECT_TRUE(Res(*engine, p, r, Interaction::kRead, "Observation", {"B", "A"}, true).allow);
 }
 
 }  // namespace

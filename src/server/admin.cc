@@ -519,8 +519,8 @@ absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out) 
       return Error(ErrorCode::kForbidden, "an episode is reviewed by someone else");
     }
   }
-  if (auto s = (*store)->Review(a.id, a.reviewer, a.outcome, a.note,
-                                SystemClock::Get().NowSeconds());
+  if (auto s =
+          (*store)->Review(a.id, a.reviewer, a.outcome, a.note, SystemClock::Get().NowSeconds());
       !s.ok()) {
     return s;
   }

@@ -70,7 +70,6 @@ struct RotateArgs {
 absl::Status KeysRotateSigning(const RotateArgs& a, std::ostream& out);
 absl::Status KeysList(const std::string& data_dir, std::ostream& out);
 
-
 // `fhirward breakglass list|review`: the review queue of break-glass episodes.
 absl::Status BreakGlassList(const std::string& data_dir, bool all, std::ostream& out);
 struct BreakGlassReviewArgs {

@@ -23,8 +23,8 @@
 #include "fhir/resources.h"
 #include "fhir/search_index.h"
 #include "json/patch.h"
-#include "policy/obligations.h"
 #include "json/value.h"
+#include "policy/obligations.h"
 #include "server/log.h"
 #include "server/search.h"
 #include "server/worker_pool.h"
@@ -1006,7 +1006,8 @@ struct FhirService::Impl {
       for (const auto& m : ob.read_only) add("read_only", "valueString", m);
       for (const auto& l : ob.denied_labels) add("hidden_label", "valueCode", l);
       if (ob.consent) add("consent", "valueString", "evaluated per resource");
-      if (!ob.break_glass_episode.empty()) add("break_glass", "valueString", ob.break_glass_episode);
+      if (!ob.break_glass_episode.empty())
+        add("break_glass", "valueString", ob.break_glass_episode);
     }
     if (!dec.shadow.empty()) add("shadow", "valueString", dec.shadow);
     if (dec.allow && !areq.resource_type.empty() && !areq.resource_id.empty()) {
@@ -1016,12 +1017,11 @@ struct FhirService::Impl {
       caller_read.resource_id = areq.resource_id;
       const policy::Decision mine = Decide(ctx, caller_read);
       auto v = d.store->Read({d.config.tenant, areq.resource_type, areq.resource_id});
-      const bool caller_sees =
-          mine.allow && v.ok() && !v->deleted &&
-          CheckResource(ctx, mine, Interaction::kRead, areq.resource_type, areq.resource_id,
-                        v->patients, v->json)
-              .allow &&
-          CheckCurrent(ctx, mine, areq.resource_type, areq.resource_id).allow;
+      const bool caller_sees = mine.allow && v.ok() && !v->deleted &&
+                               CheckResource(ctx, mine, Interaction::kRead, areq.resource_type,
+                                             areq.resource_id, v->patients, v->json)
+                                   .allow &&
+                               CheckCurrent(ctx, mine, areq.resource_type, areq.resource_id).allow;
       if (!caller_sees) {
         // Whether it exists, its labels, its patient: not for this caller.
         add("resource_decision", "valueCode", "not-shown");
@@ -1187,8 +1187,7 @@ struct FhirService::Impl {
     if (auto reason = req.header("X-Break-Glass-Reason")) {
       // A written justification: printable text (UTF-8 allowed), bounded.
       std::string_view text = Trim(*reason);
-      if (text.size() > kMaxBreakGlassReason ||
-          std::any_of(text.begin(), text.end(), [](char c) {
+      if (text.size() > kMaxBreakGlassReason || std::any_of(text.begin(), text.end(), [](char c) {
             return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
           })) {
         return fhirward::Error(ErrorCode::kInvalidRequest,
@@ -1377,7 +1376,8 @@ struct FhirService::Impl {
     store::ResourceKey key{d.config.tenant, route.type, route.id};
     auto authorize = [&](const std::vector<std::string>& patients, std::string_view text,
                          const json::Value* body) {
-      return CheckResource(ctx, decision, route.interaction, route.type, route.id, patients, text, body);
+      return CheckResource(ctx, decision, route.interaction, route.type, route.id, patients, text,
+                           body);
     };
     auto deny = [&](const policy::Decision& rd) {
       ctx.audit.error = "forbidden:" + rd.reason;
@@ -1545,8 +1545,9 @@ struct FhirService::Impl {
         areq.interaction = Interaction::kSearch;
         areq.resource_type = std::string(t);
         policy::Decision dec = Decide(ctx, areq);
-        it = cache.emplace(std::string(t), dec.allow ? dec.obligations.masked
-                                                     : std::vector<std::string>())
+        it = cache
+                 .emplace(std::string(t),
+                          dec.allow ? dec.obligations.masked : std::vector<std::string>())
                  .first;
       }
       return it->second;
@@ -1748,7 +1749,8 @@ struct FhirService::Impl {
     std::vector<store::StoredVersion> included;
     std::vector<std::string> match_ids;
     for (const store::StoredVersion& v : page.matches) {
-      policy::Decision rd = CheckResource(ctx, read, Interaction::kRead, v.type, v.id, v.patients, v.json);
+      policy::Decision rd =
+          CheckResource(ctx, read, Interaction::kRead, v.type, v.id, v.patients, v.json);
       if (!rd.allow) continue;  // defence in depth: the query was already confined
       match_ids.push_back(v.id);
       entries.emplace_back(&v, "match");
@@ -1876,7 +1878,8 @@ struct FhirService::Impl {
         return v.status();
       }
       if (v->deleted) return absl::OkStatus();
-      policy::Decision rd = CheckResource(ctx, *dec, Interaction::kRead, t, id, v->patients, v->json);
+      policy::Decision rd =
+          CheckResource(ctx, *dec, Interaction::kRead, t, id, v->patients, v->json);
       if (!rd.allow) return absl::OkStatus();
       (*next)[t].push_back(id);
       included->push_back(std::move(*v));
@@ -2021,8 +2024,7 @@ struct FhirService::Impl {
         policy::AccessRequest create;
         create.interaction = Interaction::kCreate;
         create.resource_type = route.type;
-        may_create = Decide(ctx, create).allow &&
-                     (!op.id_from_body || d.config.update_create);
+        may_create = Decide(ctx, create).allow && (!op.id_from_body || d.config.update_create);
       }
       op.kind = route.interaction == Interaction::kCreate ? store::WriteOp::Kind::kCreate
                                                           : store::WriteOp::Kind::kUpdate;
@@ -2515,11 +2517,11 @@ struct FhirService::Impl {
     struct Plan {
       Route route;
       Query query;
-      std::string condition;               // query of a conditional update/delete or ifNoneExist
-      std::string id;                      // id written (create: new; update: from url)
-      std::optional<std::string> expect;   // planned result of the condition
-      Narrowing confine;                   // the condition's narrowing
-      bool id_from_body = false;           // conditional PUT creating under the body's id
+      std::string condition;              // query of a conditional update/delete or ifNoneExist
+      std::string id;                     // id written (create: new; update: from url)
+      std::optional<std::string> expect;  // planned result of the condition
+      Narrowing confine;                  // the condition's narrowing
+      bool id_from_body = false;          // conditional PUT creating under the body's id
       policy::Decision decision;
     };
     std::vector<Plan> plans(entries.size());
@@ -2688,8 +2690,8 @@ struct FhirService::Impl {
           return fail(i, current.status());
         }
         if (current.ok() && !current->deleted) {
-          policy::Decision rd =
-              CheckResource(ctx, decision, interaction, type, pl.id, current->patients, current->json);
+          policy::Decision rd = CheckResource(ctx, decision, interaction, type, pl.id,
+                                              current->patients, current->json);
           if (!rd.allow) {
             return fail(i, decision.obligations.confined()
                                ? fhirward::Error(ErrorCode::kNotFound, type + "/" + pl.id)
@@ -2788,8 +2790,7 @@ struct FhirService::Impl {
           create.interaction = Interaction::kCreate;
           create.resource_type = type;
           const bool chosen_id = !pl.route.conditional || pl.id_from_body;
-          op.allow_create = Decide(ctx, create).allow &&
-                            (!chosen_id || d.config.update_create);
+          op.allow_create = Decide(ctx, create).allow && (!chosen_id || d.config.update_create);
         }
       }
       const bool writes = !(be.method == "POST" && pl.expect && !pl.expect->empty());
@@ -2990,8 +2991,8 @@ struct FhirService::Impl {
       store::ResourceKey key{d.config.tenant, route.type, route.id};
       auto v = d.store->Read(key);
       if (!v.ok()) return ErrorResponse(ctx, v.status());
-      policy::Decision rd =
-          CheckResource(ctx, decision, Interaction::kRead, route.type, route.id, v->patients, v->json);
+      policy::Decision rd = CheckResource(ctx, decision, Interaction::kRead, route.type, route.id,
+                                          v->patients, v->json);
       if (!rd.allow) return Hidden(ctx, rd);
       if (v->deleted) return Error(ctx, ErrorCode::kGone);
       if (!v->patients.empty()) ctx.audit.patient_id = v->patients[0];
@@ -3249,8 +3250,8 @@ struct FhirService::Impl {
     if (route.interaction == Interaction::kHistoryInstance) {
       auto cur = d.store->Read({d.config.tenant, route.type, route.id});
       if (!cur.ok()) return ErrorResponse(ctx, cur.status());
-      policy::Decision rd =
-          CheckResource(ctx, decision, Interaction::kRead, route.type, route.id, cur->patients, cur->json);
+      policy::Decision rd = CheckResource(ctx, decision, Interaction::kRead, route.type, route.id,
+                                          cur->patients, cur->json);
       if (!rd.allow) return Hidden(ctx, rd);
       // Reference data outside any compartment is readable under a patient
       // scope; its history is too.
@@ -3281,7 +3282,8 @@ struct FhirService::Impl {
       const store::StoredVersion& v = e.version;
       // Each version passes the checks of a read of it (labels and consents
       // can differ between versions); hidden versions are left out.
-      if (!CheckResource(ctx, decision, Interaction::kRead, v.type, v.id, v.patients, v.json).allow) {
+      if (!CheckResource(ctx, decision, Interaction::kRead, v.type, v.id, v.patients, v.json)
+               .allow) {
         continue;
       }
       auto now = current_allowed.find({v.type, v.id});

@@ -18,9 +18,9 @@
 #include "net/message.h"
 #include "oauth/authorization_server.h"
 #include "policy/policy.h"
-#include "server/policy_runtime.h"
 #include "server/authenticator.h"
 #include "server/config.h"
+#include "server/policy_runtime.h"
 #include "server/rate_limiter.h"
 #include "store/resource_store.h"
 

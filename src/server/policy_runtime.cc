@@ -266,7 +266,8 @@ absl::StatusOr<std::vector<json::Value>> StorePolicyFacts::Consents(const std::s
   const int64_t generation = consent_generation_.load();
   {
     std::lock_guard lock(mu_);
-    if (auto it = consents_.find(patient); it != consents_.end() && FreshConsents(it->second, now)) {
+    if (auto it = consents_.find(patient);
+        it != consents_.end() && FreshConsents(it->second, now)) {
       return it->second.consents;
     }
   }
@@ -388,7 +389,8 @@ std::string PolicyRuntime::Stamp() const {
 }
 
 absl::Status PolicyRuntime::Load() {
-  auto load = [](const std::string& path) -> absl::StatusOr<std::shared_ptr<const policy::PolicySet>> {
+  auto load =
+      [](const std::string& path) -> absl::StatusOr<std::shared_ptr<const policy::PolicySet>> {
     policy::PolicyLoad l = policy::LoadPolicyFile(path);
     if (!l.errors.empty()) {
       std::string msg = "policy " + path + " is invalid:";
@@ -423,7 +425,8 @@ std::shared_ptr<const policy::PolicyEngine> PolicyRuntime::Current() {
   const int64_t now = clock_->NowSeconds();
   {
     std::lock_guard lock(mu_);
-    if (now - checked_ < files_.reload_seconds || (files_.enforced.empty() && files_.candidate.empty())) {
+    if (now - checked_ < files_.reload_seconds ||
+        (files_.enforced.empty() && files_.candidate.empty())) {
       return engine_;
     }
     checked_ = now;
@@ -439,7 +442,8 @@ std::shared_ptr<const policy::PolicyEngine> PolicyRuntime::Current() {
   }
   if (changed) {
     if (auto s = Load(); !s.ok()) {
-      LogEvent(LogLevel::kError, "policy_reload_refused", {{"reason", LogValue(std::string(s.message()))}});
+      LogEvent(LogLevel::kError, "policy_reload_refused",
+               {{"reason", LogValue(std::string(s.message()))}});
     }
   }
   std::lock_guard lock(mu_);

@@ -1,9 +1,9 @@
 #include "server/search.h"
 
 #include <algorithm>
-#include <map>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 
 #include "common/error.h"
 #include "fhir/model.h"
@@ -675,9 +675,8 @@ bool ExpressionReaches(std::string_view expression, std::string_view path) {
   size_t start = 0;
   while (start <= expression.size()) {
     size_t bar = expression.find('|', start);
-    std::string_view part = expression.substr(start, bar == std::string_view::npos
-                                                         ? std::string_view::npos
-                                                         : bar - start);
+    std::string_view part = expression.substr(
+        start, bar == std::string_view::npos ? std::string_view::npos : bar - start);
     // "(Patient.deceased as dateTime)", " Patient.name.where(use='x')": the
     // element path before any function, cast or parenthesis.
     while (!part.empty() && (part.front() == ' ' || part.front() == '(')) part.remove_prefix(1);

@@ -324,10 +324,11 @@ TEST_F(SqliteStoreTest, History) {
   EXPECT_THAT(names({.type = "Patient", .since = since}), ElementsAre("Patient/a/2"));
   EXPECT_THAT(names({.patients = std::vector<std::string>{"a"}}),
               ElementsAre("Observation/o1/2!", "Patient/a/2", "Observation/o1/1", "Patient/a/1"));
-  EXPECT_THAT(names({.type = "Observation", .patients = std::vector<std::string>{"b"}}), ElementsAre("Observation/o2/1"));
-  EXPECT_THAT(names({.type = "Observation", .patients = std::vector<std::string>{"a", "b"}}),
-              ::testing::UnorderedElementsAre("Observation/o1/2!", "Observation/o2/1",
-                                              "Observation/o1/1"));
+  EXPECT_THAT(names({.type = "Observation", .patients = std::vector<std::string>{"b"}}),
+              ElementsAre("Observation/o2/1"));
+  EXPECT_THAT(
+      names({.type = "Observation", .patients = std::vector<std::string>{"a", "b"}}),
+      ::testing::UnorderedElementsAre("Observation/o1/2!", "Observation/o2/1", "Observation/o1/1"));
   EXPECT_THAT(names({.patients = std::vector<std::string>{}}), IsEmpty());
   EXPECT_THAT(names({.tenant = "t2"}), ElementsAre("Patient/x/1"));
   EXPECT_THAT(names({.type = "Encounter"}), IsEmpty());

@@ -348,8 +348,7 @@ class Compiler {
       }
       sql.text += " AND EXISTS (SELECT 1 FROM compartment_members m WHERE m.tenant = " + alias +
                   ".tenant AND m.type = " + alias + ".type AND m.id = " + alias +
-                  ".id AND m.version = " + alias + ".version AND " + PatientIn(sql, *patient) +
-                  ")";
+                  ".id AND m.version = " + alias + ".version AND " + PatientIn(sql, *patient) + ")";
     }
     for (size_t i = 0; i < clauses.size(); ++i) {
       sql.text += " AND ";
