@@ -213,6 +213,27 @@ store::SearchClause Reference(std::string param, std::string_view actor) {
   return c;
 }
 
+// The Patient compartments of every resource `q` matches (all pages), sorted;
+// more than kMaxRelated fails closed rather than ignoring some.
+absl::StatusOr<std::vector<std::string>> PatientsOf(store::ResourceStore* store,
+                                                    store::SearchQuery q) {
+  q.count = kPage;
+  q.time_budget_ms = kFactBudgetMs;
+  std::set<std::string> patients;
+  for (;;) {
+    auto page = store->Search(q);
+    if (!page.ok()) return page.status();
+    for (const auto& m : page->matches) patients.insert(m.patients.begin(), m.patients.end());
+    if (patients.size() > kMaxRelated) {
+      return Error(ErrorCode::kTooCostly, "more than " + std::to_string(kMaxRelated) +
+                                              " patients to evaluate (" + q.type + ")");
+    }
+    if (!page->more) break;
+    q.offset += kPage;
+  }
+  return std::vector<std::string>(patients.begin(), patients.end());
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> StorePolicyFacts::RelatedPatients(
@@ -241,17 +262,9 @@ absl::StatusOr<std::vector<std::string>> StorePolicyFacts::RelatedPatients(
     }
     q.clauses.push_back(std::move(st));
   }
-  q.count = kPage;
-  q.time_budget_ms = kFactBudgetMs;
-  std::set<std::string> patients;
-  for (;;) {
-    auto page = store_->Search(q);
-    if (!page.ok()) return page.status();
-    for (const auto& m : page->matches) patients.insert(m.patients.begin(), m.patients.end());
-    if (!page->more || patients.size() > kMaxRelated) break;
-    q.offset += kPage;
-  }
-  std::vector<std::string> out(patients.begin(), patients.end());
+  auto found = PatientsOf(store_, q);
+  if (!found.ok()) return found.status();
+  std::vector<std::string> out = std::move(*found);
   std::lock_guard lock(mu_);
   if (related_.size() >= kMaxCached) related_.clear();
   Cached& c = related_[key];
@@ -308,19 +321,9 @@ absl::StatusOr<std::vector<std::string>> StorePolicyFacts::ConsentPatients() {
   store::SearchQuery q;
   q.tenant = tenant_;
   q.type = "Consent";
-  q.count = kPage;
-  q.time_budget_ms = kFactBudgetMs;
-  std::set<std::string> patients;
-  for (;;) {
-    auto page = store_->Search(q);
-    if (!page.ok()) return page.status();
-    for (const auto& m : page->matches) patients.insert(m.patients.begin(), m.patients.end());
-    // More than can be evaluated per request: fail closed rather than ignore some.
-    if (patients.size() > kMaxRelated) return Error(ErrorCode::kTooCostly, "too many consents");
-    if (!page->more) break;
-    q.offset += kPage;
-  }
-  std::vector<std::string> out(patients.begin(), patients.end());
+  auto found = PatientsOf(store_, q);
+  if (!found.ok()) return found.status();
+  std::vector<std::string> out = std::move(*found);
   std::lock_guard lock(mu_);
   consent_patients_.generation = generation;
   consent_patients_.fetched = now == 0 ? 1 : now;
