@@ -1535,9 +1535,11 @@ struct FhirService::Impl {
   }
 
   // Refuses a search or condition on elements masked from this principal.
-  absl::Status RefuseMasked(const Ctx& ctx, std::string_view type,
-                            const store::SearchQuery& q) const {
+  absl::Status RefuseMasked(const Ctx& ctx, std::string_view type, const store::SearchQuery& q,
+                            const policy::Decision* decided = nullptr) const {
     std::map<std::string, std::vector<std::string>, std::less<>> cache;
+    // The request's own decision for `type`, when the caller has it.
+    if (decided && decided->allow) cache.emplace(std::string(type), decided->obligations.masked);
     auto masked_of = [&](std::string_view t) -> std::vector<std::string> {
       auto it = cache.find(t);
       if (it == cache.end()) {
@@ -1693,7 +1695,8 @@ struct FhirService::Impl {
     auto parsed = ParseSearch(route.type, params, limits, strict, d.base_url, narrow);
     if (!parsed.ok()) return ErrorResponse(ctx, parsed.status());
     ParsedSearch& ps = *parsed;
-    if (auto s = RefuseMasked(ctx, route.type, ps.query); !s.ok()) return ErrorResponse(ctx, s);
+    if (auto s = RefuseMasked(ctx, route.type, ps.query, &decision); !s.ok())
+      return ErrorResponse(ctx, s);
     if (!QueryParam(params, "_total")) {
       ps.total = ps.summary == "count" ? "accurate" : d.config.search_default_total;
       ps.query.total = ps.total != "none";
