@@ -23,31 +23,15 @@ bool Contains(const std::vector<std::string>& v, std::string_view s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
-// The permission interaction name ("history" covers the three histories).
+// The permission interaction name: InteractionName, except "search" for
+// search-type and "history" for the three histories.
 std::string_view PermissionName(Interaction i) {
-  switch (i) {
-    case Interaction::kRead:
-      return "read";
-    case Interaction::kVread:
-      return "vread";
-    case Interaction::kSearch:
-      return "search";
-    case Interaction::kHistoryInstance:
-    case Interaction::kHistoryType:
-    case Interaction::kHistorySystem:
-      return "history";
-    case Interaction::kCreate:
-      return "create";
-    case Interaction::kUpdate:
-      return "update";
-    case Interaction::kPatch:
-      return "patch";
-    case Interaction::kDelete:
-      return "delete";
-    case Interaction::kCapabilities:
-      return "capabilities";
+  if (i == Interaction::kSearch) return "search";
+  if (i == Interaction::kHistoryInstance || i == Interaction::kHistoryType ||
+      i == Interaction::kHistorySystem) {
+    return "history";
   }
-  return "";
+  return InteractionName(i);
 }
 
 // "Practitioner/p1" from "Practitioner/p1" or "https://host/fhir/Practitioner/p1".

@@ -59,6 +59,47 @@ class AuthenticatorTest : public ::testing::Test {
   std::unique_ptr<Authenticator> auth_;
 };
 
+TEST_F(AuthenticatorTest, RolesAndBreakGlassClaims) {
+  auto with = [&](const char* name, json::Value v) {
+    json::Value c = Claims("https://own", "https://fhir", Now(), 300);
+    c.Set(name, std::move(v));
+    return "Bearer " + *jose::SignCompact(own_, c, "at+jwt");
+  };
+  json::Value list = json::Value::MakeArray();
+  list.Push(json::Value::String("clinician"));
+  list.Push(json::Value::String("auditor"));
+  auto p = auth_->Authenticate(with("roles", std::move(list)));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE((*p)->has_roles_claim);
+  EXPECT_EQ((*p)->roles, (std::vector<std::string>{"clinician", "auditor"}));
+  p = auth_->Authenticate(with("roles", json::Value::String(" clinician  admin ")));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->roles, (std::vector<std::string>{"clinician", "admin"}));
+  p = auth_->Authenticate("Bearer " + Sign(own_, "https://own"));
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE((*p)->has_roles_claim);
+
+  // Not a list or a string, or more than 32 roles: the token is refused.
+  EXPECT_EQ(CodeOf(auth_->Authenticate(with("roles", json::Value::Int(1))).status()),
+            ErrorCode::kInvalidToken);
+  json::Value many = json::Value::MakeArray();
+  for (int i = 0; i < 33; ++i) many.Push(json::Value::String("r" + std::to_string(i)));
+  EXPECT_EQ(CodeOf(auth_->Authenticate(with("roles", std::move(many))).status()),
+            ErrorCode::kInvalidToken);
+
+  p = auth_->Authenticate(with("break_glass_reason", json::Value::String("Unconscious in the ED")));
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->break_glass_reason, "Unconscious in the ED");
+  EXPECT_EQ(CodeOf(auth_
+                       ->Authenticate(
+                           with("break_glass_reason", json::Value::String(std::string(501, 'x'))))
+                       .status()),
+            ErrorCode::kInvalidToken);
+  EXPECT_EQ(
+      CodeOf(auth_->Authenticate(with("break_glass_reason", json::Value::String("a\nb"))).status()),
+      ErrorCode::kInvalidToken);
+}
+
 TEST_F(AuthenticatorTest, OwnAndExternalIssuers) {
   auto p = auth_->Authenticate("Bearer " + Sign(own_, "https://own"));
   ASSERT_TRUE(p.ok()) << p.status();

@@ -1032,6 +1032,15 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     });
   }
 
+  it('a justification header longer than 500 characters or with control characters is a 400', async () => {
+    for (const reason of ['x'.repeat(501), 'line one\tline two']) {
+      const r = await client(srv, dr3tok({ pou: ['ETREAT'] }))('GET', '/Observation/o3a', bgHeader(reason));
+      assertStatus(r, 400, `header ${JSON.stringify(reason.slice(0, 20))}`);
+      assert.equal(r.json?.resourceType, 'OperationOutcome');
+      assert.match(r.text, /X-Break-Glass-Reason must be printable text of at most 500 characters/);
+    }
+  });
+
   it('refused break-glass attempts open no episode', async () => {
     assert.equal(logEvents(srv, 'break_glass_opened').length, 0, 'no episode opened by a refusal');
     assert.equal(runCli(['breakglass', 'list', '--data-dir', srv.dataDir]).stdout.trim(), 'no episode awaits review');
