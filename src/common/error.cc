@@ -47,6 +47,8 @@ constexpr std::array<ErrorInfo, static_cast<size_t>(ErrorCode::kCount_)> kTable 
     {ErrorCode::kNotFound, 404, "not-found", "not_found", "The resource was not found"},
     {ErrorCode::kRouteNotFound, 404, "not-found", "route_not_found", "No such endpoint"},
     {ErrorCode::kGone, 410, "deleted", "gone", "The resource has been deleted"},
+    {ErrorCode::kErased, 410, "deleted", "erased",
+     "The record was erased: its encryption key was destroyed and it can no longer be read"},
     {ErrorCode::kVersionConflict, 409, "conflict", "version_conflict",
      "The resource was changed concurrently"},
     {ErrorCode::kPreconditionFailed, 412, "conflict", "precondition_failed",

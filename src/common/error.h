@@ -37,6 +37,7 @@ enum class ErrorCode {
   kNotFound,              // 404 not-found
   kRouteNotFound,         // 404 not-found
   kGone,                  // 410 deleted
+  kErased,                // 410 deleted (crypto-shredded: its key was destroyed)
   kVersionConflict,       // 409 conflict
   kPreconditionFailed,    // 412 conflict
   kPreconditionRequired,  // 428 required

@@ -44,6 +44,10 @@ class SecretBytes {
   std::string data_;
 };
 
+// `n` fresh random bytes from the CSPRNG, generated in place (never in an
+// unwiped temporary): use for keys.
+SecretBytes RandomSecret(size_t n);
+
 inline std::ostream& operator<<(std::ostream& os, const SecretBytes&) { return os << "<redacted>"; }
 
 }  // namespace fhirward

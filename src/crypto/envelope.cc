@@ -20,7 +20,7 @@ absl::StatusOr<std::string> EnvelopeCipher::Seal(std::string_view plaintext,
   if (kek_id.empty() || kek_id.size() > 255) {
     return Error(ErrorCode::kInternal, "key-encryption key id must be 1..255 bytes");
   }
-  SecretBytes dek(RandomBytes(kAes256KeyBytes));
+  SecretBytes dek = RandomSecret(kAes256KeyBytes);
   absl::StatusOr<std::string> wrapped = kek_->Wrap(dek, associated_data);
   if (!wrapped.ok()) return wrapped.status();
   if (wrapped->size() > 0xffff) return Error(ErrorCode::kInternal, "wrapped data key too long");

@@ -59,7 +59,7 @@ absl::StatusOr<SecretBytes> LoadOrCreateWrappedSecret(const crypto::KeyEncryptio
   std::string ad = "fhirward-wrapped-secret-v1:" + purpose;
   if (!Exists(path)) {
     if (!create) return Error(ErrorCode::kInternal, "missing " + path);
-    SecretBytes secret(RandomBytes(32));
+    SecretBytes secret = RandomSecret(32);
     auto wrapped = kek.Wrap(secret, ad);
     if (!wrapped.ok()) return wrapped.status();
     if (auto s = WriteFileExclusive(path, *wrapped, 0600); !s.ok()) return s;
