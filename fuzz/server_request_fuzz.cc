@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/clock.h"
+#include "crypto/keyring.h"
 #include "crypto/kms.h"
 #include "jose/jws.h"
 #include "json/value.h"
@@ -30,7 +31,8 @@ class NullAudit final : public audit::AuditLog {
 };
 
 struct World {
-  std::unique_ptr<crypto::KeyEncryptionService> kek;
+  std::unique_ptr<crypto::VersionedKek> kek;
+  std::unique_ptr<crypto::KeyRing> ring;
   SecretBytes index_key{std::string(32, 'k')};
   std::unique_ptr<store::ResourceStore> store;
   NullAudit audit;
@@ -48,9 +50,12 @@ World& W() {
     server::InitLogging("off");
     char tmpl[] = "/tmp/fhirward-fuzz-XXXXXX";
     std::string dir = mkdtemp(tmpl);
-    w->kek = std::move(*crypto::OpenLocalKeyFile(dir + "/kek.key", true));
-    w->store = std::move(*store::OpenSqliteStore(
-        {.path = dir + "/fhir.db", .kek = w->kek.get(), .index_key = &w->index_key}));
+    w->kek = std::move(*crypto::VersionedKek::Open(crypto::NewLocalKms(dir), true));
+    w->ring = std::move(*crypto::KeyRing::Open({.path = dir + "/keys.db", .kek = w->kek.get()}));
+    w->store = std::move(*store::OpenSqliteStore({.path = dir + "/fhir.db",
+                                                  .kek = w->kek.get(),
+                                                  .keyring = w->ring.get(),
+                                                  .index_key = &w->index_key}));
     w->policy = policy::NewScopePolicyEngine();
     auto key = *jose::SigningKey::Generate(jose::Algorithm::kES256, "k");
     server::AuthenticatorOptions ao;

@@ -259,6 +259,7 @@ class SqliteAuditLog final : public AuditLog {
   absl::Status Init() {
     for (auto [slot, sql] : {
              std::pair{&begin_, "BEGIN IMMEDIATE"},
+             std::pair{&head_, "SELECT seq, hash, mac FROM audit_anchor WHERE id = 1"},
              std::pair{&commit_, "COMMIT"},
              std::pair{&rollback_, "ROLLBACK"},
              std::pair{&insert_,
@@ -378,6 +379,27 @@ class SqliteAuditLog final : public AuditLog {
         int rc = sqlite3_step(begin_.get());
         if (rc != SQLITE_DONE) return Unavailable("audit: BEGIN failed", db, rc);
       }
+      {
+        // Another process (a `fhirward` admin command) may have appended since
+        // our last commit: continue from the stored head, under the write lock,
+        // when its MACed anchor vouches for it.
+        StmtScope scope(head_.get());
+        int rc = sqlite3_step(head_.get());
+        if (rc == SQLITE_ROW) {
+          int64_t stored_seq = sqlite3_column_int64(head_.get(), 0);
+          std::string stored_hash(ColumnBlob(head_.get(), 1));
+          std::string stored_mac(ColumnBlob(head_.get(), 2));
+          if (stored_seq != seq && stored_hash.size() == kHashBytes &&
+              crypto::ConstantTimeEquals(stored_mac, AnchorMac(mac_key_, stored_seq, stored_hash))) {
+            seq = stored_seq;
+            hash = stored_hash;
+            head_seq_ = seq;
+            head_hash_ = hash;
+          }
+        } else if (rc != SQLITE_DONE) {
+          return Unavailable("audit: reading the anchor failed", db, rc);
+        }
+      }
       for (const auto& p : batch) {
         ++seq;
         std::string next = ChainHash(seq, hash, p->json);
@@ -452,7 +474,7 @@ class SqliteAuditLog final : public AuditLog {
   DbPtr db_;  // used by the writer thread only (after Init)
   SecretBytes mac_key_;
   AuditOptions options_;
-  StmtPtr begin_, commit_, rollback_, insert_, anchor_;
+  StmtPtr begin_, commit_, rollback_, insert_, anchor_, head_;
 
   // Chain head; writer thread only.
   int64_t head_seq_;

@@ -10,6 +10,7 @@
 #include "policy/policy_set.h"
 #include "policy/scenario.h"
 #include "server/admin.h"
+#include "server/key_admin.h"
 #include "server/app.h"
 
 namespace {
@@ -157,7 +158,8 @@ int main(int argc, char** argv) {
   launch_create->add_option("--client-id", launch.client_id, "Only this app may use the launch");
   launch_create->add_option("--ttl", launch.ttl_seconds, "Lifetime in seconds (default 3600)");
 
-  CLI::App* keys_cmd = app.add_subcommand("keys", "Token-signing keys");
+  CLI::App* keys_cmd =
+      app.add_subcommand("keys", "Token-signing keys, and the encryption key hierarchy");
   keys_cmd->require_subcommand(1);
   server::RotateArgs rotate;
   CLI::App* keys_rotate = keys_cmd->add_subcommand(
@@ -169,6 +171,51 @@ int main(int argc, char** argv) {
   std::string keys_dir;
   CLI::App* keys_list = keys_cmd->add_subcommand("list", "List signing keys and their state");
   keys_list->add_option("--data-dir", keys_dir, "Data directory")->required();
+  CLI::App* keys_status =
+      keys_cmd->add_subcommand("status", "KMS, KEK versions, tenant and data keys (no secrets)");
+  keys_status->add_option("--data-dir", keys_dir, "Data directory")->required();
+  // Key administration: a key-admin user, password (then TOTP code) on standard input.
+  server::KeyAdminArgs key_admin;
+  auto admin_options = [&](CLI::App* c) {
+    c->add_option("--data-dir", key_admin.data_dir, "Data directory")->required();
+    c->add_option("--admin", key_admin.admin,
+                  "User with the key-admin role (password, then TOTP code, on standard input)")
+        ->required();
+  };
+  CLI::App* keys_rotate_kek = keys_cmd->add_subcommand(
+      "rotate-kek", "New key-encryption key version in the KMS (then run keys rewrap)");
+  admin_options(keys_rotate_kek);
+  std::string rotate_tenant = "default";
+  CLI::App* keys_rotate_tenant = keys_cmd->add_subcommand(
+      "rotate-tenant", "New tenant key version: new data keys at once (then run keys rewrap)");
+  admin_options(keys_rotate_tenant);
+  keys_rotate_tenant->add_option("--tenant", rotate_tenant, "Tenant (default: default)");
+  server::RewrapArgs rewrap;
+  bool rewrap_quiet = false;
+  CLI::App* keys_rewrap = keys_cmd->add_subcommand(
+      "rewrap", "Move keys and records forward to the current key versions (resumable)");
+  admin_options(keys_rewrap);
+  keys_rewrap->add_option("--batch", rewrap.batch, "Records per transaction (default 500)");
+  keys_rewrap->add_option("--rate", rewrap.rate, "At most this many records per second (0: no limit)");
+  keys_rewrap->add_flag("--quiet", rewrap_quiet, "No progress bar");
+
+  server::EraseArgs erase;
+  CLI::App* erase_cmd = app.add_subcommand(
+      "erase", "Crypto-shred a patient: destroy their data keys and remove their records");
+  admin_options(erase_cmd);
+  erase_cmd->add_option("target", erase.target, "patient/ID")->required();
+  erase_cmd->add_option("--reason", erase.reason, "Why (recorded in the audit trail)")->required();
+  erase_cmd->add_option("--tenant", erase.tenant, "Tenant (default: default)");
+
+  CLI::App* tenant_cmd = app.add_subcommand("tenant", "Tenants");
+  tenant_cmd->require_subcommand(1);
+  std::string decommission_tenant, decommission_confirm;
+  CLI::App* tenant_decommission = tenant_cmd->add_subcommand(
+      "decommission", "Destroy every key of a tenant: its data can never be decrypted again");
+  admin_options(tenant_decommission);
+  tenant_decommission->add_option("tenant", decommission_tenant, "Tenant")->required();
+  tenant_decommission->add_option("--confirm", decommission_confirm, "The tenant's name again")
+      ->required();
 
   CLI::App* policy_cmd = app.add_subcommand("policy", "Authorization policy files");
   policy_cmd->require_subcommand(1);
@@ -234,6 +281,33 @@ int main(int argc, char** argv) {
   if (launch_create->parsed()) return done(server::LaunchCreate(launch, std::cout));
   if (keys_rotate->parsed()) return done(server::KeysRotateSigning(rotate, std::cout));
   if (keys_list->parsed()) return done(server::KeysList(keys_dir, std::cout));
+  if (keys_status->parsed()) return done(server::KeysStatus(keys_dir, std::cout));
+  if (keys_rotate_kek->parsed() || keys_rotate_tenant->parsed() || keys_rewrap->parsed() ||
+      erase_cmd->parsed() || tenant_decommission->parsed()) {
+    auto line = [] {
+      std::string l;
+      std::getline(std::cin, l);
+      while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.pop_back();
+      return l;
+    };
+    key_admin.password = line();
+    key_admin.totp = line();
+    if (keys_rotate_kek->parsed()) return done(server::KeysRotateKek(key_admin, std::cout));
+    if (keys_rotate_tenant->parsed()) {
+      return done(server::KeysRotateTenant(key_admin, rotate_tenant, std::cout));
+    }
+    if (keys_rewrap->parsed()) {
+      rewrap.admin = key_admin;
+      rewrap.progress = !rewrap_quiet;
+      return done(server::KeysRewrap(rewrap, std::cout, std::cerr));
+    }
+    if (erase_cmd->parsed()) {
+      erase.admin = key_admin;
+      return done(server::ErasePatient(erase, std::cout));
+    }
+    return done(server::TenantDecommission(key_admin, decommission_tenant, decommission_confirm,
+                                           std::cout));
+  }
   if (bg_list->parsed()) return done(server::BreakGlassList(bg_dir, bg_all, std::cout));
   if (bg_review->parsed()) {
     // The auditor proves who they are with their login password.

@@ -57,7 +57,7 @@ absl::StatusOr<std::string> EnvelopeCipher::Open(std::string_view envelope,
   if (in.size() < id_len + 2) return Refuse("truncated envelope");
   std::string_view kek_id = in.substr(0, id_len);
   in.remove_prefix(id_len);
-  if (kek_id != kek_->key_id()) {
+  if (!kek_->Recognizes(kek_id)) {
     // Key ids are public identifiers, not secrets; naming ours helps rotation.
     return Refuse("envelope was sealed under a different key-encryption key than " +
                   kek_->key_id());

@@ -183,8 +183,14 @@ struct KeyRing::Impl {
     if (db != nullptr) sqlite3_close(db);
   }
 
-  void Emit(KeyEvent e) {
-    if (o.on_event) o.on_event(e);
+  std::mutex sink_mu;
+  void Emit(const KeyEvent& e) {
+    std::function<void(const KeyEvent&)> sink;
+    {
+      std::lock_guard lk(sink_mu);
+      sink = o.on_event;
+    }
+    if (sink) sink(e);
   }
 
   absl::Status Exec(const char* sql) {
@@ -868,6 +874,26 @@ void KeyRing::ReportUnwrapCount() {
   }
   impl_->Emit({"unwrap-count", "kek", "", "", "kek:v" + std::to_string(impl_->o.kek->current_version()), kek});
   impl_->Emit({"unwrap-count", "data-key", "", "", "", data});
+}
+
+void KeyRing::SetEventSink(std::function<void(const KeyEvent&)> sink) {
+  std::lock_guard lk(impl_->sink_mu);
+  impl_->o.on_event = std::move(sink);
+}
+
+absl::StatusOr<std::vector<std::string>> KeyRing::PatientKeyIds(const std::string& tenant,
+                                                                const std::string& patient) {
+  std::lock_guard lk(impl_->mu);
+  Stmt st(impl_->db, "SELECT id FROM data_keys WHERE tenant = ?1 AND scope = ?2 ORDER BY version");
+  st.Bind(1, tenant).Bind(2, "patient:" + patient);
+  std::vector<std::string> out;
+  while (true) {
+    auto row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.push_back(st.Text(0));
+  }
+  return out;
 }
 
 void KeyRing::ClearCache() {

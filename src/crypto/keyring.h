@@ -120,6 +120,11 @@ class KeyRing {
   absl::StatusOr<KeyRingStatus> Status();
   // Emits an "unwrap-count" event with the KEK unwraps since the last call.
   void ReportUnwrapCount();
+  // Replaces `on_event` (e.g. once the audit trail is open).
+  void SetEventSink(std::function<void(const KeyEvent&)> sink);
+  // Every data key id `patient` ever had, destroyed ones included.
+  absl::StatusOr<std::vector<std::string>> PatientKeyIds(const std::string& tenant,
+                                                         const std::string& patient);
   // Drops every cached unwrapped key (e.g. before a key-admin command exits).
   void ClearCache();
 

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <string>
 
+#include "crypto/keyring.h"
+#include "crypto/kms.h"
 #include "gtest/gtest.h"
 
 namespace fhirward::testing_util {
@@ -37,6 +39,26 @@ inline unsigned ModeOf(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return 0xffffffffu;
   return st.st_mode & 07777;
+}
+
+// A local versioned KEK in `kek_dir` (created) and a key ring over `vault`.
+struct TestKeys {
+  std::unique_ptr<crypto::VersionedKek> kek;
+  std::unique_ptr<crypto::KeyRing> ring;
+};
+
+inline TestKeys MakeTestKeys(const std::string& kek_dir, const std::string& vault) {
+  std::filesystem::create_directories(kek_dir);
+  std::filesystem::permissions(kek_dir, std::filesystem::perms::owner_all);
+  TestKeys k;
+  auto kek = crypto::VersionedKek::Open(crypto::NewLocalKms(kek_dir), /*create=*/true);
+  EXPECT_TRUE(kek.ok()) << kek.status();
+  if (!kek.ok()) return k;
+  k.kek = std::move(*kek);
+  auto ring = crypto::KeyRing::Open({.path = vault, .kek = k.kek.get()});
+  EXPECT_TRUE(ring.ok()) << ring.status();
+  if (ring.ok()) k.ring = std::move(*ring);
+  return k;
 }
 
 // A SoftHSM2 token for tests: SOFTHSM2_CONF points at a private token

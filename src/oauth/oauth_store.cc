@@ -278,6 +278,16 @@ absl::Status OAuthStore::SetTotp(const std::string& username, const std::string&
   return ExpectChange(*impl_->db, s.Run(), "user " + username);
 }
 
+absl::StatusOr<bool> OAuthStore::RewrapTotp(const std::string& username,
+                                             const std::string& old_wrapped,
+                                             const std::string& new_wrapped) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  FW_PREP(s, "UPDATE users SET totp_secret=?1 WHERE username=?2 AND totp_secret=?3");
+  s.BindBlob(1, new_wrapped).Bind(2, username).BindBlob(3, old_wrapped);
+  if (auto r = s.Run(); !r.ok()) return r;
+  return sqlite3_changes(impl_->db->raw()) > 0;
+}
+
 absl::StatusOr<int64_t> OAuthStore::RecordLoginFailure(const std::string& username, int64_t now,
                                                        int64_t max_failures, int64_t lock_seconds) {
   std::lock_guard<std::mutex> lock(impl_->mu);

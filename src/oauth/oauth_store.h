@@ -134,6 +134,10 @@ class OAuthStore {
   absl::Status SetPassword(const std::string& username, const std::string& hash,
                            bool credential_change = true);
   absl::Status SetTotp(const std::string& username, const std::string& wrapped_secret);
+  // Key rotation: replaces the wrapped seed (same seed, new KEK version) only
+  // if it is still `old_wrapped`; keeps the last used step (no replay window).
+  absl::StatusOr<bool> RewrapTotp(const std::string& username, const std::string& old_wrapped,
+                                  const std::string& new_wrapped);
   // Records a failed login; locks the account for `lock_seconds` once
   // `max_failures` consecutive failures are reached. Returns the new count.
   absl::StatusOr<int64_t> RecordLoginFailure(const std::string& username, int64_t now,

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "audit/audit_log.h"
+#include "server/key_admin.h"
 #include "common/clock.h"
 #include "common/encoding.h"
 #include "common/error.h"
@@ -221,7 +222,16 @@ class OAuthMaintenance {
 // Deletes expired idempotency records every few minutes until stopped.
 class Janitor {
  public:
-  Janitor(store::ResourceStore* store, int ttl_seconds) : store_(store), ttl_(ttl_seconds) {
+  Janitor(store::ResourceStore* store, int ttl_seconds, crypto::KeyRing* keyring,
+          int unwrap_report_seconds, std::string tenant,
+          std::vector<std::pair<std::string, int>> retention, audit::AuditLog* audit)
+      : store_(store),
+        ttl_(ttl_seconds),
+        keyring_(keyring),
+        report_(unwrap_report_seconds),
+        tenant_(std::move(tenant)),
+        retention_(std::move(retention)),
+        audit_(audit) {
     thread_ = std::thread([this] { Loop(); });
   }
   ~Janitor() {
@@ -242,12 +252,51 @@ class Janitor {
       if (auto s = store_->ExpireIdempotency(FormatInstant(cutoff)); !s.ok()) {
         LogEvent(LogLevel::kWarn, "idempotency_expiry_failed", {});
       }
+      Purge();
+      // The audited count of key unwraps, once per period.
+      if (std::chrono::steady_clock::now() - last_report_ >= std::chrono::seconds(report_)) {
+        keyring_->ReportUnwrapCount();
+        last_report_ = std::chrono::steady_clock::now();
+      }
       lock.lock();
-      cv_.wait_for(lock, std::chrono::minutes(5), [this] { return stop_; });
+      cv_.wait_for(lock, std::chrono::seconds(std::min(300, report_)), [this] { return stop_; });
+    }
+  }
+  // Retention: resources past their type's period are removed, in batches,
+  // each batch audited.
+  void Purge() {
+    for (const auto& [type, days] : retention_) {
+      auto cutoff = FormatInstant(SystemClock::Get().Now() - std::chrono::hours(24) * days);
+      for (int round = 0; round < 100; ++round) {
+        auto n = store_->PurgeBefore(tenant_, type, cutoff, 500);
+        if (!n.ok()) {
+          LogEvent(LogLevel::kWarn, "retention_purge_failed", {{"resource_type", LogValue(type)}});
+          break;
+        }
+        if (*n == 0) break;
+        audit::AuditRecord r;
+        r.time = FormatInstant(SystemClock::Get().Now());
+        r.request_id = RandomUuid();
+        r.subject = "fhirward-server";
+        r.action = "retention.purge";
+        r.outcome = "success";
+        r.resource_type = type;
+        r.count = static_cast<int64_t>(*n);
+        r.decision = "older than " + std::to_string(days) + " days (before " + cutoff + ")";
+        (void)audit_->Append(r);
+        LogEvent(LogLevel::kInfo, "retention_purged",
+                 {{"resource_type", LogValue(type)}, {"count", LogValue(static_cast<int64_t>(*n))}});
+      }
     }
   }
   store::ResourceStore* store_;
   int ttl_;
+  crypto::KeyRing* keyring_;
+  int report_;
+  std::string tenant_;
+  std::vector<std::pair<std::string, int>> retention_;
+  audit::AuditLog* audit_;
+  std::chrono::steady_clock::time_point last_report_ = std::chrono::steady_clock::now();
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
@@ -375,6 +424,7 @@ absl::Status Serve(const ServeArgs& args) {
 
   auto store = store::OpenSqliteStore({.path = inst.resource_db_path(),
                                        .kek = &inst.kek(),
+                                       .keyring = &inst.keyring(),
                                        .read_connections = config.store_read_connections,
                                        .cache_bytes = config.store_cache_bytes,
                                        .index_key = &inst.blind_index_key(),
@@ -537,7 +587,16 @@ absl::Status Serve(const ServeArgs& args) {
   start.outcome = "success";
   if (auto s = (*audit_log)->Append(start); !s.ok()) return s.status();
 
-  Janitor janitor(store->get(), config.idempotency_ttl_seconds);
+  // Key events of the running server (data keys created on first use, unwrap
+  // counts) go to the audit trail as the server's own acts.
+  inst.keyring().SetEventSink([log = audit_log->get()](const crypto::KeyEvent& e) {
+    if (auto s = log->Append(KeyEventRecord(e, "fhirward-server")); !s.ok()) {
+      LogEvent(LogLevel::kError, "key_event_unaudited", {{"action", LogValue(e.action)}});
+    }
+  });
+  Janitor janitor(store->get(), config.idempotency_ttl_seconds, &inst.keyring(),
+                  config.key_unwrap_report_seconds, config.tenant, config.retention_days,
+                  audit_log->get());
   LogEvent(LogLevel::kInfo, "listening",
            {{"url", LogValue(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
             {"tls_min_version", LogValue(config.tls_min_version)}});
@@ -553,6 +612,8 @@ absl::Status Serve(const ServeArgs& args) {
   // service is alive (responses to connections already gone are dropped by
   // the server); only then destroy the service. The server is destroyed last.
   service->Shutdown();
+  inst.keyring().ReportUnwrapCount();
+  inst.keyring().SetEventSink(nullptr);
   audit::AuditRecord stop;
   stop.time = FormatInstant(SystemClock::Get().Now());
   stop.request_id = RandomUuid();

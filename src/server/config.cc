@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/error.h"
+#include "fhir/resources.h"
 #include "toml++/toml.h"
 
 namespace fhirward::server {
@@ -90,7 +91,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
   FW_TRY(
       CheckKeys(root, "",
                 {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "search", "bundle",
-                 "validation", "auth", "oauth", "policy", "store", "rate_limit", "log"}));
+                 "validation", "auth", "oauth", "policy", "store", "rate_limit", "log", "keys",
+                 "retention"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));
@@ -138,6 +140,25 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     FW_TRY(Get(*t, "fhir", "history_default_count", &c.history_default_count));
     FW_TRY(Get(*t, "fhir", "history_max_count", &c.history_max_count));
     FW_TRY(Get(*t, "fhir", "idempotency_ttl_seconds", &c.idempotency_ttl_seconds));
+  }
+  if (auto* t = root["keys"].as_table()) {
+    FW_TRY(CheckKeys(*t, "keys", {"unwrap_report_seconds"}));
+    FW_TRY(Get(*t, "keys", "unwrap_report_seconds", &c.key_unwrap_report_seconds));
+    if (c.key_unwrap_report_seconds < 60 || c.key_unwrap_report_seconds > 86400) {
+      return Bad("keys.unwrap_report_seconds", "must be 60..86400");
+    }
+  }
+  if (auto* t = root["retention"].as_table()) {
+    for (const auto& [k, v] : *t) {
+      std::string type(k.str());
+      if (!fhir::IsResourceType(type)) {
+        return Bad("retention." + type, "is not an R4 resource type");
+      }
+      if (!v.is_integer() || v.as_integer()->get() < 1 || v.as_integer()->get() > 36500) {
+        return Bad("retention." + type, "must be a number of days, 1..36500");
+      }
+      c.retention_days.emplace_back(type, static_cast<int>(v.as_integer()->get()));
+    }
   }
   if (auto* t = root["search"].as_table()) {
     FW_TRY(CheckKeys(*t, "search",

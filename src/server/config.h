@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -58,6 +59,11 @@ struct Config {
   int history_default_count = 50;
   int history_max_count = 500;
   int idempotency_ttl_seconds = 86400;
+
+  // [keys]
+  int key_unwrap_report_seconds = 3600;  // audited key-unwrap counts, once per period
+  // [retention]: resource type → days after its last update, then purged
+  std::vector<std::pair<std::string, int>> retention_days;
 
   // [search]
   SearchLimits search;

@@ -1257,6 +1257,14 @@ struct FhirService::Impl {
             LogLevel::kError, "decryption_failed",
             {{"request_id", LogValue(ctx.request_id)}, {"resource_type", LogValue(route.type)}});
       }
+      if (CodeOf(v.status()) == ErrorCode::kErased) {
+        // Crypto-shredded: nothing is left to check it against. Only a principal
+        // who may read the type beyond one patient's records learns that it
+        // existed; a confined one gets the answer for an absent resource.
+        if (decision.obligations.confined()) return Error(ctx, ErrorCode::kNotFound);
+        ctx.audit.error = "erased";
+        return Error(ctx, ErrorCode::kErased);
+      }
       return ErrorResponse(ctx, v.status());
     }
     policy::Decision rd =
@@ -3252,7 +3260,13 @@ struct FhirService::Impl {
     }
     if (route.interaction == Interaction::kHistoryInstance) {
       auto cur = d.store->Read({d.config.tenant, route.type, route.id});
-      if (!cur.ok()) return ErrorResponse(ctx, cur.status());
+      if (!cur.ok()) {
+        // As a read: an erased resource is "gone" only to an unconfined principal.
+        if (CodeOf(cur.status()) == ErrorCode::kErased && decision.obligations.confined()) {
+          return Error(ctx, ErrorCode::kNotFound);
+        }
+        return ErrorResponse(ctx, cur.status());
+      }
       policy::Decision rd = CheckResource(ctx, decision, Interaction::kRead, route.type, route.id,
                                           cur->patients, cur->json);
       if (!rd.allow) return Hidden(ctx, rd);

@@ -59,11 +59,11 @@ class FhirServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     InitLogging("off");
-    auto kek = crypto::OpenLocalKeyFile(dir_.File("kek.key"), true);
-    ASSERT_TRUE(kek.ok());
-    kek_ = std::move(*kek);
-    auto store = store::OpenSqliteStore(
-        {.path = dir_.File("fhir.db"), .kek = kek_.get(), .index_key = &index_key_});
+    keys_ = testing_util::MakeTestKeys(dir_.File("kek"), dir_.File("keys.db"));
+    auto store = store::OpenSqliteStore({.path = dir_.File("fhir.db"),
+                                         .kek = keys_.kek.get(),
+                                         .keyring = keys_.ring.get(),
+                                         .index_key = &index_key_});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
     auto key = jose::SigningKey::Generate(jose::Algorithm::kES256, "k1");
@@ -154,7 +154,7 @@ class FhirServiceTest : public ::testing::Test {
   }
 
   testing_util::TempDir dir_;
-  std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  testing_util::TestKeys keys_;
   SecretBytes index_key_{std::string(32, 'k')};
   std::unique_ptr<store::ResourceStore> store_;
   jose::SigningKey key_;

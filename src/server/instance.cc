@@ -11,6 +11,8 @@
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/aead.h"
+#include "crypto/pkcs11.h"
+#include "toml++/toml.h"
 #include "json/value.h"
 
 namespace fhirward::server {
@@ -73,6 +75,73 @@ absl::StatusOr<SecretBytes> LoadOrCreateWrappedSecret(const crypto::KeyEncryptio
   return std::move(*secret);
 }
 
+struct KmsConfig {
+  std::string backend = "local";
+  crypto::Pkcs11Options pkcs11;
+  int data_key_cache_seconds = 300;
+};
+
+// DIR/kms.toml: which key management service holds the KEK. Absent: local.
+absl::StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
+  KmsConfig c;
+  if (!Exists(path)) return c;
+  toml::table t;
+  try {
+    t = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return Error(ErrorCode::kInternal,
+                 path + ":" + std::to_string(e.source().begin.line) + ": " +
+                     std::string(e.description()));
+  }
+  for (const auto& [k, v] : t) {
+    std::string key(k.str());
+    auto str = [&](std::string& out) -> absl::Status {
+      if (!v.is_string()) return Error(ErrorCode::kInternal, path + ": " + key + " must be a string");
+      out = v.as_string()->get();
+      return absl::OkStatus();
+    };
+    absl::Status s;
+    if (key == "backend") {
+      s = str(c.backend);
+    } else if (key == "module") {
+      s = str(c.pkcs11.module);
+    } else if (key == "token_label") {
+      s = str(c.pkcs11.token_label);
+    } else if (key == "pin_source") {
+      s = str(c.pkcs11.pin_source);
+    } else if (key == "key_label") {
+      s = str(c.pkcs11.key_label);
+    } else if (key == "mechanism") {
+      s = str(c.pkcs11.mechanism);
+    } else if (key == "slot") {
+      if (!v.is_integer() || v.as_integer()->get() < 0) {
+        return Error(ErrorCode::kInternal, path + ": slot must be a non-negative integer");
+      }
+      c.pkcs11.slot = static_cast<unsigned long>(v.as_integer()->get());
+    } else if (key == "data_key_cache_seconds") {
+      if (!v.is_integer() || v.as_integer()->get() < 0 || v.as_integer()->get() > 86400) {
+        return Error(ErrorCode::kInternal, path + ": data_key_cache_seconds must be 0..86400");
+      }
+      c.data_key_cache_seconds = static_cast<int>(v.as_integer()->get());
+    } else if (key == "pin") {
+      return Error(ErrorCode::kInternal, path + ": a PIN is never written in kms.toml; use "
+                                                "pin_source = \"env:NAME\" or \"file:PATH\"");
+    } else {
+      return Error(ErrorCode::kInternal, path + ": unknown key " + key);
+    }
+    if (!s.ok()) return s;
+  }
+  if (c.backend != "local" && c.backend != "pkcs11") {
+    return Error(ErrorCode::kInternal, path + ": backend must be local or pkcs11");
+  }
+  if (c.backend == "pkcs11" && (c.pkcs11.module.empty() || c.pkcs11.pin_source.empty() ||
+                                (c.pkcs11.token_label.empty() && !c.pkcs11.slot))) {
+    return Error(ErrorCode::kInternal,
+                 path + ": pkcs11 needs module, pin_source and token_label (or slot)");
+  }
+  return c;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data_dir, bool create,
@@ -91,9 +160,24 @@ absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data
     if (auto s = MakeDir(data_dir + sub, 0700); !s.ok()) return s;
   }
 
-  auto kek = crypto::OpenLocalKeyFile(data_dir + "/keys/kek.key", create);
+  auto kms_config = LoadKmsConfig(data_dir + "/kms.toml");
+  if (!kms_config.ok()) return kms_config.status();
+  std::unique_ptr<crypto::KeyManagementService> backend;
+  if (kms_config->backend == "pkcs11") {
+    auto hsm = crypto::OpenPkcs11Kms(kms_config->pkcs11);
+    if (!hsm.ok()) return hsm.status();
+    backend = std::move(*hsm);
+  } else {
+    backend = crypto::NewLocalKms(data_dir + "/keys");
+  }
+  auto kek = crypto::VersionedKek::Open(std::move(backend), create);
   if (!kek.ok()) return kek.status();
   inst->kek_ = std::move(*kek);
+  auto keyring = crypto::KeyRing::Open({.path = data_dir + "/db/keys.db",
+                                        .kek = inst->kek_.get(),
+                                        .cache_seconds = kms_config->data_key_cache_seconds});
+  if (!keyring.ok()) return keyring.status();
+  inst->keyring_ = std::move(*keyring);
 
   std::string signing_path = data_dir + "/keys/signing-es256.pem";
   std::string identity_path = data_dir + "/instance.json";

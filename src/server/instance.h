@@ -2,11 +2,15 @@
 //
 //   DIR/instance.json          issuer and audience (public settings, 0644)
 //   DIR/tls/                   development CA and server certificate (generated)
-//   DIR/keys/kek.key           local key-encryption key (0600, 32 bytes)
+//   DIR/kms.toml               optional: the key management service (docs/crypto.md);
+//                              without it, the local key directory DIR/keys
+//   DIR/keys/kek.key           local key-encryption key v1 (0600, 32 bytes); kek-vN.key later
+//                              versions (local backend only; an HSM keeps them on the token)
 //   DIR/keys/signing-es256.pem instance token-signing key (0600)
 //   DIR/keys/*.wrapped         secrets wrapped by the KEK (audit MAC key, cursor key,
 //                              blind-index key)
 //   DIR/keys/signing.json      token-signing key manifest (oauth/key_ring.h)
+//   DIR/db/keys.db             key vault: tenant and data keys, wrapped (crypto/keyring.h)
 //   DIR/db/fhir.db             resources (SQLite, every body sealed)
 //   DIR/db/oauth.db            users, clients, codes, grants (oauth/oauth_store.h)
 //   DIR/audit/audit.db         audit trail (hash-chained)
@@ -20,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/secret_bytes.h"
+#include "crypto/keyring.h"
 #include "crypto/kms.h"
 #include "jose/jws.h"
 
@@ -35,6 +40,9 @@ class Instance {
   const std::string& issuer() const { return issuer_; }
   const std::string& audience() const { return audience_; }
   const crypto::KeyEncryptionService& kek() const { return *kek_; }
+  crypto::VersionedKek& versioned_kek() const { return *kek_; }
+  crypto::KeyRing& keyring() const { return *keyring_; }
+  std::string keys_db_path() const { return data_dir_ + "/db/keys.db"; }
   const jose::SigningKey& signing_key() const { return signing_key_; }
   const SecretBytes& audit_mac_key() const { return audit_mac_key_; }
   const SecretBytes& cursor_key() const { return cursor_key_; }
@@ -59,7 +67,8 @@ class Instance {
   std::string data_dir_;
   std::string issuer_;
   std::string audience_;
-  std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  std::unique_ptr<crypto::VersionedKek> kek_;
+  std::unique_ptr<crypto::KeyRing> keyring_;
   jose::SigningKey signing_key_;
   SecretBytes audit_mac_key_;
   SecretBytes cursor_key_;

@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/secret_bytes.h"
+#include "crypto/keyring.h"
 #include "crypto/kms.h"
 #include "json/value.h"
 #include "store/search.h"
@@ -192,11 +193,51 @@ class ResourceStore {
                                          const IdempotencyRecord* only_if = nullptr) = 0;
   // Deletes idempotency records created before `cutoff` (FHIR instant).
   virtual absl::Status ExpireIdempotency(const std::string& cutoff) = 0;
+
+  // Crypto-shredding, second half (the key ring destroyed the patient's data
+  // keys first): every resource with a version sealed under one of
+  // `key_ids` (or under the KEK alone, from before the key ring, and in the
+  // patient's compartment) is removed with all its versions, index rows and
+  // compartment rows, and recorded as erased, so reads answer kErased.
+  // Idempotent: running it again finishes an interrupted erasure.
+  struct EraseReport {
+    uint64_t resources = 0;
+    uint64_t versions = 0;
+  };
+  virtual absl::StatusOr<EraseReport> ErasePatient(const std::string& tenant,
+                                                   const std::string& patient,
+                                                   const std::vector<std::string>& key_ids) = 0;
+
+  // Key rotation: re-seals, under the current keys, the stored versions with
+  // seq > `after_seq` (at most `limit`) whose envelope is format 1 or names a
+  // data key that is no longer current. Each batch commits on its own.
+  struct ResealProgress {
+    int64_t last_seq = 0;   // resume after this
+    uint64_t scanned = 0;
+    uint64_t resealed = 0;
+    bool done = false;      // no versions after last_seq
+  };
+  virtual absl::StatusOr<ResealProgress> ResealBatch(int64_t after_seq, size_t limit) = 0;
+  // Number of stored versions with seq > after_seq (for progress reports).
+  virtual absl::StatusOr<uint64_t> CountVersionsAfter(int64_t after_seq) = 0;
+  // Retention: removes at most `limit` resources of `type` whose current
+  // version was last updated before `cutoff` (FHIR instant), with all their
+  // versions, index and compartment rows. Returns how many.
+  virtual absl::StatusOr<uint64_t> PurgeBefore(const std::string& tenant, const std::string& type,
+                                               const std::string& cutoff, size_t limit) = 0;
+  // Small named values kept with the data (e.g. a rewrap cursor); "" when unset.
+  virtual absl::StatusOr<std::string> GetMeta(const std::string& name) = 0;
+  virtual absl::Status PutMeta(const std::string& name, const std::string& value) = 0;
 };
 
 struct SqliteStoreOptions {
   std::string path;
-  const crypto::KeyEncryptionService* kek = nullptr;  // must outlive the store
+  // Opens format-1 envelopes (one data key wrapped by the KEK) from before
+  // the key ring, and seals idempotency records. Must outlive the store.
+  const crypto::KeyEncryptionService* kek = nullptr;
+  // Seals every resource version under the tenant's or its patients' data
+  // keys (crypto/keyring.h). Must outlive the store.
+  crypto::KeyRing* keyring = nullptr;
   int read_connections = 8;
   size_t max_batch = 128;
   // In-memory cache of the newest version of each resource, still sealed

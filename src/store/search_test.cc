@@ -16,6 +16,7 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "crypto/test_util.h"
 #include "crypto/kms.h"
 #include "fhir/search_index.h"
 #include "gmock/gmock.h"
@@ -200,7 +201,7 @@ class StoreSearchTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     std::filesystem::create_directory(DbDir());
-    kek_ = crypto::OpenLocalKeyFile(dir_ + "/kek", /*create=*/true).value();
+    keys_ = testing_util::MakeTestKeys(dir_ + "/kek", dir_ + "/keys.db");
     Open();
   }
   void TearDown() override {
@@ -214,7 +215,8 @@ class StoreSearchTest : public ::testing::Test {
   void Open(int read_connections = 8) {
     store_.reset();
     store_ = OpenSqliteStore({.path = DbPath(),
-                              .kek = kek_.get(),
+                              .kek = keys_.kek.get(),
+                              .keyring = keys_.ring.get(),
                               .read_connections = read_connections,
                               .index_key = &index_key_,
                               .base_url = "https://fhir.example.org/r4"})
@@ -302,7 +304,7 @@ class StoreSearchTest : public ::testing::Test {
   }
 
   std::string dir_;
-  std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  testing_util::TestKeys keys_;
   SecretBytes index_key_{std::string(32, 'k')};
   std::unique_ptr<ResourceStore> store_;
 };
@@ -1277,6 +1279,68 @@ TEST_F(StoreSearchTest, TimeBudgetInterruptsACostlyQuery) {
   // A generous budget is no obstacle.
   q.time_budget_ms = 60000;
   EXPECT_TRUE(store_->Search(q).ok());
+}
+
+// ---- crypto-shredding ----------------------------------------------------------------------------
+
+TEST_F(StoreSearchTest, ErasedPatientLeavesNothingToReadSearchOrList) {
+  Populate();
+  store_->Update({"t1", "Patient", "p1"},
+                 J(R"({"resourceType":"Patient","name":[{"family":"Alpha2"}]})"), std::nullopt,
+                 false)
+      .value();
+  auto destroyed = keys_.ring->ErasePatient("t1", "p1");
+  ASSERT_TRUE(destroyed.ok()) << destroyed.status();
+  EXPECT_EQ(*destroyed, 1u);
+  auto ids = keys_.ring->PatientKeyIds("t1", "p1").value();
+  auto report = store_->ErasePatient("t1", "p1", ids);
+  ASSERT_TRUE(report.ok()) << report.status();
+  // Patient/p1 (2 versions), Observations o1 and o2, and a RiskAssessment.
+  EXPECT_EQ(report->resources, 4u);
+  EXPECT_EQ(report->versions, 5u);
+
+  for (const char* obs : {"o1", "o2"}) {
+    EXPECT_EQ(CodeOf(store_->Read({"t1", "Observation", obs}).status()), ErrorCode::kErased);
+    EXPECT_EQ(CodeOf(store_->ReadVersion({"t1", "Observation", obs}, 1).status()),
+              ErrorCode::kErased);
+  }
+  EXPECT_EQ(CodeOf(store_->Read({"t1", "Patient", "p1"}).status()), ErrorCode::kErased);
+  EXPECT_EQ(CodeOf(store_->History({.tenant = "t1", .type = "Patient", .id = "p1"}).status()),
+            ErrorCode::kErased);
+  // Lists, searches by identifying (blind-indexed) and plain values, and history.
+  EXPECT_THAT(Ids("Patient", {}), ElementsAre("p2", "p3"));
+  EXPECT_THAT(Ids("Patient", {Blind(Kind::kToken, "identifier", {Code("MRN-1")})}), IsEmpty());
+  EXPECT_THAT(Ids("Observation", {C(Kind::kReference, "subject", {Ref("Patient", "p1")})}),
+              IsEmpty());
+  for (const auto& id : Ids("Observation", {})) EXPECT_NE(id, "o1");
+  auto history = store_->History({.tenant = "t1", .count = 500}).value();
+  for (const auto& e : history.entries) {
+    EXPECT_FALSE(e.version.id == "p1" || e.version.id == "o1" || e.version.id == "o2")
+        << e.version.type << "/" << e.version.id;
+  }
+  // Patient/p2 and the rest are untouched.
+  EXPECT_TRUE(store_->Read({"t1", "Patient", "p2"}).ok());
+  EXPECT_TRUE(store_->Read({"t1", "Observation", "o3"}).ok());
+
+  // Running it again finishes nothing new; a later record under the same id is a new resource.
+  EXPECT_EQ(store_->ErasePatient("t1", "p1", ids)->resources, 0u);
+  Create("Patient", "p1", R"({"resourceType":"Patient","name":[{"family":"Again"}]})");
+  auto again = store_->Read({"t1", "Patient", "p1"});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, 1);
+}
+
+TEST_F(StoreSearchTest, ErasureSurvivesAReopenAndAStaleCache) {
+  Populate();
+  ASSERT_TRUE(store_->Read({"t1", "Observation", "o1"}).ok());  // cached, sealed
+  ASSERT_TRUE(keys_.ring->ErasePatient("t1", "p1").ok());
+  // Keys destroyed, rows not yet removed (an interrupted erasure): reads already refuse.
+  EXPECT_EQ(CodeOf(store_->Read({"t1", "Observation", "o1"}).status()), ErrorCode::kErased);
+  auto page = store_->Search(Q("Observation"));
+  ASSERT_TRUE(page.ok()) << page.status();
+  for (const auto& m : page->matches) EXPECT_NE(m.id, "o1");
+  Open();
+  EXPECT_EQ(CodeOf(store_->Read({"t1", "Observation", "o1"}).status()), ErrorCode::kErased);
 }
 
 }  // namespace

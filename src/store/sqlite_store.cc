@@ -10,6 +10,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys(
   request_hash BLOB NOT NULL, status INTEGER NOT NULL, headers TEXT NOT NULL,
   envelope BLOB, created_at TEXT NOT NULL,
   PRIMARY KEY(tenant, client, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS erased_resources(
+  tenant TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, erased_at TEXT NOT NULL,
+  PRIMARY KEY(tenant, type, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store_meta(name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
 // Length-prefixed so that no two (tenant, type, id, version) tuples share bytes.
@@ -207,6 +212,19 @@ class VersionCache {
     }
   }
 
+  // Forgets `k` (its stored versions were rewritten or erased) and moves the
+  // generation on, so no read from before can put the old entry back.
+  void Drop(const ResourceKey& k) {
+    std::string key = KeyOf(k);
+    Shard& sh = ShardOf(key);
+    std::lock_guard<std::mutex> lock(sh.mu);
+    if (auto it = sh.map.find(key); it != sh.map.end()) {
+      sh.bytes -= it->second.bytes;
+      sh.map.erase(it);
+    }
+    ++sh.generation;
+  }
+
  private:
   static constexpr size_t kShards = 16;
   struct Slot {
@@ -233,6 +251,7 @@ class SqliteStore final : public ResourceStore {
  public:
   static absl::StatusOr<std::unique_ptr<ResourceStore>> Open(const SqliteStoreOptions& o) {
     if (o.kek == nullptr) return Error(ErrorCode::kInternal, "store needs a key service");
+    if (o.keyring == nullptr) return Error(ErrorCode::kInternal, "store needs a key ring");
     if (o.index_key == nullptr) return Error(ErrorCode::kInternal, "store needs a blind-index key");
     auto writer = Db::Open(o.path, false);
     if (!writer.ok()) return writer.status();
@@ -241,6 +260,8 @@ class SqliteStore final : public ResourceStore {
          {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
       if (auto s = w.Exec(sql); !s.ok()) return s;
     }
+    // Freed pages are zeroed: an erased patient's ciphertext does not linger in the file.
+    if (auto s = w.Exec("PRAGMA secure_delete=ON"); !s.ok()) return s;
     if (auto s = w.Exec(kSchema); !s.ok()) return s;
     // Checkpoints run on their own thread and connection (passive: they never
     // block the writer or readers), so the writer only appends to the WAL.
@@ -326,7 +347,9 @@ class SqliteStore final : public ResourceStore {
         "WHERE c.tenant = ?1 AND c.type = ?2 AND c.id = ?3");
     if (!st.ok()) return st.status();
     st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
-    return LoadOne(*conn.db, *st, key, generation);
+    auto v = LoadOne(*conn.db, *st, key, generation);
+    if (!v.ok() && CodeOf(v.status()) == ErrorCode::kNotFound) return ErasedOr(*conn.db, key, v);
+    return v;
   }
 
   absl::StatusOr<StoredVersion> ReadVersion(const ResourceKey& key, int64_t version) override {
@@ -340,7 +363,9 @@ class SqliteStore final : public ResourceStore {
         "WHERE v.tenant = ?1 AND v.type = ?2 AND v.id = ?3 AND v.version = ?4");
     if (!st.ok()) return st.status();
     st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id).Bind(4, version);
-    return LoadOne(*conn.db, *st, key);
+    auto v = LoadOne(*conn.db, *st, key);
+    if (!v.ok() && CodeOf(v.status()) == ErrorCode::kNotFound) return ErasedOr(*conn.db, key, v);
+    return v;
   }
 
   absl::StatusOr<StoredVersion> Create(const ResourceKey& key, json::Value resource) override {
@@ -504,6 +529,21 @@ class SqliteStore final : public ResourceStore {
     }
     st->Bind(7, static_cast<int64_t>(q.count) + 1);
     HistoryPage page;
+    if (!q.id.empty() && !q.type.empty() && q.before_seq == 0) {
+      // The history of an erased resource is erased with it.
+      ResourceKey key{q.tenant, q.type, q.id};
+      absl::StatusOr<StoredVersion> none = Error(ErrorCode::kNotFound, "");
+      auto erased = ErasedOr(*conn.db, key, none);
+      if (CodeOf(erased.status()) == ErrorCode::kErased) {
+        auto exists = conn.db->Prepare(
+            "SELECT 1 FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3");
+        if (!exists.ok()) return exists.status();
+        exists->Bind(1, q.tenant).Bind(2, q.type).Bind(3, q.id);
+        auto row = exists->Step();
+        if (!row.ok()) return row.status();
+        if (!*row) return erased.status();
+      }
+    }
     for (;;) {
       auto row = st->Step();
       if (!row.ok()) return row.status();
@@ -522,8 +562,8 @@ class SqliteStore final : public ResourceStore {
       e.version.last_updated = st->Text(5);
       if (!e.version.deleted) {
         e.version.patients = CompartmentsOf(*conn.db, key, e.version.version);
-        auto plain =
-            cipher_.Open(st->Blob(6), ResourceAd(key, e.version.version, e.version.patients));
+        auto plain = OpenRecord(q.tenant, st->Blob(6),
+                                ResourceAd(key, e.version.version, e.version.patients));
         if (!plain.ok()) return plain.status();
         e.version.json = std::move(*plain);
       }
@@ -604,6 +644,226 @@ class SqliteStore final : public ResourceStore {
     });
   }
 
+  absl::StatusOr<EraseReport> ErasePatient(const std::string& tenant, const std::string& patient,
+                                           const std::vector<std::string>& key_ids) override {
+    std::set<std::string> ids(key_ids.begin(), key_ids.end());
+    std::string now = FormatInstant(SystemClock::Get().Now());
+    EraseReport report;
+    std::vector<ResourceKey> erased;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      report = {};
+      erased.clear();
+      std::vector<std::pair<std::string, std::string>> candidates;
+      {
+        auto st = db.Prepare(
+            "SELECT DISTINCT type, id FROM compartment_members WHERE tenant = ?1 AND patient = ?2");
+        if (!st.ok()) return st.status();
+        st->Bind(1, tenant).Bind(2, patient);
+        for (;;) {
+          auto row = st->Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          candidates.emplace_back(st->Text(0), st->Text(1));
+        }
+      }
+      if (std::find(candidates.begin(), candidates.end(),
+                    std::make_pair(std::string("Patient"), patient)) == candidates.end()) {
+        candidates.emplace_back("Patient", patient);
+      }
+      for (const auto& [type, id] : candidates) {
+        ResourceKey key{tenant, type, id};
+        auto st = db.Prepare(
+            "SELECT v.envelope, EXISTS (SELECT 1 FROM compartment_members m WHERE "
+            "m.tenant = v.tenant AND m.type = v.type AND m.id = v.id AND m.version = v.version "
+            "AND m.patient = ?4) FROM resource_versions v "
+            "WHERE v.tenant = ?1 AND v.type = ?2 AND v.id = ?3");
+        if (!st.ok()) return st.status();
+        st->Bind(1, tenant).Bind(2, type).Bind(3, id).Bind(4, patient);
+        bool shred = false;
+        uint64_t versions = 0;
+        for (;;) {
+          auto row = st->Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          ++versions;
+          if (st->IsNull(0)) continue;  // a deletion version
+          std::string envelope = st->Blob(0);
+          if (crypto::KeyRing::IsRecordEnvelope(envelope)) {
+            for (const auto& k : crypto::KeyRing::KeyIdsOf(envelope)) {
+              if (ids.count(k) != 0) shred = true;
+            }
+          } else if (st->Int(1) != 0) {
+            shred = true;  // format 1, in the patient's compartment
+          }
+        }
+        if (!shred) continue;
+        for (const char* sql :
+             {"DELETE FROM resource_versions WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+              "DELETE FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+              "DELETE FROM compartment_members WHERE tenant = ?1 AND type = ?2 AND id = ?3"}) {
+          auto del = db.Prepare(sql);
+          if (!del.ok()) return del.status();
+          del->Bind(1, tenant).Bind(2, type).Bind(3, id);
+          if (auto r = del->Run(); !r.ok()) return r;
+        }
+        if (auto r = internal::DeleteIndex(db, tenant, type, id); !r.ok()) return r;
+        auto mark = db.Prepare(
+            "INSERT OR REPLACE INTO erased_resources(tenant, type, id, erased_at) "
+            "VALUES (?1, ?2, ?3, ?4)");
+        if (!mark.ok()) return mark.status();
+        mark->Bind(1, tenant).Bind(2, type).Bind(3, id).Bind(4, now);
+        if (auto r = mark->Run(); !r.ok()) return r;
+        ++report.resources;
+        report.versions += versions;
+        erased.push_back(key);
+      }
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    for (const auto& key : erased) cache_.Drop(key);
+    return report;
+  }
+
+  absl::StatusOr<ResealProgress> ResealBatch(int64_t after_seq, size_t limit) override {
+    struct Row {
+      int64_t seq;
+      ResourceKey key;
+      int64_t version;
+      std::string old_envelope;
+      std::string new_envelope;
+    };
+    std::vector<Row> todo;
+    ResealProgress progress;
+    progress.last_seq = after_seq;
+    {
+      auto conn = AcquireReader();
+      auto st = conn.db->Prepare(
+          "SELECT seq, tenant, type, id, version, envelope FROM resource_versions "
+          "WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+      if (!st.ok()) return st.status();
+      st->Bind(1, after_seq).Bind(2, static_cast<int64_t>(limit));
+      for (;;) {
+        auto row = st->Step();
+        if (!row.ok()) return row.status();
+        if (!*row) break;
+        ++progress.scanned;
+        progress.last_seq = st->Int(0);
+        if (st->IsNull(5)) continue;
+        std::string envelope = st->Blob(5);
+        bool stale = !crypto::KeyRing::IsRecordEnvelope(envelope);
+        if (!stale) {
+          auto current = options_.keyring->IsCurrent(envelope);
+          if (!current.ok()) return current.status();
+          stale = !*current;
+        }
+        if (!stale) continue;
+        todo.push_back({st->Int(0), {st->Text(1), st->Text(2), st->Text(3)}, st->Int(4),
+                        std::move(envelope), {}});
+      }
+      for (Row& r : todo) {
+        auto patients = CompartmentsOf(*conn.db, r.key, r.version);
+        std::string ad = ResourceAd(r.key, r.version, patients);
+        auto plain = OpenRecord(r.key.tenant, r.old_envelope, ad);
+        if (!plain.ok()) {
+          if (CodeOf(plain.status()) == ErrorCode::kErased) continue;  // shredded: nothing to move
+          return OpenFailure(r.key, r.version, plain.status());
+        }
+        auto sealed = options_.keyring->Seal(r.key.tenant, patients, *plain, ad);
+        if (!sealed.ok()) return sealed.status();
+        r.new_envelope = std::move(*sealed);
+      }
+    }
+    progress.done = progress.scanned < limit;
+    std::erase_if(todo, [](const Row& r) { return r.new_envelope.empty(); });
+    if (todo.empty()) return progress;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      progress.resealed = 0;
+      for (const Row& r : todo) {
+        // Only if the row still holds what was read (never overwrite a concurrent change).
+        auto up = db.Prepare(
+            "UPDATE resource_versions SET envelope = ?1 WHERE seq = ?2 AND envelope = ?3");
+        if (!up.ok()) return up.status();
+        up->BindBlob(1, r.new_envelope).Bind(2, r.seq).BindBlob(3, r.old_envelope);
+        if (auto u = up->Run(); !u.ok()) return u;
+        progress.resealed += static_cast<uint64_t>(sqlite3_changes(db.raw()));
+      }
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    for (const Row& r : todo) cache_.Drop(r.key);
+    return progress;
+  }
+
+  absl::StatusOr<uint64_t> PurgeBefore(const std::string& tenant, const std::string& type,
+                                       const std::string& cutoff, size_t limit) override {
+    std::vector<ResourceKey> purged;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      purged.clear();
+      std::vector<std::string> ids;
+      {
+        auto st = db.Prepare(
+            "SELECT c.id FROM resource_current c JOIN resource_versions v ON v.seq = c.seq "
+            "WHERE c.tenant = ?1 AND c.type = ?2 AND v.last_updated < ?3 LIMIT ?4");
+        if (!st.ok()) return st.status();
+        st->Bind(1, tenant).Bind(2, type).Bind(3, cutoff).Bind(4, static_cast<int64_t>(limit));
+        for (;;) {
+          auto row = st->Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          ids.push_back(st->Text(0));
+        }
+      }
+      for (const auto& id : ids) {
+        for (const char* sql :
+             {"DELETE FROM resource_versions WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+              "DELETE FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+              "DELETE FROM compartment_members WHERE tenant = ?1 AND type = ?2 AND id = ?3"}) {
+          auto del = db.Prepare(sql);
+          if (!del.ok()) return del.status();
+          del->Bind(1, tenant).Bind(2, type).Bind(3, id);
+          if (auto r = del->Run(); !r.ok()) return r;
+        }
+        if (auto r = internal::DeleteIndex(db, tenant, type, id); !r.ok()) return r;
+        purged.push_back({tenant, type, id});
+      }
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    for (const auto& key : purged) cache_.Drop(key);
+    return static_cast<uint64_t>(purged.size());
+  }
+
+  absl::StatusOr<uint64_t> CountVersionsAfter(int64_t after_seq) override {
+    auto conn = AcquireReader();
+    auto st = conn.db->Prepare("SELECT COUNT(*) FROM resource_versions WHERE seq > ?1");
+    if (!st.ok()) return st.status();
+    st->Bind(1, after_seq);
+    auto row = st->Step();
+    if (!row.ok()) return row.status();
+    return static_cast<uint64_t>(st->Int(0));
+  }
+
+  absl::StatusOr<std::string> GetMeta(const std::string& name) override {
+    auto conn = AcquireReader();
+    auto st = conn.db->Prepare("SELECT value FROM store_meta WHERE name = ?1");
+    if (!st.ok()) return st.status();
+    st->Bind(1, name);
+    auto row = st->Step();
+    if (!row.ok()) return row.status();
+    return *row ? st->Text(0) : std::string();
+  }
+
+  absl::Status PutMeta(const std::string& name, const std::string& value) override {
+    return SubmitWrite([&](Db& db) -> absl::Status {
+      auto st = db.Prepare(
+          "INSERT INTO store_meta(name, value) VALUES (?1, ?2) "
+          "ON CONFLICT(name) DO UPDATE SET value = excluded.value");
+      if (!st.ok()) return st.status();
+      st->Bind(1, name).Bind(2, value);
+      return st->Run();
+    });
+  }
+
   absl::StatusOr<SearchPage> Search(const SearchQuery& q) override {
     internal::SearchIds ids;
     {
@@ -621,7 +881,10 @@ class SqliteStore final : public ResourceStore {
     for (const std::string& id : ids.ids) {
       auto v = Read({q.tenant, q.type, id});
       if (!v.ok()) {
-        if (CodeOf(v.status()) == ErrorCode::kNotFound) continue;  // deleted meanwhile
+        // Deleted or erased meanwhile.
+        if (CodeOf(v.status()) == ErrorCode::kNotFound || CodeOf(v.status()) == ErrorCode::kErased) {
+          continue;
+        }
         return v.status();
       }
       if (v->deleted) continue;
@@ -877,7 +1140,7 @@ class SqliteStore final : public ResourceStore {
     }
     for (auto& [tenant, type, id, ver, envelope] : rows) {
       ResourceKey key{tenant, type, id};
-      auto plain = cipher_.Open(envelope, ResourceAd(key, ver, CompartmentsOf(db, key, ver)));
+      auto plain = OpenRecord(tenant, envelope, ResourceAd(key, ver, CompartmentsOf(db, key, ver)));
       if (!plain.ok()) continue;  // unreadable versions stay unindexed (reads report them)
       auto resource = json::Parse(*plain);
       if (!resource.ok()) continue;
@@ -950,7 +1213,8 @@ class SqliteStore final : public ResourceStore {
           internal::BuildIndexRows(BlindFor(key.tenant), key.type, resource, options_.base_url);
     }
     p.json = json::Write(resource);
-    auto sealed = cipher_.Seal(p.json, ResourceAd(key, version, patients));
+    auto sealed =
+        options_.keyring->Seal(key.tenant, patients, p.json, ResourceAd(key, version, patients));
     if (!sealed.ok()) return sealed.status();
     p.envelope = std::move(*sealed);
     return p;
@@ -966,11 +1230,8 @@ class SqliteStore final : public ResourceStore {
     v.last_updated = e.last_updated;
     v.patients = e.patients;
     if (v.deleted) return v;
-    auto plain = cipher_.Open(e.envelope, ResourceAd(key, v.version, v.patients));
-    if (!plain.ok()) {
-      return Error(ErrorCode::kDecryptionFailed,
-                   key.type + "/" + key.id + " version " + std::to_string(v.version));
-    }
+    auto plain = OpenRecord(key.tenant, e.envelope, ResourceAd(key, v.version, v.patients));
+    if (!plain.ok()) return OpenFailure(key, v.version, plain.status());
     v.json = std::move(*plain);
     return v;
   }
@@ -1006,18 +1267,46 @@ class SqliteStore final : public ResourceStore {
       return v;
     }
     std::string envelope = st.Blob(3);
-    auto plain = cipher_.Open(envelope, ResourceAd(key, v.version, v.patients));
-    if (!plain.ok()) {
-      // Never cached: a tampered row keeps failing from the database.
-      return Error(ErrorCode::kDecryptionFailed,
-                   key.type + "/" + key.id + " version " + std::to_string(v.version));
-    }
+    auto plain = OpenRecord(key.tenant, envelope, ResourceAd(key, v.version, v.patients));
+    // Never cached: a tampered row keeps failing from the database.
+    if (!plain.ok()) return OpenFailure(key, v.version, plain.status());
     v.json = std::move(*plain);
     if (cache_generation) {
       cache_.Offer(key, {v.version, false, v.last_updated, std::move(envelope), v.patients},
                    *cache_generation, false);
     }
     return v;
+  }
+
+  // Format 2 (key ring) or format 1 (one data key wrapped by the KEK, from
+  // before the key ring; `fhirward keys rewrap` re-seals those).
+  absl::StatusOr<std::string> OpenRecord(const std::string& tenant, std::string_view envelope,
+                                         const std::string& ad) const {
+    if (crypto::KeyRing::IsRecordEnvelope(envelope)) {
+      return options_.keyring->Open(tenant, envelope, ad);
+    }
+    return cipher_.Open(envelope, ad);
+  }
+
+  static absl::Status OpenFailure(const ResourceKey& key, int64_t version,
+                                  const absl::Status& why) {
+    if (CodeOf(why) == ErrorCode::kErased) {
+      return Error(ErrorCode::kErased, key.type + "/" + key.id);
+    }
+    return Error(ErrorCode::kDecryptionFailed,
+                 key.type + "/" + key.id + " version " + std::to_string(version));
+  }
+
+  // `not_found` unless the resource was erased (crypto-shredded), then kErased.
+  static absl::StatusOr<StoredVersion> ErasedOr(Db& db, const ResourceKey& key,
+                                                absl::StatusOr<StoredVersion>& not_found) {
+    auto st = db.Prepare(
+        "SELECT erased_at FROM erased_resources WHERE tenant = ?1 AND type = ?2 AND id = ?3");
+    if (!st.ok()) return not_found;
+    st->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+    auto row = st->Step();
+    if (!row.ok() || !*row) return not_found;
+    return Error(ErrorCode::kErased, key.type + "/" + key.id + " (erased " + st->Text(0) + ")");
   }
 
   static std::vector<std::string> CompartmentsOf(Db& db, const ResourceKey& key, int64_t version) {
@@ -1076,6 +1365,14 @@ class SqliteStore final : public ResourceStore {
       if (!m.ok()) return m.status();
       m->Bind(1, key.tenant).Bind(2, patient).Bind(3, key.type).Bind(4, key.id).Bind(5, p.version);
       if (auto s = m->Run(); !s.ok()) return s;
+    }
+    if (p.version == 1) {
+      // A resource created again under the id of an erased one.
+      auto un = db.Prepare(
+          "DELETE FROM erased_resources WHERE tenant = ?1 AND type = ?2 AND id = ?3");
+      if (!un.ok()) return un.status();
+      un->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
+      if (auto s = un->Run(); !s.ok()) return s;
     }
     // The index describes the current version only.
     if (deleted) return internal::DeleteIndex(db, key.tenant, key.type, key.id);

@@ -17,6 +17,8 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "crypto/envelope.h"
+#include "crypto/test_util.h"
 #include "crypto/kms.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -152,7 +154,7 @@ class SqliteStoreTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     std::filesystem::create_directory(DbDir());
-    kek_ = crypto::OpenLocalKeyFile(dir_ + "/kek", /*create=*/true).value();
+    keys_ = testing_util::MakeTestKeys(dir_ + "/kek", dir_ + "/keys.db");
     Reopen();
   }
   void TearDown() override {
@@ -163,17 +165,19 @@ class SqliteStoreTest : public ::testing::Test {
   std::string DbDir() const { return dir_ + "/db"; }
   std::string DbPath() const { return DbDir() + "/store.db"; }
 
-  // Closes the store (if open) and opens it again, with `kek` or the test's KEK.
-  void Reopen(const crypto::KeyEncryptionService* kek = nullptr) {
+  // Closes the store (if open) and opens it again, with `other` keys or the test's.
+  void Reopen(testing_util::TestKeys* other = nullptr) {
     store_.reset();
-    store_ =
-        OpenSqliteStore(
-            {.path = DbPath(), .kek = kek != nullptr ? kek : kek_.get(), .index_key = &index_key_})
-            .value();
+    testing_util::TestKeys& k = other != nullptr ? *other : keys_;
+    store_ = OpenSqliteStore({.path = DbPath(),
+                              .kek = k.kek.get(),
+                              .keyring = k.ring.get(),
+                              .index_key = &index_key_})
+                 .value();
   }
 
   std::string dir_;
-  std::unique_ptr<crypto::KeyEncryptionService> kek_;
+  testing_util::TestKeys keys_;
   SecretBytes index_key_{std::string(32, 'k')};
   std::unique_ptr<ResourceStore> store_;
 };
@@ -530,8 +534,9 @@ TEST_F(SqliteStoreTest, OtherKekCannotRead) {
   const ResourceKey key = Key("Patient", "p1");
   store_->Create(key, Patient("A")).value();
   store_->PutIdempotency("t1", "c", "k", {.status = 200, .response_body = "body"}).value();
-  auto other = crypto::OpenLocalKeyFile(dir_ + "/kek2", /*create=*/true).value();
-  Reopen(other.get());
+  // Another KEK over the same vault: the tenant key does not unwrap.
+  auto other = testing_util::MakeTestKeys(dir_ + "/kek2", dir_ + "/keys.db");
+  Reopen(&other);
   EXPECT_EQ(Code(store_->Read(key)), ErrorCode::kDecryptionFailed);
   EXPECT_EQ(Code(store_->ReadVersion(key, 1)), ErrorCode::kDecryptionFailed);
   EXPECT_EQ(Code(store_->History({.tenant = "t1"})), ErrorCode::kDecryptionFailed);
@@ -665,7 +670,8 @@ namespace {
 TEST_F(SqliteStoreTest, TinyCacheNeverServesAVersionOlderThanAnAcknowledgedWrite) {
   // 16 KiB over 16 shards: shards are emptied all the time.
   auto small = OpenSqliteStore({.path = dir_ + "/small.db",
-                                .kek = kek_.get(),
+                                .kek = keys_.kek.get(),
+                                .keyring = keys_.ring.get(),
                                 .cache_bytes = 16384,
                                 .index_key = &index_key_})
                    .value();
@@ -699,6 +705,93 @@ TEST_F(SqliteStoreTest, TinyCacheNeverServesAVersionOlderThanAnAcknowledgedWrite
   for (int i = 0; i < kKeys; ++i) {
     EXPECT_TRUE(small->Read(Key("Patient", "k" + std::to_string(i))).value().deleted);
   }
+}
+
+// ---- key rotation: re-sealing records --------------------------------------------------------
+
+// The associated data the store binds (kept in step with sqlite_store.cc).
+std::string ResourceAdForTest(const ResourceKey& k, int64_t version,
+                              std::vector<std::string> patients) {
+  std::sort(patients.begin(), patients.end());
+  std::vector<std::string> parts = {"fhirward-resource-v1", k.tenant, k.type, k.id,
+                                    std::to_string(version), "patients"};
+  for (const auto& p : patients) parts.push_back(p);
+  std::string out;
+  for (const auto& p : parts) out += std::to_string(p.size()) + ":" + p;
+  return out;
+}
+
+TEST_F(SqliteStoreTest, ResealMovesRecordsToTheCurrentKeysInResumableBatches) {
+  for (int i = 0; i < 10; ++i) {
+    store_->Create(Key("Observation", "o" + std::to_string(i)), ObservationOf("p" + std::to_string(i % 3)))
+        .value();
+  }
+  store_->Create(Key("Patient", "p0"), Patient("Zero")).value();
+  ASSERT_TRUE(keys_.ring->RotateTenant("t1").ok());
+  EXPECT_EQ(keys_.ring->Status()->stale_data_keys, 3u);  // p0, p1 and p2
+  int64_t cursor = 0;
+  uint64_t resealed = 0, scanned = 0;
+  int batches = 0;
+  for (;;) {
+    auto p = store_->ResealBatch(cursor, 4);
+    ASSERT_TRUE(p.ok()) << p.status();
+    ++batches;
+    scanned += p->scanned;
+    resealed += p->resealed;
+    cursor = p->last_seq;
+    // Interrupted after the first batch: a new store (a new process) resumes at the cursor.
+    if (batches == 1) Reopen();
+    if (p->done) break;
+  }
+  EXPECT_EQ(scanned, 11u);
+  EXPECT_EQ(resealed, 11u);
+  EXPECT_EQ(batches, 3);
+  EXPECT_EQ(store_->ResealBatch(0, 100)->resealed, 0u) << "nothing left under old keys";
+  ASSERT_TRUE(keys_.ring->RewrapKeys().ok());
+  auto status = keys_.ring->Status().value();
+  EXPECT_EQ(status.stale_data_keys, 0u);
+  EXPECT_TRUE(status.tenant_keys[0].destroyed) << "tenant key v1 is retired";
+  Reopen();
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_TRUE(store_->Read(Key("Observation", "o" + std::to_string(i))).ok()) << i;
+  }
+  EXPECT_EQ(FamilyOf(store_->Read(Key("Patient", "p0")).value().json), "Zero");
+}
+
+TEST_F(SqliteStoreTest, Format1EnvelopesFromBeforeTheKeyRingOpenAndAreResealed) {
+  const ResourceKey key = Key("Observation", "legacy");
+  StoredVersion v = store_->Create(key, ObservationOf("p7")).value();
+  store_.reset();
+  crypto::EnvelopeCipher v1(keys_.kek.get());
+  std::string legacy = v1.Seal(v.json, ResourceAdForTest(key, 1, {"p7"})).value();
+  EXPECT_FALSE(crypto::KeyRing::IsRecordEnvelope(legacy));
+  EditEnvelopes(DbPath(), [&](Envelopes& e) { e.at("t1/Observation/legacy/1") = legacy; });
+  Reopen();
+  EXPECT_EQ(store_->Read(key).value().json, v.json);
+  auto p = store_->ResealBatch(0, 100);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->resealed, 1u);
+  store_.reset();
+  EditEnvelopes(DbPath(), [&](Envelopes& e) {
+    EXPECT_TRUE(crypto::KeyRing::IsRecordEnvelope(*e.at("t1/Observation/legacy/1")));
+  });
+  Reopen();
+  EXPECT_EQ(store_->Read(key).value().json, v.json);
+}
+
+TEST_F(SqliteStoreTest, ErasureShredsFormat1RecordsOfThePatientToo) {
+  const ResourceKey key = Key("Observation", "legacy");
+  StoredVersion v = store_->Create(key, ObservationOf("p7")).value();
+  store_.reset();
+  crypto::EnvelopeCipher v1(keys_.kek.get());
+  std::string legacy = v1.Seal(v.json, ResourceAdForTest(key, 1, {"p7"})).value();
+  EditEnvelopes(DbPath(), [&](Envelopes& e) { e.at("t1/Observation/legacy/1") = legacy; });
+  Reopen();
+  ASSERT_TRUE(keys_.ring->ErasePatient("t1", "p7").ok());
+  auto report = store_->ErasePatient("t1", "p7", keys_.ring->PatientKeyIds("t1", "p7").value());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->resources, 1u);
+  EXPECT_EQ(Code(store_->Read(key)), ErrorCode::kErased);
 }
 
 }  // namespace
