@@ -10,6 +10,7 @@
 #include "policy/policy_set.h"
 #include "policy/scenario.h"
 #include "server/admin.h"
+#include "server/backup.h"
 #include "server/key_admin.h"
 #include "server/app.h"
 
@@ -207,6 +208,23 @@ int main(int argc, char** argv) {
   erase_cmd->add_option("--reason", erase.reason, "Why (recorded in the audit trail)")->required();
   erase_cmd->add_option("--tenant", erase.tenant, "Tenant (default: default)");
 
+  server::BackupArgs backup;
+  CLI::App* backup_cmd =
+      app.add_subcommand("backup", "Encrypted online backup with a signed manifest (no keys in it)");
+  backup_cmd->add_option("--data-dir", backup.data_dir, "Data directory")->required();
+  backup_cmd->add_option("--to", backup.to, "A new directory for the backup")->required();
+  server::RestoreArgs restore;
+  CLI::App* restore_cmd = app.add_subcommand(
+      "restore", "Verify a backup and restore it into a new data directory");
+  restore_cmd->add_option("--data-dir", restore.data_dir,
+                          "The live instance whose KMS, key vault and key the backup needs")
+      ->required();
+  restore_cmd->add_option("--from", restore.from, "Backup directory")->required();
+  restore_cmd->add_option("--to", restore.to, "A new data directory")->required();
+  restore_cmd->add_flag("--verify", restore.verify,
+                        "Check the audit chain and open a sample of records");
+  restore_cmd->add_option("--sample", restore.sample, "Records opened by --verify (default 1000)");
+
   CLI::App* tenant_cmd = app.add_subcommand("tenant", "Tenants");
   tenant_cmd->require_subcommand(1);
   std::string decommission_tenant, decommission_confirm;
@@ -282,6 +300,8 @@ int main(int argc, char** argv) {
   if (keys_rotate->parsed()) return done(server::KeysRotateSigning(rotate, std::cout));
   if (keys_list->parsed()) return done(server::KeysList(keys_dir, std::cout));
   if (keys_status->parsed()) return done(server::KeysStatus(keys_dir, std::cout));
+  if (backup_cmd->parsed()) return done(server::Backup(backup, std::cout));
+  if (restore_cmd->parsed()) return done(server::Restore(restore, std::cout));
   if (keys_rotate_kek->parsed() || keys_rotate_tenant->parsed() || keys_rewrap->parsed() ||
       erase_cmd->parsed() || tenant_decommission->parsed()) {
     auto line = [] {

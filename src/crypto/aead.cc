@@ -189,4 +189,19 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+SecretBytes HkdfSha256(const SecretBytes& ikm, std::string_view salt, std::string_view info) {
+  unsigned char prk[EVP_MAX_MD_SIZE];
+  unsigned int prk_len = 0;
+  HMAC(EVP_sha256(), salt.data(), static_cast<int>(salt.size()),
+       reinterpret_cast<const unsigned char*>(ikm.UnsafeView().data()), ikm.size(), prk, &prk_len);
+  std::string t(info);
+  t.push_back('\x01');
+  SecretBytes okm(kAes256KeyBytes);
+  unsigned int okm_len = 0;
+  HMAC(EVP_sha256(), prk, static_cast<int>(prk_len), reinterpret_cast<const unsigned char*>(t.data()),
+       t.size(), reinterpret_cast<unsigned char*>(okm.UnsafeMutableData()), &okm_len);
+  OPENSSL_cleanse(prk, sizeof prk);
+  return okm;
+}
+
 }  // namespace fhirward::crypto

@@ -45,6 +45,8 @@ class Aead {
 std::string Sha256(std::string_view data);                            // 32 raw bytes
 std::string HmacSha256(std::string_view key, std::string_view data);  // 32 raw bytes
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
+// HKDF-SHA256 (RFC 5869) with a 32-byte output: a key derived from `ikm`.
+SecretBytes HkdfSha256(const SecretBytes& ikm, std::string_view salt, std::string_view info);
 
 }  // namespace fhirward::crypto
 

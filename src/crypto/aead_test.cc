@@ -109,3 +109,20 @@ TEST(Hash, ConstantTimeEquals) {
 
 }  // namespace
 }  // namespace fhirward::crypto
+
+namespace fhirward::crypto {
+namespace {
+
+TEST(Hkdf, Rfc5869TestCase1FirstBlock) {
+  SecretBytes ikm(std::string(22, '\x0b'));
+  std::string salt;
+  for (int i = 0; i <= 0x0c; ++i) salt.push_back(static_cast<char>(i));
+  std::string info;
+  for (int i = 0xf0; i <= 0xf9; ++i) info.push_back(static_cast<char>(i));
+  SecretBytes okm = HkdfSha256(ikm, salt, info);
+  EXPECT_EQ(HexEncode(std::string(okm.UnsafeView())),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf");
+}
+
+}  // namespace
+}  // namespace fhirward::crypto

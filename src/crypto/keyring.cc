@@ -59,21 +59,8 @@ std::string DataKeyAd(std::string_view tenant, std::string_view scope, int64_t v
 
 std::string Now() { return FormatInstant(SystemClock::Get().Now()); }
 
-// HKDF-SHA256 (RFC 5869) with one 32-byte output block.
 SecretBytes DeriveRecordKey(const SecretBytes& ikm, std::string_view salt) {
-  unsigned char prk[EVP_MAX_MD_SIZE];
-  unsigned int prk_len = 0;
-  HMAC(EVP_sha256(), salt.data(), static_cast<int>(salt.size()),
-       reinterpret_cast<const unsigned char*>(ikm.UnsafeView().data()), ikm.size(), prk, &prk_len);
-  std::string info(kRecordInfo);
-  info.push_back('\x01');
-  SecretBytes okm(kAes256KeyBytes);
-  unsigned int okm_len = 0;
-  HMAC(EVP_sha256(), prk, static_cast<int>(prk_len),
-       reinterpret_cast<const unsigned char*>(info.data()), info.size(),
-       reinterpret_cast<unsigned char*>(okm.UnsafeMutableData()), &okm_len);
-  OPENSSL_cleanse(prk, sizeof prk);
-  return okm;
+  return HkdfSha256(ikm, salt, kRecordInfo);
 }
 
 // A minimal RAII statement over the raw SQLite API (crypto does not depend on store).
@@ -819,6 +806,21 @@ absl::StatusOr<std::vector<std::string>> KeyRing::Tenants() {
     if (!row.ok()) return row.status();
     if (!*row) break;
     out.push_back(st.Text(0));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> KeyRing::Erasures() {
+  std::lock_guard lk(impl_->mu);
+  Stmt st(impl_->db,
+          "SELECT tenant, substr(scope, 9) FROM data_keys WHERE scope LIKE 'patient:%' "
+          "GROUP BY tenant, scope HAVING SUM(destroyed IS NULL) = 0 ORDER BY tenant, scope");
+  std::vector<std::pair<std::string, std::string>> out;
+  while (true) {
+    auto row = st.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    out.emplace_back(st.Text(0), st.Text(1));
   }
   return out;
 }

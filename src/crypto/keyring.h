@@ -117,6 +117,8 @@ class KeyRing {
   absl::StatusOr<std::optional<std::string>> ErasedAt(const std::string& tenant,
                                                       const std::string& patient);
   absl::StatusOr<std::vector<std::string>> Tenants();
+  // (tenant, patient) of every erased patient (a tombstone, no live key).
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Erasures();
   absl::StatusOr<KeyRingStatus> Status();
   // Emits an "unwrap-count" event with the KEK unwraps since the last call.
   void ReportUnwrapCount();

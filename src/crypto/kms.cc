@@ -261,10 +261,21 @@ absl::StatusOr<SecretBytes> VersionedKek::Unwrap(std::string_view wrapped,
                   wrapped.substr(0, kVersionMagic.size()) == kVersionMagic;
   uint32_t version = VersionOf(wrapped);
   std::shared_ptr<KeyEncryptionService> key;
-  {
+  auto find = [&] {
     std::lock_guard lk(mu_);
     auto it = keys_.find(version);
     if (it != keys_.end()) key = it->second;
+  };
+  find();
+  if (key == nullptr) {
+    // A version created since we loaded (`fhirward keys rotate-kek` in another
+    // process): look again, at most once a second.
+    const int64_t now = SystemClock::Get().NowSeconds();
+    int64_t last = last_reload_.load();
+    if (now != last && last_reload_.compare_exchange_strong(last, now)) {
+      (void)const_cast<VersionedKek*>(this)->Reload();
+      find();
+    }
   }
   if (key == nullptr) {
     return Error(ErrorCode::kDecryptionFailed,

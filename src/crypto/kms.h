@@ -85,6 +85,8 @@ class VersionedKek final : public KeyEncryptionService {
   // Destroys an older version. Refuses the current one.
   absl::Status Destroy(uint32_t version);
   KeyManagementService& backend() { return *backend_; }
+  // Reload() is also done by Unwrap itself when a blob names a version it does
+  // not hold yet (at most once a second).
   // Number of Unwrap calls since the last call (for the audited unwrap count).
   uint64_t TakeUnwrapCount() const { return unwraps_.exchange(0); }
 
@@ -95,6 +97,7 @@ class VersionedKek final : public KeyEncryptionService {
   mutable std::mutex mu_;
   std::map<uint32_t, std::shared_ptr<KeyEncryptionService>> keys_;
   mutable std::atomic<uint64_t> unwraps_{0};
+  mutable std::atomic<int64_t> last_reload_{0};
 };
 
 // A 32-byte AES-256 KEK in a file (raw bytes). When the file is missing and

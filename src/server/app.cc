@@ -224,8 +224,10 @@ class Janitor {
  public:
   Janitor(store::ResourceStore* store, int ttl_seconds, crypto::KeyRing* keyring,
           int unwrap_report_seconds, std::string tenant,
-          std::vector<std::pair<std::string, int>> retention, audit::AuditLog* audit)
-      : store_(store),
+          std::vector<std::pair<std::string, int>> retention, audit::AuditLog* audit,
+          crypto::VersionedKek* kek)
+      : kek_(kek),
+        store_(store),
         ttl_(ttl_seconds),
         keyring_(keyring),
         report_(unwrap_report_seconds),
@@ -253,6 +255,10 @@ class Janitor {
         LogEvent(LogLevel::kWarn, "idempotency_expiry_failed", {});
       }
       Purge();
+      // A KEK version made by `fhirward keys rotate-kek` is used for new wraps.
+      if (auto s = kek_->Reload(); !s.ok()) {
+        LogEvent(LogLevel::kWarn, "kek_reload_failed", {});
+      }
       // The audited count of key unwraps, once per period.
       if (std::chrono::steady_clock::now() - last_report_ >= std::chrono::seconds(report_)) {
         keyring_->ReportUnwrapCount();
@@ -289,6 +295,7 @@ class Janitor {
       }
     }
   }
+  crypto::VersionedKek* kek_;
   store::ResourceStore* store_;
   int ttl_;
   crypto::KeyRing* keyring_;
@@ -596,7 +603,7 @@ absl::Status Serve(const ServeArgs& args) {
   });
   Janitor janitor(store->get(), config.idempotency_ttl_seconds, &inst.keyring(),
                   config.key_unwrap_report_seconds, config.tenant, config.retention_days,
-                  audit_log->get());
+                  audit_log->get(), &inst.versioned_kek());
   LogEvent(LogLevel::kInfo, "listening",
            {{"url", LogValue(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
             {"tls_min_version", LogValue(config.tls_min_version)}});
