@@ -4,7 +4,7 @@ DATA_DIR ?= data
 LISTEN ?= 127.0.0.1:8443
 JOBS ?= 2
 
-.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token bench-policy conformance format clean
+.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token bench-policy bench-crypto conformance format clean
 
 all: build
 
@@ -61,6 +61,11 @@ bench-token: build
 
 # Authorization decision cost (request step + per-resource step) with policies/default.toml;
 # bench/results/policy-DATE.txt.
+# Record seal/open per size beside `openssl speed -evp aes-256-gcm`, and uncached opens
+# with a local and a SoftHSM2 KEK; bench/results/crypto-DATE.txt.
+bench-crypto: build
+	@bench/crypto-run $(BUILD_DIR)/bench/crypto_bench
+
 bench-policy: build
 	@mkdir -p bench/results
 	@taskset -c 0 $(BUILD_DIR)/bench/policy_bench --benchmark_min_time=0.5 | tee bench/results/policy-$$(date +%F).txt

@@ -260,6 +260,7 @@ class SqliteAuditLog final : public AuditLog {
     for (auto [slot, sql] : {
              std::pair{&begin_, "BEGIN IMMEDIATE"},
              std::pair{&head_, "SELECT seq, hash, mac FROM audit_anchor WHERE id = 1"},
+             std::pair{&hash_at_, "SELECT hash FROM audit_records WHERE seq = ?1"},
              std::pair{&commit_, "COMMIT"},
              std::pair{&rollback_, "ROLLBACK"},
              std::pair{&insert_,
@@ -389,8 +390,12 @@ class SqliteAuditLog final : public AuditLog {
           int64_t stored_seq = sqlite3_column_int64(head_.get(), 0);
           std::string stored_hash(ColumnBlob(head_.get(), 1));
           std::string stored_mac(ColumnBlob(head_.get(), 2));
-          if (stored_seq != seq && stored_hash.size() == kHashBytes &&
-              crypto::ConstantTimeEquals(stored_mac, AnchorMac(mac_key_, stored_seq, stored_hash))) {
+          // Only forward, and only from our own head: the stored record at our
+          // head's position must be our head (an older anchor replayed over a
+          // truncated table is not adopted; the chain check then fails loudly).
+          if (stored_seq > seq && stored_hash.size() == kHashBytes &&
+              crypto::ConstantTimeEquals(stored_mac, AnchorMac(mac_key_, stored_seq, stored_hash)) &&
+              StoredHashAt(seq) == hash) {
             seq = stored_seq;
             hash = stored_hash;
             head_seq_ = seq;
@@ -471,10 +476,19 @@ class SqliteAuditLog final : public AuditLog {
     head_hash_ = tail->last_hash;
   }
 
+  // The hash of record `seq` as stored (32 zero bytes for seq 0; "" if absent).
+  std::string StoredHashAt(int64_t seq) {
+    if (seq == 0) return std::string(kHashBytes, '\0');
+    StmtScope scope(hash_at_.get());
+    sqlite3_bind_int64(hash_at_.get(), 1, seq);
+    if (sqlite3_step(hash_at_.get()) != SQLITE_ROW) return "";
+    return std::string(ColumnBlob(hash_at_.get(), 0));
+  }
+
   DbPtr db_;  // used by the writer thread only (after Init)
   SecretBytes mac_key_;
   AuditOptions options_;
-  StmtPtr begin_, commit_, rollback_, insert_, anchor_, head_;
+  StmtPtr begin_, commit_, rollback_, insert_, anchor_, head_, hash_at_;
 
   // Chain head; writer thread only.
   int64_t head_seq_;

@@ -224,6 +224,9 @@ int main(int argc, char** argv) {
   restore_cmd->add_flag("--verify", restore.verify,
                         "Check the audit chain and open a sample of records");
   restore_cmd->add_option("--sample", restore.sample, "Records opened by --verify (default 1000)");
+  restore_cmd->add_option("--admin", restore.admin,
+                          "User with the key-admin role (password, then TOTP code, on standard input)")
+      ->required();
 
   CLI::App* tenant_cmd = app.add_subcommand("tenant", "Tenants");
   tenant_cmd->require_subcommand(1);
@@ -301,7 +304,14 @@ int main(int argc, char** argv) {
   if (keys_list->parsed()) return done(server::KeysList(keys_dir, std::cout));
   if (keys_status->parsed()) return done(server::KeysStatus(keys_dir, std::cout));
   if (backup_cmd->parsed()) return done(server::Backup(backup, std::cout));
-  if (restore_cmd->parsed()) return done(server::Restore(restore, std::cout));
+  if (restore_cmd->parsed()) {
+    std::getline(std::cin, restore.password);
+    std::getline(std::cin, restore.totp);
+    for (std::string* l : {&restore.password, &restore.totp}) {
+      while (!l->empty() && (l->back() == '\n' || l->back() == '\r')) l->pop_back();
+    }
+    return done(server::Restore(restore, std::cout));
+  }
   if (keys_rotate_kek->parsed() || keys_rotate_tenant->parsed() || keys_rewrap->parsed() ||
       erase_cmd->parsed() || tenant_decommission->parsed()) {
     auto line = [] {

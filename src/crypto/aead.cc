@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/core_names.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
@@ -189,17 +190,52 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+namespace {
+
+// HMAC-SHA-256 without a provider lookup per call: a context with the digest
+// set is made once, and each call duplicates it and sets only the key.
+const EVP_MAC_CTX* HmacTemplate() {
+  static EVP_MAC_CTX* const tmpl = [] {
+    EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    EVP_MAC_CTX* ctx = mac ? EVP_MAC_CTX_new(mac) : nullptr;
+    EVP_MAC_free(mac);
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+                           OSSL_PARAM_construct_end()};
+    if (ctx == nullptr || EVP_MAC_CTX_set_params(ctx, params) != 1) {
+      std::fputs("fatal: OpenSSL has no HMAC-SHA-256\n", stderr);
+      std::abort();
+    }
+    return ctx;
+  }();
+  return tmpl;
+}
+
+void HmacInto(std::string_view key, std::string_view data, unsigned char out[32]) {
+  EVP_MAC_CTX* ctx = EVP_MAC_CTX_dup(HmacTemplate());
+  size_t len = 0;
+  static const unsigned char kEmpty[1] = {0};
+  bool ok = ctx != nullptr &&
+            EVP_MAC_init(ctx, key.empty() ? kEmpty : U(key), key.size(), nullptr) == 1 &&
+            EVP_MAC_update(ctx, data.empty() ? kEmpty : U(data), data.size()) == 1 &&
+            EVP_MAC_final(ctx, out, &len, 32) == 1 && len == 32;
+  EVP_MAC_CTX_free(ctx);
+  if (!ok) {
+    std::fputs("fatal: HMAC-SHA-256 failed\n", stderr);
+    std::abort();
+  }
+}
+
+}  // namespace
+
 SecretBytes HkdfSha256(const SecretBytes& ikm, std::string_view salt, std::string_view info) {
-  unsigned char prk[EVP_MAX_MD_SIZE];
-  unsigned int prk_len = 0;
-  HMAC(EVP_sha256(), salt.data(), static_cast<int>(salt.size()),
-       reinterpret_cast<const unsigned char*>(ikm.UnsafeView().data()), ikm.size(), prk, &prk_len);
+  unsigned char prk[32];
+  HmacInto(salt, ikm.UnsafeView(), prk);
   std::string t(info);
   t.push_back('\x01');
   SecretBytes okm(kAes256KeyBytes);
-  unsigned int okm_len = 0;
-  HMAC(EVP_sha256(), prk, static_cast<int>(prk_len), reinterpret_cast<const unsigned char*>(t.data()),
-       t.size(), reinterpret_cast<unsigned char*>(okm.UnsafeMutableData()), &okm_len);
+  HmacInto(std::string_view(reinterpret_cast<const char*>(prk), sizeof prk), t,
+           reinterpret_cast<unsigned char*>(okm.UnsafeMutableData()));
   OPENSSL_cleanse(prk, sizeof prk);
   return okm;
 }

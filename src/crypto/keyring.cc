@@ -165,8 +165,17 @@ struct KeyRing::Impl {
   std::map<std::pair<std::string, uint32_t>, TenantKey> tenant_keys;  // (tenant, version)
   std::map<std::pair<std::string, std::string>, std::string> current;  // (tenant, scope) → id
   uint64_t data_key_unwraps = 0;
+  // Key events of a locked section, emitted once the lock is released (the
+  // sink appends to the audit trail, which waits for a disk sync).
+  std::vector<KeyEvent> pending;
+  std::vector<KeyEvent> TakePending() {
+    std::vector<KeyEvent> out;
+    out.swap(pending);
+    return out;
+  }
 
   ~Impl() {
+    sqlite3_finalize(data_version_stmt);
     if (db != nullptr) sqlite3_close(db);
   }
 
@@ -204,19 +213,28 @@ struct KeyRing::Impl {
 
   // Another process changed the vault (an erasure, a rotation): forget every
   // cached key before using one.
-  void SyncLocked() {
-    Stmt st(db, "PRAGMA data_version");
-    auto row = st.Step();
-    if (!row.ok() || !*row) {
+  // PRAGMA data_version takes file locks (a few µs of system calls), so it is
+  // asked at most every kSyncInterval; `force` asks now.
+  static constexpr std::chrono::milliseconds kSyncInterval{20};
+  std::chrono::steady_clock::time_point last_sync;
+  void SyncLocked(bool force = false) {
+    auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_sync < kSyncInterval) return;
+    last_sync = now;
+    if (data_version_stmt == nullptr &&
+        sqlite3_prepare_v2(db, "PRAGMA data_version", -1, &data_version_stmt, nullptr) != SQLITE_OK) {
       ClearLocked();
       return;
     }
-    int64_t v = st.Int(0);
-    if (v != data_version) {
+    int rc = sqlite3_step(data_version_stmt);
+    int64_t v = rc == SQLITE_ROW ? sqlite3_column_int64(data_version_stmt, 0) : -1;
+    sqlite3_reset(data_version_stmt);
+    if (v < 0 || v != data_version) {
       ClearLocked();
       data_version = v;
     }
   }
+  sqlite3_stmt* data_version_stmt = nullptr;
 
   std::chrono::steady_clock::time_point Expiry() const {
     return std::chrono::steady_clock::now() + std::chrono::seconds(o.cache_seconds);
@@ -272,6 +290,7 @@ struct KeyRing::Impl {
     }
     auto key = o.kek->Unwrap(st.Blob(0), TenantKeyAd(tenant, version));
     if (!key.ok()) {
+      if (CodeOf(key.status()) == ErrorCode::kUnavailable) return key.status();  // the HSM
       return Error(ErrorCode::kDecryptionFailed, "tenant key does not open under the KEK");
     }
     auto aead = Aead::NewAes256Gcm(std::move(*key));
@@ -359,8 +378,7 @@ struct KeyRing::Impl {
         Rollback();
         return s;
       }
-      SyncLocked();
-      for (const KeyEvent& e : created->second) Emit(e);
+      for (KeyEvent& e : created->second) pending.push_back(std::move(e));
       return created->first;
     }
     return Error(ErrorCode::kInternal, "could not create a data key (concurrent changes)");
@@ -385,6 +403,18 @@ struct KeyRing::Impl {
       if (!made.ok()) return made.status();
       version = 1;
       events.push_back({"create", "tenant-key", tenant, "", "tenant:" + tenant + ":v1", 0});
+    }
+    // Erasure is final: an erased patient's scope never gets a key again, so
+    // no new record about them can be written (and later restores of older
+    // backups keep finding them in Erasures()).
+    Stmt tomb(db,
+              "SELECT MAX(destroyed) FROM data_keys WHERE tenant = ?1 AND scope = ?2 "
+              "HAVING SUM(destroyed IS NULL) = 0 AND COUNT(*) > 0");
+    tomb.Bind(1, tenant).Bind(2, scope);
+    auto trow = tomb.Step();
+    if (!trow.ok()) return trow.status();
+    if (*trow && scope != kTenantScope) {
+      return Error(ErrorCode::kErased, "erased on " + tomb.Text(0));
     }
     Stmt existing(db,
                   "SELECT id FROM data_keys WHERE tenant = ?1 AND scope = ?2 AND "
@@ -484,21 +514,33 @@ absl::StatusOr<std::string> KeyRing::Seal(const std::string& tenant,
   }
   std::vector<std::string> ids;
   SecretBytes ikm;
-  {
+  std::vector<KeyEvent> events;
+  absl::Status keyed = [&]() -> absl::Status {
     std::lock_guard lk(impl_->mu);
     impl_->SyncLocked();
     std::string joined;
+    absl::Status st;
     for (const auto& scope : scopes) {
       auto id = impl_->CurrentDataKeyLocked(tenant, scope);
-      if (!id.ok()) return id.status();
+      if (!id.ok()) {
+        st = id.status();
+        break;
+      }
       auto dk = impl_->DataKeyLocked(tenant, *id);
-      if (!dk.ok()) return dk.status();
+      if (!dk.ok()) {
+        st = dk.status();
+        break;
+      }
       joined.append((*dk)->key.UnsafeView());
       ids.push_back(*id);
     }
     ikm = SecretBytes(joined);
     OPENSSL_cleanse(joined.data(), joined.size());
-  }
+    events = impl_->TakePending();
+    return st;
+  }();
+  for (const KeyEvent& e : events) impl_->Emit(e);
+  if (!keyed.ok()) return keyed;
   std::string salt = RandomBytes(kSaltBytes);
   auto aead = Aead::NewAes256Gcm(DeriveRecordKey(ikm, salt));
   if (!aead.ok()) return aead.status();
@@ -616,7 +658,8 @@ absl::StatusOr<uint64_t> KeyRing::RewrapKeys() {
       if (!wrapped.ok()) return wrapped.status();
       Stmt up(impl_->db,
               "UPDATE tenant_keys SET wrapped = ?3, kek_version = ?4 WHERE tenant = ?1 AND version = ?2");
-      up.Bind(1, tenant).Bind(2, version).BindBlob(3, *wrapped).Bind(4, static_cast<int64_t>(kek_now));
+      up.Bind(1, tenant).Bind(2, version).BindBlob(3, *wrapped);
+      up.Bind(4, static_cast<int64_t>(VersionedKek::VersionOf(*wrapped)));
       if (auto s = up.Run(); !s.ok()) return s;
       ++moved;
       events.push_back({"rewrap", "tenant-key", tenant, "",

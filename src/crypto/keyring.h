@@ -23,8 +23,9 @@
 //
 // Data key ids are random and opaque ("dk_" + 16 hex): an envelope does not
 // name its patient. Unwrapped keys are cached for `cache_seconds`; any change
-// to the vault by another process (an erasure, a rotation) empties the cache
-// before the next use, so an erasure takes effect at once in a running server.
+// to the vault by another process (an erasure, a rotation) empties the cache:
+// the vault is looked at every 20 ms at most, so an erasure takes effect in a
+// running server within 20 ms.
 #ifndef FHIRWARD_CRYPTO_KEYRING_H_
 #define FHIRWARD_CRYPTO_KEYRING_H_
 

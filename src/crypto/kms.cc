@@ -1,6 +1,7 @@
 #include "crypto/kms.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -136,11 +137,19 @@ class LocalKms final : public KeyManagementService {
 
   absl::Status DestroyVersion(uint32_t version) override {
     std::string path = PathOf(version);
-    // Overwrite before unlinking; on flash storage the old blocks may survive,
-    // which is why production runs on an HSM (docs/crypto.md).
+    // Overwrite the key's own blocks in place, sync, then unlink; on flash
+    // storage the old blocks may survive anyway, which is why production runs
+    // on an HSM (docs/crypto.md).
     SecretBytes noise = RandomSecret(kAes256KeyBytes);
-    if (auto s = ReplaceFile(path + ".shred", noise.UnsafeView(), 0600); !s.ok()) return s;
-    if (::rename((path + ".shred").c_str(), path.c_str()) != 0 || ::unlink(path.c_str()) != 0) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+      return Error(ErrorCode::kInternal, "cannot destroy " + path + ": " + std::strerror(errno));
+    }
+    bool ok = ::pwrite(fd, noise.UnsafeView().data(), noise.size(), 0) ==
+                  static_cast<ssize_t>(noise.size()) &&
+              ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok || ::unlink(path.c_str()) != 0) {
       return Error(ErrorCode::kInternal, "cannot destroy " + path + ": " + std::strerror(errno));
     }
     return absl::OkStatus();

@@ -48,6 +48,32 @@ absl::Status Failed(std::string_view what, CK_RV rv) {
   return Error(ErrorCode::kInternal, std::string(what) + " failed: " + RvName(rv));
 }
 
+// The HSM (or our session with it) is gone, as opposed to a blob that does
+// not authenticate: callers see kUnavailable, never "failed to unwrap".
+bool DeviceTrouble(CK_RV rv) {
+  switch (rv) {
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_KEY_HANDLE_INVALID:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::Status UnwrapFailed(std::string_view what, CK_RV rv) {
+  if (DeviceTrouble(rv)) {
+    return Error(ErrorCode::kUnavailable, std::string(what) + ": HSM unavailable (" + RvName(rv) + ")");
+  }
+  return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
+}
+
 std::string PaddedLabel(std::string_view label) {
   std::string out(label.substr(0, 32));
   out.resize(32, ' ');
@@ -212,7 +238,10 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     for (const auto& [h, label] : *keys) {
       if (label.size() <= prefix.size() || label.compare(0, prefix.size(), prefix) != 0) continue;
       std::string digits = label.substr(prefix.size());
-      if (digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+      if (digits.empty() || digits.size() > 9 ||
+          !std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+        continue;
+      }
       uint32_t v = static_cast<uint32_t>(std::stoul(digits));
       if (v > 0) out.push_back(v);
     }
@@ -320,9 +349,9 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     CK_RV rv =
         m_.fn->C_Decrypt(session_, reinterpret_cast<unsigned char*>(body.data()), body.size(),
                          reinterpret_cast<unsigned char*>(out.UnsafeMutableData()), &out_len);
-    // SoftHSM2 answers a failed tag check with CKR_GENERAL_ERROR: every failure
-    // here is a refusal to unwrap.
-    if (rv != CKR_OK) return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
+    // SoftHSM2 answers a failed tag check with CKR_GENERAL_ERROR: anything but
+    // a device or session problem is a refusal to unwrap.
+    if (rv != CKR_OK) return UnwrapFailed("C_Decrypt", rv);
     if (out_len != kAes256KeyBytes) {
       return Error(ErrorCode::kDecryptionFailed, "unwrapped data key has the wrong size");
     }
@@ -332,7 +361,10 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
   // RFC 5649 key wrap of dek | SHA-256(ad), through a session object.
   absl::StatusOr<std::string> WrapKwp(CK_OBJECT_HANDLE key, const SecretBytes& dek,
                                       std::string_view ad) {
-    SecretBytes joined(std::string(dek.UnsafeView()) + Sha256(ad));
+    SecretBytes joined(dek.size() + 32);
+    std::memcpy(joined.UnsafeMutableData(), dek.UnsafeView().data(), dek.size());
+    const std::string digest = Sha256(ad);
+    std::memcpy(joined.UnsafeMutableData() + dek.size(), digest.data(), digest.size());
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE, f = CK_FALSE;
@@ -375,7 +407,7 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
     CK_RV rv = m_.fn->C_UnwrapKey(session_, &mech, key, reinterpret_cast<unsigned char*>(in.data()),
                                   in.size(), tmpl, sizeof tmpl / sizeof tmpl[0], &obj);
-    if (rv != CKR_OK) return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
+    if (rv != CKR_OK) return UnwrapFailed("C_UnwrapKey", rv);
     SecretBytes value(kAes256KeyBytes + 32 + 16);
     CK_ATTRIBUTE a = {CKA_VALUE, value.UnsafeMutableData(), value.size()};
     rv = m_.fn->C_GetAttributeValue(session_, obj, &a, 1);

@@ -274,22 +274,37 @@ class Janitor {
     for (const auto& [type, days] : retention_) {
       auto cutoff = FormatInstant(SystemClock::Get().Now() - std::chrono::hours(24) * days);
       for (int round = 0; round < 100; ++round) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (stop_) return;
+        }
+        auto due = store_->PurgeBefore(tenant_, type, cutoff, 500, /*dry_run=*/true);
+        if (!due.ok() || *due == 0) break;
+        // The purge is on the trail before anything goes; no trail, no purge.
+        audit::AuditRecord r;
+        r.count = static_cast<int64_t>(*due);
+        r.time = FormatInstant(SystemClock::Get().Now());
+        r.request_id = RandomUuid();
+        r.subject = "fhirward-server";
+        r.action = "retention.purge";
+        r.outcome = "requested";
+        r.resource_type = type;
+        r.decision = "older than " + std::to_string(days) + " days (before " + cutoff + ")";
+        if (!audit_->Append(r).ok()) {
+          LogEvent(LogLevel::kWarn, "retention_purge_unaudited", {{"resource_type", LogValue(type)}});
+          return;
+        }
         auto n = store_->PurgeBefore(tenant_, type, cutoff, 500);
+        r.request_id = RandomUuid();
+        r.time = FormatInstant(SystemClock::Get().Now());
+        r.outcome = n.ok() ? "success" : "failed";
+        r.count = n.ok() ? static_cast<int64_t>(*n) : 0;
+        (void)audit_->Append(r);
         if (!n.ok()) {
           LogEvent(LogLevel::kWarn, "retention_purge_failed", {{"resource_type", LogValue(type)}});
           break;
         }
         if (*n == 0) break;
-        audit::AuditRecord r;
-        r.time = FormatInstant(SystemClock::Get().Now());
-        r.request_id = RandomUuid();
-        r.subject = "fhirward-server";
-        r.action = "retention.purge";
-        r.outcome = "success";
-        r.resource_type = type;
-        r.count = static_cast<int64_t>(*n);
-        r.decision = "older than " + std::to_string(days) + " days (before " + cutoff + ")";
-        (void)audit_->Append(r);
         LogEvent(LogLevel::kInfo, "retention_purged",
                  {{"resource_type", LogValue(type)}, {"count", LogValue(static_cast<int64_t>(*n))}});
       }
@@ -601,9 +616,10 @@ absl::Status Serve(const ServeArgs& args) {
       LogEvent(LogLevel::kError, "key_event_unaudited", {{"action", LogValue(e.action)}});
     }
   });
-  Janitor janitor(store->get(), config.idempotency_ttl_seconds, &inst.keyring(),
-                  config.key_unwrap_report_seconds, config.tenant, config.retention_days,
-                  audit_log->get(), &inst.versioned_kek());
+  auto janitor = std::make_unique<Janitor>(
+      store->get(), config.idempotency_ttl_seconds, &inst.keyring(),
+      config.key_unwrap_report_seconds, config.tenant, config.retention_days, audit_log->get(),
+      &inst.versioned_kek());
   LogEvent(LogLevel::kInfo, "listening",
            {{"url", LogValue(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
             {"tls_min_version", LogValue(config.tls_min_version)}});
@@ -619,6 +635,7 @@ absl::Status Serve(const ServeArgs& args) {
   // service is alive (responses to connections already gone are dropped by
   // the server); only then destroy the service. The server is destroyed last.
   service->Shutdown();
+  janitor.reset();  // no purge or key report after the audit log closes
   inst.keyring().ReportUnwrapCount();
   inst.keyring().SetEventSink(nullptr);
   audit::AuditRecord stop;

@@ -23,6 +23,7 @@
 #include "crypto/secure_file.h"
 #include "json/value.h"
 #include "server/instance.h"
+#include "server/key_admin.h"
 #include "store/resource_store.h"
 
 namespace fhirward::server {
@@ -46,7 +47,8 @@ absl::StatusOr<std::string> ReadWhole(const std::string& path) {
 }
 
 // A consistent copy of an SQLite database (WAL included), made in memory.
-absl::StatusOr<SecretBytes> Snapshot(const std::string& path) {
+// Statements run on the in-memory copy before it is serialized (`strip`).
+absl::StatusOr<SecretBytes> Snapshot(const std::string& path, const char* strip = nullptr) {
   sqlite3* src = nullptr;
   sqlite3* dst = nullptr;
   auto close = [&] {
@@ -69,6 +71,15 @@ absl::StatusOr<SecretBytes> Snapshot(const std::string& path) {
   if (rc != SQLITE_DONE) {
     close();
     return Error(ErrorCode::kInternal, "snapshot of " + path + " failed: " + sqlite3_errstr(rc));
+  }
+  if (strip != nullptr) {
+    char* err = nullptr;
+    if (sqlite3_exec(dst, strip, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string why = err ? err : "error";
+      sqlite3_free(err);
+      close();
+      return Error(ErrorCode::kInternal, "preparing the snapshot of " + path + ": " + why);
+    }
   }
   sqlite3_int64 size = 0;
   unsigned char* bytes = sqlite3_serialize(dst, "main", &size, 0);
@@ -225,10 +236,18 @@ absl::Status Backup(const BackupArgs& a, std::ostream& out) {
   Instance& live = **inst;
 
   std::vector<std::pair<std::string, SecretBytes>> parts;
+  // The resource database goes without its search index (values in clear:
+  // codes, dates, references; rebuilt from the decrypted records on restore,
+  // so an erased patient's never come back) and without stored replay
+  // responses (sealed under the KEK alone).
+  static const char* kStripResources =
+      "PRAGMA secure_delete=ON; DELETE FROM search_token; DELETE FROM search_string; "
+      "DELETE FROM search_date; DELETE FROM search_number; DELETE FROM search_reference; "
+      "DELETE FROM search_composite; DELETE FROM idempotency_keys; PRAGMA user_version=0; VACUUM;";
   for (const char* db : {"db/fhir.db", "db/oauth.db", "db/policy.db", "audit/audit.db"}) {
     std::string path = a.data_dir + "/" + db;
     if (!Exists(path)) continue;
-    auto snap = Snapshot(path);
+    auto snap = Snapshot(path, std::string_view(db) == "db/fhir.db" ? kStripResources : nullptr);
     if (!snap.ok()) return snap.status();
     parts.emplace_back(db, std::move(*snap));
   }
@@ -312,6 +331,9 @@ absl::Status Restore(const RestoreArgs& a, std::ostream& out) {
   }
   if (Exists(a.to)) {
     return Error(ErrorCode::kInvalidParameter, a.to + " exists: restore into a new directory");
+  }
+  if (auto s = VerifyKeyAdmin({a.data_dir, a.admin, a.password, a.totp}, "restore"); !s.ok()) {
+    return s;
   }
   auto inst = Instance::Open(a.data_dir, /*create=*/false, "");
   if (!inst.ok()) return inst.status();

@@ -42,7 +42,12 @@ struct BackupArgs {
 absl::Status Backup(const BackupArgs& a, std::ostream& out);
 
 struct RestoreArgs {
-  std::string data_dir;  // the live instance: its KMS, key vault and instance key
+  // The live instance: its KMS, key vault and instance key. A restore copies
+  // the vault, so it runs as a key-admin (password, then TOTP, on stdin).
+  std::string data_dir;
+  std::string admin;
+  std::string password;
+  std::string totp;
   std::string from;
   std::string to;  // a new data directory (must not exist)
   bool verify = false;

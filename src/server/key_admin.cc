@@ -241,6 +241,11 @@ audit::AuditRecord KeyEventRecord(const crypto::KeyEvent& e, const std::string& 
   return r;
 }
 
+absl::Status VerifyKeyAdmin(const KeyAdminArgs& a, const std::string& action) {
+  auto s = OpenAsKeyAdmin(a, action);
+  return s.ok() ? absl::OkStatus() : s.status();
+}
+
 absl::Status KeysStatus(const std::string& data_dir, std::ostream& out) {
   auto inst = Instance::Open(data_dir, /*create=*/false, "");
   if (!inst.ok()) return inst.status();
@@ -403,6 +408,19 @@ absl::Status ErasePatient(const EraseArgs& a, std::ostream& out) {
   auto store = OpenStore(*session.inst);
   if (!store.ok()) return store.status();
   auto report = (*store)->ErasePatient(a.tenant, patient, *ids);
+  // A second pass: a write the server sealed just before the keys went, and
+  // committed after the first pass, is removed too (new writes about the
+  // patient are refused from the moment the keys are destroyed).
+  if (report.ok()) {
+    auto again = (*store)->ErasePatient(a.tenant, patient, *ids);
+    if (!again.ok()) {
+      report = again.status();
+    } else {
+      report->resources += again->resources;
+      report->versions += again->versions;
+      report->idempotency_records += again->idempotency_records;
+    }
+  }
   if (!report.ok()) {
     out << "the patient's keys are destroyed, but removing the records failed: run the same "
            "command again to finish\n";
@@ -416,7 +434,9 @@ absl::Status ErasePatient(const EraseArgs& a, std::ostream& out) {
   if (auto st = session.Audit(done); !st.ok()) return st;
   out << "erased Patient/" << patient << " (tenant " << a.tenant << "): " << *destroyed
       << " data keys destroyed, " << report->resources << " resources (" << report->versions
-      << " versions) removed; copies in backups can no longer be decrypted\n";
+      << " versions) removed, " << report->idempotency_records
+      << " stored replay responses removed; copies in backups can no longer be decrypted, and "
+         "new records about the patient are refused\n";
   return absl::OkStatus();
 }
 
@@ -437,13 +457,24 @@ absl::Status TenantDecommission(const KeyAdminArgs& a, const std::string& tenant
   if (auto st = session.Audit(intent); !st.ok()) return st;
   auto n = session.inst->keyring().DestroyTenant(tenant);
   if (!n.ok()) return n.status();
+  // The ciphertext is unreadable now; the rows go too (index values and
+  // compartment ids are not encrypted).
+  auto store = OpenStore(*session.inst);
+  if (!store.ok()) return store.status();
+  auto purged = (*store)->PurgeTenant(tenant);
+  if (!purged.ok()) {
+    out << "the tenant's keys are destroyed, but removing its rows failed: run the same command "
+           "again to finish\n";
+    return purged.status();
+  }
   intent.outcome = "success";
   intent.count = static_cast<int64_t>(*n);
   intent.request_id.clear();
   intent.time.clear();
   if (auto st = session.Audit(intent); !st.ok()) return st;
   out << "tenant " << tenant << " decommissioned: its tenant keys and " << *n
-      << " data keys are destroyed; its records can no longer be decrypted\n";
+      << " data keys are destroyed, " << *purged
+      << " stored versions removed; copies in backups can no longer be decrypted\n";
   return absl::OkStatus();
 }
 

@@ -31,6 +31,10 @@ struct KeyAdminArgs {
 // The audit record of a key operation (no key material, ever).
 audit::AuditRecord KeyEventRecord(const crypto::KeyEvent& e, const std::string& actor);
 
+// Checks the key-admin credential (audited either way), for commands outside
+// this file that hand out keys (restore copies the key vault).
+absl::Status VerifyKeyAdmin(const KeyAdminArgs& a, const std::string& action);
+
 absl::Status KeysStatus(const std::string& data_dir, std::ostream& out);
 absl::Status KeysRotateKek(const KeyAdminArgs& a, std::ostream& out);
 absl::Status KeysRotateTenant(const KeyAdminArgs& a, const std::string& tenant, std::ostream& out);

@@ -195,14 +195,15 @@ class ResourceStore {
   virtual absl::Status ExpireIdempotency(const std::string& cutoff) = 0;
 
   // Crypto-shredding, second half (the key ring destroyed the patient's data
-  // keys first): every resource with a version sealed under one of
-  // `key_ids` (or under the KEK alone, from before the key ring, and in the
-  // patient's compartment) is removed with all its versions, index rows and
-  // compartment rows, and recorded as erased, so reads answer kErased.
-  // Idempotent: running it again finishes an interrupted erasure.
+  // keys first): every resource with a version in the patient's compartment
+  // or sealed under one of `key_ids` is removed with all its versions, index
+  // rows and compartment rows, and recorded as erased, so reads answer
+  // kErased; so are idempotency records whose stored response mentions the
+  // patient. Idempotent: running it again finishes an interrupted erasure.
   struct EraseReport {
     uint64_t resources = 0;
     uint64_t versions = 0;
+    uint64_t idempotency_records = 0;  // replays whose response mentioned the patient
   };
   virtual absl::StatusOr<EraseReport> ErasePatient(const std::string& tenant,
                                                    const std::string& patient,
@@ -220,11 +221,16 @@ class ResourceStore {
   virtual absl::StatusOr<ResealProgress> ResealBatch(int64_t after_seq, size_t limit) = 0;
   // Number of stored versions with seq > after_seq (for progress reports).
   virtual absl::StatusOr<uint64_t> CountVersionsAfter(int64_t after_seq) = 0;
+  // Tenant decommissioning (after its keys were destroyed): every row of the
+  // tenant, index and idempotency records included. Returns the versions removed.
+  virtual absl::StatusOr<uint64_t> PurgeTenant(const std::string& tenant) = 0;
   // Retention: removes at most `limit` resources of `type` whose current
   // version was last updated before `cutoff` (FHIR instant), with all their
   // versions, index and compartment rows. Returns how many.
+  // With `dry_run`, only counts them (up to `limit`).
   virtual absl::StatusOr<uint64_t> PurgeBefore(const std::string& tenant, const std::string& type,
-                                               const std::string& cutoff, size_t limit) = 0;
+                                               const std::string& cutoff, size_t limit,
+                                               bool dry_run = false) = 0;
   // Small named values kept with the data (e.g. a rewrap cursor); "" when unset.
   virtual absl::StatusOr<std::string> GetMeta(const std::string& name) = 0;
   virtual absl::Status PutMeta(const std::string& name, const std::string& value) = 0;

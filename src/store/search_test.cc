@@ -1322,12 +1322,52 @@ TEST_F(StoreSearchTest, ErasedPatientLeavesNothingToReadSearchOrList) {
   EXPECT_TRUE(store_->Read({"t1", "Patient", "p2"}).ok());
   EXPECT_TRUE(store_->Read({"t1", "Observation", "o3"}).ok());
 
-  // Running it again finishes nothing new; a later record under the same id is a new resource.
+  // Running it again finishes nothing new; nothing new about the patient can be written.
   EXPECT_EQ(store_->ErasePatient("t1", "p1", ids)->resources, 0u);
-  Create("Patient", "p1", R"({"resourceType":"Patient","name":[{"family":"Again"}]})");
-  auto again = store_->Read({"t1", "Patient", "p1"});
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->version, 1);
+  auto again = store_->Create({"t1", "Patient", "p1"},
+                              J(R"({"resourceType":"Patient","name":[{"family":"Again"}]})"));
+  EXPECT_EQ(CodeOf(again.status()), ErrorCode::kErased);
+  auto about = store_->Create(
+      {"t1", "Observation", "late"},
+      J(R"({"resourceType":"Observation","status":"final","code":{"text":"x"},)"
+        R"("subject":{"reference":"Patient/p1"}})"));
+  EXPECT_EQ(CodeOf(about.status()), ErrorCode::kErased);
+}
+
+TEST_F(StoreSearchTest, ErasureRemovesAGroupNamingThePatientAndReplaysMentioningThem) {
+  Populate();
+  std::string members;
+  for (int i = 0; i < 20; ++i) {
+    members += std::string(i ? "," : "") + R"({"entity":{"reference":"Patient/m)" +
+               std::to_string(i) + R"("}})";
+  }
+  Create("Group", "big",
+         R"({"resourceType":"Group","type":"person","actual":true,"member":[)" + members +
+             R"(,{"entity":{"reference":"Patient/p2"}}]})");
+  store_->PutIdempotency("t1", "app", "k1",
+                         {.status = 201, .response_body = R"({"subject":{"reference":"Patient/p2"}})"})
+      .value();
+  store_->PutIdempotency("t1", "app", "k2", {.status = 201, .response_body = R"({"other":1})"})
+      .value();
+  ASSERT_TRUE(keys_.ring->ErasePatient("t1", "p2").ok());
+  auto report = store_->ErasePatient("t1", "p2", keys_.ring->PatientKeyIds("t1", "p2").value());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(CodeOf(store_->Read({"t1", "Group", "big"}).status()), ErrorCode::kErased)
+      << "a Group sealed under the tenant key but naming the patient";
+  EXPECT_EQ(report->idempotency_records, 1u);
+  EXPECT_FALSE(store_->GetIdempotency("t1", "app", "k1").value().has_value());
+  EXPECT_TRUE(store_->GetIdempotency("t1", "app", "k2").value().has_value());
+}
+
+TEST_F(StoreSearchTest, PurgeTenantRemovesEveryRowOfTheTenantOnly) {
+  Populate();
+  Create("Patient", "x1", R"({"resourceType":"Patient","name":[{"family":"Other"}]})", "t2");
+  auto n = store_->PurgeTenant("t1");
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_GT(*n, 5u);
+  EXPECT_THAT(Ids("Patient", {}), IsEmpty());
+  EXPECT_EQ(CodeOf(store_->Read({"t1", "Patient", "p1"}).status()), ErrorCode::kNotFound);
+  EXPECT_TRUE(store_->Read({"t2", "Patient", "x1"}).ok());
 }
 
 TEST_F(StoreSearchTest, ErasureSurvivesAReopenAndAStaleCache) {

@@ -180,6 +180,10 @@ class VersionCache {
   // this commit can then no longer put its older version in.
   void Offer(const ResourceKey& k, Entry e, uint64_t generation, bool committed) {
     if (max_shard_bytes_ == 0) return;
+    // A format-1 envelope (from before the key ring) needs no destroyed key to
+    // stop opening, so an erasure by another process could not reach a cached
+    // copy: those are always read from the database.
+    if (!e.deleted && !crypto::KeyRing::IsRecordEnvelope(e.envelope)) return;
     std::string key = KeyOf(k);
     size_t bytes = key.size() + e.envelope.size() + e.last_updated.size() + 128;
     for (const auto& p : e.patients) bytes += p.size() + 32;
@@ -206,6 +210,16 @@ class VersionCache {
       sh.map.emplace(std::move(key), Slot{std::move(entry), bytes});
     }
     if (sh.bytes > max_shard_bytes_) {
+      sh.map.clear();
+      sh.bytes = 0;
+      ++sh.generation;
+    }
+  }
+
+  // Forgets everything (a tenant was purged).
+  void Clear() {
+    for (Shard& sh : shards_) {
+      std::lock_guard<std::mutex> lock(sh.mu);
       sh.map.clear();
       sh.bytes = 0;
       ++sh.generation;
@@ -687,13 +701,15 @@ class SqliteStore final : public ResourceStore {
           if (!*row) break;
           ++versions;
           if (st->IsNull(0)) continue;  // a deletion version
+          // In the patient's compartment (whatever it was sealed under: a
+          // Group of many members uses the tenant key), or sealed under one
+          // of the patient's keys.
+          if (st->Int(1) != 0) shred = true;
           std::string envelope = st->Blob(0);
           if (crypto::KeyRing::IsRecordEnvelope(envelope)) {
             for (const auto& k : crypto::KeyRing::KeyIdsOf(envelope)) {
               if (ids.count(k) != 0) shred = true;
             }
-          } else if (st->Int(1) != 0) {
-            shred = true;  // format 1, in the patient's compartment
           }
         }
         if (!shred) continue;
@@ -717,11 +733,66 @@ class SqliteStore final : public ResourceStore {
         report.versions += versions;
         erased.push_back(key);
       }
+      // Idempotency records keep a response body (sealed under the KEK alone)
+      // for replays: those that mention the patient go too.
+      std::vector<std::pair<std::string, std::string>> replays;
+      {
+        auto st = db.Prepare(
+            "SELECT client, key, envelope FROM idempotency_keys WHERE tenant = ?1 AND "
+            "envelope IS NOT NULL");
+        if (!st.ok()) return st.status();
+        st->Bind(1, tenant);
+        const std::string ref = "Patient/" + patient;
+        const std::string quoted = "\"" + patient + "\"";
+        for (;;) {
+          auto row = st->Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          auto body = cipher_.Open(st->Blob(2), IdempotencyAd(tenant, st->Text(0), st->Text(1)));
+          if (body.ok() && (body->find(ref) != std::string::npos ||
+                            body->find(quoted) != std::string::npos)) {
+            replays.emplace_back(st->Text(0), st->Text(1));
+          }
+        }
+      }
+      for (const auto& [client, key] : replays) {
+        auto del = db.Prepare(
+            "DELETE FROM idempotency_keys WHERE tenant = ?1 AND client = ?2 AND key = ?3");
+        if (!del.ok()) return del.status();
+        del->Bind(1, tenant).Bind(2, client).Bind(3, key);
+        if (auto r = del->Run(); !r.ok()) return r;
+      }
+      report.idempotency_records = replays.size();
       return absl::OkStatus();
     });
     if (!s.ok()) return s;
     for (const auto& key : erased) cache_.Drop(key);
     return report;
+  }
+
+  absl::StatusOr<uint64_t> PurgeTenant(const std::string& tenant) override {
+    uint64_t removed = 0;
+    absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
+      auto count = db.Prepare("SELECT COUNT(*) FROM resource_versions WHERE tenant = ?1");
+      if (!count.ok()) return count.status();
+      count->Bind(1, tenant);
+      auto row = count->Step();
+      if (!row.ok()) return row.status();
+      removed = static_cast<uint64_t>(count->Int(0));
+      for (const char* table :
+           {"resource_versions", "resource_current", "compartment_members", "erased_resources",
+            "idempotency_keys", "search_token", "search_string", "search_date", "search_number",
+            "search_reference", "search_composite"}) {
+        auto del = db.Prepare(std::string("DELETE FROM ") + table + " WHERE tenant = ?1");
+        if (!del.ok()) return del.status();
+        del->Bind(1, tenant);
+        if (auto r = del->Run(); !r.ok()) return r;
+      }
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    cache_.Clear();
+    return removed;
   }
 
   absl::StatusOr<ResealProgress> ResealBatch(int64_t after_seq, size_t limit) override {
@@ -795,7 +866,8 @@ class SqliteStore final : public ResourceStore {
   }
 
   absl::StatusOr<uint64_t> PurgeBefore(const std::string& tenant, const std::string& type,
-                                       const std::string& cutoff, size_t limit) override {
+                                       const std::string& cutoff, size_t limit,
+                                       bool dry_run) override {
     std::vector<ResourceKey> purged;
     absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
       purged.clear();
@@ -813,6 +885,10 @@ class SqliteStore final : public ResourceStore {
           ids.push_back(st->Text(0));
         }
       }
+      if (dry_run) {
+        for (const auto& id : ids) purged.push_back({tenant, type, id});
+        return absl::OkStatus();
+      }
       for (const auto& id : ids) {
         for (const char* sql :
              {"DELETE FROM resource_versions WHERE tenant = ?1 AND type = ?2 AND id = ?3",
@@ -829,7 +905,9 @@ class SqliteStore final : public ResourceStore {
       return absl::OkStatus();
     });
     if (!s.ok()) return s;
-    for (const auto& key : purged) cache_.Drop(key);
+    if (!dry_run) {
+      for (const auto& key : purged) cache_.Drop(key);
+    }
     return static_cast<uint64_t>(purged.size());
   }
 
@@ -1293,6 +1371,7 @@ class SqliteStore final : public ResourceStore {
     if (CodeOf(why) == ErrorCode::kErased) {
       return Error(ErrorCode::kErased, key.type + "/" + key.id);
     }
+    if (CodeOf(why) == ErrorCode::kUnavailable) return why;  // the key service, not the record
     return Error(ErrorCode::kDecryptionFailed,
                  key.type + "/" + key.id + " version " + std::to_string(version));
   }

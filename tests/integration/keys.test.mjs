@@ -165,6 +165,10 @@ describe('key management (local KMS)', { timeout: 300000 }, () => {
     }
     assertStatus(await c.get(`/Patient/${ids.kept}`), 200, 'another patient');
     assertStatus(await c.get(`/Observation/${ids.keptObs}`), 200);
+    // Erasure is final: nothing new about the patient is accepted.
+    assertOutcome(await c.post('/Observation', { resourceType: 'Observation', status: 'final', code: { text: 'late' }, subject: { reference: `Patient/${ids.gone}` } }),
+      410, 'deleted', 'erased', 'a new record about the erased patient');
+    assertOutcome(await c.put(`/Patient/${ids.gone}`, { resourceType: 'Patient', id: ids.gone }), 410, 'deleted', 'erased', 'recreating the patient');
 
     // The destroyed wrapped key is gone from the vault's files; the marker from every file.
     const vault = dbBytes(`${srv.dataDir}/db/keys.db`);
@@ -194,7 +198,13 @@ describe('key management (local KMS)', { timeout: 300000 }, () => {
     const man = JSON.parse(fs.readFileSync(`${backupBefore}/manifest.json`, 'utf8'));
     assert.ok(!man.parts.some((p) => p.name === 'db/keys.db' || /kek/.test(p.name)), 'keys in the backup');
     const to = `${srv.root}/restored`;
-    const r = runCli(['restore', '--data-dir', srv.dataDir, '--from', backupBefore, '--to', to, '--verify'], { timeoutMs: 120000 });
+    const refused = runCli(['restore', '--data-dir', srv.dataDir, '--from', backupBefore, '--to', to, '--admin', 'operator'],
+      { input: 'operator-password-1\n' });
+    assert.notEqual(refused.code, 0, 'a restore copies the key vault: key-admin only');
+    assert.match(refused.stderr, /key-admin role/);
+    assert.ok(!fs.existsSync(to));
+    const r = runCli(['restore', '--data-dir', srv.dataDir, '--from', backupBefore, '--to', to, '--verify', '--admin', admin.username],
+      { timeoutMs: 120000, input: `${admin.password}\n` });
     assert.equal(r.code, 0, r.stderr + r.stdout);
     assert.match(r.stdout, /manifest signature: ok/);
     assert.match(r.stdout, /erased patients: 1 \(2 of their resources in the backup removed\)/);
@@ -225,7 +235,9 @@ describe('key management (local KMS)', { timeout: 300000 }, () => {
     const b = fs.readFileSync(part);
     b[b.length - 20] ^= 1;
     fs.writeFileSync(part, b);
-    let r = runCli(['restore', '--data-dir', srv.dataDir, '--from', flipped, '--to', `${srv.root}/r1`]);
+    const as = ['--admin', admin.username];
+    const input = `${admin.password}\n`;
+    let r = runCli(['restore', '--data-dir', srv.dataDir, '--from', flipped, '--to', `${srv.root}/r1`, ...as], { input });
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /hash mismatch/);
     assert.ok(!fs.existsSync(`${srv.root}/r1`), 'a refused restore wrote files');
@@ -233,12 +245,12 @@ describe('key management (local KMS)', { timeout: 300000 }, () => {
     const forged = copy('tampered-manifest');
     const m = fs.readFileSync(`${forged}/manifest.json`, 'utf8').replace(/"bytes": \d+/, '"bytes": 1');
     fs.writeFileSync(`${forged}/manifest.json`, m);
-    r = runCli(['restore', '--data-dir', srv.dataDir, '--from', forged, '--to', `${srv.root}/r2`]);
+    r = runCli(['restore', '--data-dir', srv.dataDir, '--from', forged, '--to', `${srv.root}/r2`, ...as], { input });
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /signature does not verify/);
     assert.ok(!fs.existsSync(`${srv.root}/r2`));
 
-    r = runCli(['restore', '--data-dir', srv.dataDir, '--from', backupBefore, '--to', srv.dataDir]);
+    r = runCli(['restore', '--data-dir', srv.dataDir, '--from', backupBefore, '--to', srv.dataDir, ...as], { input });
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /exists/);
     r = runCli(['backup', '--data-dir', srv.dataDir, '--to', backupBefore]);
@@ -354,9 +366,8 @@ describe('retention', { timeout: 120000 }, () => {
     assertStatus(await c2.get(`/Observation/${fresh.json.id}`), 200);
     assertStatus(await c2.get(`/Patient/${keep.json.id}`), 200, 'no retention for Patient');
     const purge = auditRecords(srv, { action: 'retention.purge' });
-    assert.equal(purge.length, 1, JSON.stringify(purge));
-    assert.equal(purge[0].resource_type, 'Observation');
-    assert.equal(purge[0].count, 1);
+    assert.deepEqual(purge.map((x) => [x.outcome, x.resource_type, x.count]),
+      [['requested', 'Observation', 1], ['success', 'Observation', 1]], JSON.stringify(purge));
   });
 
   it('a bad retention setting stops the server with a clear message', () => {
