@@ -376,6 +376,9 @@ struct Ctx {
   mutable bool break_glass_opened = false;
   mutable std::string shadow;    // shadow-mode disagreement of the first decision
   mutable std::string decision;  // summary of the request's decision
+  // The request's decision confines the principal to some patients' records:
+  // an erased resource is then answered like an absent one (404, not 410).
+  mutable bool confined = false;
 };
 
 struct Route {
@@ -609,6 +612,12 @@ struct FhirService::Impl {
 
   net::HttpResponse ErrorResponse(Ctx& ctx, const absl::Status& status) const {
     ErrorCode code = CodeOf(status);
+    if (code == ErrorCode::kErased && ctx.confined) {
+      // Whether a record outside one's reach existed is not told (any path:
+      // update, patch, transaction entries, operations).
+      ctx.audit.error = "erased";
+      code = ErrorCode::kNotFound;
+    }
     const ErrorInfo& info = Describe(code);
     net::HttpResponse r;
     r.status = info.http_status;
@@ -1075,6 +1084,7 @@ struct FhirService::Impl {
     areq.resource_id = route.id;
     policy::Decision decision = Decide(ctx, areq);
     ctx.decision = decision.Summary();
+    ctx.confined = decision.obligations.confined();
     ctx.audit.policy_id = decision.policy_id;
     if (!decision.allow) {
       ctx.audit.error = std::string(Describe(decision.deny_code).name) + ":" + decision.reason;

@@ -1,6 +1,8 @@
 #include "server/key_admin.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -272,7 +274,15 @@ absl::Status KeysRotateKek(const KeyAdminArgs& a, std::ostream& out) {
   auto s = OpenAsKeyAdmin(a, "rotate");
   if (!s.ok()) return s.status();
   Session& session = **s;
+  // Two rotations at once would make two keys with one label on an HSM.
+  const std::string lock_path = session.inst->keys_dir() + "/.kek-rotate.lock";
+  int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (lock < 0 || ::flock(lock, LOCK_EX | LOCK_NB) != 0) {
+    if (lock >= 0) ::close(lock);
+    return Error(ErrorCode::kUnavailable, "another key-encryption key rotation is running");
+  }
   auto v = session.inst->versioned_kek().Rotate();
+  ::close(lock);
   if (!v.ok()) return v.status();
   auto st = session.Audit(KeyEventRecord(
       {"rotate", "kek", "", "", "kek:v" + std::to_string(*v), 0}, session.actor));
