@@ -4,11 +4,13 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "common/clock.h"
@@ -205,6 +207,15 @@ struct KeyRing::Impl {
     ClearLocked();
   }
 
+  // Expired keys are wiped (SecretBytes), not just skipped.
+  std::chrono::steady_clock::time_point last_sweep;
+  void SweepLocked(std::chrono::steady_clock::time_point now) {
+    last_sweep = now;
+    std::erase_if(data_keys, [&](const auto& kv) { return kv.second.expires <= now; });
+    std::erase_if(tenant_keys, [&](const auto& kv) { return kv.second.expires <= now; });
+    std::erase_if(current, [&](const auto& kv) { return data_keys.count(kv.second) == 0; });
+  }
+
   void ClearLocked() {
     data_keys.clear();
     tenant_keys.clear();
@@ -219,6 +230,11 @@ struct KeyRing::Impl {
   std::chrono::steady_clock::time_point last_sync;
   void SyncLocked(bool force = false) {
     auto now = std::chrono::steady_clock::now();
+    if (o.cache_seconds == 0) {
+      ClearLocked();  // nothing outlives the call that unwrapped it
+    } else if (now - last_sweep >= std::chrono::seconds(1)) {
+      SweepLocked(now);
+    }
     if (!force && now - last_sync < kSyncInterval) return;
     last_sync = now;
     if (data_version_stmt == nullptr &&
@@ -465,7 +481,18 @@ struct KeyRing::Impl {
 
   // Moves freed pages (wrapped keys just destroyed; zeroed by secure_delete)
   // out of the write-ahead log.
-  void Checkpoint() { sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr); }
+  // Retried for a while: a reader in another process (the server between two
+  // statements, normally) can hold it off briefly.
+  bool Checkpoint() {
+    for (int i = 0; i < 50; ++i) {
+      if (sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr) ==
+          SQLITE_OK) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
 };
 
 KeyRing::KeyRing(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -482,6 +509,9 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Open(const KeyRingOptions& opt
     return Error(ErrorCode::kInternal, "cannot open key vault " + options.path);
   }
   sqlite3_busy_timeout(impl->db, 10000);
+  // The vault is for this user only (the WAL and shared-memory files SQLite
+  // creates next to it take the same mode).
+  ::chmod(options.path.c_str(), 0600);
   for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
                           "PRAGMA secure_delete=ON", "PRAGMA foreign_keys=ON"}) {
     if (auto s = impl->Exec(sql); !s.ok()) return s;
@@ -519,6 +549,7 @@ absl::StatusOr<std::string> KeyRing::Seal(const std::string& tenant,
     std::lock_guard lk(impl_->mu);
     impl_->SyncLocked();
     std::string joined;
+    joined.reserve(scopes.size() * kAes256KeyBytes);  // never reallocated: one copy to wipe
     absl::Status st;
     for (const auto& scope : scopes) {
       auto id = impl_->CurrentDataKeyLocked(tenant, scope);
@@ -569,6 +600,7 @@ absl::StatusOr<std::string> KeyRing::Open(const std::string& tenant, std::string
     std::lock_guard lk(impl_->mu);
     impl_->SyncLocked();
     std::string joined;
+    joined.reserve(p->ids.size() * kAes256KeyBytes);  // never reallocated: one copy to wipe
     for (const auto& id : p->ids) {
       auto dk = impl_->DataKeyLocked(tenant, id);
       if (!dk.ok()) {
@@ -764,7 +796,11 @@ absl::StatusOr<uint64_t> KeyRing::ErasePatient(const std::string& tenant,
             "AND destroyed IS NULL");
     up.Bind(1, tenant).Bind(2, scope).Bind(3, now);
     if (auto s = up.Run(); !s.ok()) return s;
-    if (ids.empty()) {
+    Stmt any(impl_->db, "SELECT 1 FROM data_keys WHERE tenant = ?1 AND scope = ?2 LIMIT 1");
+    any.Bind(1, tenant).Bind(2, scope);
+    auto had = any.Step();
+    if (!had.ok()) return had.status();
+    if (ids.empty() && !*had) {
       // No key yet: a tombstone, so that the erasure is on record and a read answers "erased".
       Stmt maxv(impl_->db,
                 "SELECT COALESCE(MAX(version), 0) FROM data_keys WHERE tenant = ?1 AND scope = ?2");

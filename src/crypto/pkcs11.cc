@@ -4,6 +4,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -44,8 +45,11 @@ std::string RvName(CK_RV rv) {
   }
 }
 
+bool DeviceTrouble(CK_RV rv);
+
 absl::Status Failed(std::string_view what, CK_RV rv) {
-  return Error(ErrorCode::kInternal, std::string(what) + " failed: " + RvName(rv));
+  return Error(DeviceTrouble(rv) ? ErrorCode::kUnavailable : ErrorCode::kInternal,
+               std::string(what) + " failed: " + RvName(rv));
 }
 
 // The HSM (or our session with it) is gone, as opposed to a blob that does
@@ -73,6 +77,10 @@ absl::Status UnwrapFailed(std::string_view what, CK_RV rv) {
   }
   return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
 }
+
+// The largest secret wrapped (tenant keys are 32 bytes, TOTP seeds 20, sealed
+// break-glass justifications up to a few hundred).
+constexpr size_t kMaxSecret = 4096;
 
 std::string PaddedLabel(std::string_view label) {
   std::string out(label.substr(0, 32));
@@ -119,8 +127,8 @@ class Pkcs11Kms;
 
 class Pkcs11Key final : public KeyEncryptionService {
  public:
-  Pkcs11Key(std::shared_ptr<Pkcs11Kms> kms, CK_OBJECT_HANDLE handle, std::string id)
-      : kms_(std::move(kms)), handle_(handle), id_(std::move(id)) {}
+  Pkcs11Key(std::shared_ptr<Pkcs11Kms> kms, CK_OBJECT_HANDLE handle, std::string label)
+      : kms_(std::move(kms)), handle_(handle), label_(label), id_("pkcs11:" + label) {}
   const std::string& key_id() const override { return id_; }
   absl::StatusOr<std::string> Wrap(const SecretBytes& dek,
                                    std::string_view associated_data) const override;
@@ -128,8 +136,14 @@ class Pkcs11Key final : public KeyEncryptionService {
                                      std::string_view associated_data) const override;
 
  private:
+  // Runs `op` with the key's handle; when the session with the HSM is gone
+  // (restart, failover), opens a new one, finds the key again and retries once.
+  template <typename Op>
+  auto WithSession(Op op) const -> decltype(op(CK_OBJECT_HANDLE{}));
+
   std::shared_ptr<Pkcs11Kms> kms_;
-  CK_OBJECT_HANDLE handle_;
+  mutable std::atomic<CK_OBJECT_HANDLE> handle_;
+  std::string label_;
   std::string id_;
 };
 
@@ -141,6 +155,26 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
       m_.fn->C_Logout(session_);
       m_.fn->C_CloseSession(session_);
     }
+  }
+
+  uint64_t generation() const { return generation_.load(); }
+
+  // A new session after the old one failed with `seen` = generation() taken
+  // before the failing call; a no-op when another thread already reconnected.
+  absl::StatusOr<CK_OBJECT_HANDLE> Reconnect(uint64_t seen, const std::string& label) {
+    {
+      std::lock_guard rl(reconnect_mu_);
+      if (generation_.load() == seen) {
+        {
+          std::lock_guard lk(mu_);
+          if (session_ != CK_INVALID_HANDLE) m_.fn->C_CloseSession(session_);
+          session_ = CK_INVALID_HANDLE;
+        }
+        if (auto st = Connect(); !st.ok()) return st;
+        ++generation_;
+      }
+    }
+    return FindLabel(label);
   }
 
   absl::Status Connect() {
@@ -180,9 +214,14 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
                                                "' in " + options_.module);
       }
     }
+    CK_SESSION_HANDLE opened = CK_INVALID_HANDLE;
     CK_RV rv = m_.fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-                                    &session_);
+                                    &opened);
     if (rv != CKR_OK) return Failed("C_OpenSession", rv);
+    {
+      std::lock_guard lk(mu_);
+      session_ = opened;
+    }
     auto pin = ReadSecretSource(options_.pin_source);
     if (!pin.ok()) return pin.status();
     rv = m_.fn->C_Login(session_, CKU_USER,
@@ -250,10 +289,11 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     return out;
   }
 
-  absl::StatusOr<CK_OBJECT_HANDLE> Find(uint32_t version) {
+  absl::StatusOr<CK_OBJECT_HANDLE> Find(uint32_t version) { return FindLabel(Label(version)); }
+
+  absl::StatusOr<CK_OBJECT_HANDLE> FindLabel(const std::string& label) {
     auto keys = Keys();
     if (!keys.ok()) return keys.status();
-    std::string label = Label(version);
     std::vector<CK_OBJECT_HANDLE> found;
     for (const auto& [h, l] : *keys) {
       if (l == label) found.push_back(h);
@@ -352,8 +392,10 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     // SoftHSM2 answers a failed tag check with CKR_GENERAL_ERROR: anything but
     // a device or session problem is a refusal to unwrap.
     if (rv != CKR_OK) return UnwrapFailed("C_Decrypt", rv);
-    if (out_len != kAes256KeyBytes) {
-      return Error(ErrorCode::kDecryptionFailed, "unwrapped data key has the wrong size");
+    // Any secret up to kMaxSecret (tenant keys, TOTP seeds, sealed texts); the
+    // caller checks the size it expects.
+    if (out_len == 0 || out_len > body.size()) {
+      return Error(ErrorCode::kDecryptionFailed, "unwrapped secret has the wrong size");
     }
     return SecretBytes(out.UnsafeView().substr(0, out_len));
   }
@@ -361,10 +403,16 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
   // RFC 5649 key wrap of dek | SHA-256(ad), through a session object.
   absl::StatusOr<std::string> WrapKwp(CK_OBJECT_HANDLE key, const SecretBytes& dek,
                                       std::string_view ad) {
-    SecretBytes joined(dek.size() + 32);
-    std::memcpy(joined.UnsafeMutableData(), dek.UnsafeView().data(), dek.size());
+    // u16 length | secret | SHA-256(ad) | zeros to a multiple of 8: SoftHSM2
+    // 2.6.1 hands back RFC 5649 padding on unwrap, so the length travels inside.
+    size_t n = 2 + dek.size() + 32;
+    SecretBytes joined((n + 7) / 8 * 8);
+    char* p = joined.UnsafeMutableData();
+    p[0] = static_cast<char>(dek.size() >> 8);
+    p[1] = static_cast<char>(dek.size() & 0xff);
+    std::memcpy(p + 2, dek.UnsafeView().data(), dek.size());
     const std::string digest = Sha256(ad);
-    std::memcpy(joined.UnsafeMutableData() + dek.size(), digest.data(), digest.size());
+    std::memcpy(p + 2 + dek.size(), digest.data(), digest.size());
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE, f = CK_FALSE;
@@ -408,18 +456,21 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     CK_RV rv = m_.fn->C_UnwrapKey(session_, &mech, key, reinterpret_cast<unsigned char*>(in.data()),
                                   in.size(), tmpl, sizeof tmpl / sizeof tmpl[0], &obj);
     if (rv != CKR_OK) return UnwrapFailed("C_UnwrapKey", rv);
-    SecretBytes value(kAes256KeyBytes + 32 + 16);
+    SecretBytes value(kMaxSecret + 32 + 16);
     CK_ATTRIBUTE a = {CKA_VALUE, value.UnsafeMutableData(), value.size()};
     rv = m_.fn->C_GetAttributeValue(session_, obj, &a, 1);
     m_.fn->C_DestroyObject(session_, obj);
-    if (rv != CKR_OK || a.ulValueLen != kAes256KeyBytes + 32) {
+    if (rv != CKR_OK || a.ulValueLen < 2 + 32 || a.ulValueLen > value.size()) {
       return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
     }
-    std::string_view v = value.UnsafeView();
-    if (!ConstantTimeEquals(v.substr(kAes256KeyBytes, 32), Sha256(ad))) {
+    std::string_view v = value.UnsafeView().substr(0, a.ulValueLen);
+    size_t len = (static_cast<size_t>(static_cast<uint8_t>(v[0])) << 8) | static_cast<uint8_t>(v[1]);
+    if (len == 0 || 2 + len + 32 > v.size() ||
+        !ConstantTimeEquals(v.substr(2 + len, 32), Sha256(ad)) ||
+        v.substr(2 + len + 32).find_first_not_of('\0') != std::string_view::npos) {
       return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
     }
-    return SecretBytes(v.substr(0, kAes256KeyBytes));
+    return SecretBytes(v.substr(2, len));
   }
 
   const Pkcs11Options& options() const { return options_; }
@@ -428,22 +479,39 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
   Pkcs11Options options_;
   Module m_;
   std::mutex mu_;
+  std::mutex reconnect_mu_;
+  std::atomic<uint64_t> generation_{0};
   CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
 };
 
+template <typename Op>
+auto Pkcs11Key::WithSession(Op op) const -> decltype(op(CK_OBJECT_HANDLE{})) {
+  const uint64_t seen = kms_->generation();
+  auto r = op(handle_.load());
+  if (r.ok() || CodeOf(r.status()) != ErrorCode::kUnavailable) return r;
+  auto h = kms_->Reconnect(seen, label_);
+  if (!h.ok()) return r;  // the first error says what went wrong
+  handle_.store(*h);
+  return op(*h);
+}
+
 absl::StatusOr<std::string> Pkcs11Key::Wrap(const SecretBytes& dek,
                                              std::string_view associated_data) const {
-  if (dek.empty()) return Error(ErrorCode::kInternal, "empty data key");
-  if (kms_->options().mechanism == "aes-gcm") return kms_->WrapGcm(handle_, dek, associated_data);
-  return kms_->WrapKwp(handle_, dek, associated_data);
+  if (dek.empty() || dek.size() > kMaxSecret) {
+    return Error(ErrorCode::kInternal, "a wrapped secret is 1.." + std::to_string(kMaxSecret) + " bytes");
+  }
+  return WithSession([&](CK_OBJECT_HANDLE h) {
+    return kms_->options().mechanism == "aes-gcm" ? kms_->WrapGcm(h, dek, associated_data)
+                                                   : kms_->WrapKwp(h, dek, associated_data);
+  });
 }
 
 absl::StatusOr<SecretBytes> Pkcs11Key::Unwrap(std::string_view wrapped,
                                               std::string_view associated_data) const {
-  if (kms_->options().mechanism == "aes-gcm") {
-    return kms_->UnwrapGcm(handle_, wrapped, associated_data);
-  }
-  return kms_->UnwrapKwp(handle_, wrapped, associated_data);
+  return WithSession([&](CK_OBJECT_HANDLE h) {
+    return kms_->options().mechanism == "aes-gcm" ? kms_->UnwrapGcm(h, wrapped, associated_data)
+                                                   : kms_->UnwrapKwp(h, wrapped, associated_data);
+  });
 }
 
 class Pkcs11Service final : public KeyManagementService {
@@ -455,8 +523,7 @@ class Pkcs11Service final : public KeyManagementService {
       uint32_t version) const override {
     auto h = kms_->Find(version);
     if (!h.ok()) return h.status();
-    return std::unique_ptr<KeyEncryptionService>(
-        new Pkcs11Key(kms_, *h, "pkcs11:" + kms_->Label(version)));
+    return std::unique_ptr<KeyEncryptionService>(new Pkcs11Key(kms_, *h, kms_->Label(version)));
   }
   absl::Status CreateVersion(uint32_t version) override { return kms_->Create(version); }
   absl::Status DestroyVersion(uint32_t version) override { return kms_->Destroy(version); }

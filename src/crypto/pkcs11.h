@@ -3,11 +3,12 @@
 // labelled "<key_label>-v<N>". The module is loaded with dlopen; no PKCS#11
 // wrapper library is needed.
 //
-// Wrapping a data key:
+// Wrapping a secret (a tenant key, a TOTP seed, a sealed text: 1..4096 bytes):
 // - "aes-gcm" (default): C_Encrypt with CKM_AES_GCM, a random 96-bit IV and
 //   the associated data as GCM AAD. Output: IV(12) | ciphertext | tag(16).
-// - "aes-key-wrap-pad": for tokens without GCM encryption. The data key plus
-//   SHA-256(associated data) is imported as a session object and wrapped with
+// - "aes-key-wrap-pad": for tokens without GCM encryption.
+//   u16 length | secret | SHA-256(associated data), zero-padded to a multiple
+//   of 8, is imported as a session object and wrapped with
 //   C_WrapKey(CKM_AES_KEY_WRAP_PAD) (RFC 5649); unwrap checks the digest in
 //   constant time, so wrong associated data is refused there too.
 // One session per service, serialized by a mutex (HSM calls are rare: data

@@ -1,5 +1,11 @@
 #include "crypto/pkcs11.h"
 
+#include <dlfcn.h>
+#include <p11-kit/pkcs11.h>
+
+#include <cstring>
+#include <vector>
+
 #include "common/error.h"
 #include "crypto/aead.h"
 #include "crypto/keyring.h"
@@ -66,6 +72,22 @@ TEST_P(Pkcs11Test, WrapsUnderAKeyGeneratedOnTheToken) {
   EXPECT_EQ(back2->UnsafeView(), dek.UnsafeView());
 }
 
+TEST_P(Pkcs11Test, WrapsSecretsOfAnySizeNotOnlyKeys) {
+  SoftHsmToken token = NewSoftHsmToken();
+  auto kek = OpenKek(OptionsFor(token, GetParam()));
+  ASSERT_NE(kek, nullptr);
+  for (size_t n : {1u, 20u, 31u, 33u, 300u, 4096u}) {
+    SecretBytes secret = RandomSecret(n);
+    auto wrapped = kek->Wrap(secret, "fhirward-totp-v1:alice");
+    ASSERT_TRUE(wrapped.ok()) << n << ": " << wrapped.status();
+    auto back = kek->Unwrap(*wrapped, "fhirward-totp-v1:alice");
+    ASSERT_TRUE(back.ok()) << n << ": " << back.status();
+    EXPECT_EQ(back->UnsafeView(), secret.UnsafeView()) << n;
+    EXPECT_FALSE(kek->Unwrap(*wrapped, "fhirward-totp-v1:bob").ok()) << n;
+  }
+  EXPECT_FALSE(kek->Wrap(RandomSecret(4097), "ad").ok());
+}
+
 TEST_P(Pkcs11Test, RotationKeepsOldBlobsUntilTheOldVersionIsDestroyed) {
   SoftHsmToken token = NewSoftHsmToken();
   auto kek = OpenKek(OptionsFor(token, GetParam()));
@@ -105,6 +127,50 @@ TEST_P(Pkcs11Test, KeyRingOverTheHsm) {
 
 INSTANTIATE_TEST_SUITE_P(Mechanisms, Pkcs11Test,
                          ::testing::Values("aes-gcm", "aes-key-wrap-pad"));
+
+// Closes every session on the token, as an HSM restart or failover does.
+void CloseAllSessions(const SoftHsmToken& token) {
+  void* h = dlopen(token.module.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr) << "the module is not loaded";
+  auto get = reinterpret_cast<CK_RV (*)(CK_FUNCTION_LIST**)>(dlsym(h, "C_GetFunctionList"));
+  CK_FUNCTION_LIST* fn = nullptr;
+  ASSERT_EQ(get(&fn), CKR_OK);
+  CK_ULONG n = 0;
+  ASSERT_EQ(fn->C_GetSlotList(CK_TRUE, nullptr, &n), CKR_OK);
+  std::vector<CK_SLOT_ID> slots(n);
+  ASSERT_EQ(fn->C_GetSlotList(CK_TRUE, slots.data(), &n), CKR_OK);
+  std::string want = token.label;
+  want.resize(32, ' ');
+  int closed = 0;
+  for (CK_SLOT_ID slot : slots) {
+    CK_TOKEN_INFO info{};
+    if (fn->C_GetTokenInfo(slot, &info) == CKR_OK && std::memcmp(info.label, want.data(), 32) == 0) {
+      EXPECT_EQ(fn->C_CloseAllSessions(slot), CKR_OK);
+      ++closed;
+    }
+  }
+  EXPECT_EQ(closed, 1);
+  dlclose(h);
+}
+
+TEST_P(Pkcs11Test, ALostSessionIsReopenedAndTheCallRetried) {
+  SoftHsmToken token = NewSoftHsmToken();
+  auto kek = OpenKek(OptionsFor(token, GetParam()));
+  ASSERT_NE(kek, nullptr);
+  SecretBytes dek = RandomSecret(32);
+  auto wrapped = kek->Wrap(dek, "ad");
+  ASSERT_TRUE(wrapped.ok());
+  CloseAllSessions(token);
+  auto back = kek->Unwrap(*wrapped, "ad");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->UnsafeView(), dek.UnsafeView());
+  CloseAllSessions(token);
+  auto again = kek->Wrap(dek, "ad");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(kek->Unwrap(*again, "ad").ok());
+  // Wrong associated data is still a refusal, not a reconnect loop.
+  EXPECT_EQ(CodeOf(kek->Unwrap(*wrapped, "other").status()), ErrorCode::kDecryptionFailed);
+}
 
 TEST(Pkcs11, WrongPinIsRefusedWithoutNamingIt) {
   SoftHsmToken token = NewSoftHsmToken();

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "audit/audit_log.h"
 #include "common/clock.h"
 #include "common/encoding.h"
 #include "common/error.h"
@@ -151,6 +152,23 @@ absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
     uri = crypto::TotpUri("fhirward", a.username, seed.UnsafeView());
   }
   if (auto s = o->store->AddUser(u); !s.ok()) return s;
+  // Who holds which role is on the trail (a new key-admin or auditor above all).
+  {
+    auto log = audit::AuditLog::Open(o->inst->audit_db_path(), o->inst->audit_mac_key().Clone());
+    if (!log.ok()) return log.status();
+    audit::AuditRecord r;
+    r.time = FormatInstant(SystemClock::Get().Now());
+    r.request_id = RandomUuid();
+    r.subject = "fhirward-cli";
+    r.action = "user.add";
+    r.outcome = "success";
+    r.resource_type = "User";
+    r.resource_id = a.username;
+    r.decision = "fhir_user=" + u.fhir_user + " roles=" + u.roles + (a.totp ? " totp" : "");
+    auto seq = (*log)->Append(r);
+    (*log)->Close();
+    if (!seq.ok()) return seq.status();
+  }
   out << "user " << a.username << " added (" << u.fhir_user
       << (u.roles.empty() ? "" : ", roles " + u.roles) << ")\n";
   if (a.password.empty()) out << "password: " << password << "\n";

@@ -167,6 +167,7 @@ absl::StatusOr<SecretBytes> DecryptPart(const SecretBytes& backup_key, const std
   auto aead = crypto::Aead::NewAes256Gcm(crypto::HkdfSha256(backup_key, name, "fhirward-backup-part-v1"));
   if (!aead.ok()) return aead.status();
   std::string plain;
+  plain.reserve(in.size());  // never reallocated: one copy to wipe
   uint64_t index = 0;
   bool saw_last = false;
   while (!in.empty()) {
@@ -208,13 +209,14 @@ std::string BackupKeyAd(std::string_view id) { return "fhirward-backup-key-v1|" 
 
 // Backups and restores are on the live instance's audit trail.
 absl::Status AuditOn(const Instance& live, const std::string& action, const std::string& outcome,
-                     const std::string& detail, int64_t count) {
+                     const std::string& detail, int64_t count,
+                     const std::string& subject = "fhirward-cli") {
   auto log = audit::AuditLog::Open(live.audit_db_path(), live.audit_mac_key().Clone());
   if (!log.ok()) return log.status();
   audit::AuditRecord r;
   r.time = FormatInstant(SystemClock::Get().Now());
   r.request_id = RandomUuid();
-  r.subject = "fhirward-cli";
+  r.subject = subject;
   r.action = action;
   r.outcome = outcome;
   r.count = count;
@@ -481,7 +483,7 @@ absl::Status Restore(const RestoreArgs& a, std::ostream& out) {
   if (auto s = AuditOn(live, "backup.restore", "success",
                       "backup=" + id + " from=" + a.from + " to=" + a.to +
                           (a.verify ? " verified" : ""),
-                      static_cast<int64_t>(plain_parts.size()));
+                      static_cast<int64_t>(plain_parts.size()), a.admin);
       !s.ok()) {
     return s;
   }

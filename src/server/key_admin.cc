@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -43,8 +44,21 @@ struct Session {
     return seq.ok() ? absl::OkStatus() : seq.status();
   }
 
+  // Key events the trail could not take (the command then fails).
+  std::atomic<int> unaudited{0};
+  absl::Status Finish() const {
+    if (unaudited.load() > 0) {
+      return Error(ErrorCode::kAuditUnavailable,
+                   std::to_string(unaudited.load()) + " key events could not be audited");
+    }
+    return absl::OkStatus();
+  }
+
   ~Session() {
-    if (inst != nullptr) inst->keyring().SetEventSink(nullptr);
+    if (inst != nullptr) {
+      inst->keyring().SetEventSink(nullptr);
+      inst->keyring().ClearCache();  // no unwrapped key outlives the command
+    }
     if (audit != nullptr) audit->Close();
   }
 };
@@ -138,10 +152,7 @@ absl::StatusOr<std::unique_ptr<Session>> OpenAsKeyAdmin(const KeyAdminArgs& a,
   // From here on every key event of the ring is on the trail, as this user.
   Session* raw = s->get();
   session.inst->keyring().SetEventSink([raw](const crypto::KeyEvent& e) {
-    (void)raw->audit->Append([&] {
-      audit::AuditRecord r = KeyEventRecord(e, raw->actor);
-      return r;
-    }());
+    if (!raw->audit->Append(KeyEventRecord(e, raw->actor)).ok()) ++raw->unaudited;
   });
   return s;
 }
@@ -281,6 +292,15 @@ absl::Status KeysRotateKek(const KeyAdminArgs& a, std::ostream& out) {
     if (lock >= 0) ::close(lock);
     return Error(ErrorCode::kUnavailable, "another key-encryption key rotation is running");
   }
+  audit::AuditRecord intent = KeyEventRecord(
+      {"rotate", "kek", "", "",
+       "kek:v" + std::to_string(session.inst->versioned_kek().current_version() + 1), 0},
+      session.actor);
+  intent.outcome = "requested";
+  if (auto st = session.Audit(intent); !st.ok()) {
+    ::close(lock);
+    return st;
+  }
   auto v = session.inst->versioned_kek().Rotate();
   ::close(lock);
   if (!v.ok()) return v.status();
@@ -291,7 +311,7 @@ absl::Status KeysRotateKek(const KeyAdminArgs& a, std::ostream& out) {
       << session.inst->versioned_kek().backend().Describe()
       << "; new wraps use it now. Run `fhirward keys rewrap` to move the tenant keys and "
          "instance secrets forward.\n";
-  return absl::OkStatus();
+  return session.Finish();
 }
 
 absl::Status KeysRotateTenant(const KeyAdminArgs& a, const std::string& tenant, std::ostream& out) {
@@ -303,7 +323,7 @@ absl::Status KeysRotateTenant(const KeyAdminArgs& a, const std::string& tenant, 
   out << "tenant key " << tenant << " version " << *v
       << " created; new writes use new data keys now. Run `fhirward keys rewrap` to re-seal "
          "older records and retire the old version.\n";
-  return absl::OkStatus();
+  return (*s)->Finish();
 }
 
 absl::Status KeysRewrap(const RewrapArgs& a, std::ostream& out, std::ostream& progress) {
@@ -382,7 +402,7 @@ absl::Status KeysRewrap(const RewrapArgs& a, std::ostream& out, std::ostream& pr
                " secrets=" + std::to_string(*secrets) + " totp=" + std::to_string(*seeds);
   if (auto st = session.Audit(r); !st.ok()) return st;
   out << "records: " << scanned << " scanned, " << resealed << " re-sealed under current keys\n";
-  return absl::OkStatus();
+  return session.Finish();
 }
 
 absl::Status ErasePatient(const EraseArgs& a, std::ostream& out) {
@@ -447,7 +467,7 @@ absl::Status ErasePatient(const EraseArgs& a, std::ostream& out) {
       << " versions) removed, " << report->idempotency_records
       << " stored replay responses removed; copies in backups can no longer be decrypted, and "
          "new records about the patient are refused\n";
-  return absl::OkStatus();
+  return session.Finish();
 }
 
 absl::Status TenantDecommission(const KeyAdminArgs& a, const std::string& tenant,
@@ -485,7 +505,7 @@ absl::Status TenantDecommission(const KeyAdminArgs& a, const std::string& tenant
   out << "tenant " << tenant << " decommissioned: its tenant keys and " << *n
       << " data keys are destroyed, " << *purged
       << " stored versions removed; copies in backups can no longer be decrypted\n";
-  return absl::OkStatus();
+  return session.Finish();
 }
 
 }  // namespace fhirward::server

@@ -1,6 +1,7 @@
 // SQLite backend of ResourceStore: WAL, synchronous=FULL, one writer thread
 // with group commit, a pool of read connections, every body sealed.
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -269,6 +270,7 @@ class SqliteStore final : public ResourceStore {
     if (o.index_key == nullptr) return Error(ErrorCode::kInternal, "store needs a blind-index key");
     auto writer = Db::Open(o.path, false);
     if (!writer.ok()) return writer.status();
+    ::chmod(o.path.c_str(), 0600);  // and so its -wal and -shm files
     Db& w = **writer;
     for (const char* sql :
          {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
