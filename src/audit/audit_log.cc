@@ -394,7 +394,8 @@ class SqliteAuditLog final : public AuditLog {
           // head's position must be our head (an older anchor replayed over a
           // truncated table is not adopted; the chain check then fails loudly).
           if (stored_seq > seq && stored_hash.size() == kHashBytes &&
-              crypto::ConstantTimeEquals(stored_mac, AnchorMac(mac_key_, stored_seq, stored_hash)) &&
+              crypto::ConstantTimeEquals(stored_mac,
+                                         AnchorMac(mac_key_, stored_seq, stored_hash)) &&
               StoredHashAt(seq) == hash) {
             seq = stored_seq;
             hash = stored_hash;

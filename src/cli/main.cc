@@ -10,9 +10,9 @@
 #include "policy/policy_set.h"
 #include "policy/scenario.h"
 #include "server/admin.h"
+#include "server/app.h"
 #include "server/backup.h"
 #include "server/key_admin.h"
-#include "server/app.h"
 
 namespace {
 
@@ -197,7 +197,8 @@ int main(int argc, char** argv) {
       "rewrap", "Move keys and records forward to the current key versions (resumable)");
   admin_options(keys_rewrap);
   keys_rewrap->add_option("--batch", rewrap.batch, "Records per transaction (default 500)");
-  keys_rewrap->add_option("--rate", rewrap.rate, "At most this many records per second (0: no limit)");
+  keys_rewrap->add_option("--rate", rewrap.rate,
+                          "At most this many records per second (0: no limit)");
   keys_rewrap->add_flag("--quiet", rewrap_quiet, "No progress bar");
 
   server::EraseArgs erase;
@@ -209,23 +210,25 @@ int main(int argc, char** argv) {
   erase_cmd->add_option("--tenant", erase.tenant, "Tenant (default: default)");
 
   server::BackupArgs backup;
-  CLI::App* backup_cmd =
-      app.add_subcommand("backup", "Encrypted online backup with a signed manifest (no keys in it)");
+  CLI::App* backup_cmd = app.add_subcommand(
+      "backup", "Encrypted online backup with a signed manifest (no keys in it)");
   backup_cmd->add_option("--data-dir", backup.data_dir, "Data directory")->required();
   backup_cmd->add_option("--to", backup.to, "A new directory for the backup")->required();
   server::RestoreArgs restore;
-  CLI::App* restore_cmd = app.add_subcommand(
-      "restore", "Verify a backup and restore it into a new data directory");
-  restore_cmd->add_option("--data-dir", restore.data_dir,
-                          "The live instance whose KMS, key vault and key the backup needs")
+  CLI::App* restore_cmd =
+      app.add_subcommand("restore", "Verify a backup and restore it into a new data directory");
+  restore_cmd
+      ->add_option("--data-dir", restore.data_dir,
+                   "The live instance whose KMS, key vault and key the backup needs")
       ->required();
   restore_cmd->add_option("--from", restore.from, "Backup directory")->required();
   restore_cmd->add_option("--to", restore.to, "A new data directory")->required();
   restore_cmd->add_flag("--verify", restore.verify,
                         "Check the audit chain and open a sample of records");
   restore_cmd->add_option("--sample", restore.sample, "Records opened by --verify (default 1000)");
-  restore_cmd->add_option("--admin", restore.admin,
-                          "User with the key-admin role (password, then TOTP code, on standard input)")
+  restore_cmd
+      ->add_option("--admin", restore.admin,
+                   "User with the key-admin role (password, then TOTP code, on standard input)")
       ->required();
 
   CLI::App* tenant_cmd = app.add_subcommand("tenant", "Tenants");

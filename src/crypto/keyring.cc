@@ -40,16 +40,6 @@ CREATE TABLE IF NOT EXISTS data_keys(
   UNIQUE(tenant, scope, version));
 )sql";
 
-std::string LengthPrefixed(std::initializer_list<std::string_view> parts) {
-  std::string out;
-  for (std::string_view p : parts) {
-    out += std::to_string(p.size());
-    out += ':';
-    out += p;
-  }
-  return out;
-}
-
 std::string TenantKeyAd(std::string_view tenant, uint32_t version) {
   return LengthPrefixed({"fhirward-tenant-key-v1", tenant, std::to_string(version)});
 }
@@ -89,7 +79,8 @@ class Stmt {
   }
   // SQLITE_ROW → true, SQLITE_DONE → false, else error.
   absl::StatusOr<bool> Step() {
-    if (s_ == nullptr) return Error(ErrorCode::kInternal, std::string("key vault: ") + sqlite3_errmsg(db_));
+    if (s_ == nullptr)
+      return Error(ErrorCode::kInternal, std::string("key vault: ") + sqlite3_errmsg(db_));
     int rc = sqlite3_step(s_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
@@ -164,7 +155,7 @@ struct KeyRing::Impl {
     std::chrono::steady_clock::time_point expires;
   };
   std::unordered_map<std::string, DataKey> data_keys;                  // by id
-  std::map<std::pair<std::string, uint32_t>, TenantKey> tenant_keys;  // (tenant, version)
+  std::map<std::pair<std::string, uint32_t>, TenantKey> tenant_keys;   // (tenant, version)
   std::map<std::pair<std::string, std::string>, std::string> current;  // (tenant, scope) → id
   uint64_t data_key_unwraps = 0;
   // Key events of a locked section, emitted once the lock is released (the
@@ -238,7 +229,8 @@ struct KeyRing::Impl {
     if (!force && now - last_sync < kSyncInterval) return;
     last_sync = now;
     if (data_version_stmt == nullptr &&
-        sqlite3_prepare_v2(db, "PRAGMA data_version", -1, &data_version_stmt, nullptr) != SQLITE_OK) {
+        sqlite3_prepare_v2(db, "PRAGMA data_version", -1, &data_version_stmt, nullptr) !=
+            SQLITE_OK) {
       ClearLocked();
       return;
     }
@@ -439,7 +431,8 @@ struct KeyRing::Impl {
     auto row = existing.Step();
     if (!row.ok()) return row.status();
     if (*row) return Error(ErrorCode::kVersionConflict, "created concurrently");
-    Stmt maxv(db, "SELECT COALESCE(MAX(version), 0) FROM data_keys WHERE tenant = ?1 AND scope = ?2");
+    Stmt maxv(db,
+              "SELECT COALESCE(MAX(version), 0) FROM data_keys WHERE tenant = ?1 AND scope = ?2");
     maxv.Bind(1, tenant).Bind(2, scope);
     auto mrow = maxv.Step();
     if (!mrow.ok()) return mrow.status();
@@ -502,9 +495,9 @@ absl::StatusOr<std::unique_ptr<KeyRing>> KeyRing::Open(const KeyRingOptions& opt
   if (options.kek == nullptr) return Error(ErrorCode::kInternal, "key ring needs a KEK");
   auto impl = std::make_unique<Impl>();
   impl->o = options;
-  int rc = sqlite3_open_v2(options.path.c_str(), &impl->db,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(options.path.c_str(), &impl->db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     return Error(ErrorCode::kInternal, "cannot open key vault " + options.path);
   }
@@ -625,8 +618,9 @@ absl::StatusOr<bool> KeyRing::IsCurrent(std::string_view envelope) {
   std::lock_guard lk(impl_->mu);
   impl_->SyncLocked();
   for (const auto& id : p->ids) {
-    Stmt st(impl_->db,
-            "SELECT d.tenant, d.scope, d.created_under, d.destroyed FROM data_keys d WHERE d.id = ?1");
+    Stmt st(
+        impl_->db,
+        "SELECT d.tenant, d.scope, d.created_under, d.destroyed FROM data_keys d WHERE d.id = ?1");
     st.Bind(1, id);
     auto row = st.Step();
     if (!row.ok()) return row.status();
@@ -654,7 +648,8 @@ absl::StatusOr<uint32_t> KeyRing::RotateTenant(const std::string& tenant) {
   });
   impl_->ClearLocked();
   if (r.ok()) {
-    impl_->Emit({"rotate", "tenant-key", tenant, "", "tenant:" + tenant + ":v" + std::to_string(*r), 0});
+    impl_->Emit(
+        {"rotate", "tenant-key", tenant, "", "tenant:" + tenant + ":v" + std::to_string(*r), 0});
   }
   return r;
 }
@@ -668,8 +663,9 @@ absl::StatusOr<uint64_t> KeyRing::RewrapKeys() {
     // 1. Tenant keys under an older KEK version.
     std::vector<std::pair<std::string, int64_t>> stale;
     {
-      Stmt st(impl_->db,
-              "SELECT tenant, version FROM tenant_keys WHERE destroyed IS NULL AND kek_version != ?1");
+      Stmt st(
+          impl_->db,
+          "SELECT tenant, version FROM tenant_keys WHERE destroyed IS NULL AND kek_version != ?1");
       st.Bind(1, static_cast<int64_t>(kek_now));
       while (true) {
         auto row = st.Step();
@@ -685,11 +681,13 @@ absl::StatusOr<uint64_t> KeyRing::RewrapKeys() {
       if (!row.ok() || !*row) return Error(ErrorCode::kInternal, "tenant key vanished");
       std::string ad = TenantKeyAd(tenant, static_cast<uint32_t>(version));
       auto key = impl_->o.kek->Unwrap(st.Blob(0), ad);
-      if (!key.ok()) return Error(ErrorCode::kDecryptionFailed, "tenant key does not open under the KEK");
+      if (!key.ok())
+        return Error(ErrorCode::kDecryptionFailed, "tenant key does not open under the KEK");
       auto wrapped = impl_->o.kek->Wrap(*key, ad);
       if (!wrapped.ok()) return wrapped.status();
       Stmt up(impl_->db,
-              "UPDATE tenant_keys SET wrapped = ?3, kek_version = ?4 WHERE tenant = ?1 AND version = ?2");
+              "UPDATE tenant_keys SET wrapped = ?3, kek_version = ?4 WHERE tenant = ?1 AND version "
+              "= ?2");
       up.Bind(1, tenant).Bind(2, version).BindBlob(3, *wrapped);
       up.Bind(4, static_cast<int64_t>(VersionedKek::VersionOf(*wrapped)));
       if (auto s = up.Run(); !s.ok()) return s;
@@ -706,7 +704,8 @@ absl::StatusOr<uint64_t> KeyRing::RewrapKeys() {
     std::vector<Row> rows;
     {
       Stmt st(impl_->db,
-              "SELECT d.id, d.tenant, d.scope, d.version, d.tenant_key_version, d.wrapped FROM data_keys d "
+              "SELECT d.id, d.tenant, d.scope, d.version, d.tenant_key_version, d.wrapped FROM "
+              "data_keys d "
               "WHERE d.destroyed IS NULL AND d.tenant_key_version != (SELECT MAX(t.version) FROM "
               "tenant_keys t WHERE t.tenant = d.tenant AND t.destroyed IS NULL)");
       while (true) {
@@ -722,14 +721,16 @@ absl::StatusOr<uint64_t> KeyRing::RewrapKeys() {
       if (!old_tk.ok()) return old_tk.status();
       std::string ad = DataKeyAd(d.tenant, d.scope, d.version, d.id);
       auto key = (*old_tk)->DecryptSecret(d.wrapped, ad);
-      if (!key.ok()) return Error(ErrorCode::kDecryptionFailed, "data key " + d.id + " does not open");
+      if (!key.ok())
+        return Error(ErrorCode::kDecryptionFailed, "data key " + d.id + " does not open");
       auto tv = impl_->CurrentTenantVersion(d.tenant);
       if (!tv.ok()) return tv.status();
       auto new_tk = impl_->TenantKeyLocked(d.tenant, *tv);
       if (!new_tk.ok()) return new_tk.status();
       auto wrapped = (*new_tk)->Encrypt(key->UnsafeView(), ad);
       if (!wrapped.ok()) return wrapped.status();
-      Stmt up(impl_->db, "UPDATE data_keys SET wrapped = ?2, tenant_key_version = ?3 WHERE id = ?1");
+      Stmt up(impl_->db,
+              "UPDATE data_keys SET wrapped = ?2, tenant_key_version = ?3 WHERE id = ?1");
       up.Bind(1, d.id).BindBlob(2, *wrapped).Bind(3, static_cast<int64_t>(*tv));
       if (auto s = up.Run(); !s.ok()) return s;
       ++moved;
@@ -757,7 +758,8 @@ absl::StatusOr<uint64_t> KeyRing::RewrapKeys() {
     std::string now = Now();
     for (const auto& [tenant, version] : retired) {
       Stmt up(impl_->db,
-              "UPDATE tenant_keys SET wrapped = NULL, destroyed = ?3 WHERE tenant = ?1 AND version = ?2");
+              "UPDATE tenant_keys SET wrapped = NULL, destroyed = ?3 WHERE tenant = ?1 AND version "
+              "= ?2");
       up.Bind(1, tenant).Bind(2, version).Bind(3, now);
       if (auto s = up.Run(); !s.ok()) return s;
       events.push_back({"destroy", "tenant-key", tenant, "",
@@ -807,9 +809,10 @@ absl::StatusOr<uint64_t> KeyRing::ErasePatient(const std::string& tenant,
       maxv.Bind(1, tenant).Bind(2, scope);
       auto row = maxv.Step();
       if (!row.ok()) return row.status();
-      Stmt ins(impl_->db,
-               "INSERT INTO data_keys(id, tenant, scope, version, created_under, tenant_key_version, "
-               "wrapped, created, destroyed) VALUES (?1, ?2, ?3, ?4, 0, 0, NULL, ?5, ?5)");
+      Stmt ins(
+          impl_->db,
+          "INSERT INTO data_keys(id, tenant, scope, version, created_under, tenant_key_version, "
+          "wrapped, created, destroyed) VALUES (?1, ?2, ?3, ?4, 0, 0, NULL, ?5, ?5)");
       ins.Bind(1, "dk_" + HexEncode(RandomBytes(8))).Bind(2, tenant).Bind(3, scope);
       ins.Bind(4, maxv.Int(0) + 1).Bind(5, now);
       if (auto s = ins.Run(); !s.ok()) return s;
@@ -830,12 +833,14 @@ absl::StatusOr<uint64_t> KeyRing::DestroyTenant(const std::string& tenant) {
   auto r = impl_->InWriteTx([&]() -> absl::StatusOr<uint64_t> {
     std::string now = Now();
     Stmt d(impl_->db,
-           "UPDATE data_keys SET wrapped = NULL, destroyed = ?2 WHERE tenant = ?1 AND destroyed IS NULL");
+           "UPDATE data_keys SET wrapped = NULL, destroyed = ?2 WHERE tenant = ?1 AND destroyed IS "
+           "NULL");
     d.Bind(1, tenant).Bind(2, now);
     if (auto s = d.Run(); !s.ok()) return s;
     uint64_t data = static_cast<uint64_t>(sqlite3_changes(impl_->db));
     Stmt t(impl_->db,
-           "UPDATE tenant_keys SET wrapped = NULL, destroyed = ?2 WHERE tenant = ?1 AND destroyed IS NULL");
+           "UPDATE tenant_keys SET wrapped = NULL, destroyed = ?2 WHERE tenant = ?1 AND destroyed "
+           "IS NULL");
     t.Bind(1, tenant).Bind(2, now);
     if (auto s = t.Run(); !s.ok()) return s;
     tenant_keys = static_cast<uint64_t>(sqlite3_changes(impl_->db));
@@ -846,9 +851,10 @@ absl::StatusOr<uint64_t> KeyRing::DestroyTenant(const std::string& tenant) {
       if (!row.ok()) return row.status();
       if (!*row) {
         // Never used: a destroyed placeholder keeps the tenant from being revived.
-        Stmt ins(impl_->db,
-                 "INSERT INTO tenant_keys(tenant, version, kek_version, wrapped, created, destroyed) "
-                 "VALUES (?1, 1, 0, NULL, ?2, ?2)");
+        Stmt ins(
+            impl_->db,
+            "INSERT INTO tenant_keys(tenant, version, kek_version, wrapped, created, destroyed) "
+            "VALUES (?1, 1, 0, NULL, ?2, ?2)");
         ins.Bind(1, tenant).Bind(2, now);
         if (auto s = ins.Run(); !s.ok()) return s;
       }
@@ -868,7 +874,8 @@ absl::StatusOr<std::optional<std::string>> KeyRing::ErasedAt(const std::string& 
                                                              const std::string& patient) {
   std::lock_guard lk(impl_->mu);
   Stmt st(impl_->db,
-          "SELECT MAX(destroyed), SUM(destroyed IS NULL) FROM data_keys WHERE tenant = ?1 AND scope = ?2");
+          "SELECT MAX(destroyed), SUM(destroyed IS NULL) FROM data_keys WHERE tenant = ?1 AND "
+          "scope = ?2");
   st.Bind(1, tenant).Bind(2, "patient:" + patient);
   auto row = st.Step();
   if (!row.ok()) return row.status();
@@ -932,10 +939,11 @@ absl::StatusOr<KeyRingStatus> KeyRing::Status() {
     }
   }
   {
-    Stmt st(impl_->db,
-            "SELECT SUM(destroyed IS NULL), SUM(destroyed IS NOT NULL), "
-            "SUM(destroyed IS NULL AND tenant_key_version != (SELECT MAX(t.version) FROM tenant_keys t "
-            "WHERE t.tenant = data_keys.tenant AND t.destroyed IS NULL)) FROM data_keys");
+    Stmt st(
+        impl_->db,
+        "SELECT SUM(destroyed IS NULL), SUM(destroyed IS NOT NULL), "
+        "SUM(destroyed IS NULL AND tenant_key_version != (SELECT MAX(t.version) FROM tenant_keys t "
+        "WHERE t.tenant = data_keys.tenant AND t.destroyed IS NULL)) FROM data_keys");
     auto row = st.Step();
     if (!row.ok()) return row.status();
     s.data_keys = static_cast<uint64_t>(st.Int(0));
@@ -953,7 +961,8 @@ void KeyRing::ReportUnwrapCount() {
     data = impl_->data_key_unwraps;
     impl_->data_key_unwraps = 0;
   }
-  impl_->Emit({"unwrap-count", "kek", "", "", "kek:v" + std::to_string(impl_->o.kek->current_version()), kek});
+  impl_->Emit({"unwrap-count", "kek", "", "",
+               "kek:v" + std::to_string(impl_->o.kek->current_version()), kek});
   impl_->Emit({"unwrap-count", "data-key", "", "", "", data});
 }
 

@@ -53,10 +53,10 @@ struct KeyEvent {
 };
 
 struct KeyRingOptions {
-  std::string path;                 // the key vault
-  VersionedKek* kek = nullptr;      // must outlive the ring
-  int cache_seconds = 300;          // unwrapped keys kept at most this long (0: never cached)
-  size_t cache_entries = 100000;    // and at most this many
+  std::string path;               // the key vault
+  VersionedKek* kek = nullptr;    // must outlive the ring
+  int cache_seconds = 300;        // unwrapped keys kept at most this long (0: never cached)
+  size_t cache_entries = 100000;  // and at most this many
   std::function<void(const KeyEvent&)> on_event;  // called after each key operation
 };
 

@@ -92,7 +92,8 @@ TEST_F(KeyRingTest, SealsUnderThePatientsKeyAndBindsTheAssociatedData) {
     bad[i] ^= 0x20;
     EXPECT_FALSE(ring_->Open("default", bad, "tenant|Observation|o1|1").ok()) << "byte " << i;
   }
-  EXPECT_FALSE(ring_->Open("default", env.substr(0, env.size() - 1), "tenant|Observation|o1|1").ok());
+  EXPECT_FALSE(
+      ring_->Open("default", env.substr(0, env.size() - 1), "tenant|Observation|o1|1").ok());
   EXPECT_FALSE(ring_->Open("default", "", "x").ok());
 
   // One key per patient and one for the tenant; same patient → same key.

@@ -178,8 +178,7 @@ absl::StatusOr<std::unique_ptr<VersionedKek>> VersionedKek::Open(
   if (!versions.ok()) return versions.status();
   if (versions->empty()) {
     if (!create) {
-      return Error(ErrorCode::kInternal,
-                   "no key-encryption key in " + kek->backend_->Describe());
+      return Error(ErrorCode::kInternal, "no key-encryption key in " + kek->backend_->Describe());
     }
     if (auto s = kek->backend_->CreateVersion(1); !s.ok()) return s;
   }

@@ -20,23 +20,40 @@ namespace {
 
 std::string RvName(CK_RV rv) {
   switch (rv) {
-    case CKR_OK: return "CKR_OK";
-    case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
-    case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
-    case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
-    case CKR_MECHANISM_PARAM_INVALID: return "CKR_MECHANISM_PARAM_INVALID";
-    case CKR_PIN_INCORRECT: return "CKR_PIN_INCORRECT";
-    case CKR_PIN_LOCKED: return "CKR_PIN_LOCKED";
-    case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
-    case CKR_SLOT_ID_INVALID: return "CKR_SLOT_ID_INVALID";
-    case CKR_ENCRYPTED_DATA_INVALID: return "CKR_ENCRYPTED_DATA_INVALID";
-    case CKR_ENCRYPTED_DATA_LEN_RANGE: return "CKR_ENCRYPTED_DATA_LEN_RANGE";
-    case CKR_WRAPPED_KEY_INVALID: return "CKR_WRAPPED_KEY_INVALID";
-    case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
-    case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
-    case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
-    case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
-    case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
+    case CKR_OK:
+      return "CKR_OK";
+    case CKR_GENERAL_ERROR:
+      return "CKR_GENERAL_ERROR";
+    case CKR_ARGUMENTS_BAD:
+      return "CKR_ARGUMENTS_BAD";
+    case CKR_MECHANISM_INVALID:
+      return "CKR_MECHANISM_INVALID";
+    case CKR_MECHANISM_PARAM_INVALID:
+      return "CKR_MECHANISM_PARAM_INVALID";
+    case CKR_PIN_INCORRECT:
+      return "CKR_PIN_INCORRECT";
+    case CKR_PIN_LOCKED:
+      return "CKR_PIN_LOCKED";
+    case CKR_TOKEN_NOT_PRESENT:
+      return "CKR_TOKEN_NOT_PRESENT";
+    case CKR_SLOT_ID_INVALID:
+      return "CKR_SLOT_ID_INVALID";
+    case CKR_ENCRYPTED_DATA_INVALID:
+      return "CKR_ENCRYPTED_DATA_INVALID";
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+      return "CKR_ENCRYPTED_DATA_LEN_RANGE";
+    case CKR_WRAPPED_KEY_INVALID:
+      return "CKR_WRAPPED_KEY_INVALID";
+    case CKR_KEY_HANDLE_INVALID:
+      return "CKR_KEY_HANDLE_INVALID";
+    case CKR_OBJECT_HANDLE_INVALID:
+      return "CKR_OBJECT_HANDLE_INVALID";
+    case CKR_SESSION_HANDLE_INVALID:
+      return "CKR_SESSION_HANDLE_INVALID";
+    case CKR_USER_NOT_LOGGED_IN:
+      return "CKR_USER_NOT_LOGGED_IN";
+    case CKR_DEVICE_ERROR:
+      return "CKR_DEVICE_ERROR";
     default: {
       char buf[32];
       std::snprintf(buf, sizeof buf, "CKR_0x%lx", static_cast<unsigned long>(rv));
@@ -73,7 +90,8 @@ bool DeviceTrouble(CK_RV rv) {
 
 absl::Status UnwrapFailed(std::string_view what, CK_RV rv) {
   if (DeviceTrouble(rv)) {
-    return Error(ErrorCode::kUnavailable, std::string(what) + ": HSM unavailable (" + RvName(rv) + ")");
+    return Error(ErrorCode::kUnavailable,
+                 std::string(what) + ": HSM unavailable (" + RvName(rv) + ")");
   }
   return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
 }
@@ -81,6 +99,18 @@ absl::Status UnwrapFailed(std::string_view what, CK_RV rv) {
 // The largest secret wrapped (tenant keys are 32 bytes, TOTP seeds 20, sealed
 // break-glass justifications up to a few hundred).
 constexpr size_t kMaxSecret = 4096;
+
+// CKM_AES_GCM parameters: 96-bit IV, 128-bit tag, `ad` as AAD (both must outlive the call).
+CK_GCM_PARAMS GcmParams(std::string& iv, std::string_view ad) {
+  CK_GCM_PARAMS p{};
+  p.pIv = reinterpret_cast<unsigned char*>(iv.data());
+  p.ulIvLen = iv.size();
+  p.ulIvBits = iv.size() * 8;
+  p.pAAD = reinterpret_cast<unsigned char*>(const_cast<char*>(ad.data()));
+  p.ulAADLen = ad.size();
+  p.ulTagBits = kGcmTagBytes * 8;
+  return p;
+}
 
 std::string PaddedLabel(std::string_view label) {
   std::string out(label.substr(0, 32));
@@ -109,8 +139,8 @@ absl::StatusOr<Module> LoadModule(const std::string& path) {
     return Error(ErrorCode::kInternal,
                  "cannot load PKCS#11 module " + path + ": " + (why ? why : "unknown error"));
   }
-  auto get = reinterpret_cast<CK_RV (*)(CK_FUNCTION_LIST**)>(
-      ::dlsym(m.handle, "C_GetFunctionList"));
+  auto get =
+      reinterpret_cast<CK_RV (*)(CK_FUNCTION_LIST**)>(::dlsym(m.handle, "C_GetFunctionList"));
   if (get == nullptr) {
     return Error(ErrorCode::kInternal, path + " is not a PKCS#11 module (no C_GetFunctionList)");
   }
@@ -179,8 +209,8 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
 
   absl::Status Connect() {
     if (options_.mechanism != "aes-gcm" && options_.mechanism != "aes-key-wrap-pad") {
-      return Error(ErrorCode::kInternal, "kms mechanism must be aes-gcm or aes-key-wrap-pad, not " +
-                                             options_.mechanism);
+      return Error(ErrorCode::kInternal,
+                   "kms mechanism must be aes-gcm or aes-key-wrap-pad, not " + options_.mechanism);
     }
     CK_SLOT_ID slot = 0;
     if (options_.slot) {
@@ -215,8 +245,8 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
       }
     }
     CK_SESSION_HANDLE opened = CK_INVALID_HANDLE;
-    CK_RV rv = m_.fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-                                    &opened);
+    CK_RV rv =
+        m_.fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &opened);
     if (rv != CKR_OK) return Failed("C_OpenSession", rv);
     {
       std::lock_guard lk(mu_);
@@ -278,7 +308,8 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
       if (label.size() <= prefix.size() || label.compare(0, prefix.size(), prefix) != 0) continue;
       std::string digits = label.substr(prefix.size());
       if (digits.empty() || digits.size() > 9 ||
-          !std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+          !std::all_of(digits.begin(), digits.end(),
+                       [](char ch) { return ch >= '0' && ch <= '9'; })) {
         continue;
       }
       uint32_t v = static_cast<uint32_t>(std::stoul(digits));
@@ -343,13 +374,7 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
   absl::StatusOr<std::string> WrapGcm(CK_OBJECT_HANDLE key, const SecretBytes& dek,
                                       std::string_view ad) {
     std::string iv = RandomBytes(kGcmNonceBytes);
-    CK_GCM_PARAMS params{};
-    params.pIv = reinterpret_cast<unsigned char*>(iv.data());
-    params.ulIvLen = iv.size();
-    params.ulIvBits = iv.size() * 8;
-    params.pAAD = reinterpret_cast<unsigned char*>(const_cast<char*>(ad.data()));
-    params.ulAADLen = ad.size();
-    params.ulTagBits = kGcmTagBytes * 8;
+    CK_GCM_PARAMS params = GcmParams(iv, ad);
     CK_MECHANISM mech = {CKM_AES_GCM, &params, sizeof params};
     std::string out(dek.size() + kGcmTagBytes, '\0');
     CK_ULONG out_len = out.size();
@@ -372,13 +397,7 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     }
     std::string iv(wrapped.substr(0, kGcmNonceBytes));
     std::string body(wrapped.substr(kGcmNonceBytes));
-    CK_GCM_PARAMS params{};
-    params.pIv = reinterpret_cast<unsigned char*>(iv.data());
-    params.ulIvLen = iv.size();
-    params.ulIvBits = iv.size() * 8;
-    params.pAAD = reinterpret_cast<unsigned char*>(const_cast<char*>(ad.data()));
-    params.ulAADLen = ad.size();
-    params.ulTagBits = kGcmTagBytes * 8;
+    CK_GCM_PARAMS params = GcmParams(iv, ad);
     CK_MECHANISM mech = {CKM_AES_GCM, &params, sizeof params};
     SecretBytes out(body.size());
     CK_ULONG out_len = out.size();
@@ -417,12 +436,9 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE, f = CK_FALSE;
     CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof cls},
-        {CKA_KEY_TYPE, &kt, sizeof kt},
-        {CKA_TOKEN, &f, sizeof f},
-        {CKA_SENSITIVE, &f, sizeof f},
-        {CKA_EXTRACTABLE, &t, sizeof t},
-        {CKA_VALUE, joined.UnsafeMutableData(), joined.size()},
+        {CKA_CLASS, &cls, sizeof cls},   {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &f, sizeof f},       {CKA_SENSITIVE, &f, sizeof f},
+        {CKA_EXTRACTABLE, &t, sizeof t}, {CKA_VALUE, joined.UnsafeMutableData(), joined.size()},
     };
     std::lock_guard lk(mu_);
     CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
@@ -445,9 +461,8 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
     CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
     CK_BBOOL t = CK_TRUE, f = CK_FALSE;
     CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof cls},    {CKA_KEY_TYPE, &kt, sizeof kt},
-        {CKA_TOKEN, &f, sizeof f},        {CKA_SENSITIVE, &f, sizeof f},
-        {CKA_EXTRACTABLE, &t, sizeof t},
+        {CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt},  {CKA_TOKEN, &f, sizeof f},
+        {CKA_SENSITIVE, &f, sizeof f}, {CKA_EXTRACTABLE, &t, sizeof t},
     };
     std::string in(wrapped);
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, nullptr, 0};
@@ -464,7 +479,8 @@ class Pkcs11Kms final : public std::enable_shared_from_this<Pkcs11Kms> {
       return Error(ErrorCode::kDecryptionFailed, "data key failed to unwrap");
     }
     std::string_view v = value.UnsafeView().substr(0, a.ulValueLen);
-    size_t len = (static_cast<size_t>(static_cast<uint8_t>(v[0])) << 8) | static_cast<uint8_t>(v[1]);
+    size_t len =
+        (static_cast<size_t>(static_cast<uint8_t>(v[0])) << 8) | static_cast<uint8_t>(v[1]);
     if (len == 0 || 2 + len + 32 > v.size() ||
         !ConstantTimeEquals(v.substr(2 + len, 32), Sha256(ad)) ||
         v.substr(2 + len + 32).find_first_not_of('\0') != std::string_view::npos) {
@@ -496,13 +512,14 @@ auto Pkcs11Key::WithSession(Op op) const -> decltype(op(CK_OBJECT_HANDLE{})) {
 }
 
 absl::StatusOr<std::string> Pkcs11Key::Wrap(const SecretBytes& dek,
-                                             std::string_view associated_data) const {
+                                            std::string_view associated_data) const {
   if (dek.empty() || dek.size() > kMaxSecret) {
-    return Error(ErrorCode::kInternal, "a wrapped secret is 1.." + std::to_string(kMaxSecret) + " bytes");
+    return Error(ErrorCode::kInternal,
+                 "a wrapped secret is 1.." + std::to_string(kMaxSecret) + " bytes");
   }
   return WithSession([&](CK_OBJECT_HANDLE h) {
     return kms_->options().mechanism == "aes-gcm" ? kms_->WrapGcm(h, dek, associated_data)
-                                                   : kms_->WrapKwp(h, dek, associated_data);
+                                                  : kms_->WrapKwp(h, dek, associated_data);
   });
 }
 
@@ -510,7 +527,7 @@ absl::StatusOr<SecretBytes> Pkcs11Key::Unwrap(std::string_view wrapped,
                                               std::string_view associated_data) const {
   return WithSession([&](CK_OBJECT_HANDLE h) {
     return kms_->options().mechanism == "aes-gcm" ? kms_->UnwrapGcm(h, wrapped, associated_data)
-                                                   : kms_->UnwrapKwp(h, wrapped, associated_data);
+                                                  : kms_->UnwrapKwp(h, wrapped, associated_data);
   });
 }
 
@@ -538,7 +555,8 @@ absl::StatusOr<SecretBytes> ReadSecretSource(const std::string& source) {
   if (source.rfind("env:", 0) == 0) {
     const char* v = std::getenv(source.c_str() + 4);
     if (v == nullptr || *v == '\0') {
-      return Error(ErrorCode::kInternal, "environment variable " + source.substr(4) + " is not set");
+      return Error(ErrorCode::kInternal,
+                   "environment variable " + source.substr(4) + " is not set");
     }
     return SecretBytes(std::string_view(v));
   }

@@ -125,8 +125,7 @@ TEST_P(Pkcs11Test, KeyRingOverTheHsm) {
   EXPECT_FALSE((*ring)->Open("default", *sealed, "other").ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Mechanisms, Pkcs11Test,
-                         ::testing::Values("aes-gcm", "aes-key-wrap-pad"));
+INSTANTIATE_TEST_SUITE_P(Mechanisms, Pkcs11Test, ::testing::Values("aes-gcm", "aes-key-wrap-pad"));
 
 // Closes every session on the token, as an HSM restart or failover does.
 void CloseAllSessions(const SoftHsmToken& token) {
@@ -144,7 +143,8 @@ void CloseAllSessions(const SoftHsmToken& token) {
   int closed = 0;
   for (CK_SLOT_ID slot : slots) {
     CK_TOKEN_INFO info{};
-    if (fn->C_GetTokenInfo(slot, &info) == CKR_OK && std::memcmp(info.label, want.data(), 32) == 0) {
+    if (fn->C_GetTokenInfo(slot, &info) == CKR_OK &&
+        std::memcmp(info.label, want.data(), 32) == 0) {
       EXPECT_EQ(fn->C_CloseAllSessions(slot), CKR_OK);
       ++closed;
     }

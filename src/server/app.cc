@@ -12,7 +12,6 @@
 #include <thread>
 
 #include "audit/audit_log.h"
-#include "server/key_admin.h"
 #include "common/clock.h"
 #include "common/encoding.h"
 #include "common/error.h"
@@ -31,6 +30,7 @@
 #include "server/config.h"
 #include "server/fhir_service.h"
 #include "server/instance.h"
+#include "server/key_admin.h"
 #include "server/log.h"
 #include "server/rate_limiter.h"
 #include "store/resource_store.h"
@@ -291,7 +291,8 @@ class Janitor {
         r.resource_type = type;
         r.decision = "older than " + std::to_string(days) + " days (before " + cutoff + ")";
         if (!audit_->Append(r).ok()) {
-          LogEvent(LogLevel::kWarn, "retention_purge_unaudited", {{"resource_type", LogValue(type)}});
+          LogEvent(LogLevel::kWarn, "retention_purge_unaudited",
+                   {{"resource_type", LogValue(type)}});
           return;
         }
         auto n = store_->PurgeBefore(tenant_, type, cutoff, 500);
@@ -305,8 +306,9 @@ class Janitor {
           break;
         }
         if (*n == 0) break;
-        LogEvent(LogLevel::kInfo, "retention_purged",
-                 {{"resource_type", LogValue(type)}, {"count", LogValue(static_cast<int64_t>(*n))}});
+        LogEvent(
+            LogLevel::kInfo, "retention_purged",
+            {{"resource_type", LogValue(type)}, {"count", LogValue(static_cast<int64_t>(*n))}});
       }
     }
   }
@@ -616,10 +618,10 @@ absl::Status Serve(const ServeArgs& args) {
       LogEvent(LogLevel::kError, "key_event_unaudited", {{"action", LogValue(e.action)}});
     }
   });
-  auto janitor = std::make_unique<Janitor>(
-      store->get(), config.idempotency_ttl_seconds, &inst.keyring(),
-      config.key_unwrap_report_seconds, config.tenant, config.retention_days, audit_log->get(),
-      &inst.versioned_kek());
+  auto janitor =
+      std::make_unique<Janitor>(store->get(), config.idempotency_ttl_seconds, &inst.keyring(),
+                                config.key_unwrap_report_seconds, config.tenant,
+                                config.retention_days, audit_log->get(), &inst.versioned_kek());
   LogEvent(LogLevel::kInfo, "listening",
            {{"url", LogValue(scheme + "://" + PublicHost(host) + ":" + std::to_string(bound))},
             {"tls_min_version", LogValue(config.tls_min_version)}});

@@ -1,11 +1,10 @@
 #include "server/backup.h"
 
 #include <dirent.h>
+#include <openssl/crypto.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <openssl/crypto.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -109,8 +108,8 @@ std::vector<std::string> FilesIn(const std::string& dir) {
 }
 
 bool IsKekFile(const std::string& name) {
-  return name == "kek.key" || (name.rfind("kek-v", 0) == 0 && name.size() > 9 &&
-                               name.substr(name.size() - 4) == ".key");
+  return name == "kek.key" ||
+         (name.rfind("kek-v", 0) == 0 && name.size() > 9 && name.substr(name.size() - 4) == ".key");
 }
 
 // Part names are relative paths below the data directory, from a fixed set
@@ -123,8 +122,8 @@ bool SafePartName(const std::string& n) {
   for (std::string_view dir : {"keys/", "tls/"}) {
     if (n.size() > dir.size() && n.compare(0, dir.size(), dir) == 0) {
       std::string_view rest = std::string_view(n).substr(dir.size());
-      if (rest.find('/') != std::string_view::npos || rest == "." || rest == ".." ||
-          rest.empty() || rest[0] == '.') {
+      if (rest.find('/') != std::string_view::npos || rest == "." || rest == ".." || rest.empty() ||
+          rest[0] == '.') {
         return false;
       }
       return std::all_of(rest.begin(), rest.end(), [](char c) {
@@ -142,7 +141,8 @@ std::string ChunkAd(std::string_view id, std::string_view part, uint64_t index, 
 
 absl::StatusOr<std::string> EncryptPart(const SecretBytes& backup_key, const std::string& id,
                                         const std::string& name, std::string_view plain) {
-  auto aead = crypto::Aead::NewAes256Gcm(crypto::HkdfSha256(backup_key, name, "fhirward-backup-part-v1"));
+  auto aead =
+      crypto::Aead::NewAes256Gcm(crypto::HkdfSha256(backup_key, name, "fhirward-backup-part-v1"));
   if (!aead.ok()) return aead.status();
   std::string out;
   uint64_t index = 0;
@@ -164,7 +164,8 @@ absl::StatusOr<std::string> EncryptPart(const SecretBytes& backup_key, const std
 
 absl::StatusOr<SecretBytes> DecryptPart(const SecretBytes& backup_key, const std::string& id,
                                         const std::string& name, std::string_view in) {
-  auto aead = crypto::Aead::NewAes256Gcm(crypto::HkdfSha256(backup_key, name, "fhirward-backup-part-v1"));
+  auto aead =
+      crypto::Aead::NewAes256Gcm(crypto::HkdfSha256(backup_key, name, "fhirward-backup-part-v1"));
   if (!aead.ok()) return aead.status();
   std::string plain;
   plain.reserve(in.size());  // never reallocated: one copy to wipe
@@ -182,8 +183,8 @@ absl::StatusOr<SecretBytes> DecryptPart(const SecretBytes& backup_key, const std
     auto pt = (*aead)->DecryptSecret(in.substr(0, len), ChunkAd(id, name, index, last));
     if (!pt.ok()) {
       OPENSSL_cleanse(plain.data(), plain.size());
-      return Error(ErrorCode::kDecryptionFailed, name + ": chunk " + std::to_string(index) +
-                                                     " failed its integrity check");
+      return Error(ErrorCode::kDecryptionFailed,
+                   name + ": chunk " + std::to_string(index) + " failed its integrity check");
     }
     plain.append(pt->UnsafeView());
     in.remove_prefix(len);
@@ -231,7 +232,8 @@ absl::Status AuditOn(const Instance& live, const std::string& action, const std:
 absl::Status Backup(const BackupArgs& a, std::ostream& out) {
   if (a.to.empty()) return Error(ErrorCode::kInvalidParameter, "--to is required");
   if (Exists(a.to)) {
-    return Error(ErrorCode::kInvalidParameter, a.to + " exists: a backup goes into a new directory");
+    return Error(ErrorCode::kInvalidParameter,
+                 a.to + " exists: a backup goes into a new directory");
   }
   auto inst = Instance::Open(a.data_dir, /*create=*/false, "");
   if (!inst.ok()) return inst.status();
@@ -318,7 +320,7 @@ absl::Status Backup(const BackupArgs& a, std::ostream& out) {
     return s;
   }
   if (auto s = AuditOn(live, "backup.create", "success", "backup=" + id + " to=" + a.to,
-                      static_cast<int64_t>(parts.size()));
+                       static_cast<int64_t>(parts.size()));
       !s.ok()) {
     return s;
   }
@@ -389,7 +391,8 @@ absl::Status Restore(const RestoreArgs& a, std::ostream& out) {
     if (!plain.ok()) return plain.status();
     const json::Value* bytes = p.Find("bytes");
     if (Hex(plain->UnsafeView()) != p.GetString("sha256").value_or("") || bytes == nullptr ||
-        !bytes->is_number() || bytes->as_int64().value_or(-1) != static_cast<int64_t>(plain->size())) {
+        !bytes->is_number() ||
+        bytes->as_int64().value_or(-1) != static_cast<int64_t>(plain->size())) {
       return Error(ErrorCode::kDecryptionFailed, name + ": plaintext hash or size mismatch");
     }
     plain_parts.emplace_back(name, std::move(*plain));
@@ -457,8 +460,7 @@ absl::Status Restore(const RestoreArgs& a, std::ostream& out) {
 
   // 4. Integrity checks.
   if (a.verify) {
-    auto report =
-        audit::VerifyAuditLog((*restored)->audit_db_path(), (*restored)->audit_mac_key());
+    auto report = audit::VerifyAuditLog((*restored)->audit_db_path(), (*restored)->audit_mac_key());
     if (!report.ok()) return report.status();
     if (!report->ok) {
       return Error(ErrorCode::kDecryptionFailed, "audit trail: " + report->summary);
@@ -473,17 +475,17 @@ absl::Status Restore(const RestoreArgs& a, std::ostream& out) {
       if (!page.ok()) {
         if (CodeOf(page.status()) == ErrorCode::kErased) continue;  // a decommissioned tenant
         return Error(ErrorCode::kDecryptionFailed,
-                     "records of tenant " + tenant + " do not open: " +
-                         std::string(page.status().message()));
+                     "records of tenant " + tenant +
+                         " do not open: " + std::string(page.status().message()));
       }
       opened += page->entries.size();
     }
     out << "records: " << opened << " sampled versions opened and authenticated\n";
   }
-  if (auto s = AuditOn(live, "backup.restore", "success",
-                      "backup=" + id + " from=" + a.from + " to=" + a.to +
-                          (a.verify ? " verified" : ""),
-                      static_cast<int64_t>(plain_parts.size()), a.admin);
+  if (auto s = AuditOn(
+          live, "backup.restore", "success",
+          "backup=" + id + " from=" + a.from + " to=" + a.to + (a.verify ? " verified" : ""),
+          static_cast<int64_t>(plain_parts.size()), a.admin);
       !s.ok()) {
     return s;
   }

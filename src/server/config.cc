@@ -88,11 +88,10 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
                  absl::StrCat("config ", path, " line ", e.source().begin.line, ": ",
                               std::string(e.description())));
   }
-  FW_TRY(
-      CheckKeys(root, "",
-                {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "search", "bundle",
-                 "validation", "auth", "oauth", "policy", "store", "rate_limit", "log", "keys",
-                 "retention"}));
+  FW_TRY(CheckKeys(root, "",
+                   {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "search",
+                    "bundle", "validation", "auth", "oauth", "policy", "store", "rate_limit", "log",
+                    "keys", "retention"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));

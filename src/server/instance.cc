@@ -12,8 +12,8 @@
 #include "common/error.h"
 #include "crypto/aead.h"
 #include "crypto/pkcs11.h"
-#include "toml++/toml.h"
 #include "json/value.h"
+#include "toml++/toml.h"
 
 namespace fhirward::server {
 namespace {
@@ -89,14 +89,14 @@ absl::StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
   try {
     t = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
-    return Error(ErrorCode::kInternal,
-                 path + ":" + std::to_string(e.source().begin.line) + ": " +
-                     std::string(e.description()));
+    return Error(ErrorCode::kInternal, path + ":" + std::to_string(e.source().begin.line) + ": " +
+                                           std::string(e.description()));
   }
   for (const auto& [k, v] : t) {
     std::string key(k.str());
     auto str = [&](std::string& out) -> absl::Status {
-      if (!v.is_string()) return Error(ErrorCode::kInternal, path + ": " + key + " must be a string");
+      if (!v.is_string())
+        return Error(ErrorCode::kInternal, path + ": " + key + " must be a string");
       out = v.as_string()->get();
       return absl::OkStatus();
     };
@@ -124,8 +124,9 @@ absl::StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
       }
       c.data_key_cache_seconds = static_cast<int>(v.as_integer()->get());
     } else if (key == "pin") {
-      return Error(ErrorCode::kInternal, path + ": a PIN is never written in kms.toml; use "
-                                                "pin_source = \"env:NAME\" or \"file:PATH\"");
+      return Error(ErrorCode::kInternal, path +
+                                             ": a PIN is never written in kms.toml; use "
+                                             "pin_source = \"env:NAME\" or \"file:PATH\"");
     } else {
       return Error(ErrorCode::kInternal, path + ": unknown key " + key);
     }

@@ -274,8 +274,7 @@ absl::Status KeysStatus(const std::string& data_dir, std::ostream& out) {
         << (t.destroyed ? "destroyed" : "kek v" + std::to_string(t.kek_version)) << "  created "
         << t.created << "  data keys " << t.data_keys << "\n";
   }
-  out << "data keys: " << st->data_keys << " live, " << st->destroyed_data_keys
-      << " destroyed\n";
+  out << "data keys: " << st->data_keys << " live, " << st->destroyed_data_keys << " destroyed\n";
   out << "to move forward (fhirward keys rewrap): " << st->stale_tenant_keys << " tenant keys, "
       << st->stale_data_keys << " data keys\n";
   return absl::OkStatus();
@@ -304,8 +303,8 @@ absl::Status KeysRotateKek(const KeyAdminArgs& a, std::ostream& out) {
   auto v = session.inst->versioned_kek().Rotate();
   ::close(lock);
   if (!v.ok()) return v.status();
-  auto st = session.Audit(KeyEventRecord(
-      {"rotate", "kek", "", "", "kek:v" + std::to_string(*v), 0}, session.actor));
+  auto st = session.Audit(
+      KeyEventRecord({"rotate", "kek", "", "", "kek:v" + std::to_string(*v), 0}, session.actor));
   if (!st.ok()) return st;
   out << "key-encryption key version " << *v << " created in "
       << session.inst->versioned_kek().backend().Describe()
@@ -474,8 +473,9 @@ absl::Status TenantDecommission(const KeyAdminArgs& a, const std::string& tenant
                                 const std::string& confirm, std::ostream& out) {
   if (!ValidTenant(tenant)) return Error(ErrorCode::kInvalidParameter, "invalid tenant");
   if (confirm != tenant) {
-    return Error(ErrorCode::kInvalidParameter,
-                 "decommissioning destroys every key of the tenant: repeat its name with --confirm");
+    return Error(
+        ErrorCode::kInvalidParameter,
+        "decommissioning destroys every key of the tenant: repeat its name with --confirm");
   }
   auto s = OpenAsKeyAdmin(a, "decommission");
   if (!s.ok()) return s.status();

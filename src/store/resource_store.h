@@ -213,10 +213,10 @@ class ResourceStore {
   // seq > `after_seq` (at most `limit`) whose envelope is format 1 or names a
   // data key that is no longer current. Each batch commits on its own.
   struct ResealProgress {
-    int64_t last_seq = 0;   // resume after this
+    int64_t last_seq = 0;  // resume after this
     uint64_t scanned = 0;
     uint64_t resealed = 0;
-    bool done = false;      // no versions after last_seq
+    bool done = false;  // no versions after last_seq
   };
   virtual absl::StatusOr<ResealProgress> ResealBatch(int64_t after_seq, size_t limit) = 0;
   // Number of stored versions with seq > after_seq (for progress reports).

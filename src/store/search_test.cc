@@ -16,8 +16,8 @@
 
 #include "common/clock.h"
 #include "common/error.h"
-#include "crypto/test_util.h"
 #include "crypto/kms.h"
+#include "crypto/test_util.h"
 #include "fhir/search_index.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -1281,13 +1281,14 @@ TEST_F(StoreSearchTest, TimeBudgetInterruptsACostlyQuery) {
   EXPECT_TRUE(store_->Search(q).ok());
 }
 
-// ---- crypto-shredding ----------------------------------------------------------------------------
+// ---- crypto-shredding
+// ----------------------------------------------------------------------------
 
 TEST_F(StoreSearchTest, ErasedPatientLeavesNothingToReadSearchOrList) {
   Populate();
-  store_->Update({"t1", "Patient", "p1"},
-                 J(R"({"resourceType":"Patient","name":[{"family":"Alpha2"}]})"), std::nullopt,
-                 false)
+  store_
+      ->Update({"t1", "Patient", "p1"},
+               J(R"({"resourceType":"Patient","name":[{"family":"Alpha2"}]})"), std::nullopt, false)
       .value();
   auto destroyed = keys_.ring->ErasePatient("t1", "p1");
   ASSERT_TRUE(destroyed.ok()) << destroyed.status();
@@ -1327,10 +1328,10 @@ TEST_F(StoreSearchTest, ErasedPatientLeavesNothingToReadSearchOrList) {
   auto again = store_->Create({"t1", "Patient", "p1"},
                               J(R"({"resourceType":"Patient","name":[{"family":"Again"}]})"));
   EXPECT_EQ(CodeOf(again.status()), ErrorCode::kErased);
-  auto about = store_->Create(
-      {"t1", "Observation", "late"},
-      J(R"({"resourceType":"Observation","status":"final","code":{"text":"x"},)"
-        R"("subject":{"reference":"Patient/p1"}})"));
+  auto about =
+      store_->Create({"t1", "Observation", "late"},
+                     J(R"({"resourceType":"Observation","status":"final","code":{"text":"x"},)"
+                       R"("subject":{"reference":"Patient/p1"}})"));
   EXPECT_EQ(CodeOf(about.status()), ErrorCode::kErased);
 }
 
@@ -1344,8 +1345,10 @@ TEST_F(StoreSearchTest, ErasureRemovesAGroupNamingThePatientAndReplaysMentioning
   Create("Group", "big",
          R"({"resourceType":"Group","type":"person","actual":true,"member":[)" + members +
              R"(,{"entity":{"reference":"Patient/p2"}}]})");
-  store_->PutIdempotency("t1", "app", "k1",
-                         {.status = 201, .response_body = R"({"subject":{"reference":"Patient/p2"}})"})
+  store_
+      ->PutIdempotency(
+          "t1", "app", "k1",
+          {.status = 201, .response_body = R"({"subject":{"reference":"Patient/p2"}})"})
       .value();
   store_->PutIdempotency("t1", "app", "k2", {.status = 201, .response_body = R"({"other":1})"})
       .value();

@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "common/clock.h"
+#include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/envelope.h"
 #include "fhir/resources.h"
@@ -56,22 +57,6 @@ CREATE TABLE IF NOT EXISTS erased_resources(
   PRIMARY KEY(tenant, type, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store_meta(name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL);
 )sql";
-
-// Length-prefixed so that no two (tenant, type, id, version) tuples share bytes.
-template <typename Parts>
-std::string LengthPrefixedOf(const Parts& parts) {
-  std::string out;
-  for (std::string_view p : parts) {
-    out += std::to_string(p.size());
-    out += ':';
-    out += p;
-  }
-  return out;
-}
-
-std::string LengthPrefixed(std::initializer_list<std::string_view> parts) {
-  return LengthPrefixedOf(parts);
-}
 
 // Sorted, without duplicates: the canonical form bound into the AD.
 std::vector<std::string> Canonical(std::vector<std::string> patients) {
@@ -715,16 +700,7 @@ class SqliteStore final : public ResourceStore {
           }
         }
         if (!shred) continue;
-        for (const char* sql :
-             {"DELETE FROM resource_versions WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-              "DELETE FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-              "DELETE FROM compartment_members WHERE tenant = ?1 AND type = ?2 AND id = ?3"}) {
-          auto del = db.Prepare(sql);
-          if (!del.ok()) return del.status();
-          del->Bind(1, tenant).Bind(2, type).Bind(3, id);
-          if (auto r = del->Run(); !r.ok()) return r;
-        }
-        if (auto r = internal::DeleteIndex(db, tenant, type, id); !r.ok()) return r;
+        if (auto r = RemoveResource(db, tenant, type, id); !r.ok()) return r;
         auto mark = db.Prepare(
             "INSERT OR REPLACE INTO erased_resources(tenant, type, id, erased_at) "
             "VALUES (?1, ?2, ?3, ?4)");
@@ -751,8 +727,8 @@ class SqliteStore final : public ResourceStore {
           if (!row.ok()) return row.status();
           if (!*row) break;
           auto body = cipher_.Open(st->Blob(2), IdempotencyAd(tenant, st->Text(0), st->Text(1)));
-          if (body.ok() && (body->find(ref) != std::string::npos ||
-                            body->find(quoted) != std::string::npos)) {
+          if (body.ok() &&
+              (body->find(ref) != std::string::npos || body->find(quoted) != std::string::npos)) {
             replays.emplace_back(st->Text(0), st->Text(1));
           }
         }
@@ -805,7 +781,7 @@ class SqliteStore final : public ResourceStore {
       std::string old_envelope;
       std::string new_envelope;
     };
-    std::vector<Row> todo;
+    std::vector<Row> stale;
     ResealProgress progress;
     progress.last_seq = after_seq;
     {
@@ -823,17 +799,20 @@ class SqliteStore final : public ResourceStore {
         progress.last_seq = st->Int(0);
         if (st->IsNull(5)) continue;
         std::string envelope = st->Blob(5);
-        bool stale = !crypto::KeyRing::IsRecordEnvelope(envelope);
-        if (!stale) {
+        bool old = !crypto::KeyRing::IsRecordEnvelope(envelope);
+        if (!old) {
           auto current = options_.keyring->IsCurrent(envelope);
           if (!current.ok()) return current.status();
-          stale = !*current;
+          old = !*current;
         }
-        if (!stale) continue;
-        todo.push_back({st->Int(0), {st->Text(1), st->Text(2), st->Text(3)}, st->Int(4),
-                        std::move(envelope), {}});
+        if (!old) continue;
+        stale.push_back({st->Int(0),
+                         {st->Text(1), st->Text(2), st->Text(3)},
+                         st->Int(4),
+                         std::move(envelope),
+                         {}});
       }
-      for (Row& r : todo) {
+      for (Row& r : stale) {
         auto patients = CompartmentsOf(*conn.db, r.key, r.version);
         std::string ad = ResourceAd(r.key, r.version, patients);
         auto plain = OpenRecord(r.key.tenant, r.old_envelope, ad);
@@ -847,11 +826,11 @@ class SqliteStore final : public ResourceStore {
       }
     }
     progress.done = progress.scanned < limit;
-    std::erase_if(todo, [](const Row& r) { return r.new_envelope.empty(); });
-    if (todo.empty()) return progress;
+    std::erase_if(stale, [](const Row& r) { return r.new_envelope.empty(); });
+    if (stale.empty()) return progress;
     absl::Status s = SubmitWrite([&](Db& db) -> absl::Status {
       progress.resealed = 0;
-      for (const Row& r : todo) {
+      for (const Row& r : stale) {
         // Only if the row still holds what was read (never overwrite a concurrent change).
         auto up = db.Prepare(
             "UPDATE resource_versions SET envelope = ?1 WHERE seq = ?2 AND envelope = ?3");
@@ -863,7 +842,7 @@ class SqliteStore final : public ResourceStore {
       return absl::OkStatus();
     });
     if (!s.ok()) return s;
-    for (const Row& r : todo) cache_.Drop(r.key);
+    for (const Row& r : stale) cache_.Drop(r.key);
     return progress;
   }
 
@@ -892,16 +871,7 @@ class SqliteStore final : public ResourceStore {
         return absl::OkStatus();
       }
       for (const auto& id : ids) {
-        for (const char* sql :
-             {"DELETE FROM resource_versions WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-              "DELETE FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3",
-              "DELETE FROM compartment_members WHERE tenant = ?1 AND type = ?2 AND id = ?3"}) {
-          auto del = db.Prepare(sql);
-          if (!del.ok()) return del.status();
-          del->Bind(1, tenant).Bind(2, type).Bind(3, id);
-          if (auto r = del->Run(); !r.ok()) return r;
-        }
-        if (auto r = internal::DeleteIndex(db, tenant, type, id); !r.ok()) return r;
+        if (auto r = RemoveResource(db, tenant, type, id); !r.ok()) return r;
         purged.push_back({tenant, type, id});
       }
       return absl::OkStatus();
@@ -962,7 +932,8 @@ class SqliteStore final : public ResourceStore {
       auto v = Read({q.tenant, q.type, id});
       if (!v.ok()) {
         // Deleted or erased meanwhile.
-        if (CodeOf(v.status()) == ErrorCode::kNotFound || CodeOf(v.status()) == ErrorCode::kErased) {
+        if (CodeOf(v.status()) == ErrorCode::kNotFound ||
+            CodeOf(v.status()) == ErrorCode::kErased) {
           continue;
         }
         return v.status();
@@ -1390,6 +1361,22 @@ class SqliteStore final : public ResourceStore {
     return Error(ErrorCode::kErased, key.type + "/" + key.id + " (erased " + st->Text(0) + ")");
   }
 
+  // Every row of one resource: all versions, the current pointer, compartment
+  // and index rows (erasure and retention).
+  static absl::Status RemoveResource(Db& db, const std::string& tenant, const std::string& type,
+                                     const std::string& id) {
+    for (const char* sql :
+         {"DELETE FROM resource_versions WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+          "DELETE FROM resource_current WHERE tenant = ?1 AND type = ?2 AND id = ?3",
+          "DELETE FROM compartment_members WHERE tenant = ?1 AND type = ?2 AND id = ?3"}) {
+      auto del = db.Prepare(sql);
+      if (!del.ok()) return del.status();
+      del->Bind(1, tenant).Bind(2, type).Bind(3, id);
+      if (auto r = del->Run(); !r.ok()) return r;
+    }
+    return internal::DeleteIndex(db, tenant, type, id);
+  }
+
   static std::vector<std::string> CompartmentsOf(Db& db, const ResourceKey& key, int64_t version) {
     std::vector<std::string> out;
     if (version == 0) return out;
@@ -1449,8 +1436,8 @@ class SqliteStore final : public ResourceStore {
     }
     if (p.version == 1) {
       // A resource created again under the id of an erased one.
-      auto un = db.Prepare(
-          "DELETE FROM erased_resources WHERE tenant = ?1 AND type = ?2 AND id = ?3");
+      auto un =
+          db.Prepare("DELETE FROM erased_resources WHERE tenant = ?1 AND type = ?2 AND id = ?3");
       if (!un.ok()) return un.status();
       un->Bind(1, key.tenant).Bind(2, key.type).Bind(3, key.id);
       if (auto s = un->Run(); !s.ok()) return s;

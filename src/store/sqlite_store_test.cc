@@ -18,8 +18,8 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "crypto/envelope.h"
-#include "crypto/test_util.h"
 #include "crypto/kms.h"
+#include "crypto/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "json/value.h"
@@ -713,7 +713,7 @@ TEST_F(SqliteStoreTest, TinyCacheNeverServesAVersionOlderThanAnAcknowledgedWrite
 std::string ResourceAdForTest(const ResourceKey& k, int64_t version,
                               std::vector<std::string> patients) {
   std::sort(patients.begin(), patients.end());
-  std::vector<std::string> parts = {"fhirward-resource-v1", k.tenant, k.type, k.id,
+  std::vector<std::string> parts = {"fhirward-resource-v1",  k.tenant,  k.type, k.id,
                                     std::to_string(version), "patients"};
   for (const auto& p : patients) parts.push_back(p);
   std::string out;
@@ -723,7 +723,9 @@ std::string ResourceAdForTest(const ResourceKey& k, int64_t version,
 
 TEST_F(SqliteStoreTest, ResealMovesRecordsToTheCurrentKeysInResumableBatches) {
   for (int i = 0; i < 10; ++i) {
-    store_->Create(Key("Observation", "o" + std::to_string(i)), ObservationOf("p" + std::to_string(i % 3)))
+    store_
+        ->Create(Key("Observation", "o" + std::to_string(i)),
+                 ObservationOf("p" + std::to_string(i % 3)))
         .value();
   }
   store_->Create(Key("Patient", "p0"), Patient("Zero")).value();
