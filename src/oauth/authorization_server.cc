@@ -549,9 +549,7 @@ struct AuthorizationServer::Impl {
   // trail: it may be a password typed into the wrong field, so only a keyed
   // hash (the same name gives the same value, for correlation).
   std::string AuditName(const std::string& typed) const {
-    return "unknown:" +
-           HexEncode(crypto::HmacSha256(d.session_key->UnsafeView(), "audit-username\x1f" + typed))
-               .substr(0, 16);
+    return AuditNameForUnknownUser(*d.session_key, typed);
   }
 
   void AddressSucceeded(const std::string& ip) {
@@ -2149,6 +2147,12 @@ net::HttpResponse AuthorizationServer::Handle(const net::HttpRequest& request,
 void AuthorizationServer::Sweep() {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->SweepLocked();
+}
+
+std::string AuditNameForUnknownUser(const SecretBytes& session_key, const std::string& typed) {
+  return "unknown:" +
+         HexEncode(crypto::HmacSha256(session_key.UnsafeView(), "audit-username\x1f" + typed))
+             .substr(0, 16);
 }
 
 }  // namespace fhirward::oauth

@@ -106,6 +106,11 @@ bool IsRegistrableRedirectUri(std::string_view uri);
 // The SHA-256 (hex) stored for a client secret.
 std::string HashClientSecret(std::string_view secret);
 
+// How a typed user name not known to exist appears in the audit trail (login
+// pages and key-admin commands alike): it may be a password typed into the
+// wrong field, so only a keyed hash (the same name gives the same value).
+std::string AuditNameForUnknownUser(const SecretBytes& session_key, const std::string& typed);
+
 }  // namespace fhirward::oauth
 
 #endif  // FHIRWARD_OAUTH_AUTHORIZATION_SERVER_H_

@@ -17,6 +17,7 @@
 #include "crypto/password.h"
 #include "crypto/secure_file.h"
 #include "crypto/totp.h"
+#include "oauth/authorization_server.h"
 #include "oauth/oauth_store.h"
 #include "server/instance.h"
 #include "store/resource_store.h"
@@ -131,7 +132,8 @@ absl::StatusOr<std::unique_ptr<Session>> OpenAsKeyAdmin(const KeyAdminArgs& a,
     }
     if (!ok) why = "bad_totp";
   }
-  session.actor = a.admin;
+  session.actor =
+      *user ? a.admin : oauth::AuditNameForUnknownUser(session.inst->session_key(), a.admin);
   if (!ok) {
     if (known && why != "not_key_admin") {
       (void)session.users->RecordLoginFailure(a.admin, now, kMaxFailures, kLockSeconds);

@@ -126,7 +126,11 @@ describe('key management (local KMS)', { timeout: 300000 }, () => {
     assert.match(r.stderr, /does not hold the key-admin role/);
     r = keyAdmin(srv, { username: 'operator', password: 'operator-password-1' }, ['erase', `patient/${ids.kept}`, '--reason', 'x']);
     assert.notEqual(r.code, 0);
+    r = keyAdmin(srv, { username: 'my-Secret-Passw0rd', password: 'x' }, ['keys', 'rotate-tenant']);
+    assert.notEqual(r.code, 0);
     const denied = auditRecords(srv, { outcome: 'denied' }).filter((x) => x.action.startsWith('key.'));
+    assert.ok(denied.some((x) => /^unknown:[0-9a-f]{16}$/.test(x.subject)), 'an unknown name is audited as a keyed hash');
+    assert.ok(!fs.readFileSync(`${srv.dataDir}/audit/audit.db`).includes('my-Secret-Passw0rd'), 'a typed unknown name reached the trail');
     assert.ok(denied.some((x) => x.subject === 'keyadmin' && x.error === 'bad_credentials'), JSON.stringify(denied));
     assert.ok(denied.some((x) => x.subject === 'operator' && x.error === 'not_key_admin'), JSON.stringify(denied));
     assert.ok(!fs.readFileSync(`${srv.dataDir}/audit/audit.db`).includes('wrong-password-123'), 'a password reached the audit trail');
