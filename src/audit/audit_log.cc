@@ -4,16 +4,20 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string_view>
 #include <thread>
 #include <utility>
 
+#include "audit/internal/sqlite.h"
+#include "audit/merkle.h"
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/aead.h"
@@ -22,10 +26,46 @@
 namespace fhirward::audit {
 namespace {
 
+using namespace internal;  // NOLINT(build/namespaces): the SQLite helpers
+
 constexpr std::string_view kChainDomain = "fhirward-audit-v1";
 constexpr std::string_view kAnchorDomain = "fhirward-audit-anchor-v1";
 constexpr size_t kHashBytes = 32;
 constexpr size_t kMacKeyBytes = 32;
+constexpr std::string_view kTreeHeadTyp = "fhirward-sth";
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::StatusOr<std::string> SignHead(const jose::SigningKey& key, const std::string& log_id,
+                                     int64_t size, std::string_view root, int64_t timestamp_ms) {
+  json::Value payload = json::Value::MakeObject();
+  payload.Set("log_id", json::Value::String(log_id));
+  payload.Set("tree_size", json::Value::Int(size));
+  payload.Set("root_hash", json::Value::String(Base64UrlEncode(root)));
+  payload.Set("timestamp", json::Value::Int(timestamp_ms));
+  return jose::SignCompact(key, payload, kTreeHeadTyp);
+}
+
+// The newest stored head, if any.
+absl::StatusOr<std::optional<TreeHead>> ReadLatestHead(sqlite3* db) {
+  auto st = Prepare(db,
+                    "SELECT tree_size, root, timestamp, jws FROM audit_tree_heads "
+                    "ORDER BY tree_size DESC LIMIT 1");
+  if (!st.ok()) return st.status();
+  int rc = sqlite3_step(st->get());
+  if (rc == SQLITE_DONE) return std::optional<TreeHead>();
+  if (rc != SQLITE_ROW) return Unavailable("audit: reading the tree heads failed", db, rc);
+  TreeHead h;
+  h.tree_size = sqlite3_column_int64(st->get(), 0);
+  h.root = std::string(ColumnBlob(st->get(), 1));
+  h.timestamp_ms = sqlite3_column_int64(st->get(), 2);
+  h.jws = std::string(ColumnText(st->get(), 3));
+  return std::optional<TreeHead>(std::move(h));
+}
 
 // Append-only at the SQL level. The triggers stop accidents (a stray UPDATE or
 // DELETE from a maintenance script, a bug in another module); they do NOT stop
@@ -50,6 +90,24 @@ CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_reco
 BEGIN SELECT RAISE(ABORT, 'audit_records is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_anchor_no_delete BEFORE DELETE ON audit_anchor
 BEGIN SELECT RAISE(ABORT, 'audit_anchor cannot be deleted'); END;
+CREATE TABLE IF NOT EXISTS audit_nodes(
+  level INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  hash BLOB NOT NULL,
+  PRIMARY KEY(level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_tree_heads(
+  tree_size INTEGER PRIMARY KEY,
+  root BLOB NOT NULL,
+  timestamp INTEGER NOT NULL,
+  jws TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_nodes_no_update BEFORE UPDATE ON audit_nodes
+BEGIN SELECT RAISE(ABORT, 'audit_nodes is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_nodes_no_delete BEFORE DELETE ON audit_nodes
+BEGIN SELECT RAISE(ABORT, 'audit_nodes is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_tree_heads_no_update BEFORE UPDATE ON audit_tree_heads
+BEGIN SELECT RAISE(ABORT, 'audit_tree_heads is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_tree_heads_no_delete BEFORE DELETE ON audit_tree_heads
+BEGIN SELECT RAISE(ABORT, 'audit_tree_heads is append-only'); END;
 )sql";
 
 void AppendU64Be(std::string& out, uint64_t v) {
@@ -77,87 +135,6 @@ std::string AnchorMac(const SecretBytes& key, int64_t seq, std::string_view hash
   buf.append(hash);
   return crypto::HmacSha256(key.UnsafeView(), buf);
 }
-
-// ---- minimal sqlite3 RAII helpers --------------------------------------------
-
-struct DbCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
-
-struct StmtFinalizer {
-  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
-};
-using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-std::string SqliteMessage(sqlite3* db, int rc) {
-  std::string msg = sqlite3_errstr(rc);
-  if (db != nullptr) {
-    const char* m = sqlite3_errmsg(db);
-    if (m != nullptr && msg != m) {
-      msg += ": ";
-      msg += m;
-    }
-  }
-  return msg;
-}
-
-absl::Status Unavailable(std::string_view what, sqlite3* db, int rc) {
-  std::string detail(what);
-  detail += ": ";
-  detail += SqliteMessage(db, rc);
-  return Error(ErrorCode::kAuditUnavailable, detail);
-}
-
-absl::StatusOr<StmtPtr> Prepare(sqlite3* db, const char* sql) {
-  sqlite3_stmt* s = nullptr;
-  int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr);
-  if (rc != SQLITE_OK) {
-    sqlite3_finalize(s);
-    return Unavailable(std::string("audit: prepare failed (") + sql + ")", db, rc);
-  }
-  return StmtPtr(s);
-}
-
-absl::Status Exec(sqlite3* db, const char* sql) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
-  if (rc != SQLITE_OK) {
-    std::string detail = std::string("audit: ") + (err != nullptr ? err : sqlite3_errstr(rc));
-    sqlite3_free(err);
-    return Error(ErrorCode::kAuditUnavailable, detail);
-  }
-  return absl::OkStatus();
-}
-
-std::string_view ColumnBlob(sqlite3_stmt* s, int col) {
-  const void* p = sqlite3_column_blob(s, col);
-  int n = sqlite3_column_bytes(s, col);
-  if (p == nullptr || n <= 0) return {};
-  return std::string_view(static_cast<const char*>(p), static_cast<size_t>(n));
-}
-
-std::string_view ColumnText(sqlite3_stmt* s, int col) {
-  const unsigned char* p = sqlite3_column_text(s, col);
-  int n = sqlite3_column_bytes(s, col);
-  if (p == nullptr || n <= 0) return {};
-  return std::string_view(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
-}
-
-// Resets and unbinds on scope exit, so a statement is always reusable.
-class StmtScope {
- public:
-  explicit StmtScope(sqlite3_stmt* s) : s_(s) {}
-  ~StmtScope() {
-    sqlite3_reset(s_);
-    sqlite3_clear_bindings(s_);
-  }
-  StmtScope(const StmtScope&) = delete;
-  StmtScope& operator=(const StmtScope&) = delete;
-
- private:
-  sqlite3_stmt* s_;
-};
 
 // The tail of the table and the anchor row, as stored.
 struct Tail {
@@ -243,6 +220,8 @@ std::optional<std::string> CheckAnchor(const Tail& t, const SecretBytes& mac_key
 // ---- the log -----------------------------------------------------------------
 
 class SqliteAuditLog final : public AuditLog {
+  struct Pending;
+
  public:
   SqliteAuditLog(DbPtr db, SecretBytes mac_key, const AuditOptions& options, int64_t head_seq,
                  std::string head_hash)
@@ -270,11 +249,25 @@ class SqliteAuditLog final : public AuditLog {
                        "INSERT INTO audit_anchor(id, seq, hash, mac) VALUES(1, ?1, ?2, ?3) "
                        "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, "
                        "hash = excluded.hash, mac = excluded.mac"},
+             std::pair{&node_insert_, "INSERT INTO audit_nodes(level, idx, hash) VALUES(?1, ?2, ?3)"},
+             std::pair{&node_select_, kSelectNode},
+             std::pair{&leaf_count_, "SELECT max(idx) FROM audit_nodes WHERE level = 0"},
+             std::pair{&record_at_, "SELECT record FROM audit_records WHERE seq = ?1"},
+             std::pair{&head_insert_,
+                       "INSERT OR IGNORE INTO audit_tree_heads(tree_size, root, timestamp, jws) "
+                       "VALUES(?1, ?2, ?3, ?4)"},
          }) {
       auto st = Prepare(db_.get(), sql);
       if (!st.ok()) return st.status();
       *slot = std::move(*st);
     }
+    // Build the tree of records written before it existed (or by an older
+    // binary), then load its right edge.
+    if (auto s = InTransaction([&] { return SyncTree(head_seq_); }); !s.ok()) return s;
+    auto latest = ReadLatestHead(db_.get());
+    if (!latest.ok()) return latest.status();
+    if (*latest) last_head_ = std::move(**latest);
+    next_head_due_ = std::chrono::steady_clock::now() + options_.tree_head_interval;
     writer_ = std::thread([this] { WriterLoop(); });
     return absl::OkStatus();
   }
@@ -287,11 +280,31 @@ class SqliteAuditLog final : public AuditLog {
     return done.get();
   }
 
+  absl::StatusOr<TreeHead> SignTreeHead() override {
+    if (options_.tree_head_key == nullptr) {
+      return absl::FailedPreconditionError("this audit log signs no tree heads");
+    }
+    std::promise<absl::StatusOr<int64_t>> result;
+    std::future<absl::StatusOr<int64_t>> done = result.get_future();
+    auto p = std::make_unique<Pending>();
+    p->tree_head = true;
+    p->done = [&result](absl::StatusOr<int64_t> size) { result.set_value(std::move(size)); };
+    Enqueue(std::move(p));
+    auto size = done.get();
+    if (!size.ok()) return size.status();
+    std::lock_guard<std::mutex> lock(head_mu_);
+    return last_head_;
+  }
+
   void AppendAsync(const AuditRecord& record, AppendCallback done) override {
     auto p = std::make_unique<Pending>();
     p->time = record.time;
     p->json = record.ToJson();  // in the caller's thread, off the writer's critical path
     p->done = std::move(done);
+    Enqueue(std::move(p));
+  }
+
+  void Enqueue(std::unique_ptr<Pending> p) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!closing_) {
@@ -318,6 +331,11 @@ class SqliteAuditLog final : public AuditLog {
     rollback_.reset();
     insert_.reset();
     anchor_.reset();
+    node_insert_.reset();
+    node_select_.reset();
+    leaf_count_.reset();
+    record_at_.reset();
+    head_insert_.reset();
     db_.reset();
   }
 
@@ -334,6 +352,7 @@ class SqliteAuditLog final : public AuditLog {
   struct Pending {
     std::string time;
     std::string json;
+    bool tree_head = false;  // a request for a signed head, not a record
     AppendCallback done;
   };
 
@@ -343,8 +362,35 @@ class SqliteAuditLog final : public AuditLog {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
-        if (queue_.empty()) return;  // closing and drained
+        const bool scheduled =
+            options_.tree_head_key != nullptr && options_.tree_head_interval.count() > 0;
+        if (scheduled) {
+          cv_.wait_until(lock, next_head_due_, [&] { return !queue_.empty() || closing_; });
+        } else {
+          cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
+        }
+        if (queue_.empty() && (closing_ || HeadDue())) {
+          // The schedule, or the last head at Close: it covers every record
+          // this process wrote, so none is left without a signed head.
+          bool final_head = closing_;
+          lock.unlock();
+          if (options_.tree_head_key != nullptr && head_seq_ > LastHeadSize()) {
+            auto p = std::make_unique<Pending>();
+            p->tree_head = true;
+            p->done = [](absl::StatusOr<int64_t>) {};
+            batch.push_back(std::move(p));
+            (void)CommitBatch(batch);
+            batch.clear();
+          }
+          next_head_due_ = std::chrono::steady_clock::now() + options_.tree_head_interval;
+          if (final_head) {
+            lock.lock();
+            if (queue_.empty()) return;  // closing and drained
+            continue;
+          }
+          continue;
+        }
+        if (queue_.empty()) continue;
         if (options_.max_batch_delay.count() > 0 && queue_.size() < options_.max_batch &&
             !closing_) {
           cv_.wait_for(lock, options_.max_batch_delay,
@@ -374,6 +420,8 @@ class SqliteAuditLog final : public AuditLog {
     sqlite3* db = db_.get();
     int64_t seq = head_seq_;
     std::string hash = head_hash_;
+    const merkle::Frontier frontier_before = frontier_;
+    std::optional<TreeHead> new_head;
     absl::Status status = [&]() -> absl::Status {
       {
         StmtScope scope(begin_.get());
@@ -401,12 +449,21 @@ class SqliteAuditLog final : public AuditLog {
             hash = stored_hash;
             head_seq_ = seq;
             head_hash_ = hash;
+            if (auto s = SyncTree(seq); !s.ok()) return s;
           }
         } else if (rc != SQLITE_DONE) {
           return Unavailable("audit: reading the anchor failed", db, rc);
         }
       }
+      if (frontier_.size() != static_cast<uint64_t>(seq)) {
+        if (auto s = SyncTree(seq); !s.ok()) return s;
+      }
+      bool head_requested = false;
       for (const auto& p : batch) {
+        if (p->tree_head) {
+          head_requested = true;
+          continue;
+        }
         ++seq;
         std::string next = ChainHash(seq, hash, p->json);
         {
@@ -421,6 +478,27 @@ class SqliteAuditLog final : public AuditLog {
           if (rc != SQLITE_DONE) return Unavailable("audit: insert failed", db, rc);
         }
         hash = std::move(next);
+        if (auto s = AddLeaf(p->json); !s.ok()) return s;
+      }
+      if (options_.tree_head_key != nullptr && (head_requested || HeadDue()) &&
+          seq > LastHeadSize()) {
+        TreeHead h;
+        h.tree_size = seq;
+        h.root = frontier_.Root();
+        h.timestamp_ms = std::max(NowMs(), LastHeadTimestamp());
+        auto jws =
+            SignHead(*options_.tree_head_key, options_.log_id, seq, h.root, h.timestamp_ms);
+        if (!jws.ok()) return jws.status();
+        h.jws = std::move(*jws);
+        sqlite3_stmt* s = head_insert_.get();
+        StmtScope scope(s);
+        sqlite3_bind_int64(s, 1, h.tree_size);
+        sqlite3_bind_blob(s, 2, h.root.data(), static_cast<int>(h.root.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, h.timestamp_ms);
+        sqlite3_bind_text(s, 4, h.jws.data(), static_cast<int>(h.jws.size()), SQLITE_STATIC);
+        int rc = sqlite3_step(s);
+        if (rc != SQLITE_DONE) return Unavailable("audit: storing the tree head failed", db, rc);
+        new_head = std::move(h);
       }
       {
         std::string mac = AnchorMac(mac_key_, seq, hash);
@@ -447,8 +525,18 @@ class SqliteAuditLog final : public AuditLog {
         sqlite3_step(rollback_.get());
       }
       failed_batches_.fetch_add(1);
+      frontier_ = frontier_before;
       Resync();
       return status;
+    }
+    if (new_head) {
+      std::lock_guard<std::mutex> lock(head_mu_);
+      last_head_ = std::move(*new_head);
+      next_head_due_ = std::chrono::steady_clock::now() + options_.tree_head_interval;
+    }
+    if (std::all_of(batch.begin(), batch.end(), [](const auto& p) { return p->tree_head; })) {
+      commits_.fetch_add(1);
+      return seq;  // only head requests: the tree size
     }
     const int64_t first = head_seq_ + 1;
     head_seq_ = seq;
@@ -473,8 +561,101 @@ class SqliteAuditLog final : public AuditLog {
     int64_t first_bad = 0;
     if (CheckAnchor(*tail, mac_key_, &first_bad).has_value()) return;
     if (tail->last_hash.size() != kHashBytes) return;
+    if (!InTransaction([&] { return SyncTree(tail->last_seq); }).ok()) return;
     head_seq_ = tail->last_seq;
     head_hash_ = tail->last_hash;
+  }
+
+  // Runs `body` in a write transaction (commits when it succeeds).
+  template <typename F>
+  absl::Status InTransaction(F body) {
+    sqlite3* db = db_.get();
+    {
+      StmtScope scope(begin_.get());
+      int rc = sqlite3_step(begin_.get());
+      if (rc != SQLITE_DONE) return Unavailable("audit: BEGIN failed", db, rc);
+    }
+    absl::Status s = body();
+    if (s.ok()) {
+      StmtScope scope(commit_.get());
+      int rc = sqlite3_step(commit_.get());
+      if (rc == SQLITE_DONE) return absl::OkStatus();
+      s = Unavailable("audit: COMMIT failed", db, rc);
+    }
+    if (!sqlite3_get_autocommit(db)) {
+      StmtScope scope(rollback_.get());
+      sqlite3_step(rollback_.get());
+    }
+    return s;
+  }
+
+  // Inside a write transaction: makes the stored tree cover records 1..`size`
+  // (adding the nodes of records written without them) and loads its edge.
+  absl::Status SyncTree(int64_t size) {
+    sqlite3* db = db_.get();
+    int64_t leaves = 0;
+    {
+      StmtScope scope(leaf_count_.get());
+      int rc = sqlite3_step(leaf_count_.get());
+      if (rc != SQLITE_ROW) return Unavailable("audit: reading the tree failed", db, rc);
+      if (sqlite3_column_type(leaf_count_.get(), 0) != SQLITE_NULL) {
+        leaves = sqlite3_column_int64(leaf_count_.get(), 0) + 1;
+      }
+    }
+    if (leaves > size) {
+      return Error(ErrorCode::kAuditUnavailable,
+                   "audit: the Merkle tree has " + std::to_string(leaves) +
+                       " leaves but the chain " + std::to_string(size) +
+                       " records; run verification");
+    }
+    SqliteNodes nodes(node_select_.get());
+    auto edge = merkle::Frontier::Load(nodes, static_cast<uint64_t>(leaves));
+    if (!edge.ok()) return edge.status();
+    frontier_ = std::move(*edge);
+    for (int64_t seq = leaves + 1; seq <= size; ++seq) {
+      std::string record;
+      {
+        StmtScope scope(record_at_.get());
+        sqlite3_bind_int64(record_at_.get(), 1, seq);
+        int rc = sqlite3_step(record_at_.get());
+        if (rc != SQLITE_ROW) {
+          return Error(ErrorCode::kAuditUnavailable,
+                       "audit: record " + std::to_string(seq) + " missing; run verification");
+        }
+        record = std::string(ColumnText(record_at_.get(), 0));
+      }
+      if (auto s = AddLeaf(record); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  // Appends the record as the next leaf and stores the subtrees it completes.
+  absl::Status AddLeaf(std::string_view record_json) {
+    completed_.clear();
+    frontier_.Append(merkle::LeafHash(record_json), &completed_);
+    for (const merkle::Frontier::Node& n : completed_) {
+      sqlite3_stmt* s = node_insert_.get();
+      StmtScope scope(s);
+      sqlite3_bind_int(s, 1, n.level);
+      sqlite3_bind_int64(s, 2, static_cast<int64_t>(n.index));
+      sqlite3_bind_blob(s, 3, n.hash.data(), static_cast<int>(n.hash.size()), SQLITE_STATIC);
+      int rc = sqlite3_step(s);
+      if (rc != SQLITE_DONE) return Unavailable("audit: storing a tree node failed", db_.get(), rc);
+    }
+    return absl::OkStatus();
+  }
+
+  bool HeadDue() const {
+    return options_.tree_head_key != nullptr && options_.tree_head_interval.count() > 0 &&
+           std::chrono::steady_clock::now() >= next_head_due_;
+  }
+  int64_t LastHeadSize() {
+    std::lock_guard<std::mutex> lock(head_mu_);
+    return last_head_.tree_size;
+  }
+  int64_t LastHeadTimestamp() {
+    std::lock_guard<std::mutex> lock(head_mu_);
+    return last_head_.timestamp_ms;
   }
 
   // The hash of record `seq` as stored (32 zero bytes for seq 0; "" if absent).
@@ -490,6 +671,13 @@ class SqliteAuditLog final : public AuditLog {
   SecretBytes mac_key_;
   AuditOptions options_;
   StmtPtr begin_, commit_, rollback_, insert_, anchor_, head_, hash_at_;
+  StmtPtr node_insert_, node_select_, leaf_count_, record_at_, head_insert_;
+  // The tree's right edge (writer thread only) and a scratch list.
+  merkle::Frontier frontier_;
+  std::vector<merkle::Frontier::Node> completed_;
+  std::chrono::steady_clock::time_point next_head_due_;
+  std::mutex head_mu_;
+  TreeHead last_head_;  // guarded by head_mu_
 
   // Chain head; writer thread only.
   int64_t head_seq_;
@@ -596,9 +784,51 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path
   return std::unique_ptr<AuditLog>(std::move(log));
 }
 
+// ---- tree heads ----------------------------------------------------------------
+
+absl::StatusOr<TreeHead> ParseTreeHead(std::string_view jws, const jose::PublicKey& key) {
+  auto bad = [](std::string what) {
+    return Error(ErrorCode::kInvalidToken, "tree head: " + std::move(what));
+  };
+  if (jws.size() > 4096) return bad("too large");
+  const size_t d1 = jws.find('.');
+  const size_t d2 = d1 == std::string_view::npos ? d1 : jws.find('.', d1 + 1);
+  if (d2 == std::string_view::npos || jws.find('.', d2 + 1) != std::string_view::npos) {
+    return bad("not a compact JWS");
+  }
+  auto header_raw = Base64UrlDecode(jws.substr(0, d1));
+  auto payload_raw = Base64UrlDecode(jws.substr(d1 + 1, d2 - d1 - 1));
+  auto sig = Base64UrlDecode(jws.substr(d2 + 1));
+  if (!header_raw || !payload_raw || !sig) return bad("not base64url");
+  auto header = json::Parse(*header_raw);
+  auto payload = json::Parse(*payload_raw);
+  if (!header.ok() || !header->is_object() || !payload.ok() || !payload->is_object()) {
+    return bad("not JSON objects");
+  }
+  if (header->GetString("alg") != jose::AlgorithmName(key.alg())) return bad("wrong alg");
+  if (header->GetString("typ") != kTreeHeadTyp) return bad("wrong typ");
+  if (!key.kid().empty() && header->GetString("kid") != key.kid()) return bad("wrong kid");
+  if (!key.Verify(jws.substr(0, d2), *sig)) return bad("bad signature");
+  TreeHead h;
+  const json::Value* size = payload->Find("tree_size");
+  const json::Value* ts = payload->Find("timestamp");
+  auto root = payload->GetString("root_hash");
+  std::optional<std::string> root_raw = root ? Base64UrlDecode(*root) : std::nullopt;
+  if (size == nullptr || !size->as_int64() || *size->as_int64() < 1 || ts == nullptr ||
+      !ts->as_int64() || !root_raw || root_raw->size() != kHashBytes) {
+    return bad("payload lacks tree_size, timestamp or a 32-byte root_hash");
+  }
+  h.tree_size = *size->as_int64();
+  h.timestamp_ms = *ts->as_int64();
+  h.root = std::move(*root_raw);
+  h.jws = std::string(jws);
+  return h;
+}
+
 // ---- verification ------------------------------------------------------------
 
-absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const SecretBytes& mac_key) {
+absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const SecretBytes& mac_key,
+                                            const VerifyOptions& options) {
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
   DbPtr db(raw);
@@ -626,6 +856,17 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
       return absl::FailedPreconditionError("audit verify: " + path + " is not an audit database");
     }
   }
+  bool has_tree = false;
+  {
+    sqlite3_stmt* s = nullptr;
+    rc = sqlite3_prepare_v2(db.get(),
+                            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                            "name IN ('audit_nodes', 'audit_tree_heads')",
+                            -1, &s, nullptr);
+    StmtPtr st(s);
+    if (rc != SQLITE_OK || sqlite3_step(s) != SQLITE_ROW) return fail("cannot read the schema", rc);
+    has_tree = sqlite3_column_int(s, 0) == 2;
+  }
 
   // One read transaction: the rows and the anchor come from the same snapshot
   // even while the server keeps appending.
@@ -640,7 +881,96 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     report.first_bad_seq = seq;
     problem = std::move(what);
   };
+  // Tree breaks are reported after the chain's and the anchor's, whose
+  // messages say more about a chain edit.
+  int64_t tree_bad_seq = 0;
+  std::string tree_problem;
+  auto mark_tree_bad = [&](int64_t seq, std::string what) {
+    if (tree_bad_seq != 0) return;
+    tree_bad_seq = seq;
+    tree_problem = std::move(what);
+  };
 
+  // Heads to check, by size: the stored ones (their columns must agree with
+  // their signed payload) and the held ones.
+  struct HeadCheck {
+    int64_t size = 0;
+    std::string root;
+    std::string what;  // "stored head" / "held head"
+  };
+  std::multimap<int64_t, HeadCheck> heads;
+  std::string head_problem;  // a head that cannot be checked at all
+  if (has_tree) {
+    sqlite3_stmt* s = nullptr;
+    rc = sqlite3_prepare_v2(db.get(),
+                            "SELECT tree_size, root, timestamp, jws FROM audit_tree_heads "
+                            "ORDER BY tree_size",
+                            -1, &s, nullptr);
+    StmtPtr st(s);
+    if (rc != SQLITE_OK) return fail("cannot read audit_tree_heads", rc);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      const int64_t size = sqlite3_column_int64(s, 0);
+      std::string root(ColumnBlob(s, 1));
+      const int64_t ts = sqlite3_column_int64(s, 2);
+      std::string_view jws = ColumnText(s, 3);
+      const std::string name = "signed tree head at " + std::to_string(size);
+      if (options.tree_head_key != nullptr) {
+        auto parsed = ParseTreeHead(jws, *options.tree_head_key);
+        if (!parsed.ok()) {
+          heads.emplace(size, HeadCheck{size, "", name + ": " + std::string(parsed.status().message())});
+          continue;
+        }
+        if (parsed->tree_size != size || parsed->root != root || parsed->timestamp_ms != ts) {
+          heads.emplace(size, HeadCheck{size, "", name + ": columns differ from the signed payload"});
+          continue;
+        }
+      }
+      heads.emplace(size, HeadCheck{size, root, name});
+    }
+    if (rc != SQLITE_DONE) return fail("cannot read audit_tree_heads", rc);
+  }
+  for (const std::string& jws : options.held_heads) {
+    if (options.tree_head_key == nullptr) {
+      return absl::InvalidArgumentError("audit verify: a held head needs the log's public key");
+    }
+    auto parsed = ParseTreeHead(jws, *options.tree_head_key);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError("audit verify: the held head is not valid: " +
+                                        std::string(parsed.status().message()));
+    }
+    heads.emplace(parsed->tree_size,
+                  HeadCheck{parsed->tree_size, parsed->root,
+                            "held tree head at " + std::to_string(parsed->tree_size)});
+  }
+
+  // One cursor per tree level, advanced as the recomputed tree completes each
+  // perfect subtree: O(n) time, O(log n) memory.
+  std::vector<StmtPtr> level_rows;
+  auto next_node = [&](int level, uint64_t index, std::string_view hash) -> std::string {
+    while (level_rows.size() <= static_cast<size_t>(level)) {
+      sqlite3_stmt* s = nullptr;
+      sqlite3_prepare_v2(db.get(),
+                         "SELECT idx, hash FROM audit_nodes WHERE level = ?1 ORDER BY idx", -1, &s,
+                         nullptr);
+      sqlite3_bind_int(s, 1, static_cast<int>(level_rows.size()));
+      level_rows.emplace_back(s);
+    }
+    sqlite3_stmt* s = level_rows[level].get();
+    const std::string where =
+        "Merkle node " + std::to_string(level) + "/" + std::to_string(index);
+    if (s == nullptr || sqlite3_step(s) != SQLITE_ROW) return where + " missing";
+    if (static_cast<uint64_t>(sqlite3_column_int64(s, 0)) != index) {
+      return where + " missing (next stored is " + std::to_string(sqlite3_column_int64(s, 0)) + ")";
+    }
+    if (!crypto::ConstantTimeEquals(ColumnBlob(s, 1), hash)) {
+      return where + " does not match the records (tree rewritten)";
+    }
+    return "";
+  };
+
+  merkle::Frontier tree;
+  std::vector<merkle::Frontier::Node> completed;
+  auto head_it = heads.begin();
   Tail tail;
   {
     sqlite3_stmt* s = nullptr;
@@ -689,11 +1019,56 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
         mark_bad(seq, "time column does not match the record");
         continue;
       }
+      if (has_tree && tree_bad_seq == 0) {
+        completed.clear();
+        tree.Append(merkle::LeafHash(record), &completed);
+        for (const auto& n : completed) {
+          if (std::string p = next_node(n.level, n.index, n.hash); !p.empty()) {
+            mark_tree_bad(seq, p);
+            break;
+          }
+        }
+        for (; head_it != heads.end() && head_it->first <= seq; ++head_it) {
+          const HeadCheck& h = head_it->second;
+          if (h.root.empty()) {
+            mark_tree_bad(seq, h.what);
+          } else if (h.size != seq || !crypto::ConstantTimeEquals(h.root, tree.Root())) {
+            mark_tree_bad(seq, h.what + " does not match the records (history rewritten)");
+          } else {
+            ++report.tree_heads;
+          }
+        }
+      }
       prev = std::string(hash);
       ++expected;
     }
     if (rc != SQLITE_DONE) return fail("cannot read audit_records", rc);
   }
+  if (report.first_bad_seq == 0 && tree_bad_seq == 0 && has_tree) {
+    if (head_it != heads.end()) {
+      mark_tree_bad(tail.last_seq + 1, head_it->second.what + " covers records that are gone (" +
+                                      std::to_string(report.records) + " present)");
+    }
+    for (size_t l = 0; l < level_rows.size() && tree_bad_seq == 0; ++l) {
+      if (level_rows[l] && sqlite3_step(level_rows[l].get()) == SQLITE_ROW) {
+        mark_tree_bad(tail.last_seq + 1, "Merkle node " + std::to_string(l) + "/" +
+                                        std::to_string(sqlite3_column_int64(level_rows[l].get(), 0)) +
+                                        " has no records (records removed)");
+      }
+    }
+    // Nodes at levels no record reached.
+    if (tree_bad_seq == 0) {
+      sqlite3_stmt* s = nullptr;
+      sqlite3_prepare_v2(db.get(), "SELECT count(*) FROM audit_nodes WHERE level >= ?1", -1, &s,
+                         nullptr);
+      StmtPtr st(s);
+      sqlite3_bind_int(s, 1, static_cast<int>(level_rows.size()));
+      if (s != nullptr && sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int64(s, 0) > 0) {
+        mark_tree_bad(tail.last_seq + 1, "Merkle nodes above the tree (records removed)");
+      }
+    }
+  }
+  level_rows.clear();
   {
     sqlite3_stmt* s = nullptr;
     rc = sqlite3_prepare_v2(db.get(), "SELECT seq, hash, mac FROM audit_anchor WHERE id = 1", -1,
@@ -716,11 +1091,18 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     int64_t first_bad = 0;
     if (auto p = CheckAnchor(tail, mac_key, &first_bad)) mark_bad(first_bad, *p);
   }
+  if (report.first_bad_seq == 0 && tree_bad_seq != 0) mark_bad(tree_bad_seq, tree_problem);
 
   if (report.first_bad_seq == 0) {
     report.ok = true;
+    report.root = HexEncode(tree.Root());
     report.summary = "audit chain intact: " + std::to_string(report.records) + " records";
     if (report.records > 0) report.summary += ", head " + HexEncode(tail.last_hash);
+    if (has_tree) {
+      report.summary += "; Merkle tree intact, root " + report.root + ", " +
+                        std::to_string(report.tree_heads) + " signed tree heads verified";
+      if (options.tree_head_key == nullptr) report.summary += " (signatures not checked)";
+    }
   } else {
     report.ok = false;
     report.summary = "audit chain broken at record " + std::to_string(report.first_bad_seq) + ": " +

@@ -1,5 +1,6 @@
-// The audit trail (first version): one record per request, hash-chained in an
-// append-only SQLite table, written with group commit.
+// The audit trail: one record per request in an append-only SQLite table,
+// written with group commit, hash-chained and in an RFC 6962 Merkle tree
+// with signed tree heads.
 //
 // Append() returns only once the record is durable (committed with
 // synchronous=FULL): the server sends no response before that. Concurrent
@@ -10,6 +11,17 @@
 // hash_0 = 32 zero bytes. Every commit also writes an anchor (last seq, last
 // hash) MACed with the audit key, so removing records from the tail is
 // detected too. Records never carry payloads or tokens.
+//
+// Tree: record seq is leaf seq - 1, the leaf is the record's JSON (RFC 6962
+// leaf hash SHA-256(0x00 | json)). Every perfect subtree is stored when the
+// record completing it is committed (audit_nodes, same transaction), so any
+// inclusion or consistency proof takes O(log n) lookups (AuditReader). A tree
+// head {log_id, tree_size, root_hash, timestamp} is signed (compact JWS,
+// ES256, typ "fhirward-sth") by the log key on a schedule, on demand, and at
+// Close, and stored in audit_tree_heads. The chain's MAC needs the audit key
+// to check; a signed head can be checked by anyone holding the public key,
+// and a holder of an old head detects any rewrite of history with a
+// consistency proof.
 //
 // Thread-safe.
 #ifndef FHIRWARD_AUDIT_AUDIT_LOG_H_
@@ -25,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/secret_bytes.h"
+#include "jose/jws.h"
 
 namespace fhirward::audit {
 
@@ -65,7 +78,27 @@ struct AuditOptions {
   // How long a write waits for a SQLite lock held by another connection before
   // the batch fails with kAuditUnavailable.
   std::chrono::milliseconds busy_timeout{5000};
+  // Signs tree heads; null: this process signs none (the CLI's commands: the
+  // server's next head covers their records).
+  const jose::SigningKey* tree_head_key = nullptr;
+  std::string log_id;  // names the log in every head (the issuer URL)
+  // A head is signed once this long has passed since the last one, if records
+  // were added (0: only on demand and at Close).
+  std::chrono::milliseconds tree_head_interval{0};
 };
+
+// A signed tree head as stored.
+struct TreeHead {
+  int64_t tree_size = 0;
+  std::string root;          // 32 raw bytes
+  int64_t timestamp_ms = 0;  // milliseconds since the epoch
+  std::string jws;           // compact JWS over {log_id, tree_size, root_hash, timestamp}
+};
+
+// Checks a head's signature and that its payload names `tree_size`, `root`
+// and `timestamp_ms` (when they are non-zero / non-empty); returns the payload
+// values. kInvalidToken on any mismatch or bad signature.
+absl::StatusOr<TreeHead> ParseTreeHead(std::string_view jws, const jose::PublicKey& key);
 
 // Writer counters (monotonic since Open). commits < records means batching.
 struct AuditStats {
@@ -96,11 +129,19 @@ class AuditLog {
   virtual void Close() = 0;
   // Writer counters; a default for fakes that do not batch.
   virtual AuditStats stats() const { return {}; }
+  // Signs a head over everything committed now (returns the newest head
+  // unchanged when nothing was added since). kFailedPrecondition without a
+  // tree_head_key.
+  virtual absl::StatusOr<TreeHead> SignTreeHead() {
+    return absl::FailedPreconditionError("this audit log signs no tree heads");
+  }
 };
 
 struct VerifyReport {
   bool ok = false;
   int64_t records = 0;
+  int64_t tree_heads = 0;  // signed heads checked (stored and held)
+  std::string root;        // hex MTH of all records, when ok
   int64_t first_bad_seq = 0;  // 0 when ok
   std::string summary;        // one line for humans
 };
@@ -117,7 +158,21 @@ struct VerifyReport {
 // (forged anchor, wrong key), anchor missing, or anchor hash != last hash ->
 // the last record. A non-OK Status only when the file cannot be opened or read
 // or is not an audit database.
-absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const SecretBytes& mac_key);
+//
+// The tree: every stored perfect subtree must equal the one recomputed from
+// the records (a missing or extra node is a break at the record that
+// completes it), and every stored head must be validly signed by
+// `options.tree_head_key` and name the recomputed root at its size. Each of
+// `options.held_heads` (JWS held outside, e.g. by an external auditor) must
+// verify with the key, and the recomputed root at its size must be its root:
+// a rewrite of any record below a held head is caught even when the rewriter
+// recomputed the chain, the nodes, the anchor and re-signed every stored head.
+struct VerifyOptions {
+  const jose::PublicKey* tree_head_key = nullptr;  // null: stored heads are not checked
+  std::vector<std::string> held_heads;
+};
+absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const SecretBytes& mac_key,
+                                            const VerifyOptions& options = {});
 
 }  // namespace fhirward::audit
 

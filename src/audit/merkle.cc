@@ -107,6 +107,46 @@ absl::StatusOr<std::string> MemoryNodes::Perfect(int level, uint64_t index) {
   return levels_[level][index];
 }
 
+void Frontier::Append(std::string leaf_hash, std::vector<Node>* completed) {
+  std::string h = std::move(leaf_hash);
+  int level = 0;
+  uint64_t index = size_;
+  if (completed != nullptr) completed->push_back({0, index, h});
+  // Each set low bit of the old size is a subtree the new one merges with.
+  while ((size_ >> level) & 1) {
+    h = NodeHash(edge_[level], h);
+    ++level;
+    index >>= 1;
+    if (completed != nullptr) completed->push_back({level, index, h});
+  }
+  if (edge_.size() <= static_cast<size_t>(level)) edge_.resize(level + 1);
+  edge_[level] = std::move(h);
+  ++size_;
+}
+
+std::string Frontier::Root() const {
+  if (size_ == 0) return EmptyRoot();
+  std::string r;
+  for (size_t l = 0; l < edge_.size(); ++l) {
+    if (((size_ >> l) & 1) == 0) continue;
+    r = r.empty() ? edge_[l] : NodeHash(edge_[l], r);
+  }
+  return r;
+}
+
+absl::StatusOr<Frontier> Frontier::Load(NodeSource& nodes, uint64_t size) {
+  Frontier f;
+  f.size_ = size;
+  for (int l = 0; l < 64 && (size >> l) != 0; ++l) {
+    if (((size >> l) & 1) == 0) continue;
+    auto h = nodes.Perfect(l, (size >> l) - 1);
+    if (!h.ok()) return h.status();
+    if (f.edge_.size() <= static_cast<size_t>(l)) f.edge_.resize(l + 1);
+    f.edge_[l] = std::move(*h);
+  }
+  return f;
+}
+
 absl::StatusOr<std::string> RangeHash(NodeSource& nodes, uint64_t begin, uint64_t end) {
   if (end <= begin) return Error(ErrorCode::kInvalidParameter, "empty or reversed leaf range");
   const uint64_t n = end - begin;

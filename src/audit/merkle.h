@@ -49,6 +49,31 @@ class MemoryNodes final : public NodeSource {
   std::vector<std::vector<std::string>> levels_;
 };
 
+// The right edge of a growing tree: one perfect subtree per set bit of its
+// size (the "compact range" of [0, size)). Appending a leaf completes the
+// perfect subtrees it closes; the root of the current size folds the edge.
+// Memory O(log n): used by the audit writer and by the streaming verifier.
+class Frontier {
+ public:
+  struct Node {
+    int level = 0;
+    uint64_t index = 0;
+    std::string hash;
+  };
+  uint64_t size() const { return size_; }
+  // Adds a leaf hash. `completed` gets every perfect subtree the leaf
+  // completes, the leaf itself (level 0) first, then upwards.
+  void Append(std::string leaf_hash, std::vector<Node>* completed);
+  // MTH of the `size()` leaves so far (EmptyRoot() when none).
+  std::string Root() const;
+  // The edge of a tree of `size` leaves, read from stored perfect subtrees.
+  static absl::StatusOr<Frontier> Load(NodeSource& nodes, uint64_t size);
+
+ private:
+  uint64_t size_ = 0;
+  std::vector<std::string> edge_;  // edge_[l] is meaningful iff bit l of size_ is set
+};
+
 // MTH(D[begin:end]). kInvalidParameter for an empty or reversed range.
 absl::StatusOr<std::string> RangeHash(NodeSource& nodes, uint64_t begin, uint64_t end);
 // The root of the first `size` leaves (EmptyRoot() for 0).

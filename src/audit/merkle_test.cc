@@ -1,6 +1,7 @@
 #include "audit/merkle.h"
 
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "common/encoding.h"
@@ -51,6 +52,40 @@ TEST_F(MerkleVectors, RootsOfEveryPrefix) {
   }
   EXPECT_EQ(Hex(*Root(nodes_, 8)),
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328");
+}
+
+// The writer's streaming edge gives the vectors' roots at every size, reports
+// exactly the perfect subtrees the store keeps, and reloads from them.
+TEST_F(MerkleVectors, FrontierRootsCompletedNodesAndReload) {
+  std::map<uint64_t, std::string> roots;
+  for (const auto& r : vectors_.Find("roots")->items()) roots[U(r, "size")] = *r.GetString("root");
+  Frontier f;
+  EXPECT_EQ(Hex(f.Root()), roots.at(0));
+  MemoryNodes again;
+  int completed_total = 0;
+  for (const auto& l : vectors_.Find("leaves")->items()) {
+    std::vector<Frontier::Node> done;
+    const uint64_t index = f.size();
+    f.Append(LeafHash(Raw(l.as_string())), &done);
+    again.Append(LeafHash(Raw(l.as_string())));
+    ASSERT_FALSE(done.empty());
+    EXPECT_EQ(done[0].level, 0);
+    EXPECT_EQ(done[0].index, index);
+    for (const auto& n : done) {
+      auto want = nodes_.Perfect(n.level, n.index);
+      ASSERT_TRUE(want.ok()) << n.level << "/" << n.index;
+      EXPECT_EQ(Hex(n.hash), Hex(*want)) << n.level << "/" << n.index;
+    }
+    completed_total += static_cast<int>(done.size());
+    if (roots.count(f.size())) EXPECT_EQ(Hex(f.Root()), roots.at(f.size())) << f.size();
+    auto reloaded = Frontier::Load(again, f.size());
+    ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+    EXPECT_EQ(Hex(reloaded->Root()), Hex(f.Root())) << f.size();
+  }
+  // A tree of n leaves stores 2n - popcount(n) perfect subtrees.
+  const uint64_t n = f.size();
+  EXPECT_EQ(completed_total, static_cast<int>(2 * n - __builtin_popcountll(n)));
+  EXPECT_FALSE(Frontier::Load(again, n + 1).ok());
 }
 
 TEST_F(MerkleVectors, InclusionProofsAndTheirCorruptions) {

@@ -1,0 +1,157 @@
+#include "audit/audit_reader.h"
+
+#include <sqlite3.h>
+
+#include <utility>
+
+#include "audit/internal/sqlite.h"
+#include "audit/merkle.h"
+#include "common/error.h"
+
+namespace fhirward::audit {
+
+using namespace internal;  // NOLINT(build/namespaces): the SQLite helpers
+
+struct AuditReader::Impl {
+  std::mutex mu;
+  DbPtr db;
+  StmtPtr node, leaves, latest_head, head_at, record;
+
+  // A read transaction for the duration of one call.
+  class Snapshot {
+   public:
+    explicit Snapshot(sqlite3* db) : db_(db) {
+      ok_ = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK;
+    }
+    ~Snapshot() {
+      if (ok_) sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+    }
+    bool ok() const { return ok_; }
+
+   private:
+    sqlite3* db_;
+    bool ok_ = false;
+  };
+
+  absl::StatusOr<int64_t> Leaves() {
+    StmtScope scope(leaves.get());
+    int rc = sqlite3_step(leaves.get());
+    if (rc != SQLITE_ROW) return Unavailable("audit: reading the tree failed", db.get(), rc);
+    if (sqlite3_column_type(leaves.get(), 0) == SQLITE_NULL) return 0;
+    return sqlite3_column_int64(leaves.get(), 0) + 1;
+  }
+
+  absl::StatusOr<std::optional<TreeHead>> Head(sqlite3_stmt* s) {
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) return std::optional<TreeHead>();
+    if (rc != SQLITE_ROW) return Unavailable("audit: reading the tree heads failed", db.get(), rc);
+    TreeHead h;
+    h.tree_size = sqlite3_column_int64(s, 0);
+    h.root = std::string(ColumnBlob(s, 1));
+    h.timestamp_ms = sqlite3_column_int64(s, 2);
+    h.jws = std::string(ColumnText(s, 3));
+    return std::optional<TreeHead>(std::move(h));
+  }
+};
+
+AuditReader::AuditReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AuditReader::~AuditReader() = default;
+
+absl::StatusOr<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string& path) {
+  auto impl = std::make_unique<Impl>();
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+  impl->db.reset(raw);
+  if (rc != SQLITE_OK) return Unavailable("audit: cannot open " + path, raw, rc);
+  sqlite3_busy_timeout(raw, 5000);
+  for (auto [slot, sql] : {
+           std::pair{&impl->node, kSelectNode},
+           std::pair{&impl->leaves, "SELECT max(idx) FROM audit_nodes WHERE level = 0"},
+           std::pair{&impl->latest_head,
+                     "SELECT tree_size, root, timestamp, jws FROM audit_tree_heads "
+                     "ORDER BY tree_size DESC LIMIT 1"},
+           std::pair{&impl->head_at,
+                     "SELECT tree_size, root, timestamp, jws FROM audit_tree_heads "
+                     "WHERE tree_size = ?1"},
+           std::pair{&impl->record, "SELECT record FROM audit_records WHERE seq = ?1"},
+       }) {
+    auto st = Prepare(raw, sql);
+    if (!st.ok()) return st.status();
+    *slot = std::move(*st);
+  }
+  return std::unique_ptr<AuditReader>(new AuditReader(std::move(impl)));
+}
+
+absl::StatusOr<int64_t> AuditReader::TreeSize() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->Leaves();
+}
+
+absl::StatusOr<std::optional<TreeHead>> AuditReader::LatestTreeHead() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  StmtScope scope(impl_->latest_head.get());
+  return impl_->Head(impl_->latest_head.get());
+}
+
+absl::StatusOr<std::optional<TreeHead>> AuditReader::TreeHeadAt(int64_t tree_size) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  StmtScope scope(impl_->head_at.get());
+  sqlite3_bind_int64(impl_->head_at.get(), 1, tree_size);
+  return impl_->Head(impl_->head_at.get());
+}
+
+absl::StatusOr<StoredRecord> AuditReader::Record(int64_t seq) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  sqlite3_stmt* s = impl_->record.get();
+  StmtScope scope(s);
+  sqlite3_bind_int64(s, 1, seq);
+  int rc = sqlite3_step(s);
+  if (rc == SQLITE_DONE) return Error(ErrorCode::kNotFound, "no audit record " + std::to_string(seq));
+  if (rc != SQLITE_ROW) return Unavailable("audit: reading a record failed", impl_->db.get(), rc);
+  return StoredRecord{seq, std::string(ColumnText(s, 0))};
+}
+
+absl::StatusOr<std::vector<std::string>> AuditReader::InclusionProof(int64_t seq,
+                                                                     int64_t tree_size) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Impl::Snapshot snap(impl_->db.get());
+  auto leaves = impl_->Leaves();
+  if (!leaves.ok()) return leaves.status();
+  if (seq < 1 || tree_size < seq || tree_size > *leaves) {
+    return Error(ErrorCode::kInvalidParameter,
+                 "need 1 <= record <= tree_size <= " + std::to_string(*leaves));
+  }
+  SqliteNodes nodes(impl_->node.get());
+  return merkle::InclusionProof(nodes, static_cast<uint64_t>(seq - 1),
+                                static_cast<uint64_t>(tree_size));
+}
+
+absl::StatusOr<std::vector<std::string>> AuditReader::ConsistencyProof(int64_t first,
+                                                                       int64_t second) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Impl::Snapshot snap(impl_->db.get());
+  auto leaves = impl_->Leaves();
+  if (!leaves.ok()) return leaves.status();
+  if (first < 1 || second < first || second > *leaves) {
+    return Error(ErrorCode::kInvalidParameter,
+                 "need 1 <= first <= second <= " + std::to_string(*leaves));
+  }
+  SqliteNodes nodes(impl_->node.get());
+  return merkle::ConsistencyProof(nodes, static_cast<uint64_t>(first),
+                                  static_cast<uint64_t>(second));
+}
+
+absl::StatusOr<std::string> AuditReader::RootAt(int64_t tree_size) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Impl::Snapshot snap(impl_->db.get());
+  auto leaves = impl_->Leaves();
+  if (!leaves.ok()) return leaves.status();
+  if (tree_size < 0 || tree_size > *leaves) {
+    return Error(ErrorCode::kInvalidParameter,
+                 "need 0 <= tree_size <= " + std::to_string(*leaves));
+  }
+  SqliteNodes nodes(impl_->node.get());
+  return merkle::Root(nodes, static_cast<uint64_t>(tree_size));
+}
+
+}  // namespace fhirward::audit
