@@ -100,6 +100,16 @@ CREATE TABLE IF NOT EXISTS audit_tree_heads(
   root BLOB NOT NULL,
   timestamp INTEGER NOT NULL,
   jws TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_terms(
+  k TEXT NOT NULL,
+  v TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  PRIMARY KEY(k, v, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_terms_by_seq ON audit_terms(seq, k, v);
+CREATE TRIGGER IF NOT EXISTS audit_terms_no_update BEFORE UPDATE ON audit_terms
+BEGIN SELECT RAISE(ABORT, 'audit_terms is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_terms_no_delete BEFORE DELETE ON audit_terms
+BEGIN SELECT RAISE(ABORT, 'audit_terms is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_nodes_no_update BEFORE UPDATE ON audit_nodes
 BEGIN SELECT RAISE(ABORT, 'audit_nodes is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_nodes_no_delete BEFORE DELETE ON audit_nodes
@@ -253,6 +263,9 @@ class SqliteAuditLog final : public AuditLog {
              std::pair{&node_select_, kSelectNode},
              std::pair{&leaf_count_, "SELECT max(idx) FROM audit_nodes WHERE level = 0"},
              std::pair{&record_at_, "SELECT record FROM audit_records WHERE seq = ?1"},
+             std::pair{&term_insert_,
+                       "INSERT OR IGNORE INTO audit_terms(k, v, seq) VALUES(?1, ?2, ?3)"},
+             std::pair{&term_max_, "SELECT max(seq) FROM audit_terms"},
              std::pair{&head_insert_,
                        "INSERT OR IGNORE INTO audit_tree_heads(tree_size, root, timestamp, jws) "
                        "VALUES(?1, ?2, ?3, ?4)"},
@@ -264,6 +277,7 @@ class SqliteAuditLog final : public AuditLog {
     // Build the tree of records written before it existed (or by an older
     // binary), then load its right edge.
     if (auto s = InTransaction([&] { return SyncTree(head_seq_); }); !s.ok()) return s;
+    if (auto s = InTransaction([&] { return SyncTerms(head_seq_); }); !s.ok()) return s;
     auto latest = ReadLatestHead(db_.get());
     if (!latest.ok()) return latest.status();
     if (*latest) last_head_ = std::move(**latest);
@@ -300,6 +314,7 @@ class SqliteAuditLog final : public AuditLog {
     auto p = std::make_unique<Pending>();
     p->time = record.time;
     p->json = record.ToJson();  // in the caller's thread, off the writer's critical path
+    p->terms = IndexTerms(record);
     p->done = std::move(done);
     Enqueue(std::move(p));
   }
@@ -336,6 +351,8 @@ class SqliteAuditLog final : public AuditLog {
     leaf_count_.reset();
     record_at_.reset();
     head_insert_.reset();
+    term_insert_.reset();
+    term_max_.reset();
     db_.reset();
   }
 
@@ -352,6 +369,7 @@ class SqliteAuditLog final : public AuditLog {
   struct Pending {
     std::string time;
     std::string json;
+    std::vector<std::pair<std::string, std::string>> terms;
     bool tree_head = false;  // a request for a signed head, not a record
     AppendCallback done;
   };
@@ -450,6 +468,7 @@ class SqliteAuditLog final : public AuditLog {
             head_seq_ = seq;
             head_hash_ = hash;
             if (auto s = SyncTree(seq); !s.ok()) return s;
+            if (auto s = SyncTerms(seq); !s.ok()) return s;
           }
         } else if (rc != SQLITE_DONE) {
           return Unavailable("audit: reading the anchor failed", db, rc);
@@ -479,6 +498,7 @@ class SqliteAuditLog final : public AuditLog {
         }
         hash = std::move(next);
         if (auto s = AddLeaf(p->json); !s.ok()) return s;
+        if (auto s = AddTerms(seq, p->terms); !s.ok()) return s;
       }
       if (options_.tree_head_key != nullptr && (head_requested || HeadDue()) &&
           seq > LastHeadSize()) {
@@ -562,6 +582,7 @@ class SqliteAuditLog final : public AuditLog {
     if (CheckAnchor(*tail, mac_key_, &first_bad).has_value()) return;
     if (tail->last_hash.size() != kHashBytes) return;
     if (!InTransaction([&] { return SyncTree(tail->last_seq); }).ok()) return;
+    if (!InTransaction([&] { return SyncTerms(tail->last_seq); }).ok()) return;
     head_seq_ = tail->last_seq;
     head_hash_ = tail->last_hash;
   }
@@ -629,6 +650,45 @@ class SqliteAuditLog final : public AuditLog {
     return absl::OkStatus();
   }
 
+  // Inside a write transaction: adds the search terms of records up to
+  // `size` written without them (before the index existed).
+  absl::Status SyncTerms(int64_t size) {
+    sqlite3* db = db_.get();
+    int64_t indexed = 0;
+    {
+      StmtScope scope(term_max_.get());
+      int rc = sqlite3_step(term_max_.get());
+      if (rc != SQLITE_ROW) return Unavailable("audit: reading the search terms failed", db, rc);
+      indexed = sqlite3_column_int64(term_max_.get(), 0);  // 0 for NULL
+    }
+    for (int64_t seq = indexed + 1; seq <= size; ++seq) {
+      std::string record;
+      {
+        StmtScope scope(record_at_.get());
+        sqlite3_bind_int64(record_at_.get(), 1, seq);
+        if (sqlite3_step(record_at_.get()) != SQLITE_ROW) continue;
+        record = std::string(ColumnText(record_at_.get(), 0));
+      }
+      auto parsed = AuditRecord::FromJson(record);
+      if (!parsed.ok()) continue;  // verification reports it
+      if (auto s = AddTerms(seq, IndexTerms(*parsed)); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AddTerms(int64_t seq, const std::vector<std::pair<std::string, std::string>>& terms) {
+    for (const auto& [k, v] : terms) {
+      sqlite3_stmt* s = term_insert_.get();
+      StmtScope scope(s);
+      sqlite3_bind_text(s, 1, k.data(), static_cast<int>(k.size()), SQLITE_STATIC);
+      sqlite3_bind_text(s, 2, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(s, 3, seq);
+      int rc = sqlite3_step(s);
+      if (rc != SQLITE_DONE) return Unavailable("audit: storing search terms failed", db_.get(), rc);
+    }
+    return absl::OkStatus();
+  }
+
   // Appends the record as the next leaf and stores the subtrees it completes.
   absl::Status AddLeaf(std::string_view record_json) {
     completed_.clear();
@@ -671,7 +731,8 @@ class SqliteAuditLog final : public AuditLog {
   SecretBytes mac_key_;
   AuditOptions options_;
   StmtPtr begin_, commit_, rollback_, insert_, anchor_, head_, hash_at_;
-  StmtPtr node_insert_, node_select_, leaf_count_, record_at_, head_insert_;
+  StmtPtr node_insert_, node_select_, leaf_count_, record_at_, head_insert_, term_insert_,
+      term_max_;
   // The tree's right edge (writer thread only) and a scratch list.
   merkle::Frontier frontier_;
   std::vector<merkle::Frontier::Node> completed_;
@@ -703,7 +764,7 @@ std::string AuditRecord::ToJson() const {
   using json::Value;
   auto s = [](const std::string& v) { return Value::String(v); };
   json::Object m;
-  m.reserve(19);
+  m.reserve(29);
   m.emplace_back("time", s(time));
   m.emplace_back("request_id", s(request_id));
   m.emplace_back("trace_id", s(trace_id));
@@ -727,7 +788,85 @@ std::string AuditRecord::ToJson() const {
   m.emplace_back("break_glass", s(break_glass));
   m.emplace_back("break_glass_reason", s(break_glass_reason));
   m.emplace_back("shadow", s(shadow));
+  m.emplace_back("roles", s(roles));
+  m.emplace_back("purpose_of_use", s(purpose_of_use));
+  json::Value list = Value::MakeArray();
+  for (const std::string& p : patients) list.Push(s(p));
+  m.emplace_back("patients", std::move(list));
+  m.emplace_back("query", s(query));
+  m.emplace_back("node", s(node));
+  m.emplace_back("bytes", Value::Int(bytes));
   return json::Write(Value::MakeObject(std::move(m)));
+}
+
+std::vector<std::pair<std::string, std::string>> IndexTerms(const AuditRecord& r) {
+  std::vector<std::pair<std::string, std::string>> t;
+  auto add = [&](const char* k, const std::string& v) {
+    if (!v.empty() && v.size() <= 512) t.emplace_back(k, v);
+  };
+  add("patient", r.patient_id);
+  for (const std::string& p : r.patients) add("patient", p);
+  add("agent", r.subject);
+  add("client", r.client_id);
+  add("action", r.action);
+  add("outcome", r.outcome);
+  add("type", r.resource_type);
+  if (!r.resource_type.empty() && !r.resource_id.empty()) {
+    add("entity", r.resource_type + "/" + r.resource_id);
+  }
+  add("break-glass", r.break_glass);
+  std::sort(t.begin(), t.end());
+  t.erase(std::unique(t.begin(), t.end()), t.end());
+  return t;
+}
+
+absl::StatusOr<AuditRecord> AuditRecord::FromJson(std::string_view text) {
+  auto v = json::Parse(text);
+  if (!v.ok() || !v->is_object()) {
+    return Error(ErrorCode::kAuditUnavailable, "audit: a stored record is not a JSON object");
+  }
+  AuditRecord r;
+  auto str = [&](const char* k, std::string* out) {
+    if (auto x = v->GetString(k)) *out = std::string(*x);
+  };
+  auto num = [&](const char* k) -> int64_t {
+    const json::Value* x = v->Find(k);
+    return x && x->as_int64() ? *x->as_int64() : 0;
+  };
+  str("time", &r.time);
+  str("request_id", &r.request_id);
+  str("trace_id", &r.trace_id);
+  str("client_address", &r.client_address);
+  str("user_agent", &r.user_agent);
+  str("subject", &r.subject);
+  str("client_id", &r.client_id);
+  str("scopes", &r.scopes);
+  str("action", &r.action);
+  str("method", &r.method);
+  str("resource_type", &r.resource_type);
+  str("resource_id", &r.resource_id);
+  str("version_id", &r.version_id);
+  str("patient_id", &r.patient_id);
+  str("outcome", &r.outcome);
+  r.status_code = static_cast<int>(num("status_code"));
+  str("error", &r.error);
+  str("policy_id", &r.policy_id);
+  r.count = num("count");
+  str("decision", &r.decision);
+  str("break_glass", &r.break_glass);
+  str("break_glass_reason", &r.break_glass_reason);
+  str("shadow", &r.shadow);
+  str("roles", &r.roles);
+  str("purpose_of_use", &r.purpose_of_use);
+  if (const json::Value* list = v->Find("patients"); list && list->is_array()) {
+    for (const json::Value& p : list->items()) {
+      if (p.is_string()) r.patients.push_back(p.as_string());
+    }
+  }
+  str("query", &r.query);
+  str("node", &r.node);
+  r.bytes = num("bytes");
+  return r;
 }
 
 absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path,
@@ -867,6 +1006,16 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     if (rc != SQLITE_OK || sqlite3_step(s) != SQLITE_ROW) return fail("cannot read the schema", rc);
     has_tree = sqlite3_column_int(s, 0) == 2;
   }
+  bool has_terms = false;
+  {
+    sqlite3_stmt* s = nullptr;
+    rc = sqlite3_prepare_v2(
+        db.get(), "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_terms'",
+        -1, &s, nullptr);
+    StmtPtr st(s);
+    if (rc != SQLITE_OK || sqlite3_step(s) != SQLITE_ROW) return fail("cannot read the schema", rc);
+    has_terms = sqlite3_column_int(s, 0) == 1;
+  }
 
   // One read transaction: the rows and the anchor come from the same snapshot
   // even while the server keeps appending.
@@ -968,6 +1117,36 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     return "";
   };
 
+  // The search terms, in (seq, k, v) order beside the records.
+  StmtPtr terms_rows;
+  bool terms_pending = false;  // terms_rows holds an unconsumed row
+  if (has_terms) {
+    sqlite3_stmt* s = nullptr;
+    rc = sqlite3_prepare_v2(db.get(), "SELECT seq, k, v FROM audit_terms ORDER BY seq, k, v", -1,
+                            &s, nullptr);
+    terms_rows.reset(s);
+    if (rc != SQLITE_OK) return fail("cannot read audit_terms", rc);
+    terms_pending = sqlite3_step(s) == SQLITE_ROW;
+  }
+  auto check_terms = [&](int64_t seq, std::string_view record) -> std::string {
+    std::vector<std::pair<std::string, std::string>> stored;
+    sqlite3_stmt* s = terms_rows.get();
+    while (terms_pending && sqlite3_column_int64(s, 0) <= seq) {
+      if (sqlite3_column_int64(s, 0) < seq) {
+        return "search terms of a record that is not there (before record " + std::to_string(seq) +
+               ")";
+      }
+      stored.emplace_back(ColumnText(s, 1), ColumnText(s, 2));
+      terms_pending = sqlite3_step(s) == SQLITE_ROW;
+    }
+    auto parsed = AuditRecord::FromJson(record);
+    if (!parsed.ok()) return "record is not a JSON object";
+    if (stored != IndexTerms(*parsed)) {
+      return "search terms differ from the record (a search would hide or misattribute it)";
+    }
+    return "";
+  };
+
   merkle::Frontier tree;
   std::vector<merkle::Frontier::Node> completed;
   auto head_it = heads.begin();
@@ -1019,6 +1198,9 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
         mark_bad(seq, "time column does not match the record");
         continue;
       }
+      if (has_terms && tree_bad_seq == 0) {
+        if (std::string p = check_terms(seq, record); !p.empty()) mark_tree_bad(seq, p);
+      }
       if (has_tree && tree_bad_seq == 0) {
         completed.clear();
         tree.Append(merkle::LeafHash(record), &completed);
@@ -1056,6 +1238,9 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
                                         " has no records (records removed)");
       }
     }
+    if (tree_bad_seq == 0 && terms_pending) {
+      mark_tree_bad(tail.last_seq + 1, "search terms of records that are not there");
+    }
     // Nodes at levels no record reached.
     if (tree_bad_seq == 0) {
       sqlite3_stmt* s = nullptr;
@@ -1069,6 +1254,7 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     }
   }
   level_rows.clear();
+  terms_rows.reset();
   {
     sqlite3_stmt* s = nullptr;
     rc = sqlite3_prepare_v2(db.get(), "SELECT seq, hash, mac FROM audit_anchor WHERE id = 1", -1,

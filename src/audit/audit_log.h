@@ -32,6 +32,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -68,9 +69,30 @@ struct AuditRecord {
   std::string break_glass_reason;  // its written justification
   // Shadow mode: the candidate policy's outcome where it disagrees.
   std::string shadow;
+  // Appended in the second version of the record (older records lack them):
+  std::string roles;           // the principal's roles, space-separated
+  std::string purpose_of_use;  // the token's PurposeOfUse codes, space-separated
+  // Every patient whose data the response carried (reads, searches,
+  // histories; at most kMaxPatients), besides patient_id.
+  std::vector<std::string> patients;
+  std::string query;  // a search's query string as received (at most 2048 bytes)
+  std::string node;   // the fhirward node that served the request
+  int64_t bytes = 0;  // response body size
+  static constexpr size_t kMaxPatients = 200;
   // Canonical JSON (fixed member order, all members present).
   std::string ToJson() const;
+  // The fields of a stored record (members it lacks stay empty).
+  static absl::StatusOr<AuditRecord> FromJson(std::string_view json);
 };
+
+// The search terms of a record, kept in audit_terms(k, v, seq) beside it
+// (same transaction) so that AuditEvent searches by patient, agent, entity,
+// action or outcome need no scan: ("patient", id) for patient_id and every
+// one of patients, ("agent", subject), ("client", client_id), ("action", a),
+// ("outcome", o), ("type", resource type), ("entity", "Type/id"),
+// ("break-glass", episode). Sorted, distinct. Derived data: searches re-check
+// each hit against the record itself, and verification recomputes them.
+std::vector<std::pair<std::string, std::string>> IndexTerms(const AuditRecord& record);
 
 struct AuditOptions {
   size_t max_batch = 256;

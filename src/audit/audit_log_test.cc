@@ -182,7 +182,8 @@ TEST(AuditRecordTest, ToJsonEmptyRecordHasEveryMemberInOrder) {
             R"("subject":"","client_id":"","scopes":"","action":"","method":"",)"
             R"("resource_type":"","resource_id":"","version_id":"","patient_id":"",)"
             R"("outcome":"","status_code":0,"error":"","policy_id":"","count":0,"decision":"",)"
-            R"("break_glass":"","break_glass_reason":"","shadow":""})");
+            R"("break_glass":"","break_glass_reason":"","shadow":"","roles":"",)"
+            R"("purpose_of_use":"","patients":[],"query":"","node":"","bytes":0})");
 }
 
 TEST(AuditRecordTest, ToJsonIsCanonicalAndStable) {
@@ -196,7 +197,8 @@ TEST(AuditRecordTest, ToJsonIsCanonicalAndStable) {
       R"("resource_type":"Patient","resource_id":"p7","version_id":"1","patient_id":"p7",)"
       R"("outcome":"success","status_code":200,"error":"insufficient_scope",)"
       R"("policy_id":"default@1","count":1234567890123,"decision":"","break_glass":"",)"
-      R"("break_glass_reason":"","shadow":""})";
+      R"("break_glass_reason":"","shadow":"","roles":"","purpose_of_use":"","patients":[],)"
+      R"("query":"","node":"","bytes":0})";
   EXPECT_EQ(r.ToJson(), expected);
   EXPECT_EQ(r.ToJson(), r.ToJson());
   AuditRecord copy = r;
@@ -218,12 +220,45 @@ TEST(AuditRecordTest, ToJsonEscapesAndHasNoUnexpectedMembers) {
                         "time", "request_id", "trace_id", "client_address", "user_agent", "subject",
                         "client_id", "scopes", "action", "method", "resource_type", "resource_id",
                         "version_id", "patient_id", "outcome", "status_code", "error", "policy_id",
-                        "count", "decision", "break_glass", "break_glass_reason", "shadow"));
+                        "count", "decision", "break_glass", "break_glass_reason", "shadow",
+                        "roles", "purpose_of_use", "patients", "query", "node", "bytes"));
   EXPECT_EQ(parsed->GetString("user_agent"), r.user_agent);
   EXPECT_EQ(parsed->GetString("subject"), r.subject);
   EXPECT_EQ(parsed->Find("status_code")->as_int64(), -1);
   EXPECT_EQ(parsed->Find("count")->as_int64(), 1);
   EXPECT_EQ(parsed->Find("injected"), nullptr);
+}
+
+TEST(AuditRecordTest, FromJsonReadsBackEveryFieldAndOldRecords) {
+  AuditRecord r = MakeRecord(3);
+  r.roles = "auditor clinician";
+  r.purpose_of_use = "TREAT";
+  r.patients = {"p3", "p9"};
+  r.query = "code=1234-5&_count=10";
+  r.node = "node-a";
+  r.bytes = 4096;
+  r.break_glass = "bg-1";
+  auto back = AuditRecord::FromJson(r.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ToJson(), r.ToJson());
+  // A record of the first version (no roles ... bytes) still reads.
+  auto old = AuditRecord::FromJson(R"({"time":"t","action":"read","outcome":"success"})");
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ(old->action, "read");
+  EXPECT_TRUE(old->patients.empty());
+  EXPECT_FALSE(AuditRecord::FromJson("[1]").ok());
+  // Search terms: distinct, sorted, from the record's own fields.
+  auto terms = IndexTerms(r);
+  EXPECT_THAT(terms, ::testing::ElementsAre(
+                         std::pair<std::string, std::string>{"action", "read"},
+                         std::pair<std::string, std::string>{"agent", "user-1"},
+                         std::pair<std::string, std::string>{"break-glass", "bg-1"},
+                         std::pair<std::string, std::string>{"client", "app"},
+                         std::pair<std::string, std::string>{"entity", "Patient/p3"},
+                         std::pair<std::string, std::string>{"outcome", "success"},
+                         std::pair<std::string, std::string>{"patient", "p3"},
+                         std::pair<std::string, std::string>{"patient", "p9"},
+                         std::pair<std::string, std::string>{"type", "Patient"}));
 }
 
 // ---- appending -------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <climits>
 #include <utility>
 
 #include "audit/internal/sqlite.h"
@@ -15,7 +17,7 @@ using namespace internal;  // NOLINT(build/namespaces): the SQLite helpers
 struct AuditReader::Impl {
   std::mutex mu;
   DbPtr db;
-  StmtPtr node, leaves, latest_head, head_at, record;
+  StmtPtr node, leaves, latest_head, head_at, record, by_term, by_seq;
 
   // A read transaction for the duration of one call.
   class Snapshot {
@@ -74,6 +76,11 @@ absl::StatusOr<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string
                      "SELECT tree_size, root, timestamp, jws FROM audit_tree_heads "
                      "WHERE tree_size = ?1"},
            std::pair{&impl->record, "SELECT record FROM audit_records WHERE seq = ?1"},
+           std::pair{&impl->by_term,
+                     "SELECT seq FROM audit_terms WHERE k = ?1 AND v = ?2 AND seq < ?3 "
+                     "ORDER BY seq DESC LIMIT ?4"},
+           std::pair{&impl->by_seq,
+                     "SELECT seq FROM audit_records WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"},
        }) {
     auto st = Prepare(raw, sql);
     if (!st.ok()) return st.status();
@@ -139,6 +146,94 @@ absl::StatusOr<std::vector<std::string>> AuditReader::ConsistencyProof(int64_t f
   SqliteNodes nodes(impl_->node.get());
   return merkle::ConsistencyProof(nodes, static_cast<uint64_t>(first),
                                   static_cast<uint64_t>(second));
+}
+
+absl::StatusOr<AuditPage> AuditReader::Search(const AuditQuery& q) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  Impl::Snapshot snap(impl_->db.get());
+  sqlite3* db = impl_->db.get();
+  const int limit = std::max(0, q.limit);
+  const int max_scan = std::max(1, q.max_scan);
+  const int64_t start = q.before_seq > 0 ? q.before_seq : INT64_MAX;
+  AuditPage page;
+  if (limit == 0) return page;
+
+  // Candidates, newest first: from the first term's values (merged), or all.
+  std::vector<int64_t> candidates;
+  bool exhausted = true;
+  auto collect = [&](sqlite3_stmt* s) -> absl::Status {
+    int rc;
+    int n = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      candidates.push_back(sqlite3_column_int64(s, 0));
+      ++n;
+    }
+    if (rc != SQLITE_DONE) return Unavailable("audit: search failed", db, rc);
+    if (n > max_scan) exhausted = false;
+    return absl::OkStatus();
+  };
+  if (!q.terms.empty()) {
+    const auto& [k, values] = q.terms.front();
+    for (const std::string& v : values) {
+      sqlite3_stmt* s = impl_->by_term.get();
+      StmtScope scope(s);
+      sqlite3_bind_text(s, 1, k.data(), static_cast<int>(k.size()), SQLITE_STATIC);
+      sqlite3_bind_text(s, 2, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(s, 3, start);
+      sqlite3_bind_int(s, 4, max_scan + 1);
+      if (auto st = collect(s); !st.ok()) return st;
+    }
+    std::sort(candidates.rbegin(), candidates.rend());
+    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  } else {
+    sqlite3_stmt* s = impl_->by_seq.get();
+    StmtScope scope(s);
+    sqlite3_bind_int64(s, 1, start);
+    sqlite3_bind_int(s, 2, max_scan + 1);
+    if (auto st = collect(s); !st.ok()) return st;
+  }
+  if (candidates.size() > static_cast<size_t>(max_scan)) {
+    candidates.resize(max_scan);
+    exhausted = false;
+  }
+
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const int64_t seq = candidates[i];
+    std::string json;
+    {
+      sqlite3_stmt* s = impl_->record.get();
+      StmtScope scope(s);
+      sqlite3_bind_int64(s, 1, seq);
+      int rc = sqlite3_step(s);
+      if (rc == SQLITE_DONE) continue;
+      if (rc != SQLITE_ROW) return Unavailable("audit: reading a record failed", db, rc);
+      json = std::string(ColumnText(s, 0));
+    }
+    auto rec = AuditRecord::FromJson(json);
+    if (!rec.ok()) continue;
+    if (!q.time_from.empty() && rec->time < q.time_from) continue;
+    if (!q.time_to.empty() && rec->time >= q.time_to) continue;
+    const auto terms = IndexTerms(*rec);
+    bool match = true;
+    for (const auto& [k, values] : q.terms) {
+      bool any = false;
+      for (const std::string& v : values) {
+        any = any || std::binary_search(terms.begin(), terms.end(), std::make_pair(k, v));
+      }
+      if (!any) {
+        match = false;
+        break;
+      }
+    }
+    if (!match) continue;
+    page.records.push_back({seq, std::move(json)});
+    if (page.records.size() == static_cast<size_t>(limit)) {
+      if (i + 1 < candidates.size() || !exhausted) page.next_before = seq;
+      return page;
+    }
+  }
+  if (!exhausted && !candidates.empty()) page.next_before = candidates.back();
+  return page;
 }
 
 absl::StatusOr<std::string> AuditReader::RootAt(int64_t tree_size) {

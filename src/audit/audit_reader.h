@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,6 +22,23 @@ namespace fhirward::audit {
 struct StoredRecord {
   int64_t seq = 0;
   std::string json;  // the record as appended (AuditRecord::ToJson)
+};
+
+// A search of the trail, newest first. Every hit is re-checked against the
+// record itself (terms and time), so the term index can only speed a search
+// up, never make it return a record that does not match.
+struct AuditQuery {
+  // All must hold (k, v as in IndexTerms). Several values of one k: any.
+  std::vector<std::pair<std::string, std::vector<std::string>>> terms;
+  std::string time_from;    // inclusive, a FormatInstant() string ("" = open)
+  std::string time_to;      // exclusive
+  int64_t before_seq = 0;   // only records older than this (0 = from the newest)
+  int limit = 50;           // records returned at most
+  int max_scan = 10000;     // records examined at most (a page may then be short)
+};
+struct AuditPage {
+  std::vector<StoredRecord> records;
+  int64_t next_before = 0;  // the before_seq of the next page; 0 when none
 };
 
 class AuditReader {
@@ -41,6 +59,7 @@ class AuditReader {
   // Proof that the tree of `first` leaves is a prefix of the tree of
   // `second`. kInvalidParameter unless 1 <= first <= second <= TreeSize().
   absl::StatusOr<std::vector<std::string>> ConsistencyProof(int64_t first, int64_t second);
+  absl::StatusOr<AuditPage> Search(const AuditQuery& query);
   // MTH of the first `tree_size` records.
   absl::StatusOr<std::string> RootAt(int64_t tree_size);
 

@@ -311,5 +311,84 @@ TEST_F(MerkleLogTest, AnotherProcessAppendsWithoutAKeyAndTheServerHeadCoversIt) 
   EXPECT_TRUE(r.ok) << r.summary;
 }
 
+TEST_F(MerkleLogTest, SearchByTermsAndTimeNewestFirstWithPages) {
+  auto log = Open(path_, Options());
+  for (int i = 1; i <= 30; ++i) {
+    AuditRecord r = Rec(i, i % 3 == 0 ? "alice" : "bob");
+    r.patient_id = "p" + std::to_string(i % 5);
+    if (i == 7) r.patients = {"p2", "p99"};
+    r.outcome = i % 10 == 0 ? "denied" : "success";
+    ASSERT_TRUE(log->Append(r).ok());
+  }
+  log->Close();
+  auto reader = Reader(path_);
+  auto seqs = [](const AuditPage& p) {
+    std::vector<int64_t> v;
+    for (const auto& r : p.records) v.push_back(r.seq);
+    return v;
+  };
+  AuditQuery q;
+  q.terms = {{"patient", {"p99"}}};
+  EXPECT_THAT(seqs(*reader->Search(q)), ::testing::ElementsAre(7));
+  q.terms = {{"patient", {"p2"}}, {"agent", {"bob"}}};
+  EXPECT_THAT(seqs(*reader->Search(q)), ::testing::ElementsAre(22, 17, 7, 2));
+  q.terms = {{"agent", {"alice"}}, {"outcome", {"denied"}}};
+  EXPECT_THAT(seqs(*reader->Search(q)), ::testing::ElementsAre(30));
+  q.terms = {{"patient", {"p1", "p2"}}};
+  q.limit = 3;
+  auto first = *reader->Search(q);
+  EXPECT_THAT(seqs(first), ::testing::ElementsAre(27, 26, 22));
+  q.before_seq = first.next_before;
+  auto second = *reader->Search(q);
+  EXPECT_THAT(seqs(second), ::testing::ElementsAre(21, 17, 16));
+  // Time bounds: [from, to).
+  AuditQuery t;
+  t.time_from = Rec(10).time;
+  t.time_to = Rec(13).time;
+  EXPECT_THAT(seqs(*reader->Search(t)), ::testing::ElementsAre(12, 11, 10));
+  // A scan bound gives a short page that says where to go on.
+  AuditQuery bounded;
+  bounded.terms = {{"outcome", {"denied"}}};
+  bounded.max_scan = 2;
+  auto part = *reader->Search(bounded);
+  EXPECT_THAT(seqs(part), ::testing::ElementsAre(30, 20));
+  EXPECT_EQ(part.next_before, 20);
+  bounded.before_seq = 20;
+  auto rest = *reader->Search(bounded);
+  EXPECT_THAT(seqs(rest), ::testing::ElementsAre(10));
+  EXPECT_EQ(rest.next_before, 0);
+}
+
+TEST_F(MerkleLogTest, EditedSearchTermsAreCaughtAndCannotInjectHits) {
+  auto log = Open(path_, Options());
+  for (int i = 1; i <= 6; ++i) {
+    AuditRecord r = Rec(i);
+    r.patient_id = "p" + std::to_string(i);
+    ASSERT_TRUE(log->Append(r).ok());
+  }
+  log->Close();
+  Sql(path_, "DROP TRIGGER audit_terms_no_update; DROP TRIGGER audit_terms_no_delete;");
+  // A term pointing record 2 at another patient: the search re-checks the record.
+  Sql(path_, "INSERT INTO audit_terms VALUES('patient', 'p5', 2)");
+  auto reader = Reader(path_);
+  AuditQuery q;
+  q.terms = {{"patient", {"p5"}}};
+  auto page = reader->Search(q);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->records.size(), 1u);
+  EXPECT_EQ(page->records[0].seq, 5);
+  VerifyReport r = Verify(path_);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.first_bad_seq, 2);
+  EXPECT_THAT(r.summary, HasSubstr("search terms differ from the record"));
+  // Hiding a record from searches is caught too.
+  const std::string hidden = dir_ + "/hidden.db";
+  Write(hidden, 1, 4);
+  Sql(hidden, "DROP TRIGGER audit_terms_no_delete; DELETE FROM audit_terms WHERE seq = 3");
+  VerifyReport h = Verify(hidden);
+  EXPECT_FALSE(h.ok);
+  EXPECT_EQ(h.first_bad_seq, 3);
+}
+
 }  // namespace
 }  // namespace fhirward::audit

@@ -58,8 +58,13 @@ int main(int argc, char** argv) {
   CLI::App* audit_cmd = app.add_subcommand("audit", "Audit trail");
   audit_cmd->require_subcommand(1);
   std::string audit_dir;
-  CLI::App* verify_cmd = audit_cmd->add_subcommand("verify", "Verify the audit hash chain");
+  std::vector<std::string> held_heads;
+  CLI::App* verify_cmd = audit_cmd->add_subcommand(
+      "verify", "Verify the audit trail: hash chain, anchor, Merkle tree and every signed tree head");
   verify_cmd->add_option("--data-dir", audit_dir, "Data directory")->required();
+  verify_cmd->add_option("--head", held_heads,
+                         "A tree head kept elsewhere (file: compact JWS or $tree-head JSON); "
+                         "the records must still match it (repeatable)");
 
   server::ValidateArgs validate;
   CLI::App* validate_cmd = app.add_subcommand(
@@ -368,7 +373,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (verify_cmd->parsed()) {
-    auto result = server::VerifyAudit(audit_dir);
+    auto result = server::VerifyAudit(audit_dir, held_heads);
     if (!result.ok()) return Fail(result.status());
     if (result->ok) {
       std::printf("%s\n", result->summary.c_str());

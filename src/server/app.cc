@@ -11,7 +11,9 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "audit/audit_log.h"
+#include "audit/audit_reader.h"
 #include "common/clock.h"
 #include "common/encoding.h"
 #include "common/error.h"
@@ -454,8 +456,15 @@ absl::Status Serve(const ServeArgs& args) {
                                        .index_key = &inst.blind_index_key(),
                                        .base_url = StoreBaseUrl(config.base_url)});
   if (!store.ok()) return store.status();
-  auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
+  audit::AuditOptions audit_options;
+  audit_options.tree_head_key = &inst.audit_log_key();
+  audit_options.log_id = inst.issuer();
+  audit_options.tree_head_interval = std::chrono::seconds(config.audit_tree_head_seconds);
+  auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone(),
+                                         audit_options);
   if (!audit_log.ok()) return audit_log.status();
+  auto audit_reader = audit::AuditReader::Open(inst.audit_db_path());
+  if (!audit_reader.ok()) return audit_reader.status();
 
   const int64_t start_time = SystemClock::Get().NowSeconds();
   auto oauth_store = oauth::OAuthStore::Open(inst.oauth_db_path());
@@ -693,10 +702,38 @@ absl::StatusOr<std::string> MintToken(const MintArgs& args) {
   return jose::SignCompact(*key, claims, "at+jwt");
 }
 
-absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir) {
+absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir,
+                                              const std::vector<std::string>& held_head_files) {
   auto instance = Instance::Open(data_dir, /*create=*/false, "");
   if (!instance.ok()) return instance.status();
-  auto report = audit::VerifyAuditLog((*instance)->audit_db_path(), (*instance)->audit_mac_key());
+  const jose::PublicKey log_key = (*instance)->audit_log_key().public_key();
+  audit::VerifyOptions options;
+  options.tree_head_key = &log_key;
+  for (const std::string& file : held_head_files) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return Error(ErrorCode::kNotFound, "cannot read " + file);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // A file holds the compact JWS, or the JSON of GET /AuditEvent/$tree-head.
+    std::string jws(absl::StripAsciiWhitespace(text));
+    if (!jws.empty() && jws[0] == '{') {
+      auto doc = json::Parse(jws);
+      std::optional<std::string_view> found;
+      if (doc.ok()) {
+        found = doc->GetString("jws");
+        for (const json::Value& p : doc->Find("parameter") ? doc->Find("parameter")->items()
+                                                           : json::Array{}) {
+          if (p.GetString("name") == "jws") found = p.GetString("valueString");
+        }
+      }
+      if (!found) {
+        return Error(ErrorCode::kInvalidParameter, file + " holds no tree head (jws)");
+      }
+      jws = std::string(*found);
+    }
+    options.held_heads.push_back(std::move(jws));
+  }
+  auto report =
+      audit::VerifyAuditLog((*instance)->audit_db_path(), (*instance)->audit_mac_key(), options);
   if (!report.ok()) return report.status();
   return AuditVerifyResult{report->ok, report->records, report->first_bad_seq, report->summary};
 }

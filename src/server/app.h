@@ -43,7 +43,10 @@ struct AuditVerifyResult {
   int64_t first_bad_seq = 0;
   std::string summary;
 };
-absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir);
+// `held_head_files`: tree heads kept outside the data directory (compact JWS,
+// or the JSON of GET /AuditEvent/$tree-head); each must match the records.
+absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir,
+                                              const std::vector<std::string>& held_head_files = {});
 
 struct ValidateArgs {
   std::vector<std::string> files;  // FHIR JSON resources; "-" reads standard input

@@ -25,6 +25,14 @@ absl::Status Get(const toml::table& t, const std::string& section, const char* k
   } else if constexpr (std::is_same_v<T, std::string>) {
     if (!n->is_string()) return Bad(name, "expected a string");
     *out = n->as_string()->get();
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    const toml::array* a = n->as_array();
+    if (!a) return Bad(name, "expected an array of strings");
+    out->clear();
+    for (const toml::node& e : *a) {
+      if (!e.is_string()) return Bad(name, "expected an array of strings");
+      out->push_back(e.as_string()->get());
+    }
   } else if constexpr (std::is_same_v<T, double>) {
     if (n->is_integer()) {
       *out = static_cast<double>(n->as_integer()->get());
@@ -91,7 +99,7 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
   FW_TRY(CheckKeys(root, "",
                    {"listen", "base_url", "tenant", "tls", "http", "json", "fhir", "search",
                     "bundle", "validation", "auth", "oauth", "policy", "store", "rate_limit", "log",
-                    "keys", "retention"}));
+                    "keys", "retention", "audit"}));
   FW_TRY(Get(root, "", "listen", &c.listen));
   FW_TRY(Get(root, "", "base_url", &c.base_url));
   FW_TRY(Get(root, "", "tenant", &c.tenant));
@@ -146,6 +154,14 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     if (c.key_unwrap_report_seconds < 60 || c.key_unwrap_report_seconds > 86400) {
       return Bad("keys.unwrap_report_seconds", "must be 60..86400");
     }
+  }
+  if (auto* t = root["audit"].as_table()) {
+    FW_TRY(CheckKeys(*t, "audit", {"tree_head_seconds", "reader_roles"}));
+    FW_TRY(Get(*t, "audit", "tree_head_seconds", &c.audit_tree_head_seconds));
+    if (c.audit_tree_head_seconds < 1 || c.audit_tree_head_seconds > 86400) {
+      return Bad("audit.tree_head_seconds", "must be 1..86400");
+    }
+    FW_TRY(Get(*t, "audit", "reader_roles", &c.audit_reader_roles));
   }
   if (auto* t = root["retention"].as_table()) {
     for (const auto& [k, v] : *t) {

@@ -62,6 +62,10 @@ struct Config {
 
   // [keys]
   int key_unwrap_report_seconds = 3600;  // audited key-unwrap counts, once per period
+  // [audit]
+  int audit_tree_head_seconds = 60;  // a signed tree head at least this often (when records were added)
+  // Roles whose principals read the whole trail (AuditEvent search, proofs).
+  std::vector<std::string> audit_reader_roles = {"auditor"};
   // [retention]: resource type → days after its last update, then purged
   std::vector<std::pair<std::string, int>> retention_days;
 

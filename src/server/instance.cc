@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "crypto/aead.h"
 #include "crypto/pkcs11.h"
+#include "jose/dpop.h"
 #include "json/value.h"
 #include "toml++/toml.h"
 
@@ -217,6 +218,28 @@ absl::StatusOr<std::unique_ptr<Instance>> Instance::Open(const std::string& data
   auto key = jose::SigningKey::LoadPem(signing_path, jose::Algorithm::kES256, std::string(*kid));
   if (!key.ok()) return key.status();
   inst->signing_key_ = std::move(*key);
+
+  // The audit log's tree-head key: one for the life of the log (verifiers pin
+  // it), separate from the token keys that rotate. Created on first use also
+  // in a data dir from before signed tree heads.
+  {
+    const std::string log_key_path = data_dir + "/keys/audit-log-es256.pem";
+    if (!Exists(log_key_path)) {
+      auto fresh = jose::SigningKey::Generate(jose::Algorithm::kES256, "audit-log");
+      if (!fresh.ok()) return fresh.status();
+      auto saved = fresh->SavePem(log_key_path);
+      // Another process may have created it in between: load theirs.
+      if (!saved.ok() && !Exists(log_key_path)) return saved;
+    }
+    auto loaded = jose::SigningKey::LoadPem(log_key_path, jose::Algorithm::kES256, "audit-log");
+    if (!loaded.ok()) return loaded.status();
+    // The kid is the key's RFC 7638 thumbprint, so a verifier can tell keys apart.
+    auto thumb = jose::JwkThumbprint(loaded->public_key().ToJwk());
+    if (!thumb.ok()) return thumb.status();
+    auto keyed = jose::SigningKey::LoadPem(log_key_path, jose::Algorithm::kES256, *thumb);
+    if (!keyed.ok()) return keyed.status();
+    inst->audit_log_key_ = std::move(*keyed);
+  }
 
   auto mac = LoadOrCreateWrappedSecret(*inst->kek_, data_dir + "/keys/audit-mac.wrapped",
                                        "audit-mac", create);

@@ -7,6 +7,7 @@
 //   DIR/keys/kek.key           local key-encryption key v1 (0600, 32 bytes); kek-vN.key later
 //                              versions (local backend only; an HSM keeps them on the token)
 //   DIR/keys/signing-es256.pem instance token-signing key (0600)
+//   DIR/keys/audit-log-es256.pem audit log key: signs tree heads (0600)
 //   DIR/keys/*.wrapped         secrets wrapped by the KEK (audit MAC key, cursor key,
 //                              blind-index key)
 //   DIR/keys/signing.json      token-signing key manifest (oauth/key_ring.h)
@@ -45,6 +46,8 @@ class Instance {
   std::string keys_db_path() const { return data_dir_ + "/db/keys.db"; }
   const jose::SigningKey& signing_key() const { return signing_key_; }
   const SecretBytes& audit_mac_key() const { return audit_mac_key_; }
+  // Signs the audit trail's tree heads (ES256, kid = JWK thumbprint).
+  const jose::SigningKey& audit_log_key() const { return audit_log_key_; }
   const SecretBytes& cursor_key() const { return cursor_key_; }
   // Secret from which each tenant's search blind-index key is derived
   // (separate from every encryption key).
@@ -70,6 +73,7 @@ class Instance {
   std::unique_ptr<crypto::VersionedKek> kek_;
   std::unique_ptr<crypto::KeyRing> keyring_;
   jose::SigningKey signing_key_;
+  jose::SigningKey audit_log_key_;
   SecretBytes audit_mac_key_;
   SecretBytes cursor_key_;
   SecretBytes blind_index_key_;
