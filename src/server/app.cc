@@ -1,5 +1,7 @@
 #include "server/app.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
@@ -571,6 +573,12 @@ absl::Status Serve(const ServeArgs& args) {
   deps.base_url = base_url;
   deps.store = store->get();
   deps.audit = audit_log->get();
+  deps.audit_reader = audit_reader->get();
+  deps.audit_log_key = &inst.audit_log_key();
+  {
+    char host_name[256] = {0};
+    if (gethostname(host_name, sizeof host_name - 1) == 0) deps.node = host_name;
+  }
   deps.policy = policy.get();
   deps.policies = policies->get();
   deps.facts = &facts;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
+#include "audit/merkle.h"
 #include "common/encoding.h"
 #include "common/error.h"
 #include "crypto/aead.h"
@@ -25,6 +26,7 @@
 #include "json/patch.h"
 #include "json/value.h"
 #include "policy/obligations.h"
+#include "server/audit_api.h"
 #include "server/log.h"
 #include "server/search.h"
 #include "server/worker_pool.h"
@@ -168,6 +170,22 @@ std::optional<int64_t> ParsePositive(std::string_view v) {
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
   if (ec != std::errc() || end != v.data() + v.size() || n < 0) return std::nullopt;
   return n;
+}
+
+// RFC 3986 percent-encoding of a query component (unreserved kept).
+std::string UrlEncode(std::string_view v) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : v) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
 }
 
 std::string ETag(int64_t version) { return "W/\"" + std::to_string(version) + "\""; }
@@ -406,6 +424,7 @@ struct Parsed {
 
 std::string Allowed(const Route& r) {
   if (r.interaction == Interaction::kCapabilities) return "GET";
+  if (r.type == "AuditEvent") return r.operation_name == "tree-head" ? "GET, POST" : "GET";
   if (r.interaction == Interaction::kHistorySystem || r.interaction == Interaction::kHistoryType ||
       r.interaction == Interaction::kHistoryInstance || r.interaction == Interaction::kVread) {
     return "GET";
@@ -729,6 +748,48 @@ struct FhirService::Impl {
     }
     if (auto s = check_type(seg[0]); !s.ok()) return s;
     r->type = seg[0];
+    if (r->type == "AuditEvent") {
+      // The audit trail: read-only through every API; served from the audit
+      // log, never from the resource store.
+      auto read_only = [&]() {
+        return fhirward::Error(ErrorCode::kMethodNotAllowed,
+                               "the audit trail is read-only: only the server writes AuditEvents");
+      };
+      if (n == 1) {
+        r->interaction = Interaction::kSearch;
+        r->search = true;
+        return method_is({"GET"}) ? absl::OkStatus() : read_only();
+      }
+      if (n == 2 && !seg[1].empty() && seg[1][0] == '$') {
+        r->operation = true;
+        r->interaction = Interaction::kSearch;
+        const std::string op = seg[1].substr(1);
+        if (op == "tree-head") {
+          r->operation_name = op;
+          return method_is({"GET", "POST"}) ? absl::OkStatus() : not_allowed();
+        }
+        if (op == "inclusion-proof" || op == "consistency-proof") {
+          r->operation_name = op;
+          return method_is({"GET"}) ? absl::OkStatus() : not_allowed();
+        }
+        return fhirward::Error(ErrorCode::kNotImplemented, "unknown AuditEvent operation");
+      }
+      if (n == 2 && seg[1] == "_search") {
+        r->interaction = Interaction::kSearch;
+        r->search = true;
+        return fhirward::Error(ErrorCode::kMethodNotAllowed, "search the audit trail with GET");
+      }
+      if (n == 2 && seg[1] != "_history") {
+        if (auto s = check_id(seg[1]); !s.ok()) return s;
+        r->id = seg[1];
+        r->interaction = Interaction::kRead;
+        return method_is({"GET"}) ? absl::OkStatus() : read_only();
+      }
+      if (!method_is({"GET"})) return read_only();
+      r->interaction = Interaction::kHistoryType;
+      return fhirward::Error(ErrorCode::kNotImplemented,
+                             "audit records have no history: they never change");
+    }
     if (n == 1) {
       if (method == "POST") {
         r->interaction = Interaction::kCreate;
@@ -1067,6 +1128,7 @@ struct FhirService::Impl {
     const Route& route = parsed.route;
     const Query& query = parsed.query;
     const policy::Principal& p = *ctx.principal;
+    if (route.type == "AuditEvent") return AuditTrail(ctx, req, parsed);
     // $validate is authorized as the interaction it checks: a body to create
     // or update needs that permission; the stored instance needs read.
     Interaction interaction = route.interaction;
@@ -1127,6 +1189,306 @@ struct FhirService::Impl {
       default:
         return Error(ctx, ErrorCode::kNotImplemented);
     }
+  }
+
+  // Records the patients whose data a response carries (distinct, bounded).
+  static void NotePatients(Ctx& ctx, const std::vector<std::string>& patients) {
+    auto& list = ctx.audit.patients;
+    for (const std::string& p : patients) {
+      if (list.size() >= audit::AuditRecord::kMaxPatients) return;
+      if (p.empty() || std::find(list.begin(), list.end(), p) != list.end()) continue;
+      list.push_back(p);
+    }
+  }
+
+  // ---- the audit trail (audit_api.h) ------------------------------------------
+
+  // AuditEvent read and search, and the Merkle operations. Auditors (a role
+  // in [audit] reader_roles, unconfined) see everything; a principal confined
+  // to their own patient record (patient/AuditEvent.rs) gets the accounting
+  // of disclosures of that record; everyone else is refused.
+  net::HttpResponse AuditTrail(Ctx& ctx, net::HttpRequest& req, const Parsed& parsed) {
+    const Route& route = parsed.route;
+    const policy::Principal& p = *ctx.principal;
+    if (route.operation) ctx.audit.action = "audit." + route.operation_name;
+    if (d.audit_reader == nullptr) {
+      return Error(ctx, ErrorCode::kNotImplemented, "the audit trail is not readable here");
+    }
+    policy::AccessRequest areq;
+    areq.interaction = route.interaction;
+    areq.resource_type = "AuditEvent";
+    areq.resource_id = route.id;
+    // Auditor view: the token names a reader role ([audit] reader_roles; the
+    // claim comes from the trusted issuer) and the policy, deciding for that
+    // role alone, allows the interaction unconfined.
+    const auto& reader_roles = d.config.audit_reader_roles;
+    policy::Principal as_reader = p;
+    as_reader.roles.clear();
+    for (const std::string& r : p.roles) {
+      if (std::find(reader_roles.begin(), reader_roles.end(), r) != reader_roles.end()) {
+        as_reader.roles.push_back(r);
+      }
+    }
+    std::optional<policy::Decision> reader_decision;
+    if (p.has_roles_claim && !as_reader.roles.empty()) {
+      policy::Decision rd = Engine(ctx).Authorize(as_reader, areq, ctx.env);
+      if (rd.allow && !rd.obligations.confined()) reader_decision = std::move(rd);
+    }
+    policy::Decision decision = reader_decision ? *reader_decision : Decide(ctx, areq);
+    ctx.decision = decision.Summary();
+    ctx.confined = decision.obligations.confined();
+    ctx.audit.policy_id = decision.policy_id;
+    if (!decision.allow) {
+      ctx.audit.error = std::string(Describe(decision.deny_code).name) + ":" + decision.reason;
+      return Error(ctx, decision.deny_code, decision.reason);
+    }
+    AuditView view = AuditView::kAuditor;
+    std::string own_patient;
+    const auto& confined = decision.obligations.patients;
+    if (!reader_decision) {
+      // Only a principal whose own record it is: the launch patient of a
+      // patient-scoped token, or the Patient they are (fhirUser).
+      const bool own = confined && confined->size() == 1 &&
+                       (p.patient == confined->front() ||
+                        p.fhir_user == "Patient/" + confined->front());
+      if (!own || route.operation) {
+        ctx.audit.error = "forbidden:audit_trail_needs_reader_role";
+        return Error(ctx, ErrorCode::kForbidden,
+                     "the audit trail is for the roles " + absl::StrJoin(reader_roles, ", ") +
+                         "; a patient sees the accounting of disclosures of their own record");
+      }
+      view = AuditView::kPatient;
+      own_patient = confined->front();
+      ctx.audit.patient_id = own_patient;
+    }
+    if (route.operation_name == "tree-head") return TreeHeadOperation(ctx, req, parsed.query);
+    if (route.operation_name == "inclusion-proof") return InclusionOperation(ctx, parsed.query);
+    if (route.operation_name == "consistency-proof") return ConsistencyOperation(ctx, parsed.query);
+
+    if (!route.search) {
+      auto seq = ParsePositive(route.id);
+      auto stored = seq ? d.audit_reader->Record(*seq)
+                        : absl::StatusOr<audit::StoredRecord>(
+                              fhirward::Error(ErrorCode::kNotFound, "no such AuditEvent"));
+      if (!stored.ok()) return ErrorResponse(ctx, stored.status());
+      auto rec = audit::AuditRecord::FromJson(stored->json);
+      if (!rec.ok()) return ErrorResponse(ctx, rec.status());
+      if (view == AuditView::kPatient && !IsDisclosureTo(*rec, own_patient)) {
+        return Error(ctx, ErrorCode::kNotFound, "no such AuditEvent");
+      }
+      if (view == AuditView::kAuditor && !rec->patient_id.empty()) {
+        ctx.audit.patient_id = rec->patient_id;
+      }
+      ctx.audit.count = 1;
+      net::HttpResponse r;
+      r.SetHeader("Content-Type", std::string(kFhirJson));
+      r.body = Body(ctx, ToAuditEvent(*seq, *rec, view, d.base_url, own_patient));
+      return r;
+    }
+
+    auto q = ParseAuditSearch(parsed.query, view, own_patient);
+    if (!q.ok()) return ErrorResponse(ctx, q.status());
+    for (const auto& [k, vs] : q->terms) {
+      if (k == "patient" && vs.size() == 1 && ctx.audit.patient_id.empty()) {
+        ctx.audit.patient_id = vs.front();
+      }
+    }
+    const std::string target_query =
+        req.target.find('?') == std::string::npos ? "" : req.target.substr(req.target.find('?') + 1);
+    ctx.audit.query = target_query.substr(0, 2048);
+    // A patient's page is filtered further per hit (disclosures only): ask
+    // for more and stop at the page size.
+    const int want = q->limit;
+    json::Value bundle = NewBundle("searchset");
+    json::Value entries = json::Value::MakeArray();
+    int64_t next = 0;
+    int shown = 0;
+    audit::AuditQuery page_query = *q;
+    while (want > 0) {
+      auto page = d.audit_reader->Search(page_query);
+      if (!page.ok()) return ErrorResponse(ctx, page.status());
+      for (const audit::StoredRecord& sr : page->records) {
+        auto rec = audit::AuditRecord::FromJson(sr.json);
+        if (!rec.ok()) continue;
+        if (view == AuditView::kPatient && !IsDisclosureTo(*rec, own_patient)) continue;
+        json::Value entry = json::Value::MakeObject();
+        entry.Set("fullUrl", Str(d.base_url + "/AuditEvent/" + std::to_string(sr.seq)));
+        entry.Set("resource", ToAuditEvent(sr.seq, *rec, view, d.base_url, own_patient));
+        json::Value search = json::Value::MakeObject();
+        search.Set("mode", Str("match"));
+        entry.Set("search", std::move(search));
+        entries.Push(std::move(entry));
+        next = sr.seq;
+        if (++shown == want) break;
+      }
+      if (shown == want) {
+        // More may follow the last one shown.
+        if (page->next_before == 0 && page->records.size() < static_cast<size_t>(page_query.limit) &&
+            page->records.back().seq == next) {
+          next = 0;
+        }
+        break;
+      }
+      if (page->next_before == 0) {
+        next = 0;
+        break;
+      }
+      page_query.before_seq = page->next_before;
+      next = page->next_before;
+      if (view == AuditView::kAuditor) break;  // a short page with a next link
+    }
+    ctx.audit.count = shown;
+    json::Value links = json::Value::MakeArray();
+    std::string kept;
+    for (const auto& [k, v] : parsed.query) {
+      if (k == "_cursor") continue;
+      kept += (kept.empty() ? "" : "&") + UrlEncode(k) + "=" + UrlEncode(v);
+    }
+    AddLink(links, "self", d.base_url + "/AuditEvent" + (kept.empty() ? "" : "?" + kept));
+    if (next > 0) {
+      AddLink(links, "next", d.base_url + "/AuditEvent?" + kept + (kept.empty() ? "" : "&") +
+                                 "_cursor=" + std::to_string(next));
+    }
+    bundle.Set("link", std::move(links));
+    bundle.Set("entry", std::move(entries));
+    net::HttpResponse r;
+    r.SetHeader("Content-Type", std::string(kFhirJson));
+    r.body = Body(ctx, bundle);
+    return r;
+  }
+
+  static std::optional<int64_t> IntParam(const Query& query, const char* name) {
+    const std::string* v = QueryParam(query, name);
+    if (v == nullptr) return std::nullopt;
+    auto n = ParsePositive(*v);
+    if (!n) return -1;
+    return *n;
+  }
+
+  json::Value TreeHeadJson(const audit::TreeHead& h) const {
+    json::Value out = json::Value::MakeObject();
+    out.Set("log_id", Str(d.base_url));
+    out.Set("tree_size", json::Value::Int(h.tree_size));
+    out.Set("timestamp", json::Value::Int(h.timestamp_ms));
+    out.Set("root_hash", Str(Base64Encode(h.root)));
+    out.Set("jws", Str(h.jws));
+    if (d.audit_log_key != nullptr) out.Set("key", d.audit_log_key->public_key().ToJwk());
+    return out;
+  }
+
+  net::HttpResponse PlainJson(Ctx& ctx, const json::Value& v) {
+    net::HttpResponse r;
+    r.SetHeader("Content-Type", "application/json");
+    r.body = Body(ctx, v);
+    return r;
+  }
+
+  // GET: the newest signed tree head (or ?tree_size=N, one signed at that
+  // size). POST: sign one now over everything committed.
+  net::HttpResponse TreeHeadOperation(Ctx& ctx, const net::HttpRequest& req, const Query& query) {
+    if (req.method == "POST") {
+      if (d.audit == nullptr) return Error(ctx, ErrorCode::kNotImplemented);
+      auto head = d.audit->SignTreeHead();
+      if (!head.ok()) return ErrorResponse(ctx, head.status());
+      return PlainJson(ctx, TreeHeadJson(*head));
+    }
+    for (const auto& [k, v] : query) {
+      if (k != "tree_size" && k != "_format" && k != "_pretty") {
+        return Error(ctx, ErrorCode::kInvalidParameter, "unknown parameter " + k);
+      }
+    }
+    absl::StatusOr<std::optional<audit::TreeHead>> head;
+    if (auto size = IntParam(query, "tree_size")) {
+      if (*size < 1) return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
+      head = d.audit_reader->TreeHeadAt(*size);
+    } else {
+      head = d.audit_reader->LatestTreeHead();
+    }
+    if (!head.ok()) return ErrorResponse(ctx, head.status());
+    if (!head->has_value()) return Error(ctx, ErrorCode::kNotFound, "no tree head signed at that size");
+    return PlainJson(ctx, TreeHeadJson(**head));
+  }
+
+  // ?id=N[&tree_size=M]: the audit path of AuditEvent N in the tree of M
+  // records (default: the newest signed head), with the record itself so the
+  // caller can hash the leaf.
+  net::HttpResponse InclusionOperation(Ctx& ctx, const Query& query) {
+    for (const auto& [k, v] : query) {
+      if (k != "id" && k != "tree_size" && k != "_format" && k != "_pretty") {
+        return Error(ctx, ErrorCode::kInvalidParameter, "unknown parameter " + k);
+      }
+    }
+    auto id = IntParam(query, "id");
+    if (!id || *id < 1) return Error(ctx, ErrorCode::kInvalidParameter, "id is an AuditEvent id");
+    std::optional<audit::TreeHead> head;
+    int64_t size = 0;
+    if (auto ts = IntParam(query, "tree_size")) {
+      if (*ts < 1) return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
+      size = *ts;
+      auto h = d.audit_reader->TreeHeadAt(size);
+      if (!h.ok()) return ErrorResponse(ctx, h.status());
+      head = *h;
+    } else {
+      auto h = d.audit_reader->LatestTreeHead();
+      if (!h.ok()) return ErrorResponse(ctx, h.status());
+      if (!h->has_value()) return Error(ctx, ErrorCode::kNotFound, "no tree head signed yet");
+      head = *h;
+      size = head->tree_size;
+    }
+    auto proof = d.audit_reader->InclusionProof(*id, size);
+    if (!proof.ok()) return ErrorResponse(ctx, proof.status());
+    auto rec = d.audit_reader->Record(*id);
+    if (!rec.ok()) return ErrorResponse(ctx, rec.status());
+    json::Value out = json::Value::MakeObject();
+    out.Set("id", Str(std::to_string(*id)));
+    out.Set("leaf_index", json::Value::Int(*id - 1));
+    out.Set("tree_size", json::Value::Int(size));
+    out.Set("record", Str(rec->json));
+    out.Set("leaf_hash", Str(Base64Encode(audit::merkle::LeafHash(rec->json))));
+    json::Value path = json::Value::MakeArray();
+    for (const std::string& h : *proof) path.Push(Str(Base64Encode(h)));
+    out.Set("audit_path", std::move(path));
+    if (head) out.Set("tree_head", TreeHeadJson(*head));
+    ctx.audit.count = 1;
+    return PlainJson(ctx, out);
+  }
+
+  // ?first=A[&second=B]: RFC 6962 PROOF(A, D[B]) (default B: the newest signed head).
+  net::HttpResponse ConsistencyOperation(Ctx& ctx, const Query& query) {
+    for (const auto& [k, v] : query) {
+      if (k != "first" && k != "second" && k != "_format" && k != "_pretty") {
+        return Error(ctx, ErrorCode::kInvalidParameter, "unknown parameter " + k);
+      }
+    }
+    auto first = IntParam(query, "first");
+    if (!first || *first < 1) {
+      return Error(ctx, ErrorCode::kInvalidParameter, "first is a tree size");
+    }
+    int64_t second = 0;
+    std::optional<audit::TreeHead> head;
+    if (auto b = IntParam(query, "second")) {
+      if (*b < 1) return Error(ctx, ErrorCode::kInvalidParameter, "second is a tree size");
+      second = *b;
+      auto h = d.audit_reader->TreeHeadAt(second);
+      if (!h.ok()) return ErrorResponse(ctx, h.status());
+      head = *h;
+    } else {
+      auto h = d.audit_reader->LatestTreeHead();
+      if (!h.ok()) return ErrorResponse(ctx, h.status());
+      if (!h->has_value()) return Error(ctx, ErrorCode::kNotFound, "no tree head signed yet");
+      head = *h;
+      second = head->tree_size;
+    }
+    auto proof = d.audit_reader->ConsistencyProof(*first, second);
+    if (!proof.ok()) return ErrorResponse(ctx, proof.status());
+    json::Value out = json::Value::MakeObject();
+    out.Set("first", json::Value::Int(*first));
+    out.Set("second", json::Value::Int(second));
+    json::Value path = json::Value::MakeArray();
+    for (const std::string& h : *proof) path.Push(Str(Base64Encode(h)));
+    out.Set("consistency", std::move(path));
+    if (head) out.Set("tree_head", TreeHeadJson(*head));
+    return PlainJson(ctx, out);
   }
 
   // Who is asking, for rate limits, idempotency keys and cursors: issuer,
@@ -1191,6 +1553,8 @@ struct FhirService::Impl {
     ctx.audit.subject = ctx.principal->subject;
     ctx.audit.client_id = ctx.principal->client_id;
     ctx.audit.scopes = ctx.principal->scope_text;
+    ctx.audit.roles = absl::StrJoin(ctx.principal->roles, " ");
+    ctx.audit.purpose_of_use = absl::StrJoin(ctx.principal->purpose_of_use, " ");
     if (d.policies) ctx.engine = d.policies->Current();
     ctx.env.now = d.clock->NowSeconds();
     ctx.env.client_address = req.remote_ip;
@@ -1285,6 +1649,7 @@ struct FhirService::Impl {
       if (!rd.allow) return Hidden(ctx, rd);
     }
     if (!v->patients.empty() && ctx.audit.patient_id.empty()) ctx.audit.patient_id = v->patients[0];
+    NotePatients(ctx, v->patients);
     ctx.audit.version_id = std::to_string(v->version);
     if (v->deleted) {
       net::HttpResponse r = Error(ctx, ErrorCode::kGone);
@@ -1846,6 +2211,10 @@ struct FhirService::Impl {
       entry_text += json::Write(entry);
     }
     ctx.audit.count = static_cast<int64_t>(entries.size());
+    for (const auto& [v, mode] : entries) NotePatients(ctx, v->patients);
+    if (auto q = req.target.find('?'); q != std::string::npos) {
+      ctx.audit.query = req.target.substr(q + 1, 2048);
+    }
     std::string text = json::Write(bundle);  // compact: ends with '}'
     if (!entry_text.empty()) {
       text.pop_back();
@@ -2319,6 +2688,8 @@ struct FhirService::Impl {
     sctx.audit.version_id = route.vid ? std::to_string(route.vid) : "";
     sctx.audit.patient_id.clear();
     sctx.audit.count = 0;
+    sctx.audit.patients.clear();
+    sctx.audit.query.clear();
     return sctx;
   }
 
@@ -3322,6 +3693,7 @@ struct FhirService::Impl {
       }
       if (!now->second) continue;
       ++shown;
+      NotePatients(ctx, v.patients);
       json::Value entry = json::Value::MakeObject();
       entry.Set("fullUrl", Str(d.base_url + "/" + v.type + "/" + v.id));
       if (!v.deleted) {
@@ -3354,6 +3726,7 @@ struct FhirService::Impl {
   // Sets the audit outcome from the response.
   static void Outcome(Ctx& ctx, const net::HttpResponse& r) {
     ctx.audit.status_code = r.status;
+    ctx.audit.bytes = static_cast<int64_t>(r.body.size());
     ctx.audit.decision = ctx.decision;
     ctx.audit.break_glass = ctx.break_glass_episode;
     ctx.audit.break_glass_reason = ctx.break_glass_reason;
@@ -3453,6 +3826,7 @@ struct FhirService::Impl {
     ctx.audit.client_address = req.remote_ip;
     ctx.audit.user_agent = std::string(req.header("User-Agent").value_or("").substr(0, 256));
     ctx.audit.method = req.method.substr(0, 16);
+    ctx.audit.node = d.node;
     return ctx;
   }
 

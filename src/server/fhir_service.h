@@ -12,6 +12,7 @@
 #include <string>
 
 #include "audit/audit_log.h"
+#include "audit/audit_reader.h"
 #include "common/clock.h"
 #include "common/secret_bytes.h"
 #include "fhir/validator.h"
@@ -44,6 +45,11 @@ struct ServiceDeps {
   // config.validation_mode is "strict") and serves $validate. When null, the
   // service uses a validator with default options.
   const fhir::Validator* validator = nullptr;
+  // Reads the audit trail for AuditEvent read/search and the Merkle
+  // operations; `audit_log_key` is published with each tree head.
+  audit::AuditReader* audit_reader = nullptr;
+  const jose::SigningKey* audit_log_key = nullptr;
+  std::string node;  // names this node in audit records (host name)
   // The built-in authorization server; its paths (/token, /authorize,
   // /.well-known/*, ...) are routed to it when set.
   oauth::AuthorizationServer* oauth = nullptr;
