@@ -623,13 +623,17 @@ class SqliteAuditLog final : public AuditLog {
         leaves = sqlite3_column_int64(leaf_count_.get(), 0) + 1;
       }
     }
-    if (leaves > size) {
-      return Error(ErrorCode::kAuditUnavailable,
-                   "audit: the Merkle tree has " + std::to_string(leaves) +
-                       " leaves but the chain " + std::to_string(size) +
-                       " records; run verification");
-    }
     SqliteNodes nodes(node_select_.get());
+    if (leaves > size) {
+      // Another process appended after our head was read (its records come
+      // with their nodes): the prefix's edge is stored; the next commit
+      // adopts their head under the write lock (or fails on the first node
+      // it would duplicate rather than fork the tree).
+      auto edge = merkle::Frontier::Load(nodes, static_cast<uint64_t>(size));
+      if (!edge.ok()) return edge.status();
+      frontier_ = std::move(*edge);
+      return absl::OkStatus();
+    }
     auto edge = merkle::Frontier::Load(nodes, static_cast<uint64_t>(leaves));
     if (!edge.ok()) return edge.status();
     frontier_ = std::move(*edge);

@@ -311,6 +311,23 @@ TEST_F(MerkleLogTest, AnotherProcessAppendsWithoutAKeyAndTheServerHeadCoversIt) 
   EXPECT_TRUE(r.ok) << r.summary;
 }
 
+// A log opened while another process appends sees more stored leaves than the
+// head it read: it opens, and its next commit adopts the other head. Nodes
+// with no records behind them (and no anchor vouching) make the append fail
+// rather than fork the tree.
+TEST_F(MerkleLogTest, StoredLeavesBeyondTheHeadOpenAndNeverFork) {
+  Write(path_, 1, 5);
+  Sql(path_, "INSERT INTO audit_nodes VALUES(0, 5, zeroblob(32))");
+  auto log = Open(path_, Options());
+  ASSERT_NE(log, nullptr);
+  auto seq = log->Append(Rec(6));
+  EXPECT_FALSE(seq.ok());
+  EXPECT_EQ(CodeOf(seq.status()), ErrorCode::kAuditUnavailable);
+  log->Close();
+  auto reader = Reader(path_);
+  EXPECT_EQ(CodeOf(reader->Record(6).status()), ErrorCode::kNotFound);
+}
+
 TEST_F(MerkleLogTest, SearchByTermsAndTimeNewestFirstWithPages) {
   auto log = Open(path_, Options());
   for (int i = 1; i <= 30; ++i) {

@@ -575,6 +575,7 @@ absl::Status Serve(const ServeArgs& args) {
   deps.audit = audit_log->get();
   deps.audit_reader = audit_reader->get();
   deps.audit_log_key = &inst.audit_log_key();
+  deps.audit_pseudonym_key = &inst.session_key();
   {
     char host_name[256] = {0};
     if (gethostname(host_name, sizeof host_name - 1) == 0) deps.node = host_name;

@@ -1191,6 +1191,35 @@ struct FhirService::Impl {
     }
   }
 
+  // A search's parameters for its audit record (at most 2048 bytes). Values
+  // that identify a person (blind-indexed parameters, chains, _has, text
+  // search) are replaced by a keyed pseudonym "~" + 16 hex: equal searches
+  // stay recognisable, names and identifiers never reach the trail in clear.
+  std::string AuditedQuery(const std::string& type, const Query& params) const {
+    const fhir::SearchIndexer& indexer = fhir::SearchIndexer::R4();
+    std::string out;
+    for (const auto& [k, v] : params) {
+      const std::string code = k.substr(0, k.find_first_of(":."));
+      const bool identifying = k.find('.') != std::string::npos || code == "_has" ||
+                               code == "_content" || code == "_text" || code == "_filter" ||
+                               indexer.IsIdentifying(type, code);
+      std::string value = v;
+      if (identifying && d.audit_pseudonym_key != nullptr) {
+        value = "~" + HexEncode(crypto::HmacSha256(d.audit_pseudonym_key->UnsafeView(),
+                                                   "fhirward-audit-query-v1|" + type + "|" + k +
+                                                       "|" + v))
+                          .substr(0, 16);
+      } else if (identifying) {
+        value = "~";
+      }
+      std::string part = UrlEncode(k) + "=" + UrlEncode(value);
+      if (out.size() + part.size() + 1 > 2048) break;
+      if (!out.empty()) out += '&';
+      out += part;
+    }
+    return out;
+  }
+
   // Records the patients whose data a response carries (distinct, bounded).
   static void NotePatients(Ctx& ctx, const std::vector<std::string>& patients) {
     auto& list = ctx.audit.patients;
@@ -2072,6 +2101,7 @@ struct FhirService::Impl {
       params = std::move(*q);
       cursor_count = count;
     }
+    ctx.audit.query = AuditedQuery(route.type, params);
     SearchLimits limits = d.config.search;
     const bool strict = PreferStrict(req);
     auto narrow = [&](std::string_view type) { return NarrowFor(ctx, type, Interaction::kSearch); };
@@ -2212,9 +2242,6 @@ struct FhirService::Impl {
     }
     ctx.audit.count = static_cast<int64_t>(entries.size());
     for (const auto& [v, mode] : entries) NotePatients(ctx, v->patients);
-    if (auto q = req.target.find('?'); q != std::string::npos) {
-      ctx.audit.query = req.target.substr(q + 1, 2048);
-    }
     std::string text = json::Write(bundle);  // compact: ends with '}'
     if (!entry_text.empty()) {
       text.pop_back();

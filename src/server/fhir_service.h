@@ -50,6 +50,8 @@ struct ServiceDeps {
   audit::AuditReader* audit_reader = nullptr;
   const jose::SigningKey* audit_log_key = nullptr;
   std::string node;  // names this node in audit records (host name)
+  // Pseudonymises identifying search values in audit records (keyed hash).
+  const SecretBytes* audit_pseudonym_key = nullptr;
   // The built-in authorization server; its paths (/token, /authorize,
   // /.well-known/*, ...) are routed to it when set.
   oauth::AuthorizationServer* oauth = nullptr;

@@ -315,6 +315,12 @@ describe('audit trail through the API', { timeout: 180000 }, () => {
       .trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(rows.length, 1);
     assert.deepEqual([...rows[0].patients].sort(), [ids.A, ids.B].sort());
+    // Identifying search values are pseudonymised: the name is nowhere in the trail.
+    assert.match(rows[0].query, /^family=~[0-9a-f]{16}$/);
+    for (const f of ['audit.db', 'audit.db-wal']) {
+      const p = `${srv.dataDir}/audit/${f}`;
+      if (fs.existsSync(p)) assert.equal(fs.readFileSync(p).indexOf(family), -1, `${family} in clear in ${f}`);
+    }
     assert.equal(rows[0].purpose_of_use, 'TREAT');
     assert.ok(rows[0].bytes > 0);
     assert.ok(rows[0].node.length > 0);
