@@ -549,6 +549,7 @@ class SqliteAuditLog final : public AuditLog {
       Resync();
       return status;
     }
+    if (options_.on_commit) options_.on_commit(seq);
     if (new_head) {
       std::lock_guard<std::mutex> lock(head_mu_);
       last_head_ = std::move(*new_head);

@@ -107,6 +107,9 @@ struct AuditOptions {
   // A head is signed once this long has passed since the last one, if records
   // were added (0: only on demand and at Close).
   std::chrono::milliseconds tree_head_interval{0};
+  // Called on the writer thread after each commit with the last seq (must be
+  // quick: e.g. wake the SIEM exporter).
+  std::function<void(int64_t)> on_commit;
 };
 
 // A signed tree head as stored.

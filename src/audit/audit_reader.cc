@@ -17,7 +17,7 @@ using namespace internal;  // NOLINT(build/namespaces): the SQLite helpers
 struct AuditReader::Impl {
   std::mutex mu;
   DbPtr db;
-  StmtPtr node, leaves, latest_head, head_at, record, by_term, by_seq;
+  StmtPtr node, leaves, latest_head, head_at, record, by_term, by_seq, after, last;
 
   // A read transaction for the duration of one call.
   class Snapshot {
@@ -79,6 +79,9 @@ absl::StatusOr<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string
            std::pair{&impl->by_term,
                      "SELECT seq FROM audit_terms WHERE k = ?1 AND v = ?2 AND seq < ?3 "
                      "ORDER BY seq DESC LIMIT ?4"},
+           std::pair{&impl->after,
+                     "SELECT seq, record FROM audit_records WHERE seq > ?1 ORDER BY seq LIMIT ?2"},
+           std::pair{&impl->last, "SELECT max(seq) FROM audit_records"},
            std::pair{&impl->by_seq,
                      "SELECT seq FROM audit_records WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"},
        }) {
@@ -234,6 +237,30 @@ absl::StatusOr<AuditPage> AuditReader::Search(const AuditQuery& q) {
   }
   if (!exhausted && !candidates.empty()) page.next_before = candidates.back();
   return page;
+}
+
+absl::StatusOr<std::vector<StoredRecord>> AuditReader::After(int64_t after_seq, int limit) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  sqlite3_stmt* s = impl_->after.get();
+  StmtScope scope(s);
+  sqlite3_bind_int64(s, 1, after_seq);
+  sqlite3_bind_int(s, 2, std::max(1, limit));
+  std::vector<StoredRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    out.push_back({sqlite3_column_int64(s, 0), std::string(ColumnText(s, 1))});
+  }
+  if (rc != SQLITE_DONE) return Unavailable("audit: reading records failed", impl_->db.get(), rc);
+  return out;
+}
+
+absl::StatusOr<int64_t> AuditReader::LastSeq() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  sqlite3_stmt* s = impl_->last.get();
+  StmtScope scope(s);
+  int rc = sqlite3_step(s);
+  if (rc != SQLITE_ROW) return Unavailable("audit: reading the last record failed", impl_->db.get(), rc);
+  return sqlite3_column_int64(s, 0);
 }
 
 absl::StatusOr<std::string> AuditReader::RootAt(int64_t tree_size) {

@@ -60,6 +60,10 @@ class AuditReader {
   // `second`. kInvalidParameter unless 1 <= first <= second <= TreeSize().
   absl::StatusOr<std::vector<std::string>> ConsistencyProof(int64_t first, int64_t second);
   absl::StatusOr<AuditPage> Search(const AuditQuery& query);
+  // Records after `after_seq`, oldest first, at most `limit`.
+  absl::StatusOr<std::vector<StoredRecord>> After(int64_t after_seq, int limit);
+  // The newest record's seq (0 when empty).
+  absl::StatusOr<int64_t> LastSeq();
   // MTH of the first `tree_size` records.
   absl::StatusOr<std::string> RootAt(int64_t tree_size);
 

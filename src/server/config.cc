@@ -156,7 +156,35 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     }
   }
   if (auto* t = root["audit"].as_table()) {
-    FW_TRY(CheckKeys(*t, "audit", {"tree_head_seconds", "reader_roles"}));
+    FW_TRY(CheckKeys(*t, "audit", {"tree_head_seconds", "reader_roles", "sink"}));
+    if (const toml::node* sinks = t->get("sink")) {
+      const toml::array* arr = sinks->as_array();
+      if (arr == nullptr) return Bad("audit.sink", "expected [[audit.sink]] tables");
+      for (const toml::node& n : *arr) {
+        const toml::table* st = n.as_table();
+        if (st == nullptr) return Bad("audit.sink", "expected [[audit.sink]] tables");
+        audit::SinkConfig sc;
+        FW_TRY(CheckKeys(*st, "audit.sink",
+                         {"name", "type", "path", "max_bytes", "keep", "host", "port",
+                          "transport", "ca_file", "server_name", "cert_file", "key_file"}));
+        FW_TRY(Get(*st, "audit.sink", "name", &sc.name));
+        FW_TRY(Get(*st, "audit.sink", "type", &sc.type));
+        FW_TRY(Get(*st, "audit.sink", "path", &sc.path));
+        FW_TRY(Get(*st, "audit.sink", "max_bytes", &sc.max_bytes));
+        FW_TRY(Get(*st, "audit.sink", "keep", &sc.keep));
+        FW_TRY(Get(*st, "audit.sink", "host", &sc.host));
+        FW_TRY(Get(*st, "audit.sink", "port", &sc.port));
+        FW_TRY(Get(*st, "audit.sink", "transport", &sc.transport));
+        FW_TRY(Get(*st, "audit.sink", "ca_file", &sc.ca_file));
+        FW_TRY(Get(*st, "audit.sink", "server_name", &sc.server_name));
+        FW_TRY(Get(*st, "audit.sink", "cert_file", &sc.cert_file));
+        FW_TRY(Get(*st, "audit.sink", "key_file", &sc.key_file));
+        if (auto s = audit::CheckSinkConfig(sc); !s.ok()) {
+          return Bad("audit.sink", std::string(s.message()));
+        }
+        c.audit_sinks.push_back(std::move(sc));
+      }
+    }
     FW_TRY(Get(*t, "audit", "tree_head_seconds", &c.audit_tree_head_seconds));
     if (c.audit_tree_head_seconds < 1 || c.audit_tree_head_seconds > 86400) {
       return Bad("audit.tree_head_seconds", "must be 1..86400");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "audit/sink.h"
 #include "json/value.h"
 #include "net/server.h"
 #include "server/search.h"
@@ -66,6 +67,8 @@ struct Config {
   int audit_tree_head_seconds = 60;  // a signed tree head at least this often (when records were added)
   // Roles whose principals read the whole trail (AuditEvent search, proofs).
   std::vector<std::string> audit_reader_roles = {"auditor"};
+  // [[audit.sink]]: SIEM export (audit/sink.h)
+  std::vector<audit::SinkConfig> audit_sinks;
   // [retention]: resource type → days after its last update, then purged
   std::vector<std::pair<std::string, int>> retention_days;
 

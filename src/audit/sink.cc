@@ -1,0 +1,551 @@
+#include "audit/sink.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "audit/audit_log.h"
+#include "audit/merkle.h"
+#include "common/encoding.h"
+#include "common/error.h"
+
+namespace fhirward::audit {
+namespace {
+
+absl::Status SinkError(const std::string& what) {
+  return Error(ErrorCode::kUnavailable, what);
+}
+
+std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+std::string OpenSslError() {
+  unsigned long e = ERR_get_error();
+  std::string out;
+  while (e != 0) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+    e = ERR_get_error();
+  }
+  return out.empty() ? "unknown TLS error" : out;
+}
+
+// RFC 5424 §6.3.3: '"', '\' and ']' are escaped in PARAM-VALUE.
+std::string SdEscape(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '"' || c == '\\' || c == ']') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+// Writes all of `data` to a file descriptor, retrying short writes.
+bool WriteAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// ---- sinks -------------------------------------------------------------------
+
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  // Delivers the batch in order; on failure the connection (if any) is closed
+  // and the next call reconnects.
+  virtual absl::Status Send(const std::vector<StoredRecord>& batch) = 0;
+  virtual void Close() {}
+};
+
+class FileSink final : public Sink {
+ public:
+  explicit FileSink(SinkConfig c) : c_(std::move(c)) {}
+  ~FileSink() override { Close(); }
+
+  absl::Status Send(const std::vector<StoredRecord>& batch) override {
+    if (fd_ < 0) {
+      fd_ = ::open(c_.path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+      if (fd_ < 0) return SinkError(Errno("cannot open " + c_.path));
+    }
+    std::string text;
+    for (const StoredRecord& r : batch) text += FormatJsonLine(r);
+    if (!WriteAll(fd_, text) || ::fsync(fd_) != 0) {
+      std::string e = Errno("cannot write " + c_.path);
+      Close();
+      return SinkError(e);
+    }
+    struct stat st;
+    if (::fstat(fd_, &st) == 0 && st.st_size >= c_.max_bytes) Rotate();
+    return absl::OkStatus();
+  }
+
+  void Close() override {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  // path.K is dropped, path.i -> path.(i+1), path -> path.1.
+  void Rotate() {
+    Close();
+    const std::string& p = c_.path;
+    ::unlink((p + "." + std::to_string(c_.keep)).c_str());
+    for (int i = c_.keep - 1; i >= 1; --i) {
+      ::rename((p + "." + std::to_string(i)).c_str(), (p + "." + std::to_string(i + 1)).c_str());
+    }
+    if (c_.keep >= 1) {
+      ::rename(p.c_str(), (p + ".1").c_str());
+    } else {
+      ::unlink(p.c_str());
+    }
+  }
+
+  SinkConfig c_;
+  int fd_ = -1;
+};
+
+class SyslogSink final : public Sink {
+ public:
+  SyslogSink(SinkConfig c, std::string hostname, std::chrono::milliseconds timeout)
+      : c_(std::move(c)), hostname_(std::move(hostname)), timeout_(timeout) {}
+  ~SyslogSink() override {
+    Close();
+    if (ctx_ != nullptr) SSL_CTX_free(ctx_);
+  }
+
+  absl::Status Send(const std::vector<StoredRecord>& batch) override {
+    if (fd_ < 0) {
+      if (auto s = Connect(); !s.ok()) {
+        Close();
+        return s;
+      }
+    }
+    std::string frames;
+    for (const StoredRecord& r : batch) {
+      std::string msg = FormatSyslog(r, hostname_);
+      frames += std::to_string(msg.size());
+      frames += ' ';
+      frames += msg;
+    }
+    if (auto s = Write(frames); !s.ok()) {
+      Close();
+      return s;
+    }
+    // A peer that closed the connection shows as readable with EOF: the
+    // batch may not have arrived, so report failure (it is sent again).
+    struct pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+      char b;
+      ssize_t n = ssl_ != nullptr ? SSL_peek(ssl_, &b, 1) : ::recv(fd_, &b, 1, MSG_PEEK);
+      if (n <= 0) {
+        Close();
+        return SinkError("the receiver closed the connection");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void Close() override {
+    if (ssl_ != nullptr) {
+      SSL_shutdown(ssl_);
+      SSL_free(ssl_);
+      ssl_ = nullptr;
+    }
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  absl::Status Connect() {
+    struct addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    struct addrinfo* res = nullptr;
+    const std::string port = std::to_string(c_.port);
+    if (int rc = ::getaddrinfo(c_.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+      return SinkError("cannot resolve " + c_.host + ": " + gai_strerror(rc));
+    }
+    std::string last = "no address";
+    for (struct addrinfo* a = res; a != nullptr && fd_ < 0; a = a->ai_next) {
+      int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+      if (fd < 0) continue;
+      int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
+      if (rc != 0 && errno == EINPROGRESS) {
+        struct pollfd p{fd, POLLOUT, 0};
+        rc = ::poll(&p, 1, static_cast<int>(timeout_.count()));
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (rc == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0) {
+          rc = 0;
+        } else {
+          errno = rc == 0 ? ETIMEDOUT : (err != 0 ? err : errno);
+          rc = -1;
+        }
+      }
+      if (rc != 0) {
+        last = Errno("cannot connect to " + c_.host + ":" + port);
+        ::close(fd);
+        continue;
+      }
+      // Blocking from here, with timeouts on every send and receive.
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+      struct timeval tv;
+      tv.tv_sec = static_cast<time_t>(timeout_.count() / 1000);
+      tv.tv_usec = static_cast<suseconds_t>((timeout_.count() % 1000) * 1000);
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      fd_ = fd;
+    }
+    ::freeaddrinfo(res);
+    if (fd_ < 0) return SinkError(last);
+    if (c_.transport != "tls") return absl::OkStatus();
+
+    if (ctx_ == nullptr) {
+      ctx_ = SSL_CTX_new(TLS_client_method());
+      if (ctx_ == nullptr) return SinkError("TLS: " + OpenSslError());
+      SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+      SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+      if (SSL_CTX_load_verify_locations(ctx_, c_.ca_file.c_str(), nullptr) != 1) {
+        std::string e = OpenSslError();
+        SSL_CTX_free(ctx_);
+        ctx_ = nullptr;
+        return SinkError("TLS: cannot load ca_file " + c_.ca_file + ": " + e);
+      }
+      if (!c_.cert_file.empty() &&
+          (SSL_CTX_use_certificate_chain_file(ctx_, c_.cert_file.c_str()) != 1 ||
+           SSL_CTX_use_PrivateKey_file(ctx_, c_.key_file.c_str(), SSL_FILETYPE_PEM) != 1)) {
+        std::string e = OpenSslError();
+        SSL_CTX_free(ctx_);
+        ctx_ = nullptr;
+        return SinkError("TLS: cannot load the client certificate: " + e);
+      }
+    }
+    ssl_ = SSL_new(ctx_);
+    if (ssl_ == nullptr) return SinkError("TLS: " + OpenSslError());
+    const std::string& name = c_.server_name.empty() ? c_.host : c_.server_name;
+    SSL_set_tlsext_host_name(ssl_, name.c_str());
+    // The certificate must name the receiver (DNS name, or IP address).
+    struct in6_addr a6;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), name.c_str());
+    } else {
+      SSL_set1_host(ssl_, name.c_str());
+    }
+    SSL_set_fd(ssl_, fd_);
+    if (SSL_connect(ssl_) != 1) {
+      long v = SSL_get_verify_result(ssl_);
+      std::string e = v != X509_V_OK ? X509_verify_cert_error_string(v) : OpenSslError();
+      return SinkError("TLS handshake with " + c_.host + " failed: " + e);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Write(std::string_view data) {
+    while (!data.empty()) {
+      int n;
+      if (ssl_ != nullptr) {
+        n = SSL_write(ssl_, data.data(), static_cast<int>(std::min<size_t>(data.size(), 1 << 20)));
+        if (n <= 0) return SinkError("TLS write failed: " + OpenSslError());
+      } else {
+        n = static_cast<int>(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return SinkError(Errno("write to " + c_.host));
+        }
+      }
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return absl::OkStatus();
+  }
+
+  SinkConfig c_;
+  std::string hostname_;
+  std::chrono::milliseconds timeout_;
+  int fd_ = -1;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+};
+
+// ---- cursors -----------------------------------------------------------------
+
+int64_t LoadCursor(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[32] = {0};
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  return std::max<int64_t>(0, std::strtoll(buf, nullptr, 10));
+}
+
+absl::Status SaveCursor(const std::string& dir, const std::string& path, int64_t seq) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return SinkError(Errno("cannot write " + tmp));
+  const std::string text = std::to_string(seq) + "\n";
+  bool ok = WriteAll(fd, text) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return SinkError(Errno("cannot save " + path));
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d >= 0) {
+    ::fsync(d);
+    ::close(d);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string FormatJsonLine(const StoredRecord& r) {
+  std::string out = "{\"seq\":" + std::to_string(r.seq) + ",\"leaf_hash\":\"" +
+                    Base64Encode(merkle::LeafHash(r.json)) + "\",\"record\":";
+  out += r.json;  // canonical JSON, as hashed: the leaf is exactly these bytes
+  out += "}\n";
+  return out;
+}
+
+std::string FormatSyslog(const StoredRecord& r, const std::string& hostname) {
+  auto rec = AuditRecord::FromJson(r.json);
+  const bool alert = rec.ok() && rec->action.rfind("alert.", 0) == 0;
+  const bool refused = rec.ok() && rec->outcome != "success";
+  // Facility 13 (log audit): alert = severity 1, refusals 4 (warning), else 6 (info).
+  const int pri = 13 * 8 + (alert ? 1 : refused ? 4 : 6);
+  std::string host = hostname.empty() ? "-" : hostname.substr(0, 255);
+  std::string time = rec.ok() && !rec->time.empty() ? rec->time : "-";
+  std::string out = "<" + std::to_string(pri) + ">1 " + time + " " + host + " fhirward - " +
+                    (alert ? "alert" : "audit") + " [fhirward@32473 seq=\"" +
+                    std::to_string(r.seq) + "\" leaf_hash=\"" +
+                    SdEscape(Base64Encode(merkle::LeafHash(r.json))) + "\"] ";
+  out += r.json;
+  return out;
+}
+
+absl::Status CheckSinkConfig(const SinkConfig& c) {
+  auto bad = [&](const std::string& what) {
+    return Error(ErrorCode::kInvalidParameter, "audit sink \"" + c.name + "\": " + what);
+  };
+  if (c.name.empty() || c.name.size() > 64 ||
+      !std::all_of(c.name.begin(), c.name.end(), [](char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
+      })) {
+    return bad("name must be 1-64 of a-z 0-9 - _");
+  }
+  if (c.type == "file") {
+    if (c.path.empty() || c.path[0] != '/') return bad("path must be an absolute file path");
+    if (c.max_bytes < 4096) return bad("max_bytes must be at least 4096");
+    if (c.keep < 0 || c.keep > 1000) return bad("keep must be 0..1000");
+    return absl::OkStatus();
+  }
+  if (c.type == "syslog") {
+    if (c.host.empty()) return bad("host is required");
+    if (c.port < 1 || c.port > 65535) return bad("port must be 1..65535");
+    if (c.transport != "tcp" && c.transport != "tls") return bad("transport is tcp or tls");
+    if (c.transport == "tls" && c.ca_file.empty()) return bad("tls needs ca_file");
+    if (c.cert_file.empty() != c.key_file.empty()) return bad("cert_file and key_file go together");
+    return absl::OkStatus();
+  }
+  return bad("type is file or syslog");
+}
+
+// ---- the exporter --------------------------------------------------------------
+
+struct AuditExporter::Impl {
+  struct Worker {
+    SinkConfig config;
+    std::unique_ptr<Sink> sink;
+    std::unique_ptr<AuditReader> reader;
+    std::string cursor_path;
+    std::atomic<int64_t> delivered{0};
+    std::atomic<int64_t> failures{0};
+    std::string last_error;  // guarded by Impl::mu
+    std::thread thread;
+  };
+
+  ExporterOptions options;
+  std::vector<std::unique_ptr<Worker>> workers;
+  mutable std::mutex mu;
+  mutable std::condition_variable cv;         // wakes the workers
+  mutable std::condition_variable delivered;  // wakes WaitDelivered
+  bool stopping = false;
+  std::chrono::steady_clock::time_point drain_deadline{};
+  uint64_t generation = 0;  // bumped by Notify
+
+  void Run(Worker* w) {
+    bool down = false;
+    int64_t attempt = 0;
+    uint64_t seen_generation = 0;
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        seen_generation = generation;
+        if (stopping && std::chrono::steady_clock::now() >= drain_deadline) return;
+      }
+      auto batch = w->reader->After(w->delivered.load(), options.batch);
+      absl::Status s = batch.ok() ? absl::OkStatus() : batch.status();
+      if (s.ok() && batch->empty()) {
+        std::unique_lock<std::mutex> lock(mu);
+        if (stopping) return;  // drained
+        cv.wait_for(lock, options.poll, [&] { return stopping || generation != seen_generation; });
+        continue;
+      }
+      if (s.ok()) s = w->sink->Send(*batch);
+      if (s.ok()) s = SaveCursor(options.state_dir, w->cursor_path, batch->back().seq);
+      if (s.ok()) {
+        w->delivered = batch->back().seq;
+        w->failures = 0;
+        attempt = 0;
+        delivered.notify_all();
+        if (down) {
+          down = false;
+          Event(w, true, "");
+        }
+        continue;
+      }
+      w->failures.fetch_add(1);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        w->last_error = std::string(s.message());
+      }
+      if (!down) {
+        down = true;
+        Event(w, false, std::string(s.message()));
+      }
+      // Back off: 250 ms doubling up to max_backoff; Notify does not cut it short.
+      auto wait = std::min<std::chrono::milliseconds>(
+          options.max_backoff, std::chrono::milliseconds(250) * (int64_t{1} << std::min<int64_t>(attempt, 10)));
+      ++attempt;
+      std::unique_lock<std::mutex> lock(mu);
+      auto until = std::chrono::steady_clock::now() + wait;
+      if (stopping) until = std::min(until, drain_deadline);
+      cv.wait_until(lock, until, [&] {
+        return stopping && std::chrono::steady_clock::now() >= drain_deadline;
+      });
+    }
+  }
+
+  void Event(Worker* w, bool up, std::string detail) {
+    if (!options.on_event) return;
+    SinkEvent e;
+    e.sink = w->config.name;
+    e.up = up;
+    e.detail = std::move(detail);
+    auto last = w->reader->LastSeq();
+    e.pending = last.ok() ? std::max<int64_t>(0, *last - w->delivered.load()) : 0;
+    options.on_event(e);
+  }
+};
+
+AuditExporter::AuditExporter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AuditExporter::~AuditExporter() { Stop(std::chrono::milliseconds(0)); }
+
+absl::StatusOr<std::unique_ptr<AuditExporter>> AuditExporter::Start(
+    const std::string& audit_db_path, std::vector<SinkConfig> sinks, ExporterOptions options) {
+  auto impl = std::make_unique<Impl>();
+  if (options.batch < 1) options.batch = 1;
+  if (!sinks.empty()) {
+    if (::mkdir(options.state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Error(ErrorCode::kInternal, Errno("cannot create " + options.state_dir));
+    }
+  }
+  impl->options = std::move(options);
+  std::vector<std::string> names;
+  for (SinkConfig& c : sinks) {
+    if (auto s = CheckSinkConfig(c); !s.ok()) return s;
+    if (std::find(names.begin(), names.end(), c.name) != names.end()) {
+      return Error(ErrorCode::kInvalidParameter, "audit sink \"" + c.name + "\" is configured twice");
+    }
+    names.push_back(c.name);
+    auto w = std::make_unique<Impl::Worker>();
+    auto reader = AuditReader::Open(audit_db_path);
+    if (!reader.ok()) return reader.status();
+    w->reader = std::move(*reader);
+    w->cursor_path = impl->options.state_dir + "/" + c.name + ".cursor";
+    w->delivered = LoadCursor(w->cursor_path);
+    if (c.type == "file") {
+      w->sink = std::make_unique<FileSink>(c);
+    } else {
+      w->sink = std::make_unique<SyslogSink>(c, impl->options.hostname, impl->options.io_timeout);
+    }
+    w->config = std::move(c);
+    impl->workers.push_back(std::move(w));
+  }
+  Impl* raw = impl.get();
+  for (auto& w : impl->workers) {
+    Impl::Worker* wp = w.get();
+    w->thread = std::thread([raw, wp] { raw->Run(wp); });
+  }
+  return std::unique_ptr<AuditExporter>(new AuditExporter(std::move(impl)));
+}
+
+void AuditExporter::Notify() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    ++impl_->generation;
+  }
+  impl_->cv.notify_all();
+}
+
+std::vector<SinkStatus> AuditExporter::Status() const {
+  std::vector<SinkStatus> out;
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  for (const auto& w : impl_->workers) {
+    out.push_back({w->config.name, w->delivered.load(), w->failures.load(), w->last_error});
+  }
+  return out;
+}
+
+bool AuditExporter::WaitDelivered(int64_t seq, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(impl_->mu);
+  return impl_->delivered.wait_for(lock, timeout, [&] {
+    for (const auto& w : impl_->workers) {
+      if (w->delivered.load() < seq) return false;
+    }
+    return true;
+  });
+}
+
+void AuditExporter::Stop(std::chrono::milliseconds drain) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (!impl_->stopping) {
+      impl_->stopping = true;
+      impl_->drain_deadline = std::chrono::steady_clock::now() + drain;
+    }
+  }
+  impl_->cv.notify_all();
+  for (auto& w : impl_->workers) {
+    if (w->thread.joinable()) w->thread.join();
+    if (w->sink) w->sink->Close();
+  }
+}
+
+}  // namespace fhirward::audit
