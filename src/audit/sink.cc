@@ -9,6 +9,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -157,18 +159,32 @@ class SyslogSink final : public Sink {
       Close();
       return s;
     }
-    // A peer that closed the connection shows as readable with EOF: the
+    // A peer that closed the connection shows as EOF on the socket (looked
+    // at below TLS: a TLS receiver may send tickets, which are not EOF): the
     // batch may not have arrived, so report failure (it is sent again).
-    struct pollfd p{fd_, POLLIN, 0};
-    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
-      char b;
-      ssize_t n = ssl_ != nullptr ? SSL_peek(ssl_, &b, 1) : ::recv(fd_, &b, 1, MSG_PEEK);
-      if (n <= 0) {
-        Close();
-        return SinkError("the receiver closed the connection");
-      }
+    if (!Alive()) {
+      Close();
+      return SinkError("the receiver closed the connection");
     }
     return absl::OkStatus();
+  }
+
+  // Whether the receiver still holds the connection open, without waiting:
+  // EOF, a reset, or a TLS close_notify mean it does not.
+  bool Alive() {
+    if (ssl_ == nullptr) {
+      char b;
+      ssize_t n = ::recv(fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
+    }
+    const int flags = ::fcntl(fd_, F_GETFL);
+    ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+    char b;
+    ERR_clear_error();
+    int n = SSL_peek(ssl_, &b, 1);
+    int err = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+    ::fcntl(fd_, F_SETFL, flags);
+    return n > 0 || err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
   }
 
   void Close() override {
@@ -402,6 +418,12 @@ struct AuditExporter::Impl {
   void Run(Worker* w) {
     bool down = false;
     int64_t attempt = 0;
+    // A network receiver may die just after taking the last batch into its
+    // socket buffer, unseen: after a failure, that batch is sent again
+    // (receivers de-duplicate on seq). A file is fsync'd: no rewind.
+    const bool rewind = w->config.type == "syslog";
+    int64_t last_batch_first = 0;
+    int64_t next = w->delivered.load();
     uint64_t seen_generation = 0;
     for (;;) {
       {
@@ -409,7 +431,7 @@ struct AuditExporter::Impl {
         seen_generation = generation;
         if (stopping && std::chrono::steady_clock::now() >= drain_deadline) return;
       }
-      auto batch = w->reader->After(w->delivered.load(), options.batch);
+      auto batch = w->reader->After(next, options.batch);
       absl::Status s = batch.ok() ? absl::OkStatus() : batch.status();
       if (s.ok() && batch->empty()) {
         std::unique_lock<std::mutex> lock(mu);
@@ -418,9 +440,11 @@ struct AuditExporter::Impl {
         continue;
       }
       if (s.ok()) s = w->sink->Send(*batch);
-      if (s.ok()) s = SaveCursor(options.state_dir, w->cursor_path, batch->back().seq);
+      if (s.ok()) s = SaveCursor(options.state_dir, w->cursor_path, std::max(w->delivered.load(), batch->back().seq));
       if (s.ok()) {
-        w->delivered = batch->back().seq;
+        last_batch_first = batch->front().seq;
+        next = batch->back().seq;
+        w->delivered = std::max(w->delivered.load(), next);
         w->failures = 0;
         attempt = 0;
         delivered.notify_all();
@@ -431,6 +455,10 @@ struct AuditExporter::Impl {
         continue;
       }
       w->failures.fetch_add(1);
+      if (rewind && last_batch_first > 0) {
+        next = std::min(next, last_batch_first - 1);
+        last_batch_first = 0;
+      }
       {
         std::lock_guard<std::mutex> lock(mu);
         w->last_error = std::string(s.message());
@@ -501,7 +529,15 @@ absl::StatusOr<std::unique_ptr<AuditExporter>> AuditExporter::Start(
   Impl* raw = impl.get();
   for (auto& w : impl->workers) {
     Impl::Worker* wp = w.get();
-    w->thread = std::thread([raw, wp] { raw->Run(wp); });
+    w->thread = std::thread([raw, wp] {
+      // A receiver that went away makes writes fail with EPIPE in this
+      // thread, never a SIGPIPE that would end the process.
+      sigset_t pipe;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+      raw->Run(wp);
+    });
   }
   return std::unique_ptr<AuditExporter>(new AuditExporter(std::move(impl)));
 }
