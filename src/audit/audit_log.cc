@@ -259,7 +259,8 @@ class SqliteAuditLog final : public AuditLog {
                        "INSERT INTO audit_anchor(id, seq, hash, mac) VALUES(1, ?1, ?2, ?3) "
                        "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, "
                        "hash = excluded.hash, mac = excluded.mac"},
-             std::pair{&node_insert_, "INSERT INTO audit_nodes(level, idx, hash) VALUES(?1, ?2, ?3)"},
+             std::pair{&node_insert_,
+                       "INSERT INTO audit_nodes(level, idx, hash) VALUES(?1, ?2, ?3)"},
              std::pair{&node_select_, kSelectNode},
              std::pair{&leaf_count_, "SELECT max(idx) FROM audit_nodes WHERE level = 0"},
              std::pair{&record_at_, "SELECT record FROM audit_records WHERE seq = ?1"},
@@ -506,8 +507,7 @@ class SqliteAuditLog final : public AuditLog {
         h.tree_size = seq;
         h.root = frontier_.Root();
         h.timestamp_ms = std::max(NowMs(), LastHeadTimestamp());
-        auto jws =
-            SignHead(*options_.tree_head_key, options_.log_id, seq, h.root, h.timestamp_ms);
+        auto jws = SignHead(*options_.tree_head_key, options_.log_id, seq, h.root, h.timestamp_ms);
         if (!jws.ok()) return jws.status();
         h.jws = std::move(*jws);
         sqlite3_stmt* s = head_insert_.get();
@@ -681,7 +681,8 @@ class SqliteAuditLog final : public AuditLog {
     return absl::OkStatus();
   }
 
-  absl::Status AddTerms(int64_t seq, const std::vector<std::pair<std::string, std::string>>& terms) {
+  absl::Status AddTerms(int64_t seq,
+                        const std::vector<std::pair<std::string, std::string>>& terms) {
     for (const auto& [k, v] : terms) {
       sqlite3_stmt* s = term_insert_.get();
       StmtScope scope(s);
@@ -689,7 +690,8 @@ class SqliteAuditLog final : public AuditLog {
       sqlite3_bind_text(s, 2, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
       sqlite3_bind_int64(s, 3, seq);
       int rc = sqlite3_step(s);
-      if (rc != SQLITE_DONE) return Unavailable("audit: storing search terms failed", db_.get(), rc);
+      if (rc != SQLITE_DONE)
+        return Unavailable("audit: storing search terms failed", db_.get(), rc);
     }
     return absl::OkStatus();
   }
@@ -1015,8 +1017,9 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
   {
     sqlite3_stmt* s = nullptr;
     rc = sqlite3_prepare_v2(
-        db.get(), "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_terms'",
-        -1, &s, nullptr);
+        db.get(),
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_terms'", -1, &s,
+        nullptr);
     StmtPtr st(s);
     if (rc != SQLITE_OK || sqlite3_step(s) != SQLITE_ROW) return fail("cannot read the schema", rc);
     has_terms = sqlite3_column_int(s, 0) == 1;
@@ -1071,11 +1074,13 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
       if (options.tree_head_key != nullptr) {
         auto parsed = ParseTreeHead(jws, *options.tree_head_key);
         if (!parsed.ok()) {
-          heads.emplace(size, HeadCheck{size, "", name + ": " + std::string(parsed.status().message())});
+          heads.emplace(size,
+                        HeadCheck{size, "", name + ": " + std::string(parsed.status().message())});
           continue;
         }
         if (parsed->tree_size != size || parsed->root != root || parsed->timestamp_ms != ts) {
-          heads.emplace(size, HeadCheck{size, "", name + ": columns differ from the signed payload"});
+          heads.emplace(size,
+                        HeadCheck{size, "", name + ": columns differ from the signed payload"});
           continue;
         }
       }
@@ -1110,8 +1115,7 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
       level_rows.emplace_back(s);
     }
     sqlite3_stmt* s = level_rows[level].get();
-    const std::string where =
-        "Merkle node " + std::to_string(level) + "/" + std::to_string(index);
+    const std::string where = "Merkle node " + std::to_string(level) + "/" + std::to_string(index);
     if (s == nullptr || sqlite3_step(s) != SQLITE_ROW) return where + " missing";
     if (static_cast<uint64_t>(sqlite3_column_int64(s, 0)) != index) {
       return where + " missing (next stored is " + std::to_string(sqlite3_column_int64(s, 0)) + ")";
@@ -1234,13 +1238,14 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
   if (report.first_bad_seq == 0 && tree_bad_seq == 0 && has_tree) {
     if (head_it != heads.end()) {
       mark_tree_bad(tail.last_seq + 1, head_it->second.what + " covers records that are gone (" +
-                                      std::to_string(report.records) + " present)");
+                                           std::to_string(report.records) + " present)");
     }
     for (size_t l = 0; l < level_rows.size() && tree_bad_seq == 0; ++l) {
       if (level_rows[l] && sqlite3_step(level_rows[l].get()) == SQLITE_ROW) {
-        mark_tree_bad(tail.last_seq + 1, "Merkle node " + std::to_string(l) + "/" +
-                                        std::to_string(sqlite3_column_int64(level_rows[l].get(), 0)) +
-                                        " has no records (records removed)");
+        mark_tree_bad(tail.last_seq + 1,
+                      "Merkle node " + std::to_string(l) + "/" +
+                          std::to_string(sqlite3_column_int64(level_rows[l].get(), 0)) +
+                          " has no records (records removed)");
       }
     }
     if (tree_bad_seq == 0 && terms_pending) {

@@ -165,8 +165,8 @@ class AuditLog {
 struct VerifyReport {
   bool ok = false;
   int64_t records = 0;
-  int64_t tree_heads = 0;  // signed heads checked (stored and held)
-  std::string root;        // hex MTH of all records, when ok
+  int64_t tree_heads = 0;     // signed heads checked (stored and held)
+  std::string root;           // hex MTH of all records, when ok
   int64_t first_bad_seq = 0;  // 0 when ok
   std::string summary;        // one line for humans
 };

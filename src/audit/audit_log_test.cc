@@ -220,8 +220,8 @@ TEST(AuditRecordTest, ToJsonEscapesAndHasNoUnexpectedMembers) {
                         "time", "request_id", "trace_id", "client_address", "user_agent", "subject",
                         "client_id", "scopes", "action", "method", "resource_type", "resource_id",
                         "version_id", "patient_id", "outcome", "status_code", "error", "policy_id",
-                        "count", "decision", "break_glass", "break_glass_reason", "shadow",
-                        "roles", "purpose_of_use", "patients", "query", "node", "bytes"));
+                        "count", "decision", "break_glass", "break_glass_reason", "shadow", "roles",
+                        "purpose_of_use", "patients", "query", "node", "bytes"));
   EXPECT_EQ(parsed->GetString("user_agent"), r.user_agent);
   EXPECT_EQ(parsed->GetString("subject"), r.subject);
   EXPECT_EQ(parsed->Find("status_code")->as_int64(), -1);
@@ -249,16 +249,16 @@ TEST(AuditRecordTest, FromJsonReadsBackEveryFieldAndOldRecords) {
   EXPECT_FALSE(AuditRecord::FromJson("[1]").ok());
   // Search terms: distinct, sorted, from the record's own fields.
   auto terms = IndexTerms(r);
-  EXPECT_THAT(terms, ::testing::ElementsAre(
-                         std::pair<std::string, std::string>{"action", "read"},
-                         std::pair<std::string, std::string>{"agent", "user-1"},
-                         std::pair<std::string, std::string>{"break-glass", "bg-1"},
-                         std::pair<std::string, std::string>{"client", "app"},
-                         std::pair<std::string, std::string>{"entity", "Patient/p3"},
-                         std::pair<std::string, std::string>{"outcome", "success"},
-                         std::pair<std::string, std::string>{"patient", "p3"},
-                         std::pair<std::string, std::string>{"patient", "p9"},
-                         std::pair<std::string, std::string>{"type", "Patient"}));
+  EXPECT_THAT(terms,
+              ::testing::ElementsAre(std::pair<std::string, std::string>{"action", "read"},
+                                     std::pair<std::string, std::string>{"agent", "user-1"},
+                                     std::pair<std::string, std::string>{"break-glass", "bg-1"},
+                                     std::pair<std::string, std::string>{"client", "app"},
+                                     std::pair<std::string, std::string>{"entity", "Patient/p3"},
+                                     std::pair<std::string, std::string>{"outcome", "success"},
+                                     std::pair<std::string, std::string>{"patient", "p3"},
+                                     std::pair<std::string, std::string>{"patient", "p9"},
+                                     std::pair<std::string, std::string>{"type", "Patient"}));
 }
 
 // ---- appending -------------------------------------------------------------

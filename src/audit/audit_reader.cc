@@ -116,7 +116,8 @@ absl::StatusOr<StoredRecord> AuditReader::Record(int64_t seq) {
   StmtScope scope(s);
   sqlite3_bind_int64(s, 1, seq);
   int rc = sqlite3_step(s);
-  if (rc == SQLITE_DONE) return Error(ErrorCode::kNotFound, "no audit record " + std::to_string(seq));
+  if (rc == SQLITE_DONE)
+    return Error(ErrorCode::kNotFound, "no audit record " + std::to_string(seq));
   if (rc != SQLITE_ROW) return Unavailable("audit: reading a record failed", impl_->db.get(), rc);
   return StoredRecord{seq, std::string(ColumnText(s, 0))};
 }
@@ -259,7 +260,8 @@ absl::StatusOr<int64_t> AuditReader::LastSeq() {
   sqlite3_stmt* s = impl_->last.get();
   StmtScope scope(s);
   int rc = sqlite3_step(s);
-  if (rc != SQLITE_ROW) return Unavailable("audit: reading the last record failed", impl_->db.get(), rc);
+  if (rc != SQLITE_ROW)
+    return Unavailable("audit: reading the last record failed", impl_->db.get(), rc);
   return sqlite3_column_int64(s, 0);
 }
 
@@ -269,8 +271,7 @@ absl::StatusOr<std::string> AuditReader::RootAt(int64_t tree_size) {
   auto leaves = impl_->Leaves();
   if (!leaves.ok()) return leaves.status();
   if (tree_size < 0 || tree_size > *leaves) {
-    return Error(ErrorCode::kInvalidParameter,
-                 "need 0 <= tree_size <= " + std::to_string(*leaves));
+    return Error(ErrorCode::kInvalidParameter, "need 0 <= tree_size <= " + std::to_string(*leaves));
   }
   SqliteNodes nodes(impl_->node.get());
   return merkle::Root(nodes, static_cast<uint64_t>(tree_size));

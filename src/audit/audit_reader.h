@@ -30,11 +30,11 @@ struct StoredRecord {
 struct AuditQuery {
   // All must hold (k, v as in IndexTerms). Several values of one k: any.
   std::vector<std::pair<std::string, std::vector<std::string>>> terms;
-  std::string time_from;    // inclusive, a FormatInstant() string ("" = open)
-  std::string time_to;      // exclusive
-  int64_t before_seq = 0;   // only records older than this (0 = from the newest)
-  int limit = 50;           // records returned at most
-  int max_scan = 10000;     // records examined at most (a page may then be short)
+  std::string time_from;   // inclusive, a FormatInstant() string ("" = open)
+  std::string time_to;     // exclusive
+  int64_t before_seq = 0;  // only records older than this (0 = from the newest)
+  int limit = 50;          // records returned at most
+  int max_scan = 10000;    // records examined at most (a page may then be short)
 };
 struct AuditPage {
   std::vector<StoredRecord> records;

@@ -74,8 +74,9 @@ class MerkleLogTest : public ::testing::Test {
     return log.ok() ? std::move(*log) : nullptr;
   }
   // Appends records [from, to] and returns the head signed after them.
-  TreeHead Write(const std::string& path, int from, int to,
-                 const std::function<AuditRecord(int)>& make = [](int i) { return Rec(i); }) {
+  TreeHead Write(
+      const std::string& path, int from, int to,
+      const std::function<AuditRecord(int)>& make = [](int i) { return Rec(i); }) {
     auto log = Open(path, Options());
     for (int i = from; i <= to; ++i) EXPECT_TRUE(log->Append(make(i)).ok());
     auto head = log->SignTreeHead();
@@ -128,7 +129,8 @@ TEST_F(MerkleLogTest, SignedHeadNamesTheRootOfTheRecordsAndVerifiesWithThePublic
 
 TEST_F(MerkleLogTest, ProofsFromTheStoreVerifyForEveryRecordAndEveryPairOfSizes) {
   std::vector<TreeHead> heads;
-  for (int batch = 0; batch < 5; ++batch) heads.push_back(Write(path_, batch * 7 + 1, batch * 7 + 7));
+  for (int batch = 0; batch < 5; ++batch)
+    heads.push_back(Write(path_, batch * 7 + 1, batch * 7 + 7));
   auto reader = Reader(path_);
   ASSERT_EQ(*reader->TreeSize(), 35);
   for (const TreeHead& h : heads) {
@@ -137,8 +139,8 @@ TEST_F(MerkleLogTest, ProofsFromTheStoreVerifyForEveryRecordAndEveryPairOfSizes)
       ASSERT_TRUE(proof.ok()) << proof.status();
       auto rec = reader->Record(seq);
       ASSERT_TRUE(rec.ok());
-      EXPECT_TRUE(merkle::VerifyInclusion(merkle::LeafHash(rec->json), seq - 1, h.tree_size,
-                                          *proof, h.root))
+      EXPECT_TRUE(merkle::VerifyInclusion(merkle::LeafHash(rec->json), seq - 1, h.tree_size, *proof,
+                                          h.root))
           << seq << " in " << h.tree_size;
       // A different record at that position does not verify.
       EXPECT_FALSE(merkle::VerifyInclusion(merkle::LeafHash(Rec(1000).ToJson()), seq - 1,

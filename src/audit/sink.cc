@@ -32,9 +32,7 @@
 namespace fhirward::audit {
 namespace {
 
-absl::Status SinkError(const std::string& what) {
-  return Error(ErrorCode::kUnavailable, what);
-}
+absl::Status SinkError(const std::string& what) { return Error(ErrorCode::kUnavailable, what); }
 
 std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
@@ -199,7 +197,7 @@ class SyslogSink final : public Sink {
 
  private:
   absl::Status Connect() {
-    struct addrinfo hints{};
+    struct addrinfo hints {};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     struct addrinfo* res = nullptr;
@@ -209,11 +207,14 @@ class SyslogSink final : public Sink {
     }
     std::string last = "no address";
     for (struct addrinfo* a = res; a != nullptr && fd_ < 0; a = a->ai_next) {
-      int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+      int fd =
+          ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
       if (fd < 0) continue;
       int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
       if (rc != 0 && errno == EINPROGRESS) {
-        struct pollfd p{fd, POLLOUT, 0};
+        struct pollfd p {
+          fd, POLLOUT, 0
+        };
         rc = ::poll(&p, 1, static_cast<int>(timeout_.count()));
         int err = 0;
         socklen_t len = sizeof err;
@@ -330,7 +331,8 @@ absl::Status SaveCursor(const std::string& dir, const std::string& path, int64_t
   const std::string text = std::to_string(seq) + "\n";
   bool ok = WriteAll(fd, text) && ::fsync(fd) == 0;
   ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return SinkError(Errno("cannot save " + path));
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0)
+    return SinkError(Errno("cannot save " + path));
   int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d >= 0) {
     ::fsync(d);
@@ -440,7 +442,9 @@ struct AuditExporter::Impl {
         continue;
       }
       if (s.ok()) s = w->sink->Send(*batch);
-      if (s.ok()) s = SaveCursor(options.state_dir, w->cursor_path, std::max(w->delivered.load(), batch->back().seq));
+      if (s.ok())
+        s = SaveCursor(options.state_dir, w->cursor_path,
+                       std::max(w->delivered.load(), batch->back().seq));
       if (s.ok()) {
         last_batch_first = batch->front().seq;
         next = batch->back().seq;
@@ -469,14 +473,14 @@ struct AuditExporter::Impl {
       }
       // Back off: 250 ms doubling up to max_backoff; Notify does not cut it short.
       auto wait = std::min<std::chrono::milliseconds>(
-          options.max_backoff, std::chrono::milliseconds(250) * (int64_t{1} << std::min<int64_t>(attempt, 10)));
+          options.max_backoff,
+          std::chrono::milliseconds(250) * (int64_t{1} << std::min<int64_t>(attempt, 10)));
       ++attempt;
       std::unique_lock<std::mutex> lock(mu);
       auto until = std::chrono::steady_clock::now() + wait;
       if (stopping) until = std::min(until, drain_deadline);
-      cv.wait_until(lock, until, [&] {
-        return stopping && std::chrono::steady_clock::now() >= drain_deadline;
-      });
+      cv.wait_until(lock, until,
+                    [&] { return stopping && std::chrono::steady_clock::now() >= drain_deadline; });
     }
   }
 
@@ -509,7 +513,8 @@ absl::StatusOr<std::unique_ptr<AuditExporter>> AuditExporter::Start(
   for (SinkConfig& c : sinks) {
     if (auto s = CheckSinkConfig(c); !s.ok()) return s;
     if (std::find(names.begin(), names.end(), c.name) != names.end()) {
-      return Error(ErrorCode::kInvalidParameter, "audit sink \"" + c.name + "\" is configured twice");
+      return Error(ErrorCode::kInvalidParameter,
+                   "audit sink \"" + c.name + "\" is configured twice");
     }
     names.push_back(c.name);
     auto w = std::make_unique<Impl::Worker>();

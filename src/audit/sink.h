@@ -48,24 +48,24 @@ struct SinkConfig {
   // syslog
   std::string host;
   int port = 0;
-  std::string transport = "tcp";  // "tcp" or "tls"
-  std::string ca_file;            // tls: trust anchors for the receiver
-  std::string server_name;        // tls: name to verify (default: host)
+  std::string transport = "tcp";    // "tcp" or "tls"
+  std::string ca_file;              // tls: trust anchors for the receiver
+  std::string server_name;          // tls: name to verify (default: host)
   std::string cert_file, key_file;  // tls: optional client certificate
 };
 
 struct SinkEvent {
   std::string sink;
-  bool up = false;       // delivering again (true) or failing (false)
-  std::string detail;    // the error when failing (no record content)
-  int64_t pending = 0;   // records not yet delivered
+  bool up = false;      // delivering again (true) or failing (false)
+  std::string detail;   // the error when failing (no record content)
+  int64_t pending = 0;  // records not yet delivered
 };
 
 struct ExporterOptions {
   std::string state_dir;  // cursor files
   std::string hostname;   // HOSTNAME of syslog messages
   int batch = 256;
-  std::chrono::milliseconds poll{500};          // look for new records at least this often
+  std::chrono::milliseconds poll{500};           // look for new records at least this often
   std::chrono::milliseconds max_backoff{30000};  // retry a failing sink at least this often
   std::chrono::milliseconds io_timeout{5000};    // connect, handshake and write
   // Told when a sink goes down or comes back (not per retry).

@@ -151,8 +151,8 @@ TEST(SinkFormat, SyslogIsRfc5424WithPositionAndSeverity) {
   std::string m = FormatSyslog({3, Rec(3).ToJson()}, "node-1");
   EXPECT_THAT(m, StartsWith("<110>1 2026-12-05T12:00:00.103Z node-1 fhirward - audit "
                             "[fhirward@32473 seq=\"3\" leaf_hash=\""));
-  EXPECT_THAT(FormatSyslog({5, Rec(5).ToJson()}, "h"), StartsWith("<108>1 "));   // refused: warning
-  EXPECT_THAT(FormatSyslog({7, Rec(7).ToJson()}, "h"), HasSubstr("<105>1 "));    // alert
+  EXPECT_THAT(FormatSyslog({5, Rec(5).ToJson()}, "h"), StartsWith("<108>1 "));  // refused: warning
+  EXPECT_THAT(FormatSyslog({7, Rec(7).ToJson()}, "h"), HasSubstr("<105>1 "));   // alert
   EXPECT_THAT(FormatSyslog({7, Rec(7).ToJson()}, "h"), HasSubstr(" fhirward - alert "));
   EXPECT_THAT(m, HasSubstr("\"] {\"time\""));
 }
@@ -172,7 +172,10 @@ TEST(SinkFormat, ConfigIsChecked) {
 
 TEST_F(SinkTest, FileSinkWritesEveryRecordInOrderRotatesAndResumesFromItsCursor) {
   Append(1, 30);
-  SinkConfig c{.name = "file", .type = "file", .path = dir_ + "/audit.jsonl", .max_bytes = 4096,
+  SinkConfig c{.name = "file",
+               .type = "file",
+               .path = dir_ + "/audit.jsonl",
+               .max_bytes = 4096,
                .keep = 100};
   {
     auto ex = AuditExporter::Start(db_, {c}, Options());

@@ -60,7 +60,8 @@ int main(int argc, char** argv) {
   std::string audit_dir;
   std::vector<std::string> held_heads;
   CLI::App* verify_cmd = audit_cmd->add_subcommand(
-      "verify", "Verify the audit trail: hash chain, anchor, Merkle tree and every signed tree head");
+      "verify",
+      "Verify the audit trail: hash chain, anchor, Merkle tree and every signed tree head");
   verify_cmd->add_option("--data-dir", audit_dir, "Data directory")->required();
   verify_cmd->add_option("--head", held_heads,
                          "A tree head kept elsewhere (file: compact JWS or $tree-head JSON); "

@@ -481,8 +481,8 @@ absl::Status Serve(const ServeArgs& args) {
   audit_options.tree_head_key = &inst.audit_log_key();
   audit_options.log_id = inst.issuer();
   audit_options.tree_head_interval = std::chrono::seconds(config.audit_tree_head_seconds);
-  auto audit_log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone(),
-                                         audit_options);
+  auto audit_log =
+      audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone(), audit_options);
   if (!audit_log.ok()) return audit_log.status();
   auto audit_reader = audit::AuditReader::Open(inst.audit_db_path());
   if (!audit_reader.ok()) return audit_reader.status();
@@ -753,8 +753,8 @@ absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir,
       std::optional<std::string_view> found;
       if (doc.ok()) {
         found = doc->GetString("jws");
-        for (const json::Value& p : doc->Find("parameter") ? doc->Find("parameter")->items()
-                                                           : json::Array{}) {
+        for (const json::Value& p :
+             doc->Find("parameter") ? doc->Find("parameter")->items() : json::Array{}) {
           if (p.GetString("name") == "jws") found = p.GetString("valueString");
         }
       }

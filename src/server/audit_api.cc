@@ -48,10 +48,11 @@ Value Detail(const char* type, std::string value) {
 }
 
 const std::set<std::string>& RestActions() {
-  static const std::set<std::string> k = {
-      "read",          "vread",          "update",         "patch",         "delete",
-      "history-instance", "history-type", "history-system", "create",        "search-type",
-      "search-system", "search-compartment", "capabilities", "batch",        "transaction"};
+  static const std::set<std::string> k = {"read",         "vread",          "update",
+                                          "patch",        "delete",         "history-instance",
+                                          "history-type", "history-system", "create",
+                                          "search-type",  "search-system",  "search-compartment",
+                                          "capabilities", "batch",          "transaction"};
   return k;
 }
 
@@ -80,12 +81,18 @@ std::string OutcomeCode(const std::string& outcome) {
 std::string BalpProfile(const audit::AuditRecord& r, bool about_patient) {
   const std::string& a = r.action;
   std::string kind;
-  if (a == "create") kind = "Create";
-  else if (a == "read" || a == "vread") kind = "Read";
-  else if (a == "update" || a == "patch") kind = "Update";
-  else if (a == "delete") kind = "Delete";
-  else if (a.rfind("search", 0) == 0 || a.rfind("history", 0) == 0) kind = "Query";
-  else if (a == "login" || a == "login-totp" || a == "logout") return std::string(kBalp) + "IHE.BasicAudit.Login";
+  if (a == "create")
+    kind = "Create";
+  else if (a == "read" || a == "vread")
+    kind = "Read";
+  else if (a == "update" || a == "patch")
+    kind = "Update";
+  else if (a == "delete")
+    kind = "Delete";
+  else if (a.rfind("search", 0) == 0 || a.rfind("history", 0) == 0)
+    kind = "Query";
+  else if (a == "login" || a == "login-totp" || a == "logout")
+    return std::string(kBalp) + "IHE.BasicAudit.Login";
   if (kind.empty()) return "";
   return std::string(kBalp) + "IHE.BasicAudit." + (about_patient ? "Patient" : "") + kind;
 }
@@ -131,7 +138,8 @@ std::string FormatMs(int64_t ms) {
   gmtime_r(&t, &tm);
   char buf[40];
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(frac));
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(frac));
   return buf;
 }
 
@@ -146,7 +154,8 @@ bool IsDataAccess(const audit::AuditRecord& r) {
 
 bool IsDisclosureTo(const audit::AuditRecord& r, const std::string& patient) {
   if (patient.empty() || r.outcome != "success" || !IsDataAccess(r)) return false;
-  if (r.resource_type == "AuditEvent") return false;  // reading the trail is not a disclosure of data
+  if (r.resource_type == "AuditEvent")
+    return false;  // reading the trail is not a disclosure of data
   for (const std::string& p : PatientsOf(r)) {
     if (p == patient) return true;
   }
@@ -195,16 +204,17 @@ Value ToAuditEvent(int64_t seq, const audit::AuditRecord& r, AuditView view,
         Concept(Coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", std::string(code))));
   }
   if (!r.break_glass.empty()) {
-    purposes.Push(Concept(Coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", "BTG",
-                                 "break the glass")));
+    purposes.Push(Concept(
+        Coding("http://terminology.hl7.org/CodeSystem/v3-ActReason", "BTG", "break the glass")));
   }
   if (!purposes.items().empty()) e.Set("purposeOfEvent", std::move(purposes));
 
   Value agents = Value::MakeArray();
   if (!r.subject.empty()) {
-    Value user = Agent(Concept(Coding("http://terminology.hl7.org/CodeSystem/extra-security-role-type",
-                                      "humanuser", "human user")),
-                       r.subject, true);
+    Value user =
+        Agent(Concept(Coding("http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+                             "humanuser", "human user")),
+              r.subject, true);
     if (!r.roles.empty()) {
       Value roles = Value::MakeArray();
       for (absl::string_view role : absl::StrSplit(r.roles, ' ', absl::SkipEmpty())) {
@@ -225,8 +235,8 @@ Value ToAuditEvent(int64_t seq, const audit::AuditRecord& r, AuditView view,
     agents.Push(std::move(user));
   }
   if (!r.client_id.empty()) {
-    Value app = Agent(Concept(Coding(kDcm, "110153", "Source Role ID")), r.client_id,
-                      r.subject.empty());
+    Value app =
+        Agent(Concept(Coding(kDcm, "110153", "Source Role ID")), r.client_id, r.subject.empty());
     if (auditor && !r.client_address.empty()) app.Set("network", Network(r.client_address));
     agents.Push(std::move(app));
   }
@@ -261,7 +271,8 @@ Value ToAuditEvent(int64_t seq, const audit::AuditRecord& r, AuditView view,
     Value what = Value::MakeObject();
     what.Set("reference", Str("Patient/" + p));
     ent.Set("what", std::move(what));
-    ent.Set("type", Coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"));
+    ent.Set("type",
+            Coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "1", "Person"));
     ent.Set("role", Coding("http://terminology.hl7.org/CodeSystem/object-role", "1", "Patient"));
     entities.Push(std::move(ent));
   }
@@ -280,8 +291,8 @@ Value ToAuditEvent(int64_t seq, const audit::AuditRecord& r, AuditView view,
       ent.Set("what", std::move(what));
       ent.Set("type", Coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2",
                              "System Object"));
-      ent.Set("role", Coding("http://terminology.hl7.org/CodeSystem/object-role", "4",
-                             "Domain Resource"));
+      ent.Set("role",
+              Coding("http://terminology.hl7.org/CodeSystem/object-role", "4", "Domain Resource"));
       entities.Push(std::move(ent));
     }
   }
@@ -334,9 +345,7 @@ absl::StatusOr<audit::AuditQuery> ParseAuditSearch(
   const bool auditor = view == AuditView::kAuditor;
   audit::AuditQuery q;
   std::vector<std::pair<std::string, std::vector<std::string>>> terms;
-  auto bad = [](std::string what) {
-    return Error(ErrorCode::kInvalidParameter, std::move(what));
-  };
+  auto bad = [](std::string what) { return Error(ErrorCode::kInvalidParameter, std::move(what)); };
   auto values = [](const std::string& v) {
     std::vector<std::string> out;
     for (absl::string_view x : absl::StrSplit(v, ',')) {
@@ -412,8 +421,9 @@ absl::StatusOr<audit::AuditQuery> ParseAuditSearch(
           {"R", {"read", "vread", "history-instance", "history-type", "history-system"}},
           {"U", {"update", "patch"}},
           {"D", {"delete"}},
-          {"E", {"search-type", "search-system", "search-compartment", "operation", "validate",
-                 "capabilities", "batch", "transaction"}}};
+          {"E",
+           {"search-type", "search-system", "search-compartment", "operation", "validate",
+            "capabilities", "batch", "transaction"}}};
       std::vector<std::string> vs;
       for (const std::string& letter : values(value)) {
         auto it = std::find_if(kLetters.begin(), kLetters.end(),
@@ -445,10 +455,14 @@ absl::StatusOr<audit::AuditQuery> ParseAuditSearch(
     } else if (name == "outcome") {
       std::vector<std::string> vs;
       for (const std::string& v : values(value)) {
-        if (v == "0") vs.push_back("success");
-        else if (v == "4") vs.insert(vs.end(), {"denied", "unauthenticated"});
-        else if (v == "8" || v == "12") vs.insert(vs.end(), {"failed", "error"});
-        else vs.push_back(v);
+        if (v == "0")
+          vs.push_back("success");
+        else if (v == "4")
+          vs.insert(vs.end(), {"denied", "unauthenticated"});
+        else if (v == "8" || v == "12")
+          vs.insert(vs.end(), {"failed", "error"});
+        else
+          vs.push_back(v);
       }
       if (auto s = add("outcome", std::move(vs)); !s.ok()) return s;
     } else {
@@ -462,7 +476,7 @@ absl::StatusOr<audit::AuditQuery> ParseAuditSearch(
   }
   // The most selective term drives the index lookup.
   static const std::vector<std::string> kOrder = {"entity", "break-glass", "patient", "agent",
-                                                  "client", "type", "action", "outcome"};
+                                                  "client", "type",        "action",  "outcome"};
   std::stable_sort(terms.begin(), terms.end(), [](const auto& a, const auto& b) {
     auto rank = [](const std::string& k) {
       return std::find(kOrder.begin(), kOrder.end(), k) - kOrder.begin();

@@ -165,8 +165,8 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
         if (st == nullptr) return Bad("audit.sink", "expected [[audit.sink]] tables");
         audit::SinkConfig sc;
         FW_TRY(CheckKeys(*st, "audit.sink",
-                         {"name", "type", "path", "max_bytes", "keep", "host", "port",
-                          "transport", "ca_file", "server_name", "cert_file", "key_file"}));
+                         {"name", "type", "path", "max_bytes", "keep", "host", "port", "transport",
+                          "ca_file", "server_name", "cert_file", "key_file"}));
         FW_TRY(Get(*st, "audit.sink", "name", &sc.name));
         FW_TRY(Get(*st, "audit.sink", "type", &sc.type));
         FW_TRY(Get(*st, "audit.sink", "path", &sc.path));

@@ -64,7 +64,8 @@ struct Config {
   // [keys]
   int key_unwrap_report_seconds = 3600;  // audited key-unwrap counts, once per period
   // [audit]
-  int audit_tree_head_seconds = 60;  // a signed tree head at least this often (when records were added)
+  int audit_tree_head_seconds =
+      60;  // a signed tree head at least this often (when records were added)
   // Roles whose principals read the whole trail (AuditEvent search, proofs).
   std::vector<std::string> audit_reader_roles = {"auditor"};
   // [[audit.sink]]: SIEM export (audit/sink.h)

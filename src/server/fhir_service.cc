@@ -1205,10 +1205,10 @@ struct FhirService::Impl {
                                indexer.IsIdentifying(type, code);
       std::string value = v;
       if (identifying && d.audit_pseudonym_key != nullptr) {
-        value = "~" + HexEncode(crypto::HmacSha256(d.audit_pseudonym_key->UnsafeView(),
-                                                   "fhirward-audit-query-v1|" + type + "|" + k +
-                                                       "|" + v))
-                          .substr(0, 16);
+        value = "~" +
+                HexEncode(crypto::HmacSha256(d.audit_pseudonym_key->UnsafeView(),
+                                             "fhirward-audit-query-v1|" + type + "|" + k + "|" + v))
+                    .substr(0, 16);
       } else if (identifying) {
         value = "~";
       }
@@ -1277,9 +1277,9 @@ struct FhirService::Impl {
     if (!reader_decision) {
       // Only a principal whose own record it is: the launch patient of a
       // patient-scoped token, or the Patient they are (fhirUser).
-      const bool own = confined && confined->size() == 1 &&
-                       (p.patient == confined->front() ||
-                        p.fhir_user == "Patient/" + confined->front());
+      const bool own =
+          confined && confined->size() == 1 &&
+          (p.patient == confined->front() || p.fhir_user == "Patient/" + confined->front());
       if (!own || route.operation) {
         ctx.audit.error = "forbidden:audit_trail_needs_reader_role";
         return Error(ctx, ErrorCode::kForbidden,
@@ -1322,8 +1322,9 @@ struct FhirService::Impl {
         ctx.audit.patient_id = vs.front();
       }
     }
-    const std::string target_query =
-        req.target.find('?') == std::string::npos ? "" : req.target.substr(req.target.find('?') + 1);
+    const std::string target_query = req.target.find('?') == std::string::npos
+                                         ? ""
+                                         : req.target.substr(req.target.find('?') + 1);
     ctx.audit.query = target_query.substr(0, 2048);
     // A patient's page is filtered further per hit (disclosures only): ask
     // for more and stop at the page size.
@@ -1352,7 +1353,8 @@ struct FhirService::Impl {
       }
       if (shown == want) {
         // More may follow the last one shown.
-        if (page->next_before == 0 && page->records.size() < static_cast<size_t>(page_query.limit) &&
+        if (page->next_before == 0 &&
+            page->records.size() < static_cast<size_t>(page_query.limit) &&
             page->records.back().seq == next) {
           next = 0;
         }
@@ -1375,8 +1377,9 @@ struct FhirService::Impl {
     }
     AddLink(links, "self", d.base_url + "/AuditEvent" + (kept.empty() ? "" : "?" + kept));
     if (next > 0) {
-      AddLink(links, "next", d.base_url + "/AuditEvent?" + kept + (kept.empty() ? "" : "&") +
-                                 "_cursor=" + std::to_string(next));
+      AddLink(links, "next",
+              d.base_url + "/AuditEvent?" + kept + (kept.empty() ? "" : "&") +
+                  "_cursor=" + std::to_string(next));
     }
     bundle.Set("link", std::move(links));
     bundle.Set("entry", std::move(entries));
@@ -1428,13 +1431,15 @@ struct FhirService::Impl {
     }
     absl::StatusOr<std::optional<audit::TreeHead>> head;
     if (auto size = IntParam(query, "tree_size")) {
-      if (*size < 1) return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
+      if (*size < 1)
+        return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
       head = d.audit_reader->TreeHeadAt(*size);
     } else {
       head = d.audit_reader->LatestTreeHead();
     }
     if (!head.ok()) return ErrorResponse(ctx, head.status());
-    if (!head->has_value()) return Error(ctx, ErrorCode::kNotFound, "no tree head signed at that size");
+    if (!head->has_value())
+      return Error(ctx, ErrorCode::kNotFound, "no tree head signed at that size");
     return PlainJson(ctx, TreeHeadJson(**head));
   }
 
@@ -1452,7 +1457,8 @@ struct FhirService::Impl {
     std::optional<audit::TreeHead> head;
     int64_t size = 0;
     if (auto ts = IntParam(query, "tree_size")) {
-      if (*ts < 1) return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
+      if (*ts < 1)
+        return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
       size = *ts;
       auto h = d.audit_reader->TreeHeadAt(size);
       if (!h.ok()) return ErrorResponse(ctx, h.status());

@@ -15,7 +15,6 @@
 
 namespace fhirward::audit::internal {
 
-
 struct DbCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
 };
@@ -113,8 +112,8 @@ class SqliteNodes final : public merkle::NodeSource {
       return std::string(h);
     }
     if (rc == SQLITE_DONE) {
-      return Error(ErrorCode::kAuditUnavailable, "audit: tree node " + std::to_string(level) +
-                                                      "/" + std::to_string(index) + " missing");
+      return Error(ErrorCode::kAuditUnavailable, "audit: tree node " + std::to_string(level) + "/" +
+                                                     std::to_string(index) + " missing");
     }
     return Unavailable("audit: reading a tree node failed", sqlite3_db_handle(s_), rc);
   }
