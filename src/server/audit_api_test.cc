@@ -47,8 +47,9 @@ TEST(AuditSearch, DatePrefixesBecomeHalfOpenInstantBounds) {
   ASSERT_TRUE(eq.ok());
   EXPECT_EQ(eq->time_from, "2026-12-05T00:00:00.000Z");
   EXPECT_EQ(eq->time_to, "2026-12-06T00:00:00.000Z");
-  auto range = ParseAuditSearch({{"date", "ge2026-12-05T10:00:00Z"}, {"date", "lt2026-12-05T11:00:00Z"}},
-                                AuditView::kAuditor, "");
+  auto range =
+      ParseAuditSearch({{"date", "ge2026-12-05T10:00:00Z"}, {"date", "lt2026-12-05T11:00:00Z"}},
+                       AuditView::kAuditor, "");
   ASSERT_TRUE(range.ok());
   EXPECT_EQ(range->time_from, "2026-12-05T10:00:00.000Z");
   EXPECT_EQ(range->time_to, "2026-12-05T11:00:00.000Z");  // lt the second: before 11:00:00.000
@@ -62,8 +63,12 @@ TEST(AuditSearch, DatePrefixesBecomeHalfOpenInstantBounds) {
 }
 
 TEST(AuditSearch, TermsAreMappedAndTheMostSelectiveDrives) {
-  auto q = ParseAuditSearch({{"outcome", "4"}, {"agent", "dr-house"}, {"patient", "Patient/p1,p2"},
-                             {"action", "R"}, {"_count", "900"}, {"_cursor", "77"}},
+  auto q = ParseAuditSearch({{"outcome", "4"},
+                             {"agent", "dr-house"},
+                             {"patient", "Patient/p1,p2"},
+                             {"action", "R"},
+                             {"_count", "900"},
+                             {"_cursor", "77"}},
                             AuditView::kAuditor, "");
   ASSERT_TRUE(q.ok()) << q.status();
   ASSERT_EQ(q->terms.size(), 4u);
@@ -86,7 +91,8 @@ TEST(AuditSearch, APatientIsConfinedToTheirOwnSuccessfulAccesses) {
   ASSERT_TRUE(q.ok()) << q.status();
   ASSERT_EQ(q->terms.size(), 2u);
   EXPECT_EQ(q->terms[0], (std::pair<std::string, std::vector<std::string>>{"patient", {"p1"}}));
-  EXPECT_EQ(q->terms[1], (std::pair<std::string, std::vector<std::string>>{"outcome", {"success"}}));
+  EXPECT_EQ(q->terms[1],
+            (std::pair<std::string, std::vector<std::string>>{"outcome", {"success"}}));
   EXPECT_FALSE(ParseAuditSearch({{"patient", "p2"}}, AuditView::kPatient, "p1").ok());
   EXPECT_FALSE(ParseAuditSearch({{"agent", "x"}}, AuditView::kPatient, "p1").ok());
   EXPECT_FALSE(ParseAuditSearch({{"entity", "Patient/p2"}}, AuditView::kPatient, "p1").ok());
@@ -119,9 +125,9 @@ TEST(AuditEvent, PatientViewShowsWhoWhenWhatWhyAndNoInternals) {
                            "2026-12-05T10:00:00.000Z"}) {
     EXPECT_THAT(text, HasSubstr(want));
   }
-  for (const char* hidden : {"10.1.2.3", "EHR/1.0", "other-patient", "user/*.rs", "default@1",
-                             "req-1", "node-7", "Smith", "bmFtZT1TbWl0aA", "unconscious", "bg-9",
-                             "network"}) {
+  for (const char* hidden :
+       {"10.1.2.3", "EHR/1.0", "other-patient", "user/*.rs", "default@1", "req-1", "node-7",
+        "Smith", "bmFtZT1TbWl0aA", "unconscious", "bg-9", "network"}) {
     EXPECT_THAT(text, Not(HasSubstr(hidden))) << hidden;
   }
 }

@@ -172,22 +172,6 @@ std::optional<int64_t> ParsePositive(std::string_view v) {
   return n;
 }
 
-// RFC 3986 percent-encoding of a query component (unreserved kept).
-std::string UrlEncode(std::string_view v) {
-  static const char* kHex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : v) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
-
 std::string ETag(int64_t version) { return "W/\"" + std::to_string(version) + "\""; }
 
 // FHIR instant "YYYY-MM-DDThh:mm:ss(.sss)?(Z|+hh:mm)" -> time_point; also
@@ -1212,7 +1196,7 @@ struct FhirService::Impl {
       } else if (identifying) {
         value = "~";
       }
-      std::string part = UrlEncode(k) + "=" + UrlEncode(value);
+      std::string part = QueryEncode(k) + "=" + QueryEncode(value);
       if (out.size() + part.size() + 1 > 2048) break;
       if (!out.empty()) out += '&';
       out += part;
@@ -1373,7 +1357,7 @@ struct FhirService::Impl {
     std::string kept;
     for (const auto& [k, v] : parsed.query) {
       if (k == "_cursor") continue;
-      kept += (kept.empty() ? "" : "&") + UrlEncode(k) + "=" + UrlEncode(v);
+      kept += (kept.empty() ? "" : "&") + QueryEncode(k) + "=" + QueryEncode(v);
     }
     AddLink(links, "self", d.base_url + "/AuditEvent" + (kept.empty() ? "" : "?" + kept));
     if (next > 0) {
