@@ -158,7 +158,20 @@ struct Tail {
   std::string anchor_mac;
 };
 
+// The last row and the anchor from one read snapshot: read apart, another
+// process's commit in between would look like a truncated tail.
+absl::StatusOr<Tail> ReadTailUnlocked(sqlite3* db);
 absl::StatusOr<Tail> ReadTail(sqlite3* db) {
+  const bool own_txn = sqlite3_get_autocommit(db) != 0;
+  if (own_txn) {
+    if (auto s = Exec(db, "BEGIN"); !s.ok()) return s;
+  }
+  auto t = ReadTailUnlocked(db);
+  if (own_txn) sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  return t;
+}
+
+absl::StatusOr<Tail> ReadTailUnlocked(sqlite3* db) {
   Tail t;
   {
     auto st = Prepare(db,
