@@ -1427,6 +1427,25 @@ struct FhirService::Impl {
     return PlainJson(ctx, TreeHeadJson(**head));
   }
 
+  // The tree size a proof is for: the query parameter `name` (with the head
+  // signed at that size, if any), else the newest signed head.
+  absl::StatusOr<std::pair<int64_t, std::optional<audit::TreeHead>>> ProofTarget(
+      const Query& query, const char* name) const {
+    if (auto size = IntParam(query, name)) {
+      if (*size < 1) {
+        return fhirward::Error(ErrorCode::kInvalidParameter,
+                               std::string(name) + " is a positive tree size");
+      }
+      auto h = d.audit_reader->TreeHeadAt(*size);
+      if (!h.ok()) return h.status();
+      return std::make_pair(*size, *h);
+    }
+    auto h = d.audit_reader->LatestTreeHead();
+    if (!h.ok()) return h.status();
+    if (!h->has_value()) return fhirward::Error(ErrorCode::kNotFound, "no tree head signed yet");
+    return std::make_pair((*h)->tree_size, *h);
+  }
+
   // ?id=N[&tree_size=M]: the audit path of AuditEvent N in the tree of M
   // records (default: the newest signed head), with the record itself so the
   // caller can hash the leaf.
@@ -1438,22 +1457,9 @@ struct FhirService::Impl {
     }
     auto id = IntParam(query, "id");
     if (!id || *id < 1) return Error(ctx, ErrorCode::kInvalidParameter, "id is an AuditEvent id");
-    std::optional<audit::TreeHead> head;
-    int64_t size = 0;
-    if (auto ts = IntParam(query, "tree_size")) {
-      if (*ts < 1)
-        return Error(ctx, ErrorCode::kInvalidParameter, "tree_size is a positive number");
-      size = *ts;
-      auto h = d.audit_reader->TreeHeadAt(size);
-      if (!h.ok()) return ErrorResponse(ctx, h.status());
-      head = *h;
-    } else {
-      auto h = d.audit_reader->LatestTreeHead();
-      if (!h.ok()) return ErrorResponse(ctx, h.status());
-      if (!h->has_value()) return Error(ctx, ErrorCode::kNotFound, "no tree head signed yet");
-      head = *h;
-      size = head->tree_size;
-    }
+    auto target = ProofTarget(query, "tree_size");
+    if (!target.ok()) return ErrorResponse(ctx, target.status());
+    const auto& [size, head] = *target;
     auto proof = d.audit_reader->InclusionProof(*id, size);
     if (!proof.ok()) return ErrorResponse(ctx, proof.status());
     auto rec = d.audit_reader->Record(*id);
@@ -1483,21 +1489,9 @@ struct FhirService::Impl {
     if (!first || *first < 1) {
       return Error(ctx, ErrorCode::kInvalidParameter, "first is a tree size");
     }
-    int64_t second = 0;
-    std::optional<audit::TreeHead> head;
-    if (auto b = IntParam(query, "second")) {
-      if (*b < 1) return Error(ctx, ErrorCode::kInvalidParameter, "second is a tree size");
-      second = *b;
-      auto h = d.audit_reader->TreeHeadAt(second);
-      if (!h.ok()) return ErrorResponse(ctx, h.status());
-      head = *h;
-    } else {
-      auto h = d.audit_reader->LatestTreeHead();
-      if (!h.ok()) return ErrorResponse(ctx, h.status());
-      if (!h->has_value()) return Error(ctx, ErrorCode::kNotFound, "no tree head signed yet");
-      head = *h;
-      second = head->tree_size;
-    }
+    auto target = ProofTarget(query, "second");
+    if (!target.ok()) return ErrorResponse(ctx, target.status());
+    const auto& [second, head] = *target;
     auto proof = d.audit_reader->ConsistencyProof(*first, second);
     if (!proof.ok()) return ErrorResponse(ctx, proof.status());
     json::Value out = json::Value::MakeObject();
