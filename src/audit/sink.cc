@@ -28,6 +28,8 @@
 #include "audit/merkle.h"
 #include "common/encoding.h"
 #include "common/error.h"
+#include "crypto/aead.h"
+#include "json/value.h"
 
 namespace fhirward::audit {
 namespace {
@@ -130,80 +132,34 @@ class FileSink final : public Sink {
   int fd_ = -1;
 };
 
-class SyslogSink final : public Sink {
+// A TCP or TLS connection to a receiver (syslog, webhook): connect with a
+// timeout, TLS 1.2+ with the receiver verified against ca_file (or the
+// system's trust store when ca_file is empty and `system_trust`) and its
+// name, optional client certificate, blocking I/O with timeouts.
+class Connection {
  public:
-  SyslogSink(SinkConfig c, std::string hostname, std::chrono::milliseconds timeout)
-      : c_(std::move(c)), hostname_(std::move(hostname)), timeout_(timeout) {}
-  ~SyslogSink() override {
+  struct Target {
+    std::string host;
+    int port = 0;
+    bool tls = false;
+    std::string ca_file, server_name, cert_file, key_file;
+  };
+  Connection(Target t, std::chrono::milliseconds timeout) : t_(std::move(t)), timeout_(timeout) {}
+  ~Connection() {
     Close();
     if (ctx_ != nullptr) SSL_CTX_free(ctx_);
   }
+  bool open() const { return fd_ >= 0; }
 
-  absl::Status Send(const std::vector<StoredRecord>& batch) override {
-    if (fd_ < 0) {
-      if (auto s = Connect(); !s.ok()) {
-        Close();
-        return s;
-      }
-    }
-    std::string frames;
-    for (const StoredRecord& r : batch) {
-      std::string msg = FormatSyslog(r, hostname_);
-      frames += std::to_string(msg.size());
-      frames += ' ';
-      frames += msg;
-    }
-    if (auto s = Write(frames); !s.ok()) {
-      Close();
-      return s;
-    }
-    // A peer that closed the connection shows as EOF on the socket (looked
-    // at below TLS: a TLS receiver may send tickets, which are not EOF): the
-    // batch may not have arrived, so report failure (it is sent again).
-    if (!Alive()) {
-      Close();
-      return SinkError("the receiver closed the connection");
-    }
-    return absl::OkStatus();
-  }
-
-  // Whether the receiver still holds the connection open, without waiting:
-  // EOF, a reset, or a TLS close_notify mean it does not.
-  bool Alive() {
-    if (ssl_ == nullptr) {
-      char b;
-      ssize_t n = ::recv(fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-      return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
-    }
-    const int flags = ::fcntl(fd_, F_GETFL);
-    ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
-    char b;
-    ERR_clear_error();
-    int n = SSL_peek(ssl_, &b, 1);
-    int err = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
-    ::fcntl(fd_, F_SETFL, flags);
-    return n > 0 || err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
-  }
-
-  void Close() override {
-    if (ssl_ != nullptr) {
-      SSL_shutdown(ssl_);
-      SSL_free(ssl_);
-      ssl_ = nullptr;
-    }
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
   absl::Status Connect() {
+    Close();
     struct addrinfo hints {};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     struct addrinfo* res = nullptr;
-    const std::string port = std::to_string(c_.port);
-    if (int rc = ::getaddrinfo(c_.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
-      return SinkError("cannot resolve " + c_.host + ": " + gai_strerror(rc));
+    const std::string port = std::to_string(t_.port);
+    if (int rc = ::getaddrinfo(t_.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+      return SinkError("cannot resolve " + t_.host + ": " + gai_strerror(rc));
     }
     std::string last = "no address";
     for (struct addrinfo* a = res; a != nullptr && fd_ < 0; a = a->ai_next) {
@@ -226,7 +182,7 @@ class SyslogSink final : public Sink {
         }
       }
       if (rc != 0) {
-        last = Errno("cannot connect to " + c_.host + ":" + port);
+        last = Errno("cannot connect to " + t_.host + ":" + port);
         ::close(fd);
         continue;
       }
@@ -243,22 +199,25 @@ class SyslogSink final : public Sink {
     }
     ::freeaddrinfo(res);
     if (fd_ < 0) return SinkError(last);
-    if (c_.transport != "tls") return absl::OkStatus();
+    if (!t_.tls) return absl::OkStatus();
 
     if (ctx_ == nullptr) {
       ctx_ = SSL_CTX_new(TLS_client_method());
       if (ctx_ == nullptr) return SinkError("TLS: " + OpenSslError());
       SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
       SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
-      if (SSL_CTX_load_verify_locations(ctx_, c_.ca_file.c_str(), nullptr) != 1) {
+      const bool loaded = t_.ca_file.empty() ? SSL_CTX_set_default_verify_paths(ctx_) == 1
+                                             : SSL_CTX_load_verify_locations(
+                                                   ctx_, t_.ca_file.c_str(), nullptr) == 1;
+      if (!loaded) {
         std::string e = OpenSslError();
         SSL_CTX_free(ctx_);
         ctx_ = nullptr;
-        return SinkError("TLS: cannot load ca_file " + c_.ca_file + ": " + e);
+        return SinkError("TLS: cannot load ca_file " + t_.ca_file + ": " + e);
       }
-      if (!c_.cert_file.empty() &&
-          (SSL_CTX_use_certificate_chain_file(ctx_, c_.cert_file.c_str()) != 1 ||
-           SSL_CTX_use_PrivateKey_file(ctx_, c_.key_file.c_str(), SSL_FILETYPE_PEM) != 1)) {
+      if (!t_.cert_file.empty() &&
+          (SSL_CTX_use_certificate_chain_file(ctx_, t_.cert_file.c_str()) != 1 ||
+           SSL_CTX_use_PrivateKey_file(ctx_, t_.key_file.c_str(), SSL_FILETYPE_PEM) != 1)) {
         std::string e = OpenSslError();
         SSL_CTX_free(ctx_);
         ctx_ = nullptr;
@@ -267,7 +226,7 @@ class SyslogSink final : public Sink {
     }
     ssl_ = SSL_new(ctx_);
     if (ssl_ == nullptr) return SinkError("TLS: " + OpenSslError());
-    const std::string& name = c_.server_name.empty() ? c_.host : c_.server_name;
+    const std::string& name = t_.server_name.empty() ? t_.host : t_.server_name;
     SSL_set_tlsext_host_name(ssl_, name.c_str());
     // The certificate must name the receiver (DNS name, or IP address).
     struct in6_addr a6;
@@ -281,7 +240,7 @@ class SyslogSink final : public Sink {
     if (SSL_connect(ssl_) != 1) {
       long v = SSL_get_verify_result(ssl_);
       std::string e = v != X509_V_OK ? X509_verify_cert_error_string(v) : OpenSslError();
-      return SinkError("TLS handshake with " + c_.host + " failed: " + e);
+      return SinkError("TLS handshake with " + t_.host + " failed: " + e);
     }
     return absl::OkStatus();
   }
@@ -296,7 +255,7 @@ class SyslogSink final : public Sink {
         n = static_cast<int>(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL));
         if (n < 0) {
           if (errno == EINTR) continue;
-          return SinkError(Errno("write to " + c_.host));
+          return SinkError(Errno("write to " + t_.host));
         }
       }
       data.remove_prefix(static_cast<size_t>(n));
@@ -304,27 +263,254 @@ class SyslogSink final : public Sink {
     return absl::OkStatus();
   }
 
-  SinkConfig c_;
-  std::string hostname_;
+  // Reads what arrives, up to `max` bytes; "" at EOF. kUnavailable on error or timeout.
+  absl::StatusOr<std::string> Read(size_t max) {
+    std::string buf(max, '\0');
+    for (;;) {
+      int n;
+      if (ssl_ != nullptr) {
+        n = SSL_read(ssl_, buf.data(), static_cast<int>(max));
+        if (n <= 0) {
+          int err = SSL_get_error(ssl_, n);
+          if (err == SSL_ERROR_ZERO_RETURN) return std::string();
+          if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0) return std::string();
+          return SinkError("TLS read from " + t_.host + " failed: " + OpenSslError());
+        }
+      } else {
+        n = static_cast<int>(::recv(fd_, buf.data(), max, 0));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return SinkError(Errno("read from " + t_.host));
+        }
+      }
+      buf.resize(static_cast<size_t>(n));
+      return buf;
+    }
+  }
+
+  // Whether the receiver still holds the connection open, without waiting:
+  // EOF, a reset, or a TLS close_notify mean it does not.
+  bool Alive() {
+    if (ssl_ == nullptr) {
+      char b;
+      ssize_t n = ::recv(fd_, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
+    }
+    const int flags = ::fcntl(fd_, F_GETFL);
+    ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+    char b;
+    ERR_clear_error();
+    int n = SSL_peek(ssl_, &b, 1);
+    int err = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, n);
+    ::fcntl(fd_, F_SETFL, flags);
+    return n > 0 || err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE;
+  }
+
+  void Close() {
+    if (ssl_ != nullptr) {
+      SSL_shutdown(ssl_);
+      SSL_free(ssl_);
+      ssl_ = nullptr;
+    }
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  Target t_;
   std::chrono::milliseconds timeout_;
   int fd_ = -1;
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
 };
 
+class SyslogSink final : public Sink {
+ public:
+  SyslogSink(SinkConfig c, std::string hostname, std::chrono::milliseconds timeout)
+      : hostname_(std::move(hostname)),
+        conn_({c.host, c.port, c.transport == "tls", c.ca_file, c.server_name, c.cert_file,
+               c.key_file},
+              timeout) {}
+
+  absl::Status Send(const std::vector<StoredRecord>& batch) override {
+    if (!conn_.open()) {
+      if (auto s = conn_.Connect(); !s.ok()) {
+        conn_.Close();
+        return s;
+      }
+    }
+    std::string frames;
+    for (const StoredRecord& r : batch) {
+      std::string msg = FormatSyslog(r, hostname_);
+      frames += std::to_string(msg.size());
+      frames += ' ';
+      frames += msg;
+    }
+    if (auto s = conn_.Write(frames); !s.ok()) {
+      conn_.Close();
+      return s;
+    }
+    // A peer that closed the connection shows as EOF on the socket (looked
+    // at below TLS: a TLS receiver may send tickets, which are not EOF): the
+    // batch may not have arrived, so report failure (it is sent again).
+    if (!conn_.Alive()) {
+      conn_.Close();
+      return SinkError("the receiver closed the connection");
+    }
+    return absl::OkStatus();
+  }
+
+  void Close() override { conn_.Close(); }
+
+ private:
+  std::string hostname_;
+  Connection conn_;
+};
+
+// Parses http(s)://host[:port]/path; false when malformed.
+bool ParseUrl(const std::string& url, bool* tls, std::string* host, int* port, std::string* path) {
+  std::string_view u = url;
+  if (u.rfind("https://", 0) == 0) {
+    *tls = true;
+    u.remove_prefix(8);
+  } else if (u.rfind("http://", 0) == 0) {
+    *tls = false;
+    u.remove_prefix(7);
+  } else {
+    return false;
+  }
+  const size_t slash = u.find('/');
+  std::string_view authority = u.substr(0, slash);
+  *path = slash == std::string_view::npos ? "/" : std::string(u.substr(slash));
+  if (authority.empty() || authority.find('@') != std::string_view::npos) return false;
+  *port = *tls ? 443 : 80;
+  size_t colon = std::string_view::npos;
+  if (authority[0] == '[') {
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos) return false;
+    *host = std::string(authority.substr(1, close - 1));
+    if (close + 1 < authority.size()) {
+      if (authority[close + 1] != ':') return false;
+      colon = close + 1;
+    }
+  } else {
+    colon = authority.find(':');
+    *host = std::string(authority.substr(0, colon));
+  }
+  if (colon != std::string_view::npos) {
+    std::string_view p = authority.substr(colon + 1);
+    if (p.empty() || p.size() > 5 ||
+        !std::all_of(p.begin(), p.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return false;
+    }
+    *port = std::stoi(std::string(p));
+  }
+  for (char c : *path) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  }
+  return !host->empty() && *port >= 1 && *port <= 65535;
+}
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+// Alerts to an HTTP endpoint: one POST per alert (JSON, FormatWebhook),
+// signed with HMAC-SHA256 when a secret is configured; delivered once the
+// endpoint answers 2xx.
+class WebhookSink final : public Sink {
+ public:
+  WebhookSink(const SinkConfig& c, std::chrono::milliseconds timeout)
+      : url_(c.url), secret_file_(c.secret_file), timeout_(timeout) {
+    ParseUrl(c.url, &tls_, &host_, &port_, &path_);  // checked by CheckSinkConfig
+    target_ = {host_, port_, tls_, c.ca_file, c.server_name, c.cert_file, c.key_file};
+  }
+
+  absl::Status Send(const std::vector<StoredRecord>& batch) override {
+    std::string secret;
+    if (!secret_file_.empty()) {
+      int fd = ::open(secret_file_.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return SinkError(Errno("cannot read secret_file " + secret_file_));
+      char buf[4096];
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      ::close(fd);
+      if (n <= 0) return SinkError("secret_file " + secret_file_ + " is empty");
+      secret.assign(buf, static_cast<size_t>(n));
+      while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) {
+        secret.pop_back();
+      }
+    }
+    for (const StoredRecord& r : batch) {
+      if (auto s = Post(r, secret); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Post(const StoredRecord& r, const std::string& secret) {
+    const std::string body = FormatWebhook(r);
+    std::string req = "POST " + path_ + " HTTP/1.1\r\nHost: " + host_ +
+                      (port_ == (tls_ ? 443 : 80) ? "" : ":" + std::to_string(port_)) +
+                      "\r\nUser-Agent: fhirward\r\nContent-Type: application/json\r\n"
+                      "Content-Length: " +
+                      std::to_string(body.size()) +
+                      "\r\nConnection: close\r\nX-Fhirward-Seq: " + std::to_string(r.seq) + "\r\n";
+    if (!secret.empty()) {
+      // Stripe-style: the timestamp is signed with the body, so a captured
+      // delivery cannot be replayed later with a new time.
+      const std::string t = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                               std::chrono::system_clock::now().time_since_epoch())
+                                               .count());
+      req += "X-Fhirward-Signature: t=" + t +
+             ",v1=" + HexEncode(crypto::HmacSha256(secret, t + "." + body)) + "\r\n";
+    }
+    req += "\r\n";
+    req += body;
+    Connection conn(target_, timeout_);
+    if (auto s = conn.Connect(); !s.ok()) return s;
+    if (auto s = conn.Write(req); !s.ok()) return s;
+    // The status line is enough: 2xx delivered, anything else retried.
+    std::string head;
+    while (head.find("\r\n") == std::string::npos && head.size() < 8192) {
+      auto chunk = conn.Read(4096);
+      if (!chunk.ok()) return chunk.status();
+      if (chunk->empty()) break;
+      head += *chunk;
+    }
+    const size_t eol = head.find("\r\n");
+    if (eol == std::string::npos || head.rfind("HTTP/1.", 0) != 0 || eol < 12) {
+      return SinkError("webhook " + host_ + " sent no HTTP response");
+    }
+    const std::string status = head.substr(9, 3);
+    if (status[0] != '2') {
+      return SinkError("webhook " + host_ + " answered " + status);
+    }
+    return absl::OkStatus();
+  }
+
+  std::string url_, secret_file_;
+  std::chrono::milliseconds timeout_;
+  bool tls_ = true;
+  std::string host_, path_;
+  int port_ = 443;
+  Connection::Target target_;
+};
+
 // ---- cursors -----------------------------------------------------------------
 
-int64_t LoadCursor(const std::string& path) {
+}  // namespace
+
+std::optional<int64_t> LoadCursorFile(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return std::nullopt;
   char buf[32] = {0};
   ssize_t n = ::read(fd, buf, sizeof buf - 1);
   ::close(fd);
-  if (n <= 0) return 0;
+  if (n <= 0 || buf[0] < '0' || buf[0] > '9') return std::nullopt;
   return std::max<int64_t>(0, std::strtoll(buf, nullptr, 10));
 }
 
-absl::Status SaveCursor(const std::string& dir, const std::string& path, int64_t seq) {
+absl::Status SaveCursorFile(const std::string& path, int64_t seq) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return SinkError(Errno("cannot write " + tmp));
@@ -333,6 +519,8 @@ absl::Status SaveCursor(const std::string& dir, const std::string& path, int64_t
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0)
     return SinkError(Errno("cannot save " + path));
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d >= 0) {
     ::fsync(d);
@@ -341,14 +529,52 @@ absl::Status SaveCursor(const std::string& dir, const std::string& path, int64_t
   return absl::OkStatus();
 }
 
-}  // namespace
-
 std::string FormatJsonLine(const StoredRecord& r) {
   std::string out = "{\"seq\":" + std::to_string(r.seq) + ",\"leaf_hash\":\"" +
                     Base64Encode(merkle::LeafHash(r.json)) + "\",\"record\":";
   out += r.json;  // canonical JSON, as hashed: the leaf is exactly these bytes
   out += "}\n";
   return out;
+}
+
+bool IsAlertRecord(const StoredRecord& r) {
+  // Cheap pre-check on the canonical JSON, then the parsed record decides.
+  if (r.json.find("\"action\":\"alert.") == std::string::npos) return false;
+  auto rec = AuditRecord::FromJson(r.json);
+  return rec.ok() && rec->action.rfind("alert.", 0) == 0;
+}
+
+std::string FormatWebhook(const StoredRecord& r) {
+  using json::Value;
+  Value o = Value::MakeObject();
+  o.Set("seq", Value::Int(r.seq));
+  o.Set("leaf_hash", Value::String(Base64Encode(merkle::LeafHash(r.json))));
+  auto rec = AuditRecord::FromJson(r.json);
+  if (rec.ok()) {
+    const std::string& d = rec->decision;
+    auto field = [&](const std::string& k) -> std::string {
+      const std::string key = k + "=";
+      size_t at = d.rfind(" " + key);
+      at = d.rfind(key, 0) == 0 ? 0 : (at == std::string::npos ? at : at + 1);
+      if (at == std::string::npos) return "";
+      const size_t from = at + key.size();
+      return d.substr(from, d.find(' ', from) - from);
+    };
+    o.Set("time", Value::String(rec->time));
+    o.Set("alert", Value::String(rec->action.substr(rec->action.rfind("alert.", 0) == 0 ? 6 : 0)));
+    o.Set("kind", Value::String(field("kind")));
+    o.Set("summary", Value::String(d));
+    o.Set("subject", Value::String(rec->subject));
+    o.Set("client_id", Value::String(rec->client_id));
+    o.Set("client_address", Value::String(rec->client_address));
+    o.Set("node", Value::String(rec->node));
+    o.Set("audit_event", Value::String("AuditEvent/" + std::to_string(r.seq)));
+    o.Set("trigger",
+          Value::String(rec->resource_type == "AuditEvent" ? "AuditEvent/" + rec->resource_id
+                                                           : std::string()));
+    o.Set("test", Value::Bool(field("test") == "1"));
+  }
+  return json::Write(o);
 }
 
 std::string FormatSyslog(const StoredRecord& r, const std::string& hostname) {
@@ -377,6 +603,9 @@ absl::Status CheckSinkConfig(const SinkConfig& c) {
       })) {
     return bad("name must be 1-64 of a-z 0-9 - _");
   }
+  if (c.records != "" && c.records != "all" && c.records != "alerts") {
+    return bad("records is all or alerts");
+  }
   if (c.type == "file") {
     if (c.path.empty() || c.path[0] != '/') return bad("path must be an absolute file path");
     if (c.max_bytes < 4096) return bad("max_bytes must be at least 4096");
@@ -391,7 +620,22 @@ absl::Status CheckSinkConfig(const SinkConfig& c) {
     if (c.cert_file.empty() != c.key_file.empty()) return bad("cert_file and key_file go together");
     return absl::OkStatus();
   }
-  return bad("type is file or syslog");
+  if (c.type == "webhook") {
+    bool tls = false;
+    std::string host, path;
+    int port = 0;
+    if (!ParseUrl(c.url, &tls, &host, &port, &path)) {
+      return bad("url must be https://host[:port]/path");
+    }
+    if (!tls && !IsLoopback(host)) return bad("url must be https (http only to a loopback host)");
+    if (c.records == "all") return bad("a webhook takes alerts only");
+    if (c.cert_file.empty() != c.key_file.empty()) return bad("cert_file and key_file go together");
+    if (!c.secret_file.empty() && c.secret_file[0] != '/') {
+      return bad("secret_file must be an absolute path");
+    }
+    return absl::OkStatus();
+  }
+  return bad("type is file, syslog or webhook");
 }
 
 // ---- the exporter --------------------------------------------------------------
@@ -402,6 +646,7 @@ struct AuditExporter::Impl {
     std::unique_ptr<Sink> sink;
     std::unique_ptr<AuditReader> reader;
     std::string cursor_path;
+    bool alerts_only = false;
     std::atomic<int64_t> delivered{0};
     std::atomic<int64_t> failures{0};
     std::string last_error;  // guarded by Impl::mu
@@ -441,13 +686,24 @@ struct AuditExporter::Impl {
         cv.wait_for(lock, options.poll, [&] { return stopping || generation != seen_generation; });
         continue;
       }
-      if (s.ok()) s = w->sink->Send(*batch);
-      if (s.ok())
-        s = SaveCursor(options.state_dir, w->cursor_path,
-                       std::max(w->delivered.load(), batch->back().seq));
+      int64_t first_seq = 0, last_seq = 0;
       if (s.ok()) {
-        last_batch_first = batch->front().seq;
-        next = batch->back().seq;
+        first_seq = batch->front().seq;
+        last_seq = batch->back().seq;
+        if (w->alerts_only) {
+          std::vector<StoredRecord> alerts;
+          for (StoredRecord& r : *batch) {
+            if (IsAlertRecord(r)) alerts.push_back(std::move(r));
+          }
+          if (!alerts.empty()) s = w->sink->Send(alerts);
+        } else {
+          s = w->sink->Send(*batch);
+        }
+      }
+      if (s.ok()) s = SaveCursorFile(w->cursor_path, std::max(w->delivered.load(), last_seq));
+      if (s.ok()) {
+        last_batch_first = first_seq;
+        next = last_seq;
         w->delivered = std::max(w->delivered.load(), next);
         w->failures = 0;
         attempt = 0;
@@ -522,9 +778,12 @@ absl::StatusOr<std::unique_ptr<AuditExporter>> AuditExporter::Start(
     if (!reader.ok()) return reader.status();
     w->reader = std::move(*reader);
     w->cursor_path = impl->options.state_dir + "/" + c.name + ".cursor";
-    w->delivered = LoadCursor(w->cursor_path);
+    w->delivered = LoadCursorFile(w->cursor_path).value_or(0);
+    w->alerts_only = c.type == "webhook" || c.records == "alerts";
     if (c.type == "file") {
       w->sink = std::make_unique<FileSink>(c);
+    } else if (c.type == "webhook") {
+      w->sink = std::make_unique<WebhookSink>(c, impl->options.io_timeout);
     } else {
       w->sink = std::make_unique<SyslogSink>(c, impl->options.hostname, impl->options.io_timeout);
     }

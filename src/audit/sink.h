@@ -18,6 +18,12 @@
 //           <PRI>1 TIME HOST fhirward - MSGID [fhirward@32473 seq="N" leaf_hash="..."] JSON
 //           MSGID "audit" (facility 13 log audit, severity info; warning
 //           for refusals) or "alert" (severity alert) for alert records.
+//   webhook alerts only: one HTTPS POST per alert (FormatWebhook), delivered
+//           when the endpoint answers 2xx, else retried with backoff. With
+//           a secret_file, X-Fhirward-Signature: t=UNIX,v1=hex(HMAC-SHA256(
+//           secret, "t.body")). The body names who and what tripped the
+//           rule, never patient ids (the AuditEvent link leads to them).
+// Any sink may take `records = "alerts"` (e.g. a pager's syslog).
 //
 // One thread per sink, so a slow or dead sink never delays another, nor any
 // request (the exporter reads committed records; it is not on the request
@@ -29,6 +35,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,7 +47,10 @@ namespace fhirward::audit {
 
 struct SinkConfig {
   std::string name;  // [a-z0-9_-]{1,64}: names the cursor file
-  std::string type;  // "file" or "syslog"
+  std::string type;  // "file", "syslog" or "webhook"
+  // Which records: "all" (default for file and syslog) or "alerts" (alert.*
+  // records only; the only choice for webhook).
+  std::string records;
   // file
   std::string path;
   int64_t max_bytes = 100 << 20;  // rotate when the file reaches this size
@@ -52,6 +62,10 @@ struct SinkConfig {
   std::string ca_file;              // tls: trust anchors for the receiver
   std::string server_name;          // tls: name to verify (default: host)
   std::string cert_file, key_file;  // tls: optional client certificate
+  // webhook (also ca_file: empty = the system's trust store; server_name,
+  // cert_file, key_file as for syslog)
+  std::string url;          // https://host[:port]/path (http:// only to a loopback host)
+  std::string secret_file;  // optional HMAC-SHA256 key: X-Fhirward-Signature
 };
 
 struct SinkEvent {
@@ -82,6 +96,17 @@ struct SinkStatus {
 // Formats one record as the sink sends it (exposed for tests and the receiver docs).
 std::string FormatJsonLine(const StoredRecord& r);
 std::string FormatSyslog(const StoredRecord& r, const std::string& hostname);
+// {"seq","leaf_hash","time","alert","kind","summary","subject","client_id",
+//  "client_address","node","audit_event":"AuditEvent/SEQ","trigger":"AuditEvent/N","test"}
+std::string FormatWebhook(const StoredRecord& r);
+// Whether a stored record is an alert (action alert.*).
+bool IsAlertRecord(const StoredRecord& r);
+
+// A cursor file: one decimal seq. nullopt when the file does not exist or
+// holds no number. Saved atomically (temporary file, fsync, rename, fsync of
+// the directory). Shared with the alert engine.
+std::optional<int64_t> LoadCursorFile(const std::string& path);
+absl::Status SaveCursorFile(const std::string& path, int64_t seq);
 
 // Validates a sink configuration (names, type, fields); kInvalidParameter.
 absl::Status CheckSinkConfig(const SinkConfig& c);

@@ -13,6 +13,7 @@
 #include "audit/audit_log.h"
 #include "audit/merkle.h"
 #include "common/encoding.h"
+#include "crypto/aead.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "json/value.h"
@@ -265,6 +266,163 @@ TEST_F(SinkTest, OneDeadSinkDoesNotHoldUpAnother) {
   EXPECT_EQ((*ex)->Status()[0].delivered, 0);
   (*ex)->Stop(std::chrono::milliseconds(50));
   EXPECT_FALSE(AuditExporter::Start(db_, {file, file}, Options()).ok());  // duplicate names
+}
+
+// An HTTP/1.1 endpoint on 127.0.0.1: answers `fail_first` requests with 500,
+// then 200; keeps every request (head and body).
+class WebhookReceiver {
+ public:
+  explicit WebhookReceiver(int fail_first) : fail_first_(fail_first) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ::listen(fd_, 8);
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~WebhookReceiver() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    if (thread_.joinable()) thread_.join();
+  }
+  int port() const { return port_; }
+  struct Request {
+    std::string head, body;
+    int answered = 0;
+  };
+  std::vector<Request> Requests() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return requests_;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string buf;
+      char tmp[4096];
+      ssize_t n;
+      size_t need = std::string::npos;
+      while ((n = ::recv(c, tmp, sizeof tmp, 0)) > 0) {
+        buf.append(tmp, static_cast<size_t>(n));
+        size_t end = buf.find("\r\n\r\n");
+        if (end == std::string::npos) continue;
+        size_t cl = buf.find("Content-Length: ");
+        need = end + 4 + std::stoul(buf.substr(cl + 16));
+        if (buf.size() >= need) break;
+      }
+      Request r;
+      const size_t end = buf.find("\r\n\r\n");
+      r.head = buf.substr(0, end);
+      r.body = buf.substr(end + 4);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        r.answered = static_cast<int>(requests_.size()) < fail_first_ ? 500 : 200;
+        requests_.push_back(r);
+      }
+      std::string resp = "HTTP/1.1 " + std::to_string(r.answered) +
+                         (r.answered == 200 ? " OK" : " Internal Server Error") +
+                         "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      (void)::send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
+      ::close(c);
+    }
+  }
+  int fail_first_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<Request> requests_;
+};
+
+TEST(SinkFormat, WebhookConfigIsChecked) {
+  SinkConfig w{.name = "pager", .type = "webhook", .url = "https://pager.example/hook"};
+  EXPECT_TRUE(CheckSinkConfig(w).ok());
+  w.url = "http://pager.example/hook";  // plain HTTP off the machine
+  EXPECT_FALSE(CheckSinkConfig(w).ok());
+  w.url = "http://127.0.0.1:9/hook";
+  EXPECT_TRUE(CheckSinkConfig(w).ok());
+  w.records = "all";  // a webhook is for alerts
+  EXPECT_FALSE(CheckSinkConfig(w).ok());
+  w.records = "";
+  for (const char* bad : {"ftp://x/", "https://", "https://user@h/", "https://h:99999/",
+                          "https://h/a b", "https://[::1/"}) {
+    w.url = bad;
+    EXPECT_FALSE(CheckSinkConfig(w).ok()) << bad;
+  }
+  w.url = "https://[::1]:8443/x";
+  EXPECT_TRUE(CheckSinkConfig(w).ok());
+  w.secret_file = "relative";
+  EXPECT_FALSE(CheckSinkConfig(w).ok());
+  SinkConfig f{.name = "f", .type = "file", .records = "some", .path = "/x.log"};
+  EXPECT_FALSE(CheckSinkConfig(f).ok());
+}
+
+TEST_F(SinkTest, WebhookGetsOnlyAlertsSignedWithoutPatientIdsAndRetriesUntil2xx) {
+  const std::string secret_path = dir_ + "/hook.secret";
+  std::ofstream(secret_path) << "s3cret-key\n";
+  Append(1, 6);
+  AuditRecord alert;
+  alert.time = "2026-12-05T12:00:01.000Z";
+  alert.action = "alert.bg";
+  alert.outcome = "success";
+  alert.subject = "dr-who";
+  alert.patient_id = "patient-secret-id";
+  alert.resource_type = "AuditEvent";
+  alert.resource_id = "3";
+  alert.decision = "rule=bg kind=break_glass by=episode key=ep1 value=1";
+  auto seq = log_->Append(alert);
+  ASSERT_TRUE(seq.ok());
+  Append(8, 12);
+  WebhookReceiver hook(/*fail_first=*/2);
+  SinkConfig c{.name = "pager",
+               .type = "webhook",
+               .url = "http://127.0.0.1:" + std::to_string(hook.port()) + "/alerts",
+               .secret_file = secret_path};
+  auto ex = AuditExporter::Start(db_, {c}, Options());
+  ASSERT_TRUE(ex.ok());
+  const int64_t last = *seq + 5;
+  EXPECT_TRUE((*ex)->WaitDelivered(last, std::chrono::seconds(10)));
+  (*ex)->Stop(std::chrono::milliseconds(50));
+  auto reqs = hook.Requests();
+  // One alert among 12 records; answered 500 twice before it was taken.
+  ASSERT_EQ(reqs.size(), 3u);
+  EXPECT_EQ(reqs[0].answered, 500);
+  EXPECT_EQ(reqs[1].answered, 500);
+  EXPECT_EQ(reqs[2].answered, 200);
+  EXPECT_EQ(reqs[0].body, reqs[2].body);
+  std::vector<int64_t> seqs;
+  for (size_t i = 2; i < reqs.size(); ++i) {
+    const auto& r = reqs[i];
+    EXPECT_THAT(r.head, StartsWith("POST /alerts HTTP/1.1\r\n"));
+    EXPECT_THAT(r.head, HasSubstr("Content-Type: application/json"));
+    auto v = json::Parse(r.body);
+    ASSERT_TRUE(v.ok()) << r.body;
+    seqs.push_back(*v->Find("seq")->as_int64());
+    // The signature covers the timestamp and the body.
+    size_t at = r.head.find("X-Fhirward-Signature: t=");
+    ASSERT_NE(at, std::string::npos);
+    std::string sig = r.head.substr(at + 24, r.head.find("\r\n", at) - at - 24);
+    std::string t = sig.substr(0, sig.find(','));
+    EXPECT_EQ(sig.substr(sig.find(",v1=") + 4),
+              HexEncode(crypto::HmacSha256("s3cret-key", t + "." + r.body)));
+    EXPECT_THAT(r.body, ::testing::Not(HasSubstr("patient-secret-id")));
+  }
+  EXPECT_EQ(seqs, std::vector<int64_t>{*seq});
+  auto bg = json::Parse(reqs[2].body);
+  ASSERT_TRUE(bg.ok());
+  EXPECT_EQ(bg->GetString("alert"), "bg");
+  EXPECT_EQ(bg->GetString("kind"), "break_glass");
+  EXPECT_EQ(bg->GetString("subject"), "dr-who");
+  EXPECT_EQ(bg->GetString("trigger"), "AuditEvent/3");
+  EXPECT_EQ(bg->GetString("audit_event"), "AuditEvent/" + std::to_string(*seq));
+  // The cursor passed every record, alerts or not.
+  EXPECT_EQ(LoadCursorFile(dir_ + "/sinks/pager.cursor"), last);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// fhirward command line: serve, token mint, users, clients, launch, keys, audit verify,
-// validate, policy check|test, breakglass list|review, version.
+// fhirward command line: serve, token mint, users, clients, launch, keys, audit verify, alerts
+// test, validate, policy check|test, breakglass list|review, version.
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -66,6 +66,21 @@ int main(int argc, char** argv) {
   verify_cmd->add_option("--head", held_heads,
                          "A tree head kept elsewhere (file: compact JWS or $tree-head JSON); "
                          "the records must still match it (repeatable)");
+
+  CLI::App* alerts_cmd = app.add_subcommand("alerts", "Security alert rules");
+  alerts_cmd->require_subcommand(1);
+  server::AlertsTestArgs alerts_test;
+  CLI::App* alerts_test_cmd = alerts_cmd->add_subcommand(
+      "test",
+      "Fire one synthetic alert per [[audit.alert]] rule and confirm each reached every "
+      "[[audit.sink]] (the server must be running)");
+  alerts_test_cmd->add_option("--data-dir", alerts_test.data_dir, "Data directory")->required();
+  alerts_test_cmd
+      ->add_option("--config", alerts_test.config_file, "The server's TOML configuration")
+      ->required()
+      ->check(CLI::ExistingFile);
+  alerts_test_cmd->add_option("--timeout", alerts_test.timeout_seconds,
+                              "Seconds to wait for delivery (default 30)");
 
   server::ValidateArgs validate;
   CLI::App* validate_cmd = app.add_subcommand(
@@ -373,6 +388,7 @@ int main(int argc, char** argv) {
     std::printf("%s\n", token->c_str());
     return 0;
   }
+  if (alerts_test_cmd->parsed()) return done(server::AlertsTest(alerts_test, std::cout));
   if (verify_cmd->parsed()) {
     auto result = server::VerifyAudit(audit_dir, held_heads);
     if (!result.ok()) return Fail(result.status());

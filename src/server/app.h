@@ -37,6 +37,19 @@ struct MintArgs {
 // An RFC 9068 access token signed by the instance's issuer key.
 absl::StatusOr<std::string> MintToken(const MintArgs& args);
 
+// `fhirward alerts test`: for every [[audit.alert]] rule, checks that the
+// rule fires on a synthetic trigger, appends that alert (marked test=1) to
+// the trail, and waits until every [[audit.sink]] delivered it (cursor; for a
+// file sink the line is also read back and its leaf hash checked). The
+// running server's exporter does the delivering. Prints one line per rule
+// and sink; kUnavailable when any alert was not confirmed in time.
+struct AlertsTestArgs {
+  std::string data_dir;
+  std::string config_file;
+  int timeout_seconds = 30;
+};
+absl::Status AlertsTest(const AlertsTestArgs& args, std::ostream& out);
+
 struct AuditVerifyResult {
   bool ok = false;
   int64_t records = 0;

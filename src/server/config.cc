@@ -156,7 +156,39 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
     }
   }
   if (auto* t = root["audit"].as_table()) {
-    FW_TRY(CheckKeys(*t, "audit", {"tree_head_seconds", "reader_roles", "sink"}));
+    FW_TRY(CheckKeys(*t, "audit", {"tree_head_seconds", "reader_roles", "sink", "alert"}));
+    if (const toml::node* alerts = t->get("alert")) {
+      const toml::array* arr = alerts->as_array();
+      if (arr == nullptr) return Bad("audit.alert", "expected [[audit.alert]] tables");
+      for (const toml::node& n : *arr) {
+        const toml::table* at = n.as_table();
+        if (at == nullptr) return Bad("audit.alert", "expected [[audit.alert]] tables");
+        audit::AlertRule r;
+        const std::string sec = "audit.alert";
+        FW_TRY(CheckKeys(
+            *at, sec,
+            {"name", "kind", "by", "threshold", "patients", "resources", "window_seconds",
+             "bucket_seconds", "alpha", "z", "warmup_buckets", "min_requests", "min_patients"}));
+        FW_TRY(Get(*at, sec, "name", &r.name));
+        FW_TRY(Get(*at, sec, "kind", &r.kind));
+        FW_TRY(Get(*at, sec, "by", &r.by));
+        FW_TRY(Get(*at, sec, "threshold", &r.threshold));
+        FW_TRY(Get(*at, sec, "patients", &r.patients));
+        FW_TRY(Get(*at, sec, "resources", &r.resources));
+        FW_TRY(Get(*at, sec, "window_seconds", &r.window_seconds));
+        FW_TRY(Get(*at, sec, "bucket_seconds", &r.bucket_seconds));
+        FW_TRY(Get(*at, sec, "alpha", &r.alpha));
+        FW_TRY(Get(*at, sec, "z", &r.z));
+        FW_TRY(Get(*at, sec, "warmup_buckets", &r.warmup_buckets));
+        FW_TRY(Get(*at, sec, "min_requests", &r.min_requests));
+        FW_TRY(Get(*at, sec, "min_patients", &r.min_patients));
+        if (auto s = audit::CheckAlertRule(r); !s.ok()) return Bad(sec, std::string(s.message()));
+        for (const audit::AlertRule& other : c.audit_alerts) {
+          if (other.name == r.name) return Bad(sec, "rule \"" + r.name + "\" is defined twice");
+        }
+        c.audit_alerts.push_back(std::move(r));
+      }
+    }
     if (const toml::node* sinks = t->get("sink")) {
       const toml::array* arr = sinks->as_array();
       if (arr == nullptr) return Bad("audit.sink", "expected [[audit.sink]] tables");
@@ -164,9 +196,13 @@ absl::StatusOr<Config> LoadConfig(const std::string& path, Config c) {
         const toml::table* st = n.as_table();
         if (st == nullptr) return Bad("audit.sink", "expected [[audit.sink]] tables");
         audit::SinkConfig sc;
-        FW_TRY(CheckKeys(*st, "audit.sink",
-                         {"name", "type", "path", "max_bytes", "keep", "host", "port", "transport",
-                          "ca_file", "server_name", "cert_file", "key_file"}));
+        FW_TRY(CheckKeys(
+            *st, "audit.sink",
+            {"name", "type", "path", "max_bytes", "keep", "host", "port", "transport", "ca_file",
+             "server_name", "cert_file", "key_file", "records", "url", "secret_file"}));
+        FW_TRY(Get(*st, "audit.sink", "records", &sc.records));
+        FW_TRY(Get(*st, "audit.sink", "url", &sc.url));
+        FW_TRY(Get(*st, "audit.sink", "secret_file", &sc.secret_file));
         FW_TRY(Get(*st, "audit.sink", "name", &sc.name));
         FW_TRY(Get(*st, "audit.sink", "type", &sc.type));
         FW_TRY(Get(*st, "audit.sink", "path", &sc.path));

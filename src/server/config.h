@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "audit/alerts.h"
 #include "audit/sink.h"
 #include "json/value.h"
 #include "net/server.h"
@@ -70,6 +71,8 @@ struct Config {
   std::vector<std::string> audit_reader_roles = {"auditor"};
   // [[audit.sink]]: SIEM export (audit/sink.h)
   std::vector<audit::SinkConfig> audit_sinks;
+  // [[audit.alert]]: alert rules (audit/alerts.h)
+  std::vector<audit::AlertRule> audit_alerts;
   // [retention]: resource type → days after its last update, then purged
   std::vector<std::pair<std::string, int>> retention_days;
 

@@ -3743,6 +3743,8 @@ struct FhirService::Impl {
     ctx.audit.break_glass_reason = ctx.break_glass_reason;
     ctx.audit.shadow = ctx.shadow;
     if (ctx.break_glass_opened) {
+      // Marks the record that opened the episode (break_glass alert rules fire on it).
+      ctx.audit.decision += " break_glass=opened";
       // The alert: operators watch for this event (the justification stays in
       // the audit trail, never in logs).
       LogEvent(LogLevel::kWarn, "break_glass_opened",

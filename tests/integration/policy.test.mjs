@@ -92,14 +92,14 @@ function withoutPermissions(text, role, perms) {
   return text.slice(0, i) + block + text.slice(next);
 }
 
-function serverConfig(root, { file, candidate, reloadSeconds = 5 }) {
+function serverConfig(root, { file, candidate, reloadSeconds = 5, extra = '' }) {
   let c = `[policy]\nfile = "${file}"\ncache_seconds = 0\nreload_seconds = ${reloadSeconds}\n`;
   if (candidate) c += `candidate = "${candidate}"\n`;
   c += '[oauth]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n';
-  return c;
+  return c + extra;
 }
 
-async function startWithPolicy(name, { policy = testPolicy(), candidate, reloadSeconds } = {}) {
+async function startWithPolicy(name, { policy = testPolicy(), candidate, reloadSeconds, extra } = {}) {
   const root = tempRoot(`fhirward-policy-${name}-`);
   const file = `${root}/policy.toml`;
   fs.writeFileSync(file, policy);
@@ -108,7 +108,7 @@ async function startWithPolicy(name, { policy = testPolicy(), candidate, reloadS
     cand = `${root}/candidate.toml`;
     fs.writeFileSync(cand, candidate);
   }
-  const srv = await startServer({ root, name, config: serverConfig(root, { file, candidate: cand, reloadSeconds }) });
+  const srv = await startServer({ root, name, config: serverConfig(root, { file, candidate: cand, reloadSeconds, extra: typeof extra === 'function' ? extra(root) : extra }) });
   srv.policyFile = file;
   return srv;
 }
@@ -996,7 +996,12 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
   const bgHeader = (reason = REASON) => ({ headers: { 'X-Break-Glass-Reason': reason } });
 
   before(async () => {
-    srv = await startWithPolicy('breakglass');
+    // An alert rule on break-glass, shipped to an alerts-only file sink.
+    srv = await startWithPolicy('breakglass', {
+      extra: (root) => `[[audit.alert]]\nname = "btg"\nkind = "break_glass"\n`
+        + `[[audit.sink]]\nname = "alerts"\ntype = "file"\nrecords = "alerts"\npath = "${root}/alerts.jsonl"\n`,
+    });
+    srv.alertsFile = `${srv.root}/alerts.jsonl`;
     await seed(srv);
     addUser(srv, { username: 'aud1', fhirUser: 'Practitioner/aud', roles: 'auditor', password: AUD_PW });
     addUser(srv, { username: 'fd1', fhirUser: 'Practitioner/fd1', roles: 'front-desk', password: FD_PW });
@@ -1063,6 +1068,29 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     assert.equal(ev.subject, 'dr3');
     assert.equal(ev.client_id, 'ehr');
     assert.equal(ev.level, 'warn');
+    // The break_glass rule: an alert.btg record in the trail, about this
+    // episode, shipped to the alerts-only sink, without the justification.
+    const alertLine = await waitFor('alert.btg at the sink', () => fs.existsSync(srv.alertsFile)
+      && fs.readFileSync(srv.alertsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
+        .find((l) => l.record.action === 'alert.btg'));
+    const alert = alertLine.record;
+    assert.equal(alert.break_glass, episode);
+    assert.equal(alert.subject, 'dr3');
+    assert.equal(alert.client_id, 'ehr');
+    assert.equal(alert.resource_type, 'AuditEvent');
+    // It points at the record of the opening request.
+    const trigger = JSON.parse(sqlite(`${srv.dataDir}/audit/audit.db`,
+      `SELECT record FROM audit_records WHERE seq = ${Number(alert.resource_id)};`));
+    assert.equal(trigger.request_id, r.headers['x-request-id']);
+    assert.match(trigger.decision, / break_glass=opened$/);
+    assert.match(alert.decision, new RegExp(`^rule=btg kind=break_glass by=episode key=${episode} value=1 `));
+    assert.ok(!fs.readFileSync(srv.alertsFile, 'utf8').includes(REASON), 'justification not in the alert sink');
+    // Only alerts go to that sink.
+    assert.ok(fs.readFileSync(srv.alertsFile, 'utf8').split('\n').filter(Boolean)
+      .every((l) => JSON.parse(l).record.action.startsWith('alert.')));
+    const warn = await waitFor('security_alert', () => logEvents(srv, 'security_alert')[0]);
+    assert.equal(warn.rule, 'btg');
+    assert.equal(warn.audit_seq, alertLine.seq);
   });
 
   it('within the episode: no header needed, confinement lifted, every access marked', async () => {
