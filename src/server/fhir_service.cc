@@ -487,6 +487,39 @@ struct FhirService::Impl {
     for (std::string_view type : fhir::ResourceTypes()) {
       json::Value r = json::Value::MakeObject();
       r.Set("type", Str(std::string(type)));
+      if (type == "AuditEvent") {
+        // The audit trail: read and search only (audit_api.h), never written through the API.
+        json::Value interactions = json::Value::MakeArray();
+        for (const char* code : {"read", "search-type"}) {
+          json::Value i = json::Value::MakeObject();
+          i.Set("code", Str(code));
+          interactions.Push(std::move(i));
+        }
+        r.Set("interaction", std::move(interactions));
+        r.Set("documentation",
+              Str("Served from the append-only audit trail (IHE BALP shaped); read-only. "
+                  "Auditors also have $tree-head, $inclusion-proof and $consistency-proof."));
+        r.Set("versioning", Str("no-version"));
+        r.Set("readHistory", json::Value::Bool(false));
+        r.Set("updateCreate", json::Value::Bool(false));
+        r.Set("conditionalCreate", json::Value::Bool(false));
+        r.Set("conditionalUpdate", json::Value::Bool(false));
+        r.Set("conditionalDelete", Str("not-supported"));
+        json::Value params = json::Value::MakeArray();
+        for (const fhir::SearchParamDef* def : fhir::Model::R4().SearchParamsOf(type)) {
+          static const std::set<std::string_view> kServed = {
+              "patient", "agent", "entity", "entity-type", "subtype", "action", "outcome", "date"};
+          if (kServed.count(def->code) == 0) continue;
+          json::Value sp = json::Value::MakeObject();
+          sp.Set("name", Str(def->code));
+          sp.Set("definition", Str(def->url));
+          sp.Set("type", Str(def->type));
+          params.Push(std::move(sp));
+        }
+        r.Set("searchParam", std::move(params));
+        resources.Push(std::move(r));
+        continue;
+      }
       json::Value interactions = json::Value::MakeArray();
       for (const char* code : {"read", "vread", "update", "patch", "delete", "history-instance",
                                "history-type", "create", "search-type"}) {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import {
-  startServer, stopAndClean, diagnose, client, runCli, sqlite, assertStatus, assertOutcome,
+  startServer, stopAndClean, diagnose, client, runCli, sqlite, assertStatus, assertOutcome, request,
   linkPath, randomId,
 } from './lib.mjs';
 
@@ -139,6 +139,15 @@ describe('audit trail through the API', { timeout: 180000 }, () => {
     assert.match(tx.json.entry[0].response.status, /^405/);
     const before = Number(sqlite(`${srv.dataDir}/db/fhir.db`, "SELECT count(*) FROM resource_versions WHERE type = 'AuditEvent';").trim() || 0);
     assert.equal(before, 0, 'no AuditEvent in the resource store');
+    // The CapabilityStatement says so: read and search only, with the parameters served.
+    const cs = (await request(srv, 'GET', '/metadata')).json;
+    const ae = cs.rest[0].resource.find((r) => r.type === 'AuditEvent');
+    assert.deepEqual(ae.interaction.map((i) => i.code), ['read', 'search-type']);
+    assert.equal(ae.conditionalDelete, 'not-supported');
+    assert.deepEqual(ae.searchParam.map((p) => p.name).sort(),
+      ['action', 'agent', 'date', 'entity', 'entity-type', 'outcome', 'patient', 'subtype']);
+    const pat = cs.rest[0].resource.find((r) => r.type === 'Patient');
+    assert.ok(pat.interaction.some((i) => i.code === 'create'), 'other types keep their interactions');
   });
 
   it('auditors search by patient and get BALP AuditEvents with who, what, where and why', async () => {
