@@ -5,6 +5,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <ctime>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -60,8 +61,19 @@ std::string KeyText(std::string_view key) {
   return out;
 }
 
+// FormatInstant of a millisecond time, without the nanosecond time_point
+// (which overflows after 2262).
 std::string FormatMs(int64_t ms) {
-  return FormatInstant(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+  const int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+  const int64_t frac = ms - secs * 1000;
+  time_t t = static_cast<time_t>(secs);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(frac));
+  return buf;
 }
 
 struct Event {

@@ -97,6 +97,50 @@ TEST_F(ConfigTest, UnknownKeysAndBadValuesNameTheKey) {
   EXPECT_THAT(syntax.status().message(), HasSubstr("line 1"));
 }
 
+TEST_F(ConfigTest, AuditAlertRulesAndWebhookSinks) {
+  auto c = Load(R"([[audit.alert]]
+name = "mass"
+kind = "mass_access"
+patients = 50
+window_seconds = 600
+[[audit.alert]]
+name = "odd"
+kind = "anomaly"
+alpha = 0.25
+z = 3
+[[audit.sink]]
+name = "pager"
+type = "webhook"
+url = "https://pager.example/hook"
+secret_file = "/etc/fhirward/hook.secret"
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->audit_alerts.size(), 2u);
+  EXPECT_EQ(c->audit_alerts[0].by, "principal");
+  EXPECT_EQ(c->audit_alerts[0].patients, 50);
+  EXPECT_EQ(c->audit_alerts[0].window_seconds, 600);
+  EXPECT_DOUBLE_EQ(c->audit_alerts[1].alpha, 0.25);
+  EXPECT_DOUBLE_EQ(c->audit_alerts[1].z, 3.0);
+  ASSERT_EQ(c->audit_sinks.size(), 1u);
+  EXPECT_EQ(c->audit_sinks[0].url, "https://pager.example/hook");
+  EXPECT_EQ(c->audit_sinks[0].secret_file, "/etc/fhirward/hook.secret");
+  EXPECT_THAT(Load("[[audit.alert]]\nname = \"x\"\nkind = \"break_glass\"\n"
+                   "[[audit.alert]]\nname = \"x\"\nkind = \"break_glass\"\n")
+                  .status()
+                  .message(),
+              HasSubstr("defined twice"));
+  EXPECT_THAT(Load("[[audit.alert]]\nname = \"x\"\nkind = \"denial_spike\"\nthreshold = 5\n"
+                   "by = \"planet\"\n")
+                  .status()
+                  .message(),
+              HasSubstr("by must be one of all, principal, client, address"));
+  EXPECT_THAT(Load("[[audit.alert]]\nname = \"x\"\nkind = \"anomaly\"\nalpha = \"high\"\n")
+                  .status()
+                  .message(),
+              HasSubstr("audit.alert.alpha"));
+  EXPECT_THAT(Load("[audit]\nalert = 3\n").status().message(), HasSubstr("[[audit.alert]]"));
+}
+
 TEST(ParseListenTest, Forms) {
   std::string host;
   uint16_t port = 1;
