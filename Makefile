@@ -4,7 +4,7 @@ DATA_DIR ?= data
 LISTEN ?= 127.0.0.1:8443
 JOBS ?= 2
 
-.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token bench-policy bench-crypto conformance format clean
+.PHONY: all bootstrap configure build run test unit integration e2e fuzz bench bench-search bench-validate bench-token bench-policy bench-crypto bench-audit conformance format clean
 
 all: build
 
@@ -65,6 +65,14 @@ bench-token: build
 # with a local and a SoftHSM2 KEK; bench/results/crypto-DATE.txt.
 bench-crypto: build
 	@bench/crypto-run $(BUILD_DIR)/bench/crypto_bench
+
+# Audit appends (Merkle tree, terms, signed heads, two file sinks) beside a plain SQLite insert,
+# the Merkle kernel beside SHA-256, proofs from a 10-million-record trail (built once into
+# BENCH_AUDIT_DB, default /tmp/fhirward-audit-10m.db) and the secure read vs nginx with two
+# file sinks; bench/results/audit-DATE.txt.
+bench-audit: build
+	@FHIRWARD_BENCH=1 scripts/bootstrap
+	@bench/audit-run $(BUILD_DIR)/bench/audit_bench $(BUILD_DIR)/fhirward
 
 bench-policy: build
 	@mkdir -p bench/results

@@ -78,7 +78,10 @@ struct AuditRecord {
   std::string query;  // a search's query string as received (at most 2048 bytes)
   std::string node;   // the fhirward node that served the request
   int64_t bytes = 0;  // response body size
-  static constexpr size_t kMaxPatients = 200;
+  // A response carries at most [search] max_count + max_included (or
+  // [fhir] history_max_count) resources; the configuration is refused when
+  // that could exceed this, so the list is complete for every response.
+  static constexpr size_t kMaxPatients = 2000;
   // Canonical JSON (fixed member order, all members present).
   std::string ToJson() const;
   // The fields of a stored record (members it lacks stay empty).

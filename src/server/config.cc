@@ -407,6 +407,20 @@ absl::Status Validate(const Config& c) {
   if (c.search.default_count < 1 || c.search.max_count < c.search.default_count) {
     return Bad("search.default_count", "must be >= 1 and <= search.max_count");
   }
+  // Every patient a response carries is named in its audit record (the
+  // patients' accounting of disclosures, mass-access alerts): a page may not
+  // carry more resources than a record can name.
+  if (static_cast<int64_t>(c.search.max_count) + c.search.max_included >
+      static_cast<int64_t>(audit::AuditRecord::kMaxPatients)) {
+    return Bad("search.max_count",
+               "search.max_count + search.max_included must be at most " +
+                   std::to_string(audit::AuditRecord::kMaxPatients) +
+                   " (every patient a page carries is named in its audit record)");
+  }
+  if (c.history_max_count > static_cast<int>(audit::AuditRecord::kMaxPatients)) {
+    return Bad("fhir.history_max_count",
+               "must be at most " + std::to_string(audit::AuditRecord::kMaxPatients));
+  }
   if (c.search.max_params < 1 || c.search.max_values < 1 || c.search.max_chain_depth < 0 ||
       c.search.max_chain_depth > 4 || c.search.max_includes < 0 || c.search.max_included < 0) {
     return Bad("search", "limits must be >= 1 (max_chain_depth 0-4, includes >= 0)");

@@ -139,6 +139,12 @@ secret_file = "/etc/fhirward/hook.secret"
                   .message(),
               HasSubstr("audit.alert.alpha"));
   EXPECT_THAT(Load("[audit]\nalert = 3\n").status().message(), HasSubstr("[[audit.alert]]"));
+  // A page may not carry more patients than its audit record can name.
+  EXPECT_THAT(Load("[search]\nmax_count = 1500\nmax_window = 10000\n").status().message(),
+              HasSubstr("search.max_count + search.max_included must be at most 2000"));
+  EXPECT_TRUE(Load("[search]\nmax_count = 1000\nmax_included = 1000\n").ok());
+  EXPECT_THAT(Load("[fhir]\nhistory_max_count = 5000\n").status().message(),
+              HasSubstr("fhir.history_max_count"));
 }
 
 TEST(ParseListenTest, Forms) {
