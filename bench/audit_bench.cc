@@ -34,6 +34,7 @@
 //       with PATH.es256.pem), outside the timing.
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -59,12 +60,11 @@
 #include <thread>
 #include <vector>
 
-#include <sqlite3.h>
-
 #include "audit/audit_log.h"
 #include "audit/audit_reader.h"
 #include "audit/merkle.h"
 #include "audit/sink.h"
+#include "common/clock.h"
 #include "common/secret_bytes.h"
 #include "crypto/aead.h"
 #include "jose/jws.h"
@@ -111,21 +111,13 @@ struct RecordGen {
     return Hex(8) + "-" + Hex(4) + "-4" + Hex(3) + "-a" + Hex(3) + "-" + Hex(12);
   }
   static std::string Time(int64_t ms) {  // FHIR instant, UTC, from 2026-01-01
-    int64_t s = 1767225600 + ms / 1000;
-    time_t t = static_cast<time_t>(s);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<int>(ms % 1000));
-    return buf;
+    return fw::FormatInstantMs(int64_t{1767225600000} + ms);
   }
 
   audit::AuditRecord Next() {
-    static const char* kTypes[] = {"Observation", "Observation", "Observation", "Patient",
-                                   "Encounter",   "Condition",   "MedicationRequest",
-                                   "DiagnosticReport", "Procedure", "AllergyIntolerance"};
+    static const char* kTypes[] = {
+        "Observation", "Observation",       "Observation",      "Patient",   "Encounter",
+        "Condition",   "MedicationRequest", "DiagnosticReport", "Procedure", "AllergyIntolerance"};
     static const char* kRoles[] = {"clinician", "clinician nurse", "clinician physician",
                                    "pharmacist", "admin"};
     audit::AuditRecord r;
@@ -242,8 +234,8 @@ BENCHMARK(Sha256)->Name("sha256")->Arg(256)->Arg(600)->Arg(1024);
 class PlainLog {
  public:
   explicit PlainLog(const std::string& path) {
-    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                                SQLITE_OPEN_NOMUTEX,
+    if (sqlite3_open_v2(path.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         nullptr) != SQLITE_OK) {
       Die("sqlite open " + path);
     }
@@ -332,8 +324,8 @@ class PlainLog {
 // ---- append --------------------------------------------------------------------------
 
 // THREADS threads append for `seconds`; returns records appended in the window.
-int64_t Drive(int threads, double seconds, const std::function<void(const audit::AuditRecord&)>& append,
-              double* elapsed) {
+int64_t Drive(int threads, double seconds,
+              const std::function<void(const audit::AuditRecord&)>& append, double* elapsed) {
   // Records are made before the clock starts (ToJson is still inside append()).
   std::vector<std::vector<audit::AuditRecord>> pool(threads);
   for (int t = 0; t < threads; ++t) {
@@ -405,7 +397,8 @@ int AppendMain(const Args& args) {
       std::string extra;
       if (c == "sqlite_reference") {
         PlainLog log(db);
-        n = Drive(threads, seconds, [&](const audit::AuditRecord& r) { log.Append(r); }, &elapsed);
+        n = Drive(
+            threads, seconds, [&](const audit::AuditRecord& r) { log.Append(r); }, &elapsed);
         commits = log.commits();
         largest = log.largest_batch();
         n = log.records();  // all committed (every Append returned)
@@ -438,8 +431,8 @@ int AppendMain(const Args& args) {
           exp_ptr = exporter.get();
         }
         n = Drive(
-            threads, seconds,
-            [&](const audit::AuditRecord& r) { Must(log->Append(r), "Append"); }, &elapsed);
+            threads, seconds, [&](const audit::AuditRecord& r) { Must(log->Append(r), "Append"); },
+            &elapsed);
         audit::AuditStats st = log->stats();
         n = st.records;
         commits = st.commits;
@@ -461,7 +454,8 @@ int AppendMain(const Args& args) {
       }
       const double written = static_cast<double>(WrittenBytes() - written_before);
       std::printf(
-          "{\"case\": \"%s\", \"round\": %d, \"threads\": %d, \"seconds\": %.2f, \"records\": %lld, "
+          "{\"case\": \"%s\", \"round\": %d, \"threads\": %d, \"seconds\": %.2f, \"records\": "
+          "%lld, "
           "\"records_per_s\": %.1f, \"commits\": %lld, \"mean_batch\": %.1f, \"largest_batch\": "
           "%lld, \"written_bytes_per_record\": %.0f%s}\n",
           name, round, threads, elapsed, static_cast<long long>(n), n / elapsed,
@@ -488,7 +482,8 @@ std::string ReadOrMakeMacKey(const std::string& path) {
   fw::SecretBytes s = fw::RandomSecret(32);
   std::string k(s.UnsafeView());
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
-  if (fd < 0 || ::write(fd, k.data(), k.size()) != 32 || ::close(fd) != 0) Die("cannot write " + path);
+  if (fd < 0 || ::write(fd, k.data(), k.size()) != 32 || ::close(fd) != 0)
+    Die("cannot write " + path);
   return k;
 }
 
@@ -597,15 +592,15 @@ int BuildMain(const Args& args) {
   log->Close();
   if (failed) Die("build failed");
   const int64_t total = have + added;
-  std::fprintf(stderr, "audit_bench: %lld records added in %.0f s (%.0f records/s); %lld stored%s\n",
+  std::fprintf(stderr,
+               "audit_bench: %lld records added in %.0f s (%.0f records/s); %lld stored%s\n",
                static_cast<long long>(added), el, added / el, static_cast<long long>(total),
                out_of_time ? " (stopped at --max-seconds)" : "");
   std::printf(
       "{\"db\": \"%s\", \"records\": %lld, \"added\": %lld, \"seconds\": %.1f, \"records_per_s\": "
       "%.1f, \"reused\": false, \"complete\": %s, \"head_size\": %lld}\n",
       db.c_str(), static_cast<long long>(total), static_cast<long long>(added), el, added / el,
-      total >= want ? "true" : "false",
-      static_cast<long long>(head.ok() ? head->tree_size : 0));
+      total >= want ? "true" : "false", static_cast<long long>(head.ok() ? head->tree_size : 0));
   return 0;
 }
 
@@ -665,7 +660,8 @@ int ProofsMain(const Args& args) {
   std::vector<std::pair<int64_t, std::string>> roots;
   for (int i = 0; i < samples; ++i) {
     const int64_t seq = pick(1, n);
-    Time(t_incl, [&] { incl.emplace_back(seq, Must(reader->InclusionProof(seq, n), "InclusionProof")); });
+    Time(t_incl,
+         [&] { incl.emplace_back(seq, Must(reader->InclusionProof(seq, n), "InclusionProof")); });
     int64_t a = pick(1, n), b = pick(1, n);
     if (a > b) std::swap(a, b);
     Time(t_cons, [&] {
@@ -674,7 +670,8 @@ int ProofsMain(const Args& args) {
     const int64_t size = pick(1, n);
     Time(t_root, [&] { roots.emplace_back(size, Must(reader->RootAt(size), "RootAt")); });
     Time(t_size, [&] { benchmark::DoNotOptimize(Must(reader->TreeSize(), "TreeSize")); });
-    Time(t_head, [&] { benchmark::DoNotOptimize(Must(reader->LatestTreeHead(), "LatestTreeHead")); });
+    Time(t_head,
+         [&] { benchmark::DoNotOptimize(Must(reader->LatestTreeHead(), "LatestTreeHead")); });
   }
 
   // Check every answer (outside the timing): the numbers are of correct proofs.
@@ -711,8 +708,8 @@ int ProofsMain(const Args& args) {
   std::printf(
       "{\"db\": \"%s\", \"tree_size\": %lld, \"db_bytes\": %lld, \"open_s\": %.2f, "
       "\"samples\": %d, \"verified\": %lld, \"bad\": %lld, \"inclusion_proof_hashes\": %zu}\n",
-      db.c_str(), static_cast<long long>(n), static_cast<long long>(st_db.st_size), open_s,
-      samples, static_cast<long long>(incl.size() + cons.size() + roots.size() + 1),
+      db.c_str(), static_cast<long long>(n), static_cast<long long>(st_db.st_size), open_s, samples,
+      static_cast<long long>(incl.size() + cons.size() + roots.size() + 1),
       static_cast<long long>(bad), proof_len);
   std::printf("%s\n%s\n%s\n%s\n%s\n", t_incl.Json("inclusion_proof").c_str(),
               t_cons.Json("consistency_proof").c_str(), t_root.Json("root_at").c_str(),
@@ -736,10 +733,11 @@ int main(int argc, char** argv) {
   if (cmd == "append") return AppendMain(Args(argc, argv, 2));
   if (cmd == "build") return BuildMain(Args(argc, argv, 2));
   if (cmd == "proofs") return ProofsMain(Args(argc, argv, 2));
-  std::fprintf(stderr,
-               "usage: audit_bench kernel [benchmark flags]\n"
-               "       audit_bench append --dir DIR [--threads 64] [--seconds 5] [--rounds 2]\n"
-               "       audit_bench build --db PATH --records N [--max-seconds S] [--inflight 4096]\n"
-               "       audit_bench proofs --db PATH [--samples 2000]\n");
+  std::fprintf(
+      stderr,
+      "usage: audit_bench kernel [benchmark flags]\n"
+      "       audit_bench append --dir DIR [--threads 64] [--seconds 5] [--rounds 2]\n"
+      "       audit_bench build --db PATH --records N [--max-seconds S] [--inflight 4096]\n"
+      "       audit_bench proofs --db PATH [--samples 2000]\n");
   return 2;
 }

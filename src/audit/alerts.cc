@@ -61,21 +61,6 @@ std::string KeyText(std::string_view key) {
   return out;
 }
 
-// FormatInstant of a millisecond time, without the nanosecond time_point
-// (which overflows after 2262).
-std::string FormatMs(int64_t ms) {
-  const int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-  const int64_t frac = ms - secs * 1000;
-  time_t t = static_cast<time_t>(secs);
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(frac));
-  return buf;
-}
-
 struct Event {
   int64_t t;
   int64_t v;
@@ -285,7 +270,7 @@ struct Raise {
                    int64_t first_seq, int64_t last_seq, int64_t trigger_seq,
                    const std::string& extra) {
     AuditRecord a;
-    a.time = FormatMs(t_ms);
+    a.time = FormatInstantMs(t_ms);
     a.request_id = RandomUuid();
     a.action = "alert." + rule.name;
     a.outcome = "success";
@@ -388,9 +373,14 @@ std::vector<AuditRecord> AlertRules::Observe(int64_t seq, const AuditRecord& r) 
       if (s.counts.size() >= kMaxKeysPerRule) return nullptr;
       return &s.counts[key];
     };
-    if (rule.kind == "failed_login") {
-      if (!IsFailedLogin(r)) continue;
-      const std::string key = rule.by == "user" ? r.subject : r.client_address;
+    if (rule.kind == "failed_login" || rule.kind == "denial_spike") {
+      // Matching records per key within the window; more than threshold fires.
+      if (rule.kind == "failed_login" ? !IsFailedLogin(r) : !IsRefused(r)) continue;
+      const std::string key = rule.by == "all"         ? "*"
+                              : rule.by == "principal" ? Principal(r)
+                              : rule.by == "user"      ? r.subject
+                              : rule.by == "client"    ? r.client_id
+                                                       : r.client_address;
       if (key.empty()) continue;
       Counter* c = counter(key);
       if (c == nullptr) continue;
@@ -398,34 +388,10 @@ std::vector<AuditRecord> AlertRules::Observe(int64_t seq, const AuditRecord& r) 
       c->Add(t, 1, seq);
       if (c->sum > rule.threshold && Unmuted(s.quiet_until, key, t, s.window_ms)) {
         AuditRecord& a = raise.Add(t, key, c->sum, rule.threshold, c->ev.front().seq, seq, seq, "");
-        if (rule.by == "user") {
-          a.subject = key;
-        } else {
-          a.client_address = key;
-        }
-        a.client_id = r.client_id;
-      }
-    } else if (rule.kind == "denial_spike") {
-      if (!IsRefused(r)) continue;
-      std::string key = rule.by == "all"         ? "*"
-                        : rule.by == "principal" ? Principal(r)
-                        : rule.by == "client"    ? r.client_id
-                                                 : r.client_address;
-      if (key.empty()) continue;
-      Counter* c = counter(key);
-      if (c == nullptr) continue;
-      c->Expire(horizon);
-      c->Add(t, 1, seq);
-      if (c->sum > rule.threshold && Unmuted(s.quiet_until, key, t, s.window_ms)) {
-        AuditRecord& a = raise.Add(t, key, c->sum, rule.threshold, c->ev.front().seq, seq, seq, "");
-        if (rule.by == "principal") {
-          a.subject = r.subject;
-          a.client_id = r.client_id;
-        } else if (rule.by == "client") {
-          a.client_id = key;
-        } else if (rule.by == "address") {
-          a.client_address = key;
-        }
+        if (rule.by == "user") a.subject = key;
+        if (rule.by == "principal") a.subject = r.subject;
+        if (rule.by == "address") a.client_address = key;
+        if (rule.by != "all") a.client_id = r.client_id;
       }
     } else if (rule.kind == "break_glass") {
       // The request that opened an episode carries "break_glass=opened" in its decision.
@@ -555,7 +521,7 @@ std::vector<AuditRecord> SyntheticTrigger(const AlertRule& rule, int64_t now_ms,
   *advance_to = 0;
   auto base = [&](int64_t t_ms) {
     AuditRecord r;
-    r.time = FormatMs(t_ms);
+    r.time = FormatInstantMs(t_ms);
     r.request_id = "alerts-test";
     r.subject = "fhirward-alerts-test";
     r.client_id = "fhirward-alerts-test";

@@ -39,6 +39,9 @@ std::string TimeOrderedUuid();
 
 // FHIR instant with millisecond precision in UTC: 2026-11-29T03:36:46.123Z.
 std::string FormatInstant(std::chrono::system_clock::time_point t);
+// The same from milliseconds since the epoch, clamped to years 0000..9999
+// (no nanosecond time_point: exact beyond 2262).
+std::string FormatInstantMs(int64_t ms);
 // RFC 7231 IMF-fixdate: Sun, 29 Nov 2026 03:36:46 GMT.
 std::string FormatHttpDate(std::chrono::system_clock::time_point t);
 

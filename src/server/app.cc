@@ -799,6 +799,16 @@ absl::StatusOr<AuditVerifyResult> VerifyAudit(const std::string& data_dir,
 
 namespace fhirward::server {
 
+namespace {
+const std::string& KindOf(const std::vector<audit::AlertRule>& rules, const std::string& name) {
+  for (const audit::AlertRule& r : rules) {
+    if (r.name == name) return r.kind;
+  }
+  static const std::string kNone;
+  return kNone;
+}
+}  // namespace
+
 absl::Status AlertsTest(const AlertsTestArgs& args, std::ostream& out) {
   Config config;
   if (!args.config_file.empty()) {
@@ -866,9 +876,7 @@ absl::Status AlertsTest(const AlertsTestArgs& args, std::ostream& out) {
       (*log)->Close();
       return seq.status();
     }
-    out << "rule " << name << " ("
-        << a.decision.substr(a.decision.find("kind=") + 5,
-                             a.decision.find(" by=") - a.decision.find("kind=") - 5)
+    out << "rule " << name << " (" << KindOf(config.audit_alerts, name)
         << "): fired; alert appended as AuditEvent/" << *seq << "\n";
     appended.emplace_back(name, *seq);
   }

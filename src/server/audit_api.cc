@@ -125,24 +125,6 @@ Value Network(const std::string& address) {
   return n;
 }
 
-// As FormatInstant (the records' time format), for any year 0..9999
-// (system_clock's nanoseconds end in 2262).
-std::string FormatMs(int64_t ms) {
-  constexpr int64_t kMin = -62167219200000LL;  // 0000-01-01
-  constexpr int64_t kMax = 253402300799999LL;  // 9999-12-31T23:59:59.999
-  ms = std::clamp(ms, kMin, kMax);
-  int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
-  int64_t frac = ms - secs * 1000;
-  time_t t = static_cast<time_t>(secs);
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(frac));
-  return buf;
-}
-
 }  // namespace
 
 bool IsDataAccess(const audit::AuditRecord& r) {
@@ -484,10 +466,10 @@ absl::StatusOr<audit::AuditQuery> ParseAuditSearch(
     return rank(a.first) < rank(b.first);
   });
   q.terms = std::move(terms);
-  if (from_ms != INT64_MIN) q.time_from = FormatMs(from_ms);
+  if (from_ms != INT64_MIN) q.time_from = FormatInstantMs(from_ms);
   if (to_ms != INT64_MAX) {
     if (to_ms < from_ms) to_ms = from_ms - 1;
-    q.time_to = FormatMs(to_ms + 1);
+    q.time_to = FormatInstantMs(to_ms + 1);
   }
   return q;
 }
