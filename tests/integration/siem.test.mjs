@@ -235,7 +235,9 @@ server_name = "localhost"
     const got = rs.received();
     assertComplete(got.tls, want, 'tls after the outage');
     assertComplete(got.tcp, want, 'tcp after the outage');
-    assert.ok(logEvents(srv, 'audit_sink_up').some((e) => e.sink === 'siem-tcp'));
+    // The sink reports itself up after it saved its cursor, which is after
+    // rsyslog took the batch: wait for the log line rather than race it.
+    await waitFor('audit_sink_up for siem-tcp', () => logEvents(srv, 'audit_sink_up').some((e) => e.sink === 'siem-tcp'));
     // Sink errors in the server log carry no record content.
     for (const e of logEvents(srv, 'audit_sink_down')) assert.ok(!JSON.stringify(e).includes('WhileDown'));
   });
