@@ -7,7 +7,7 @@
 //                        writer adds per record for the tree, SQL not included)
 //       sha256/N         one SHA-256 of the same N bytes (the primitive)
 //
-//   audit_bench append --dir DIR [--threads 64] [--seconds 5] [--rounds 2]
+//   audit_bench append --dir DIR [--threads 64] [--seconds 5] [--rounds 2] [--cases a,b]
 //       THREADS threads each Append() ~600-byte read records in a loop (a thread per
 //       in-flight request, as the server has one per connection; each Append returns
 //       once its batch is durable) for SECONDS, into a fresh database per case:
@@ -28,7 +28,8 @@
 //   audit_bench proofs --db PATH [--samples 2000]
 //       AuditReader on PATH: InclusionProof (random leaf, latest signed head),
 //       ConsistencyProof (random first < second <= head), RootAt (random size),
-//       TreeSize, LatestTreeHead: p50/p99 microseconds and calls/s, one thread.
+//       TreeSize, LatestTreeHead, and AuditEvent searches (newest 50 of a random
+//       patient, of a random user): p50/p99 microseconds and calls/s, one thread.
 //       Every returned proof and root is then checked (merkle::VerifyInclusion /
 //       VerifyConsistency against the signed head, whose ES256 signature is checked
 //       with PATH.es256.pem), outside the timing.
@@ -384,10 +385,13 @@ int AppendMain(const Args& args) {
                  g.NextRead().ToJson().size(), audit::IndexTerms(g.NextRead()).size());
   }
   const char* kCases[] = {"sqlite_reference", "audit", "audit_heads", "audit_heads_sinks"};
+  // --cases a,b: only these (all by default).
+  const std::string only = "," + args.Str("cases", "") + ",";
   int run = 0;
   for (int round = 1; round <= rounds; ++round) {
     for (const char* name : kCases) {
       const std::string c = name;
+      if (only != ",," && only.find("," + c + ",") == std::string::npos) continue;
       const std::string sub = dir + "/" + c + "-" + std::to_string(++run);
       mkdir(sub.c_str(), 0700);
       const std::string db = sub + "/audit.db";
@@ -654,7 +658,8 @@ int ProofsMain(const Args& args) {
   auto pick = [&](int64_t lo, int64_t hi) {  // uniform in [lo, hi]
     return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
   };
-  Timing t_incl, t_cons, t_root, t_size, t_head;
+  Timing t_incl, t_cons, t_root, t_size, t_head, t_search_patient, t_search_agent;
+  int64_t search_hits = 0;
   std::vector<std::pair<int64_t, std::vector<std::string>>> incl;
   std::vector<std::tuple<int64_t, int64_t, std::vector<std::string>>> cons;
   std::vector<std::pair<int64_t, std::string>> roots;
@@ -672,6 +677,16 @@ int ProofsMain(const Args& args) {
     Time(t_size, [&] { benchmark::DoNotOptimize(Must(reader->TreeSize(), "TreeSize")); });
     Time(t_head,
          [&] { benchmark::DoNotOptimize(Must(reader->LatestTreeHead(), "LatestTreeHead")); });
+    // AuditEvent searches, newest 50: a patient (~10 records each in 10 M: the
+    // index is probed in every bucket) and a user (~2,000 each: the newest
+    // buckets answer).
+    audit::AuditQuery q;
+    q.limit = 50;
+    q.terms = {{"patient", {"pat-" + std::to_string(rng() % 1000000)}}};
+    Time(t_search_patient,
+         [&] { search_hits += Must(reader->Search(q), "Search").records.size(); });
+    q.terms = {{"agent", {"user-" + std::to_string(rng() % 5000)}}};
+    Time(t_search_agent, [&] { search_hits += Must(reader->Search(q), "Search").records.size(); });
   }
 
   // Check every answer (outside the timing): the numbers are of correct proofs.
@@ -711,9 +726,13 @@ int ProofsMain(const Args& args) {
       db.c_str(), static_cast<long long>(n), static_cast<long long>(st_db.st_size), open_s, samples,
       static_cast<long long>(incl.size() + cons.size() + roots.size() + 1),
       static_cast<long long>(bad), proof_len);
-  std::printf("%s\n%s\n%s\n%s\n%s\n", t_incl.Json("inclusion_proof").c_str(),
+  std::printf("%s\n%s\n%s\n%s\n%s\n%s\n%s\n", t_incl.Json("inclusion_proof").c_str(),
               t_cons.Json("consistency_proof").c_str(), t_root.Json("root_at").c_str(),
-              t_size.Json("tree_size").c_str(), t_head.Json("latest_tree_head").c_str());
+              t_size.Json("tree_size").c_str(), t_head.Json("latest_tree_head").c_str(),
+              t_search_patient.Json("search_patient_newest_50").c_str(),
+              t_search_agent.Json("search_agent_newest_50").c_str());
+  std::fprintf(stderr, "audit_bench: the searches returned %lld records\n",
+               static_cast<long long>(search_hits));
   if (bad != 0) Die(std::to_string(bad) + " proofs did not verify");
   return 0;
 }

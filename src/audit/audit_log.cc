@@ -9,11 +9,13 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "audit/internal/sqlite.h"
@@ -100,16 +102,24 @@ CREATE TABLE IF NOT EXISTS audit_tree_heads(
   root BLOB NOT NULL,
   timestamp INTEGER NOT NULL,
   jws TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit_terms(
+DROP TABLE IF EXISTS audit_terms;
+CREATE TABLE IF NOT EXISTS audit_postings(
+  bucket INTEGER NOT NULL,
   k TEXT NOT NULL,
   v TEXT NOT NULL,
   seq INTEGER NOT NULL,
-  PRIMARY KEY(k, v, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS audit_terms_by_seq ON audit_terms(seq, k, v);
-CREATE TRIGGER IF NOT EXISTS audit_terms_no_update BEFORE UPDATE ON audit_terms
-BEGIN SELECT RAISE(ABORT, 'audit_terms is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_terms_no_delete BEFORE DELETE ON audit_terms
-BEGIN SELECT RAISE(ABORT, 'audit_terms is append-only'); END;
+  PRIMARY KEY(bucket, k, v, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_postings_mark(
+  id INTEGER PRIMARY KEY CHECK(id=1),
+  seq INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_postings_no_update BEFORE UPDATE ON audit_postings
+BEGIN SELECT RAISE(ABORT, 'audit_postings is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_postings_no_delete BEFORE DELETE ON audit_postings
+BEGIN SELECT RAISE(ABORT, 'audit_postings is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_postings_mark_forward BEFORE UPDATE ON audit_postings_mark
+WHEN NEW.seq < OLD.seq BEGIN SELECT RAISE(ABORT, 'audit_postings_mark only moves forward'); END;
+CREATE TRIGGER IF NOT EXISTS audit_postings_mark_no_delete BEFORE DELETE ON audit_postings_mark
+BEGIN SELECT RAISE(ABORT, 'audit_postings_mark cannot be deleted'); END;
 CREATE TRIGGER IF NOT EXISTS audit_nodes_no_update BEFORE UPDATE ON audit_nodes
 BEGIN SELECT RAISE(ABORT, 'audit_nodes is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_nodes_no_delete BEFORE DELETE ON audit_nodes
@@ -278,8 +288,13 @@ class SqliteAuditLog final : public AuditLog {
              std::pair{&leaf_count_, "SELECT max(idx) FROM audit_nodes WHERE level = 0"},
              std::pair{&record_at_, "SELECT record FROM audit_records WHERE seq = ?1"},
              std::pair{&term_insert_,
-                       "INSERT OR IGNORE INTO audit_terms(k, v, seq) VALUES(?1, ?2, ?3)"},
-             std::pair{&term_max_, "SELECT max(seq) FROM audit_terms"},
+                       "INSERT OR IGNORE INTO audit_postings(bucket, k, v, seq) "
+                       "VALUES(?1, ?2, ?3, ?4)"},
+             std::pair{&term_mark_select_, "SELECT seq FROM audit_postings_mark WHERE id = 1"},
+             std::pair{&term_mark_update_,
+                       "INSERT INTO audit_postings_mark(id, seq) VALUES(1, ?1) "
+                       "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq "
+                       "WHERE excluded.seq > audit_postings_mark.seq"},
              std::pair{&head_insert_,
                        "INSERT OR IGNORE INTO audit_tree_heads(tree_size, root, timestamp, jws) "
                        "VALUES(?1, ?2, ?3, ?4)"},
@@ -291,7 +306,7 @@ class SqliteAuditLog final : public AuditLog {
     // Build the tree of records written before it existed (or by an older
     // binary), then load its right edge.
     if (auto s = InTransaction([&] { return SyncTree(head_seq_); }); !s.ok()) return s;
-    if (auto s = InTransaction([&] { return SyncTerms(head_seq_); }); !s.ok()) return s;
+    if (auto s = CatchUpTerms(); !s.ok()) return s;
     auto latest = ReadLatestHead(db_.get());
     if (!latest.ok()) return latest.status();
     if (*latest) last_head_ = std::move(**latest);
@@ -366,7 +381,8 @@ class SqliteAuditLog final : public AuditLog {
     record_at_.reset();
     head_insert_.reset();
     term_insert_.reset();
-    term_max_.reset();
+    term_mark_select_.reset();
+    term_mark_update_.reset();
     db_.reset();
   }
 
@@ -380,6 +396,10 @@ class SqliteAuditLog final : public AuditLog {
   }
 
  private:
+  struct Posting {
+    int64_t seq;
+    std::string k, v;
+  };
   struct Pending {
     std::string time;
     std::string json;
@@ -396,25 +416,34 @@ class SqliteAuditLog final : public AuditLog {
         std::unique_lock<std::mutex> lock(mu_);
         const bool scheduled =
             options_.tree_head_key != nullptr && options_.tree_head_interval.count() > 0;
-        if (scheduled) {
-          cv_.wait_until(lock, next_head_due_, [&] { return !queue_.empty() || closing_; });
+        auto wake = std::chrono::steady_clock::time_point::max();
+        if (scheduled) wake = next_head_due_;
+        if (!terms_pending_.empty()) wake = std::min(wake, terms_due_);
+        auto ready = [&] { return !queue_.empty() || closing_; };
+        if (wake == std::chrono::steady_clock::time_point::max()) {
+          cv_.wait(lock, ready);
         } else {
-          cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
+          cv_.wait_until(lock, wake, ready);
         }
-        if (queue_.empty() && (closing_ || HeadDue())) {
+        if (queue_.empty() && (closing_ || HeadDue() || TermsDue())) {
           // The schedule, or the last head at Close: it covers every record
-          // this process wrote, so none is left without a signed head.
-          bool final_head = closing_;
+          // this process wrote, so none is left without a signed head. And
+          // the terms of records that came and were followed by none.
+          const bool final_head = closing_;
+          const bool head_due = closing_ || HeadDue();
           lock.unlock();
-          if (options_.tree_head_key != nullptr && head_seq_ > LastHeadSize()) {
-            auto p = std::make_unique<Pending>();
-            p->tree_head = true;
-            p->done = [](absl::StatusOr<int64_t>) {};
-            batch.push_back(std::move(p));
-            (void)CommitBatch(batch);
-            batch.clear();
+          if (head_due) {
+            if (options_.tree_head_key != nullptr && head_seq_ > LastHeadSize()) {
+              auto p = std::make_unique<Pending>();
+              p->tree_head = true;
+              p->done = [](absl::StatusOr<int64_t>) {};
+              batch.push_back(std::move(p));
+              (void)CommitBatch(batch);
+              batch.clear();
+            }
+            next_head_due_ = std::chrono::steady_clock::now() + options_.tree_head_interval;
           }
-          next_head_due_ = std::chrono::steady_clock::now() + options_.tree_head_interval;
+          if (final_head || TermsDue()) FlushTerms();
           if (final_head) {
             lock.lock();
             if (queue_.empty()) return;  // closing and drained
@@ -454,6 +483,8 @@ class SqliteAuditLog final : public AuditLog {
     std::string hash = head_hash_;
     const merkle::Frontier frontier_before = frontier_;
     std::optional<TreeHead> new_head;
+    std::vector<Posting> fresh;  // this batch's terms
+    bool flush_terms = false;
     absl::Status status = [&]() -> absl::Status {
       {
         StmtScope scope(begin_.get());
@@ -477,12 +508,14 @@ class SqliteAuditLog final : public AuditLog {
               crypto::ConstantTimeEquals(stored_mac,
                                          AnchorMac(mac_key_, stored_seq, stored_hash)) &&
               StoredHashAt(seq) == hash) {
+            // Their records' terms join ours (if that process stored them
+            // already, the duplicates are ignored when written).
+            if (auto s = LoadTerms(seq, stored_seq, &terms_pending_); !s.ok()) return s;
             seq = stored_seq;
             hash = stored_hash;
             head_seq_ = seq;
             head_hash_ = hash;
             if (auto s = SyncTree(seq); !s.ok()) return s;
-            if (auto s = SyncTerms(seq); !s.ok()) return s;
           }
         } else if (rc != SQLITE_DONE) {
           return Unavailable("audit: reading the anchor failed", db, rc);
@@ -512,7 +545,12 @@ class SqliteAuditLog final : public AuditLog {
         }
         hash = std::move(next);
         if (auto s = AddLeaf(p->json); !s.ok()) return s;
-        if (auto s = AddTerms(seq, p->terms); !s.ok()) return s;
+        for (auto& [k, v] : p->terms) fresh.push_back(Posting{seq, std::move(k), std::move(v)});
+      }
+      flush_terms = seq - terms_mark_ >= static_cast<int64_t>(options_.terms_batch) ||
+                    (seq > terms_mark_ && TermsDue());
+      if (flush_terms) {
+        if (auto s = WriteTerms(fresh, seq); !s.ok()) return s;
       }
       if (options_.tree_head_key != nullptr && (head_requested || HeadDue()) &&
           seq > LastHeadSize()) {
@@ -562,6 +600,14 @@ class SqliteAuditLog final : public AuditLog {
       Resync();
       return status;
     }
+    if (flush_terms) {
+      terms_pending_.clear();
+      terms_mark_ = seq;
+    } else if (!fresh.empty()) {
+      if (terms_pending_.empty())
+        terms_due_ = std::chrono::steady_clock::now() + options_.terms_delay;
+      std::move(fresh.begin(), fresh.end(), std::back_inserter(terms_pending_));
+    }
     if (options_.on_commit) options_.on_commit(seq);
     if (new_head) {
       std::lock_guard<std::mutex> lock(head_mu_);
@@ -596,7 +642,10 @@ class SqliteAuditLog final : public AuditLog {
     if (CheckAnchor(*tail, mac_key_, &first_bad).has_value()) return;
     if (tail->last_hash.size() != kHashBytes) return;
     if (!InTransaction([&] { return SyncTree(tail->last_seq); }).ok()) return;
-    if (!InTransaction([&] { return SyncTerms(tail->last_seq); }).ok()) return;
+    std::vector<Posting> theirs;
+    if (!LoadTerms(head_seq_, tail->last_seq, &theirs).ok()) return;
+    if (terms_pending_.empty()) terms_due_ = std::chrono::steady_clock::now();
+    std::move(theirs.begin(), theirs.end(), std::back_inserter(terms_pending_));
     head_seq_ = tail->last_seq;
     head_hash_ = tail->last_hash;
   }
@@ -668,43 +717,97 @@ class SqliteAuditLog final : public AuditLog {
     return absl::OkStatus();
   }
 
-  // Inside a write transaction: adds the search terms of records up to
-  // `size` written without them (before the index existed).
-  absl::Status SyncTerms(int64_t size) {
-    sqlite3* db = db_.get();
-    int64_t indexed = 0;
-    {
-      StmtScope scope(term_max_.get());
-      int rc = sqlite3_step(term_max_.get());
-      if (rc != SQLITE_ROW) return Unavailable("audit: reading the search terms failed", db, rc);
-      indexed = sqlite3_column_int64(term_max_.get(), 0);  // 0 for NULL
-    }
-    for (int64_t seq = indexed + 1; seq <= size; ++seq) {
+  bool TermsDue() const {
+    return !terms_pending_.empty() && std::chrono::steady_clock::now() >= terms_due_;
+  }
+
+  // The search terms of the stored records (from, to], appended to `out`.
+  absl::Status LoadTerms(int64_t from, int64_t to, std::vector<Posting>* out) {
+    for (int64_t seq = from + 1; seq <= to; ++seq) {
       std::string record;
       {
         StmtScope scope(record_at_.get());
         sqlite3_bind_int64(record_at_.get(), 1, seq);
-        if (sqlite3_step(record_at_.get()) != SQLITE_ROW) continue;
+        int rc = sqlite3_step(record_at_.get());
+        if (rc == SQLITE_DONE) continue;  // verification reports it
+        if (rc != SQLITE_ROW) return Unavailable("audit: reading a record failed", db_.get(), rc);
         record = std::string(ColumnText(record_at_.get(), 0));
       }
       auto parsed = AuditRecord::FromJson(record);
       if (!parsed.ok()) continue;  // verification reports it
-      if (auto s = AddTerms(seq, IndexTerms(*parsed)); !s.ok()) return s;
+      for (auto& [k, v] : IndexTerms(*parsed))
+        out->push_back(Posting{seq, std::move(k), std::move(v)});
     }
     return absl::OkStatus();
   }
 
-  absl::Status AddTerms(int64_t seq,
-                        const std::vector<std::pair<std::string, std::string>>& terms) {
-    for (const auto& [k, v] : terms) {
+  // Inside a write transaction: stores the pending terms and `fresh`, in key
+  // order (neighbouring rows share pages), and moves the mark to `upto`.
+  absl::Status WriteTerms(const std::vector<Posting>& fresh, int64_t upto) {
+    std::vector<const Posting*> rows;
+    rows.reserve(terms_pending_.size() + fresh.size());
+    for (const Posting& p : terms_pending_) rows.push_back(&p);
+    for (const Posting& p : fresh) rows.push_back(&p);
+    std::sort(rows.begin(), rows.end(), [](const Posting* a, const Posting* b) {
+      const int64_t ba = TermBucket(a->seq), bb = TermBucket(b->seq);
+      if (ba != bb) return ba < bb;
+      return std::tie(a->k, a->v, a->seq) < std::tie(b->k, b->v, b->seq);
+    });
+    for (const Posting* p : rows) {
       sqlite3_stmt* s = term_insert_.get();
       StmtScope scope(s);
-      sqlite3_bind_text(s, 1, k.data(), static_cast<int>(k.size()), SQLITE_STATIC);
-      sqlite3_bind_text(s, 2, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-      sqlite3_bind_int64(s, 3, seq);
+      sqlite3_bind_int64(s, 1, TermBucket(p->seq));
+      sqlite3_bind_text(s, 2, p->k.data(), static_cast<int>(p->k.size()), SQLITE_STATIC);
+      sqlite3_bind_text(s, 3, p->v.data(), static_cast<int>(p->v.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(s, 4, p->seq);
       int rc = sqlite3_step(s);
       if (rc != SQLITE_DONE)
         return Unavailable("audit: storing search terms failed", db_.get(), rc);
+    }
+    sqlite3_stmt* s = term_mark_update_.get();
+    StmtScope scope(s);
+    sqlite3_bind_int64(s, 1, upto);
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_DONE)
+      return Unavailable("audit: storing the terms mark failed", db_.get(), rc);
+    return absl::OkStatus();
+  }
+
+  // The pending terms in a transaction of their own (no records came).
+  void FlushTerms() {
+    if (terms_pending_.empty()) return;
+    if (InTransaction([&] { return WriteTerms({}, head_seq_); }).ok()) {
+      terms_pending_.clear();
+      terms_mark_ = head_seq_;
+    } else {
+      terms_due_ = std::chrono::steady_clock::now() + options_.terms_delay;  // retried
+    }
+  }
+
+  // At open: the terms of records stored without them (written by an older
+  // binary, or pending in a process that stopped before storing them), in
+  // transactions of up to 8 buckets.
+  absl::Status CatchUpTerms() {
+    int64_t mark = 0;
+    {
+      StmtScope scope(term_mark_select_.get());
+      int rc = sqlite3_step(term_mark_select_.get());
+      if (rc == SQLITE_ROW) {
+        mark = sqlite3_column_int64(term_mark_select_.get(), 0);
+      } else if (rc != SQLITE_DONE) {
+        return Unavailable("audit: reading the terms mark failed", db_.get(), rc);
+      }
+    }
+    terms_mark_ = std::min(mark, head_seq_);
+    while (terms_mark_ < head_seq_) {
+      const int64_t upto = std::min(head_seq_, terms_mark_ + (int64_t{8} << kTermBucketShift));
+      auto s = InTransaction([&] {
+        if (auto l = LoadTerms(terms_mark_, upto, &terms_pending_); !l.ok()) return l;
+        return WriteTerms({}, upto);
+      });
+      terms_pending_.clear();
+      if (!s.ok()) return s;
+      terms_mark_ = upto;
     }
     return absl::OkStatus();
   }
@@ -752,7 +855,12 @@ class SqliteAuditLog final : public AuditLog {
   AuditOptions options_;
   StmtPtr begin_, commit_, rollback_, insert_, anchor_, head_, hash_at_;
   StmtPtr node_insert_, node_select_, leaf_count_, record_at_, head_insert_, term_insert_,
-      term_max_;
+      term_mark_select_, term_mark_update_;
+  // The search terms of records (terms_mark_, head_seq_], not stored yet;
+  // terms_due_ is when the oldest of them must be. Writer thread only.
+  std::vector<Posting> terms_pending_;
+  int64_t terms_mark_ = 0;
+  std::chrono::steady_clock::time_point terms_due_{};
   // The tree's right edge (writer thread only) and a scratch list.
   merkle::Frontier frontier_;
   std::vector<merkle::Frontier::Node> completed_;
@@ -1029,13 +1137,13 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
   bool has_terms = false;
   {
     sqlite3_stmt* s = nullptr;
-    rc = sqlite3_prepare_v2(
-        db.get(),
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_terms'", -1, &s,
-        nullptr);
+    rc = sqlite3_prepare_v2(db.get(),
+                            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                            "name IN ('audit_postings', 'audit_postings_mark')",
+                            -1, &s, nullptr);
     StmtPtr st(s);
     if (rc != SQLITE_OK || sqlite3_step(s) != SQLITE_ROW) return fail("cannot read the schema", rc);
-    has_terms = sqlite3_column_int(s, 0) == 1;
+    has_terms = sqlite3_column_int(s, 0) == 2;
   }
 
   // One read transaction: the rows and the anchor come from the same snapshot
@@ -1139,27 +1247,49 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     return "";
   };
 
-  // The search terms, in (seq, k, v) order beside the records.
+  // The search terms, in (seq, k, v) order beside the records (sorted one
+  // bucket at a time), and the mark: every record up to it must have exactly
+  // its terms (a search reads the index up to the mark and the records after
+  // it), none after it may have any.
   StmtPtr terms_rows;
   bool terms_pending = false;  // terms_rows holds an unconsumed row
+  int64_t terms_mark = 0;
   if (has_terms) {
     sqlite3_stmt* s = nullptr;
-    rc = sqlite3_prepare_v2(db.get(), "SELECT seq, k, v FROM audit_terms ORDER BY seq, k, v", -1,
-                            &s, nullptr);
+    rc = sqlite3_prepare_v2(db.get(), "SELECT seq FROM audit_postings_mark WHERE id = 1", -1, &s,
+                            nullptr);
+    StmtPtr mark(s);
+    if (rc != SQLITE_OK) return fail("cannot read audit_postings_mark", rc);
+    if (sqlite3_step(s) == SQLITE_ROW) terms_mark = sqlite3_column_int64(s, 0);
+    rc = sqlite3_prepare_v2(
+        db.get(), "SELECT seq, k, v, bucket FROM audit_postings ORDER BY bucket, seq, k, v", -1, &s,
+        nullptr);
     terms_rows.reset(s);
-    if (rc != SQLITE_OK) return fail("cannot read audit_terms", rc);
+    if (rc != SQLITE_OK) return fail("cannot read audit_postings", rc);
     terms_pending = sqlite3_step(s) == SQLITE_ROW;
   }
-  auto check_terms = [&](int64_t seq, std::string_view record) -> std::string {
+  // Returns a problem ("" if none) and sets *at to the record it concerns.
+  auto check_terms = [&](int64_t seq, std::string_view record, int64_t* at) -> std::string {
     std::vector<std::pair<std::string, std::string>> stored;
     sqlite3_stmt* s = terms_rows.get();
-    while (terms_pending && sqlite3_column_int64(s, 0) <= seq) {
-      if (sqlite3_column_int64(s, 0) < seq) {
+    *at = seq;
+    while (terms_pending) {
+      const int64_t row_seq = sqlite3_column_int64(s, 0);
+      if (sqlite3_column_int64(s, 3) != TermBucket(row_seq)) {
+        *at = row_seq;
+        return "search terms filed under the wrong bucket (a search would miss the record)";
+      }
+      if (row_seq > seq) break;
+      if (row_seq < seq) {
         return "search terms of a record that is not there (before record " + std::to_string(seq) +
                ")";
       }
       stored.emplace_back(ColumnText(s, 1), ColumnText(s, 2));
       terms_pending = sqlite3_step(s) == SQLITE_ROW;
+    }
+    if (seq > terms_mark) {
+      if (!stored.empty()) return "search terms of a record after the index mark";
+      return "";  // a search reads this record itself
     }
     auto parsed = AuditRecord::FromJson(record);
     if (!parsed.ok()) return "record is not a JSON object";
@@ -1221,7 +1351,8 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
         continue;
       }
       if (has_terms && tree_bad_seq == 0) {
-        if (std::string p = check_terms(seq, record); !p.empty()) mark_tree_bad(seq, p);
+        int64_t at = seq;
+        if (std::string p = check_terms(seq, record, &at); !p.empty()) mark_tree_bad(at, p);
       }
       if (has_tree && tree_bad_seq == 0) {
         completed.clear();
@@ -1263,6 +1394,11 @@ absl::StatusOr<VerifyReport> VerifyAuditLog(const std::string& path, const Secre
     }
     if (tree_bad_seq == 0 && terms_pending) {
       mark_tree_bad(tail.last_seq + 1, "search terms of records that are not there");
+    }
+    if (tree_bad_seq == 0 && terms_mark > tail.last_seq) {
+      mark_tree_bad(tail.last_seq + 1,
+                    "the search index mark (" + std::to_string(terms_mark) +
+                        ") is past the last record (the next records would be missed)");
     }
     // Nodes at levels no record reached.
     if (tree_bad_seq == 0) {

@@ -88,9 +88,11 @@ struct AuditRecord {
   static absl::StatusOr<AuditRecord> FromJson(std::string_view json);
 };
 
-// The search terms of a record, kept in audit_terms(k, v, seq) beside it
-// (same transaction) so that AuditEvent searches by patient, agent, entity,
-// action or outcome need no scan: ("patient", id) for patient_id and every
+// The search terms of a record, kept in audit_postings(bucket, k, v, seq) so
+// that AuditEvent searches by patient, agent, entity, action or outcome need
+// no scan. The writer stores them in batches (AuditOptions::terms_batch) and
+// moves audit_postings_mark to the last record they cover; a search scans the
+// few records after the mark directly. ("patient", id) for patient_id and every
 // one of patients, ("agent", subject), ("client", client_id), ("action", a),
 // ("outcome", o), ("type", resource type), ("entity", "Type/id"),
 // ("break-glass", episode). Sorted, distinct. Derived data: searches re-check
@@ -110,6 +112,13 @@ struct AuditOptions {
   // A head is signed once this long has passed since the last one, if records
   // were added (0: only on demand and at Close).
   std::chrono::milliseconds tree_head_interval{0};
+  // Search terms are written, in key order, in the transaction of the batch
+  // that brings this many records without them, or once the oldest such record
+  // has waited terms_delay (by itself when no records come). Fewer, larger
+  // term batches dirty fewer pages; the records after the mark are searched
+  // by reading them. 0 or 1: with every batch.
+  size_t terms_batch = 2048;
+  std::chrono::milliseconds terms_delay{200};
   // Called on the writer thread after each commit with the last seq (must be
   // quick: e.g. wake the SIEM exporter).
   std::function<void(int64_t)> on_commit;

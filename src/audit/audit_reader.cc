@@ -17,7 +17,10 @@ using namespace internal;  // NOLINT(build/namespaces): the SQLite helpers
 struct AuditReader::Impl {
   std::mutex mu;
   DbPtr db;
-  StmtPtr node, leaves, latest_head, head_at, record, by_term, by_seq, after, last;
+  StmtPtr node, leaves, latest_head, head_at, record, by_seq, after, last;
+  // Null on a file whose writer has not created the term index yet: every
+  // record is then after the mark and read directly.
+  StmtPtr by_term, terms_mark;
 
   // A read transaction for the duration of one call.
   class Snapshot {
@@ -76,9 +79,6 @@ absl::StatusOr<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string
                      "SELECT tree_size, root, timestamp, jws FROM audit_tree_heads "
                      "WHERE tree_size = ?1"},
            std::pair{&impl->record, "SELECT record FROM audit_records WHERE seq = ?1"},
-           std::pair{&impl->by_term,
-                     "SELECT seq FROM audit_terms WHERE k = ?1 AND v = ?2 AND seq < ?3 "
-                     "ORDER BY seq DESC LIMIT ?4"},
            std::pair{&impl->after,
                      "SELECT seq, record FROM audit_records WHERE seq > ?1 ORDER BY seq LIMIT ?2"},
            std::pair{&impl->last, "SELECT max(seq) FROM audit_records"},
@@ -88,6 +88,14 @@ absl::StatusOr<std::unique_ptr<AuditReader>> AuditReader::Open(const std::string
     auto st = Prepare(raw, sql);
     if (!st.ok()) return st.status();
     *slot = std::move(*st);
+  }
+  auto by_term = Prepare(raw,
+                         "SELECT seq FROM audit_postings WHERE bucket = ?1 AND k = ?2 AND v = ?3 "
+                         "AND seq < ?4 ORDER BY seq DESC LIMIT ?5");
+  auto mark = Prepare(raw, "SELECT seq FROM audit_postings_mark WHERE id = 1");
+  if (by_term.ok() && mark.ok()) {
+    impl->by_term = std::move(*by_term);
+    impl->terms_mark = std::move(*mark);
   }
   return std::unique_ptr<AuditReader>(new AuditReader(std::move(impl)));
 }
@@ -177,15 +185,53 @@ absl::StatusOr<AuditPage> AuditReader::Search(const AuditQuery& q) {
     return absl::OkStatus();
   };
   if (!q.terms.empty()) {
+    // Records after the index mark (the writer stores terms in batches) are
+    // all candidates; the index answers for the ones up to it, newest bucket
+    // first, until each value has max_scan + 1 or the buckets run out.
+    int64_t mark = 0;
+    if (impl_->terms_mark) {
+      sqlite3_stmt* s = impl_->terms_mark.get();
+      StmtScope scope(s);
+      int rc = sqlite3_step(s);
+      if (rc == SQLITE_ROW) {
+        mark = sqlite3_column_int64(s, 0);
+      } else if (rc != SQLITE_DONE) {
+        return Unavailable("audit: reading the terms mark failed", db, rc);
+      }
+    }
+    {
+      sqlite3_stmt* s = impl_->by_seq.get();
+      StmtScope scope(s);
+      sqlite3_bind_int64(s, 1, start);
+      sqlite3_bind_int(s, 2, max_scan + 1);
+      int rc;
+      while ((rc = sqlite3_step(s)) == SQLITE_ROW && sqlite3_column_int64(s, 0) > mark) {
+        candidates.push_back(sqlite3_column_int64(s, 0));
+      }
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE) return Unavailable("audit: search failed", db, rc);
+      if (candidates.size() > static_cast<size_t>(max_scan)) exhausted = false;
+    }
+    const int64_t below = std::min(start, mark + 1);  // index rows: seq < below
     const auto& [k, values] = q.terms.front();
     for (const std::string& v : values) {
-      sqlite3_stmt* s = impl_->by_term.get();
-      StmtScope scope(s);
-      sqlite3_bind_text(s, 1, k.data(), static_cast<int>(k.size()), SQLITE_STATIC);
-      sqlite3_bind_text(s, 2, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-      sqlite3_bind_int64(s, 3, start);
-      sqlite3_bind_int(s, 4, max_scan + 1);
-      if (auto st = collect(s); !st.ok()) return st;
+      if (!impl_->by_term || below <= 1 || !exhausted) break;
+      int found = 0;
+      for (int64_t bucket = TermBucket(below - 1); bucket >= 0 && found <= max_scan; --bucket) {
+        sqlite3_stmt* s = impl_->by_term.get();
+        StmtScope scope(s);
+        sqlite3_bind_int64(s, 1, bucket);
+        sqlite3_bind_text(s, 2, k.data(), static_cast<int>(k.size()), SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(s, 4, below);
+        sqlite3_bind_int(s, 5, max_scan + 1 - found);
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+          candidates.push_back(sqlite3_column_int64(s, 0));
+          ++found;
+        }
+        if (rc != SQLITE_DONE) return Unavailable("audit: search failed", db, rc);
+      }
+      if (found > max_scan) exhausted = false;
     }
     std::sort(candidates.rbegin(), candidates.rend());
     candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -37,6 +38,19 @@ AuditRecord Rec(int i, const std::string& who = "user-1") {
   r.outcome = "success";
   r.status_code = 200;
   return r;
+}
+
+// The first column of the first row, as an integer.
+int64_t Query(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sql;
+  int64_t v = -1;
+  if (st != nullptr && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
 }
 
 void Sql(const std::string& path, const std::string& sql) {
@@ -330,8 +344,16 @@ TEST_F(MerkleLogTest, StoredLeavesBeyondTheHeadOpenAndNeverFork) {
   EXPECT_EQ(CodeOf(reader->Record(6).status()), ErrorCode::kNotFound);
 }
 
-TEST_F(MerkleLogTest, SearchByTermsAndTimeNewestFirstWithPages) {
-  auto log = Open(path_, Options());
+// The same answers whether the writer has stored every record's terms (after
+// Close), none yet (records after the mark are read directly), or some.
+class SearchTest : public MerkleLogTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(SearchTest, ByTermsAndTimeNewestFirstWithPages) {
+  const int indexed = GetParam();  // records whose terms are stored: 30, 0 or 16
+  AuditOptions o = Options();
+  o.terms_batch = indexed == 0 ? 1000 : 16;
+  o.terms_delay = std::chrono::hours(1);
+  auto log = Open(path_, o);
   for (int i = 1; i <= 30; ++i) {
     AuditRecord r = Rec(i, i % 3 == 0 ? "alice" : "bob");
     r.patient_id = "p" + std::to_string(i % 5);
@@ -339,7 +361,9 @@ TEST_F(MerkleLogTest, SearchByTermsAndTimeNewestFirstWithPages) {
     r.outcome = i % 10 == 0 ? "denied" : "success";
     ASSERT_TRUE(log->Append(r).ok());
   }
-  log->Close();
+  if (indexed == 30) log->Close();
+  EXPECT_EQ(Query(path_, "SELECT coalesce(max(seq), 0) FROM audit_postings"), indexed);
+  EXPECT_EQ(Query(path_, "SELECT coalesce(max(seq), 0) FROM audit_postings_mark"), indexed);
   auto reader = Reader(path_);
   auto seqs = [](const AuditPage& p) {
     std::vector<int64_t> v;
@@ -369,14 +393,30 @@ TEST_F(MerkleLogTest, SearchByTermsAndTimeNewestFirstWithPages) {
   AuditQuery bounded;
   bounded.terms = {{"outcome", {"denied"}}};
   bounded.max_scan = 2;
-  auto part = *reader->Search(bounded);
-  EXPECT_THAT(seqs(part), ::testing::ElementsAre(30, 20));
-  EXPECT_EQ(part.next_before, 20);
-  bounded.before_seq = 20;
-  auto rest = *reader->Search(bounded);
-  EXPECT_THAT(seqs(rest), ::testing::ElementsAre(10));
-  EXPECT_EQ(rest.next_before, 0);
+  if (indexed == 30) {  // two index hits per page
+    auto part = *reader->Search(bounded);
+    EXPECT_THAT(seqs(part), ::testing::ElementsAre(30, 20));
+    EXPECT_EQ(part.next_before, 20);
+    bounded.before_seq = 20;
+    auto rest = *reader->Search(bounded);
+    EXPECT_THAT(seqs(rest), ::testing::ElementsAre(10));
+    EXPECT_EQ(rest.next_before, 0);
+  }
+  // Records after the mark count against the bound one by one: shorter pages,
+  // the same records in the end.
+  std::vector<int64_t> all;
+  bounded.before_seq = 0;
+  for (int pages = 0; pages < 40; ++pages) {
+    auto page = *reader->Search(bounded);
+    for (int64_t seq : seqs(page)) all.push_back(seq);
+    if (page.next_before == 0) break;
+    EXPECT_LT(page.next_before, bounded.before_seq == 0 ? 31 : bounded.before_seq);
+    bounded.before_seq = page.next_before;
+  }
+  EXPECT_THAT(all, ::testing::ElementsAre(30, 20, 10));
 }
+
+INSTANTIATE_TEST_SUITE_P(IndexedUpTo, SearchTest, ::testing::Values(30, 0, 16));
 
 TEST_F(MerkleLogTest, EditedSearchTermsAreCaughtAndCannotInjectHits) {
   auto log = Open(path_, Options());
@@ -386,9 +426,9 @@ TEST_F(MerkleLogTest, EditedSearchTermsAreCaughtAndCannotInjectHits) {
     ASSERT_TRUE(log->Append(r).ok());
   }
   log->Close();
-  Sql(path_, "DROP TRIGGER audit_terms_no_update; DROP TRIGGER audit_terms_no_delete;");
+  Sql(path_, "DROP TRIGGER audit_postings_no_update; DROP TRIGGER audit_postings_no_delete;");
   // A term pointing record 2 at another patient: the search re-checks the record.
-  Sql(path_, "INSERT INTO audit_terms VALUES('patient', 'p5', 2)");
+  Sql(path_, "INSERT INTO audit_postings VALUES(0, 'patient', 'p5', 2)");
   auto reader = Reader(path_);
   AuditQuery q;
   q.terms = {{"patient", {"p5"}}};
@@ -403,10 +443,161 @@ TEST_F(MerkleLogTest, EditedSearchTermsAreCaughtAndCannotInjectHits) {
   // Hiding a record from searches is caught too.
   const std::string hidden = dir_ + "/hidden.db";
   Write(hidden, 1, 4);
-  Sql(hidden, "DROP TRIGGER audit_terms_no_delete; DELETE FROM audit_terms WHERE seq = 3");
+  Sql(hidden, "DROP TRIGGER audit_postings_no_delete; DELETE FROM audit_postings WHERE seq = 3");
   VerifyReport h = Verify(hidden);
   EXPECT_FALSE(h.ok);
   EXPECT_EQ(h.first_bad_seq, 3);
+}
+
+// A process that stops before storing its pending terms (here: a copy of the
+// files taken while the writer held them) leaves records after the mark; the
+// next open indexes them.
+TEST_F(MerkleLogTest, TermsPendingWhenTheWriterStoppedAreStoredAtTheNextOpen) {
+  AuditOptions o = Options();
+  o.terms_batch = 1000;
+  o.terms_delay = std::chrono::hours(1);
+  auto log = Open(path_, o);
+  for (int i = 1; i <= 12; ++i) {
+    AuditRecord r = Rec(i);
+    r.patient_id = "p" + std::to_string(i % 4);
+    ASSERT_TRUE(log->Append(r).ok());
+  }
+  const std::string copy = dir_ + "/copy.db";
+  std::filesystem::copy_file(path_, copy);
+  std::filesystem::copy_file(path_ + "-wal", copy + "-wal");
+  log->Close();
+  EXPECT_EQ(Query(copy, "SELECT count(*) FROM audit_postings"), 0);
+  VerifyReport before = Verify(copy);  // records after the mark need no terms
+  EXPECT_TRUE(before.ok) << before.summary;
+  auto reopened = Open(copy, o);
+  EXPECT_EQ(Query(copy, "SELECT seq FROM audit_postings_mark"), 12);
+  EXPECT_EQ(Query(copy, "SELECT count(*) FROM audit_postings WHERE k = 'patient' AND v = 'p1'"), 3);
+  reopened->Close();
+  VerifyReport after = Verify(copy);
+  EXPECT_TRUE(after.ok) << after.summary;
+}
+
+// Records followed by no others still get their terms, terms_delay later.
+TEST_F(MerkleLogTest, TermsOfAQuietWriterAreStoredAfterTheDelay) {
+  AuditOptions o = Options();
+  o.terms_batch = 1000;
+  o.terms_delay = std::chrono::milliseconds(50);
+  auto log = Open(path_, o);
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE(log->Append(Rec(i)).ok());
+  int64_t mark = 0;
+  for (int tries = 0; tries < 200 && mark != 3; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    mark = Query(path_, "SELECT coalesce(max(seq), 0) FROM audit_postings_mark");
+  }
+  EXPECT_EQ(mark, 3);
+  EXPECT_EQ(Query(path_, "SELECT count(DISTINCT seq) FROM audit_postings"), 3);
+}
+
+TEST_F(MerkleLogTest, TermsAfterTheMarkInTheWrongBucketOrAMarkPastTheRecordsAreCaught) {
+  AuditOptions o = Options();
+  o.terms_batch = 4;
+  o.terms_delay = std::chrono::hours(1);
+  auto log = Open(path_, o);
+  for (int i = 1; i <= 6; ++i) ASSERT_TRUE(log->Append(Rec(i)).ok());
+  const std::string a = dir_ + "/a.db", b = dir_ + "/b.db", c = dir_ + "/c.db";
+  for (const std::string& p : {a, b}) {  // mark 4; records 5 and 6 after it
+    std::filesystem::copy_file(path_, p);
+    std::filesystem::copy_file(path_ + "-wal", p + "-wal");
+  }
+  log->Close();
+  std::filesystem::copy_file(path_, c);  // mark 6: all indexed
+  if (std::filesystem::exists(path_ + "-wal"))
+    std::filesystem::copy_file(path_ + "-wal", c + "-wal");
+  ASSERT_EQ(Query(a, "SELECT seq FROM audit_postings_mark"), 4);
+  // Terms for a record after the mark: written by no writer.
+  Sql(a, "INSERT INTO audit_postings VALUES(0, 'agent', 'user-1', 5)");
+  VerifyReport ra = Verify(a);
+  EXPECT_FALSE(ra.ok);
+  EXPECT_EQ(ra.first_bad_seq, 5);
+  EXPECT_THAT(ra.summary, HasSubstr("after the index mark"));
+  // A record's terms moved to another bucket: a search would not find it.
+  Sql(b,
+      "DROP TRIGGER audit_postings_no_update; "
+      "UPDATE audit_postings SET bucket = -1 WHERE seq = 2");  // sorts first
+  VerifyReport rb = Verify(b);
+  EXPECT_FALSE(rb.ok);
+  EXPECT_EQ(rb.first_bad_seq, 2);
+  EXPECT_THAT(rb.summary, HasSubstr("wrong bucket"));
+  // The mark moved past the records: the next records would be hidden until
+  // their terms are stored.
+  Sql(c, "UPDATE audit_postings_mark SET seq = 50");
+  VerifyReport rc = Verify(c);
+  EXPECT_FALSE(rc.ok);
+  EXPECT_EQ(rc.first_bad_seq, 7);
+  EXPECT_THAT(rc.summary, HasSubstr("index mark (50) is past the last record"));
+  // The mark never moves back (a trigger, and the writer only moves it forward).
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  EXPECT_NE(sqlite3_exec(db, "UPDATE audit_postings_mark SET seq = 1", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+}
+
+// A trail written before the bucketed index (audit_terms(k, v, seq)) gets it
+// at open, and the old table goes.
+TEST_F(MerkleLogTest, TheOldTermTableIsReplacedAtOpen) {
+  Write(path_, 1, 5, [](int i) {
+    AuditRecord r = Rec(i);
+    r.patient_id = "p" + std::to_string(i % 2);
+    return r;
+  });
+  Sql(path_,
+      "DROP TABLE audit_postings; DROP TABLE audit_postings_mark; "
+      "CREATE TABLE audit_terms(k TEXT NOT NULL, v TEXT NOT NULL, seq INTEGER NOT NULL, "
+      "PRIMARY KEY(k, v, seq)) WITHOUT ROWID; "
+      "INSERT INTO audit_terms VALUES('patient', 'p1', 1)");
+  auto log = Open(path_, Options());
+  log->Close();
+  EXPECT_EQ(Query(path_, "SELECT count(*) FROM sqlite_master WHERE name = 'audit_terms'"), 0);
+  EXPECT_EQ(Query(path_, "SELECT seq FROM audit_postings_mark"), 5);
+  AuditQuery q;
+  q.terms = {{"patient", {"p1"}}};
+  auto page = Reader(path_)->Search(q);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->records.size(), 3u);
+  EXPECT_EQ(page->records[0].seq, 5);
+  EXPECT_TRUE(Verify(path_).ok);
+}
+
+// A search reaches back across buckets (2^13 records each), newest first,
+// and pages through them.
+TEST_F(MerkleLogTest, SearchesReachBackAcrossBuckets) {
+  auto log = Open(path_, Options());
+  const int n = (1 << 13) * 2 + 100;
+  std::atomic<int> done{0};
+  for (int i = 1; i <= n; ++i) {
+    AuditRecord r = Rec(i);
+    r.patient_id = i % 4000 == 7 ? "rare" : "common";
+    log->AppendAsync(r, [&](absl::StatusOr<int64_t> seq) {
+      EXPECT_TRUE(seq.ok());
+      done.fetch_add(1);
+    });
+  }
+  log->Close();
+  ASSERT_EQ(done.load(), n);
+  EXPECT_EQ(Query(path_, "SELECT count(DISTINCT bucket) FROM audit_postings"), 3);
+  auto reader = Reader(path_);
+  AuditQuery q;
+  q.terms = {{"patient", {"rare"}}};
+  q.limit = 3;
+  auto first = reader->Search(q);
+  ASSERT_TRUE(first.ok());
+  std::vector<int64_t> seqs;
+  for (const auto& r : first->records) seqs.push_back(r.seq);
+  EXPECT_THAT(seqs, ::testing::ElementsAre(16007, 12007, 8007));
+  q.before_seq = first->next_before;
+  auto rest = reader->Search(q);
+  ASSERT_TRUE(rest.ok());
+  seqs.clear();
+  for (const auto& r : rest->records) seqs.push_back(r.seq);
+  EXPECT_THAT(seqs, ::testing::ElementsAre(4007, 7));
+  EXPECT_EQ(rest->next_before, 0);
+  EXPECT_TRUE(Verify(path_).ok);
 }
 
 }  // namespace

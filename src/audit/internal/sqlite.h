@@ -125,6 +125,13 @@ class SqliteNodes final : public merkle::NodeSource {
 inline constexpr const char* kSelectNode =
     "SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2";
 
+// Search terms are filed by bucket, 2^13 consecutive records each
+// (audit_postings(bucket, k, v, seq)), so that a batch of terms lands in the
+// pages of one small subtree instead of at random places in an index as large
+// as the trail. A search probes the buckets newest first.
+inline constexpr int kTermBucketShift = 13;
+inline int64_t TermBucket(int64_t seq) { return seq >> kTermBucketShift; }
+
 }  // namespace fhirward::audit::internal
 
 #endif  // FHIRWARD_AUDIT_INTERNAL_SQLITE_H_
