@@ -160,6 +160,11 @@ absl::StatusOr<std::vector<std::string>> AuditReader::ConsistencyProof(int64_t f
                                   static_cast<uint64_t>(second));
 }
 
+// Candidates come in rounds, newest first, and each round is checked against
+// the records before the next is read, so a page that fills early reads no
+// further: without terms, the records themselves; with terms, the records
+// after the index mark (the writer stores terms in batches), then the index,
+// one bucket at a time from the newest.
 absl::StatusOr<AuditPage> AuditReader::Search(const AuditQuery& q) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   Impl::Snapshot snap(impl_->db.get());
@@ -170,120 +175,123 @@ absl::StatusOr<AuditPage> AuditReader::Search(const AuditQuery& q) {
   AuditPage page;
   if (limit == 0) return page;
 
-  // Candidates, newest first: from the first term's values (merged), or all.
-  std::vector<int64_t> candidates;
-  bool exhausted = true;
-  auto collect = [&](sqlite3_stmt* s) -> absl::Status {
-    int rc;
-    int n = 0;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      candidates.push_back(sqlite3_column_int64(s, 0));
-      ++n;
+  int64_t mark = 0;  // records up to it are in the index
+  if (!q.terms.empty() && impl_->terms_mark) {
+    sqlite3_stmt* s = impl_->terms_mark.get();
+    StmtScope scope(s);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      mark = sqlite3_column_int64(s, 0);
+    } else if (rc != SQLITE_DONE) {
+      return Unavailable("audit: reading the terms mark failed", db, rc);
     }
-    if (rc != SQLITE_DONE) return Unavailable("audit: search failed", db, rc);
-    if (n > max_scan) exhausted = false;
-    return absl::OkStatus();
-  };
-  if (!q.terms.empty()) {
-    // Records after the index mark (the writer stores terms in batches) are
-    // all candidates; the index answers for the ones up to it, newest bucket
-    // first, until each value has max_scan + 1 or the buckets run out.
-    int64_t mark = 0;
-    if (impl_->terms_mark) {
-      sqlite3_stmt* s = impl_->terms_mark.get();
-      StmtScope scope(s);
-      int rc = sqlite3_step(s);
-      if (rc == SQLITE_ROW) {
-        mark = sqlite3_column_int64(s, 0);
-      } else if (rc != SQLITE_DONE) {
-        return Unavailable("audit: reading the terms mark failed", db, rc);
+  }
+  const bool use_index = !q.terms.empty() && impl_->by_term != nullptr;
+  if (!use_index) mark = 0;
+  const int64_t below = std::min(start, mark + 1);  // index rows: seq < below
+  int64_t cursor = start;                           // records phase: seq < cursor
+  bool records_phase = true;
+  int64_t bucket = below > 1 ? TermBucket(below - 1) : -1;
+  std::vector<int64_t> round;
+  // The next non-empty round into `round`; false when there is none.
+  auto next_round = [&]() -> absl::StatusOr<bool> {
+    round.clear();
+    while (round.empty()) {
+      if (records_phase) {
+        sqlite3_stmt* s = impl_->by_seq.get();
+        StmtScope scope(s);
+        sqlite3_bind_int64(s, 1, cursor);
+        sqlite3_bind_int(s, 2, 256);
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW && sqlite3_column_int64(s, 0) > mark) {
+          round.push_back(sqlite3_column_int64(s, 0));
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+          return Unavailable("audit: search failed", db, rc);
+        if (round.empty()) {
+          if (!use_index) return false;
+          records_phase = false;
+          continue;
+        }
+        cursor = round.back();
+        continue;
       }
-    }
-    {
-      sqlite3_stmt* s = impl_->by_seq.get();
-      StmtScope scope(s);
-      sqlite3_bind_int64(s, 1, start);
-      sqlite3_bind_int(s, 2, max_scan + 1);
-      int rc;
-      while ((rc = sqlite3_step(s)) == SQLITE_ROW && sqlite3_column_int64(s, 0) > mark) {
-        candidates.push_back(sqlite3_column_int64(s, 0));
-      }
-      if (rc != SQLITE_ROW && rc != SQLITE_DONE) return Unavailable("audit: search failed", db, rc);
-      if (candidates.size() > static_cast<size_t>(max_scan)) exhausted = false;
-    }
-    const int64_t below = std::min(start, mark + 1);  // index rows: seq < below
-    const auto& [k, values] = q.terms.front();
-    for (const std::string& v : values) {
-      if (!impl_->by_term || below <= 1 || !exhausted) break;
-      int found = 0;
-      for (int64_t bucket = TermBucket(below - 1); bucket >= 0 && found <= max_scan; --bucket) {
+      if (bucket < 0) return false;
+      const auto& [k, values] = q.terms.front();
+      for (const std::string& v : values) {
         sqlite3_stmt* s = impl_->by_term.get();
         StmtScope scope(s);
         sqlite3_bind_int64(s, 1, bucket);
         sqlite3_bind_text(s, 2, k.data(), static_cast<int>(k.size()), SQLITE_STATIC);
         sqlite3_bind_text(s, 3, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
         sqlite3_bind_int64(s, 4, below);
-        sqlite3_bind_int(s, 5, max_scan + 1 - found);
+        sqlite3_bind_int(s, 5, max_scan + 1);
         int rc;
-        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-          candidates.push_back(sqlite3_column_int64(s, 0));
-          ++found;
-        }
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) round.push_back(sqlite3_column_int64(s, 0));
         if (rc != SQLITE_DONE) return Unavailable("audit: search failed", db, rc);
       }
-      if (found > max_scan) exhausted = false;
+      --bucket;
+      std::sort(round.rbegin(), round.rend());
+      round.erase(std::unique(round.begin(), round.end()), round.end());
     }
-    std::sort(candidates.rbegin(), candidates.rend());
-    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
-  } else {
-    sqlite3_stmt* s = impl_->by_seq.get();
-    StmtScope scope(s);
-    sqlite3_bind_int64(s, 1, start);
-    sqlite3_bind_int(s, 2, max_scan + 1);
-    if (auto st = collect(s); !st.ok()) return st;
-  }
-  if (candidates.size() > static_cast<size_t>(max_scan)) {
-    candidates.resize(max_scan);
-    exhausted = false;
-  }
+    return true;
+  };
 
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const int64_t seq = candidates[i];
-    std::string json;
-    {
-      sqlite3_stmt* s = impl_->record.get();
-      StmtScope scope(s);
-      sqlite3_bind_int64(s, 1, seq);
-      int rc = sqlite3_step(s);
-      if (rc == SQLITE_DONE) continue;
-      if (rc != SQLITE_ROW) return Unavailable("audit: reading a record failed", db, rc);
-      json = std::string(ColumnText(s, 0));
-    }
-    auto rec = AuditRecord::FromJson(json);
-    if (!rec.ok()) continue;
-    if (!q.time_from.empty() && rec->time < q.time_from) continue;
-    if (!q.time_to.empty() && rec->time >= q.time_to) continue;
-    const auto terms = IndexTerms(*rec);
-    bool match = true;
-    for (const auto& [k, values] : q.terms) {
-      bool any = false;
-      for (const std::string& v : values) {
-        any = any || std::binary_search(terms.begin(), terms.end(), std::make_pair(k, v));
+  int scanned = 0;
+  int64_t last_examined = 0;
+  for (;;) {
+    auto more = next_round();
+    if (!more.ok()) return more.status();
+    if (!*more) return page;  // every candidate examined
+    for (size_t i = 0; i < round.size(); ++i) {
+      const int64_t seq = round[i];
+      if (scanned == max_scan) {  // a short page: go on below the last one examined
+        page.next_before = last_examined;
+        return page;
       }
-      if (!any) {
-        match = false;
-        break;
+      ++scanned;
+      last_examined = seq;
+      std::string json;
+      {
+        sqlite3_stmt* s = impl_->record.get();
+        StmtScope scope(s);
+        sqlite3_bind_int64(s, 1, seq);
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) continue;
+        if (rc != SQLITE_ROW) return Unavailable("audit: reading a record failed", db, rc);
+        json = std::string(ColumnText(s, 0));
       }
-    }
-    if (!match) continue;
-    page.records.push_back({seq, std::move(json)});
-    if (page.records.size() == static_cast<size_t>(limit)) {
-      if (i + 1 < candidates.size() || !exhausted) page.next_before = seq;
-      return page;
+      auto rec = AuditRecord::FromJson(json);
+      if (!rec.ok()) continue;
+      if (!q.time_from.empty() && rec->time < q.time_from) continue;
+      if (!q.time_to.empty() && rec->time >= q.time_to) continue;
+      const auto terms = IndexTerms(*rec);
+      bool match = true;
+      for (const auto& [k, values] : q.terms) {
+        bool any = false;
+        for (const std::string& v : values) {
+          any = any || std::binary_search(terms.begin(), terms.end(), std::make_pair(k, v));
+        }
+        if (!any) {
+          match = false;
+          break;
+        }
+      }
+      if (!match) continue;
+      page.records.push_back({seq, std::move(json)});
+      if (page.records.size() == static_cast<size_t>(limit)) {
+        // A next page only when there is another candidate.
+        bool another = i + 1 < round.size();
+        if (!another) {
+          auto m = next_round();
+          if (!m.ok()) return m.status();
+          another = *m;
+        }
+        if (another) page.next_before = seq;
+        return page;
+      }
     }
   }
-  if (!exhausted && !candidates.empty()) page.next_before = candidates.back();
-  return page;
 }
 
 absl::StatusOr<std::vector<StoredRecord>> AuditReader::After(int64_t after_seq, int limit) {
