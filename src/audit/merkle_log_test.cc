@@ -82,6 +82,19 @@ class MerkleLogTest : public ::testing::Test {
     o.tree_head_interval = interval;
     return o;
   }
+  // Terms stored once `batch` records wait for them or the oldest waited `delay`.
+  AuditOptions Batched(size_t batch, std::chrono::milliseconds delay = std::chrono::hours(1)) {
+    AuditOptions o = Options();
+    o.terms_batch = batch;
+    o.terms_delay = delay;
+    return o;
+  }
+  // The database as a process would leave it if stopped now (its WAL included).
+  static void CopyLive(const std::string& from, const std::string& to) {
+    std::filesystem::copy_file(from, to);
+    if (std::filesystem::exists(from + "-wal"))
+      std::filesystem::copy_file(from + "-wal", to + "-wal");
+  }
   std::unique_ptr<AuditLog> Open(const std::string& path, const AuditOptions& o) {
     auto log = AuditLog::Open(path, MacKey(), o);
     EXPECT_TRUE(log.ok()) << log.status();
@@ -350,10 +363,7 @@ class SearchTest : public MerkleLogTest, public ::testing::WithParamInterface<in
 
 TEST_P(SearchTest, ByTermsAndTimeNewestFirstWithPages) {
   const int indexed = GetParam();  // records whose terms are stored: 30, 0 or 16
-  AuditOptions o = Options();
-  o.terms_batch = indexed == 0 ? 1000 : 16;
-  o.terms_delay = std::chrono::hours(1);
-  auto log = Open(path_, o);
+  auto log = Open(path_, Batched(indexed == 0 ? 1000 : 16));
   for (int i = 1; i <= 30; ++i) {
     AuditRecord r = Rec(i, i % 3 == 0 ? "alice" : "bob");
     r.patient_id = "p" + std::to_string(i % 5);
@@ -453,9 +463,7 @@ TEST_F(MerkleLogTest, EditedSearchTermsAreCaughtAndCannotInjectHits) {
 // files taken while the writer held them) leaves records after the mark; the
 // next open indexes them.
 TEST_F(MerkleLogTest, TermsPendingWhenTheWriterStoppedAreStoredAtTheNextOpen) {
-  AuditOptions o = Options();
-  o.terms_batch = 1000;
-  o.terms_delay = std::chrono::hours(1);
+  const AuditOptions o = Batched(1000);
   auto log = Open(path_, o);
   for (int i = 1; i <= 12; ++i) {
     AuditRecord r = Rec(i);
@@ -463,8 +471,7 @@ TEST_F(MerkleLogTest, TermsPendingWhenTheWriterStoppedAreStoredAtTheNextOpen) {
     ASSERT_TRUE(log->Append(r).ok());
   }
   const std::string copy = dir_ + "/copy.db";
-  std::filesystem::copy_file(path_, copy);
-  std::filesystem::copy_file(path_ + "-wal", copy + "-wal");
+  CopyLive(path_, copy);
   log->Close();
   EXPECT_EQ(Query(copy, "SELECT count(*) FROM audit_postings"), 0);
   VerifyReport before = Verify(copy);  // records after the mark need no terms
@@ -479,10 +486,7 @@ TEST_F(MerkleLogTest, TermsPendingWhenTheWriterStoppedAreStoredAtTheNextOpen) {
 
 // Records followed by no others still get their terms, terms_delay later.
 TEST_F(MerkleLogTest, TermsOfAQuietWriterAreStoredAfterTheDelay) {
-  AuditOptions o = Options();
-  o.terms_batch = 1000;
-  o.terms_delay = std::chrono::milliseconds(50);
-  auto log = Open(path_, o);
+  auto log = Open(path_, Batched(1000, std::chrono::milliseconds(50)));
   for (int i = 1; i <= 3; ++i) ASSERT_TRUE(log->Append(Rec(i)).ok());
   int64_t mark = 0;
   for (int tries = 0; tries < 200 && mark != 3; ++tries) {
@@ -494,20 +498,13 @@ TEST_F(MerkleLogTest, TermsOfAQuietWriterAreStoredAfterTheDelay) {
 }
 
 TEST_F(MerkleLogTest, TermsAfterTheMarkInTheWrongBucketOrAMarkPastTheRecordsAreCaught) {
-  AuditOptions o = Options();
-  o.terms_batch = 4;
-  o.terms_delay = std::chrono::hours(1);
-  auto log = Open(path_, o);
+  auto log = Open(path_, Batched(4));
   for (int i = 1; i <= 6; ++i) ASSERT_TRUE(log->Append(Rec(i)).ok());
   const std::string a = dir_ + "/a.db", b = dir_ + "/b.db", c = dir_ + "/c.db";
-  for (const std::string& p : {a, b}) {  // mark 4; records 5 and 6 after it
-    std::filesystem::copy_file(path_, p);
-    std::filesystem::copy_file(path_ + "-wal", p + "-wal");
-  }
+  CopyLive(path_, a);  // mark 4; records 5 and 6 after it
+  CopyLive(path_, b);
   log->Close();
-  std::filesystem::copy_file(path_, c);  // mark 6: all indexed
-  if (std::filesystem::exists(path_ + "-wal"))
-    std::filesystem::copy_file(path_ + "-wal", c + "-wal");
+  CopyLive(path_, c);  // mark 6: all indexed
   ASSERT_EQ(Query(a, "SELECT seq FROM audit_postings_mark"), 4);
   // Terms for a record after the mark: written by no writer.
   Sql(a, "INSERT INTO audit_postings VALUES(0, 'agent', 'user-1', 5)");
