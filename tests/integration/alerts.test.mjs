@@ -11,6 +11,7 @@ import http from 'node:http';
 import { spawn } from 'node:child_process';
 import {
   BIN, startServer, stopAndClean, diagnose, client, runCli, request, assertStatus, tempRoot, sleep,
+  mintToken, waitFor,
 } from './lib.mjs';
 
 /** `fhirward ARGS` without blocking this process (the webhook endpoint runs in it). */
@@ -24,27 +25,6 @@ function runCliAsync(args, timeoutMs = 90000) {
     const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`fhirward ${args[0]} timed out`)); }, timeoutMs);
     p.on('exit', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
   });
-}
-
-function mint(srv, { sub, scope, roles, clientId }) {
-  const args = ['token', 'mint', '--data-dir', srv.dataDir, '--sub', sub, '--scope', scope];
-  if (roles) args.push('--roles', roles);
-  if (clientId) args.push('--client-id', clientId);
-  const r = runCli(args);
-  assert.equal(r.code, 0, r.stderr);
-  const tok = r.stdout.trim().split('\n').pop().trim();
-  srv.secrets.push(tok);
-  return tok;
-}
-
-async function waitFor(what, fn, ms = 20000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 /** An HTTP endpoint on 127.0.0.1 that keeps every POST. */
@@ -116,7 +96,7 @@ secret_file = "${root}/hook.secret"
 `;
     fs.writeFileSync(`${root}/server.toml`, config);
     srv = await startServer({ name: 'alerts', root, config });
-    auditor = client(srv, mint(srv, { sub: 'ann-auditor', scope: 'user/*.rs', roles: 'auditor' }));
+    auditor = client(srv, mintToken(srv, { sub: 'ann-auditor', scope: 'user/*.rs', roles: 'auditor' }));
   });
   after(async () => {
     await stopAndClean(srv);
@@ -130,14 +110,14 @@ secret_file = "${root}/hook.secret"
     : []);
 
   it('one principal reading more than N patients raises mass_access: in the trail, the file, the webhook', async () => {
-    const admin = client(srv, mint(srv, { sub: 'registrar', scope: 'user/*.cruds' }));
+    const admin = client(srv, mintToken(srv, { sub: 'registrar', scope: 'user/*.cruds' }));
     const ids = [];
     for (let i = 0; i < 4; i++) {
       const p = await admin.post('/Patient', { resourceType: 'Patient', name: [{ family: `Mass${i}` }] });
       assertStatus(p, 201);
       ids.push(p.json.id);
     }
-    const reader = client(srv, mint(srv, { sub: 'curious-clerk', scope: 'user/*.rs', clientId: 'ehr-app' }));
+    const reader = client(srv, mintToken(srv, { sub: 'curious-clerk', scope: 'user/*.rs', clientId: 'ehr-app' }));
     for (const id of ids.slice(0, 3)) assertStatus(await reader.get(`/Patient/${id}`), 200);
     await sleep(1500);
     assert.equal(fileAlerts().filter((l) => l.record.action === 'alert.mass-read').length, 0, 'three patients: not more than 3');

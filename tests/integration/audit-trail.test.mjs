@@ -9,21 +9,8 @@ import fs from 'node:fs';
 import {
   startServer, stopAndClean, diagnose, client, runCli, sqlite, assertStatus, assertOutcome, request,
   linkPath, randomId,
+  mintToken,
 } from './lib.mjs';
-
-function mint(srv, { sub, scope, roles, patient, fhirUser, purpose, clientId }) {
-  const args = ['token', 'mint', '--data-dir', srv.dataDir, '--sub', sub, '--scope', scope];
-  if (roles) args.push('--roles', roles);
-  if (patient) args.push('--patient', patient);
-  if (fhirUser) args.push('--fhir-user', fhirUser);
-  if (purpose) args.push('--purpose', purpose);
-  if (clientId) args.push('--client-id', clientId);
-  const r = runCli(args);
-  assert.equal(r.code, 0, r.stderr);
-  const tok = r.stdout.trim().split('\n').pop().trim();
-  srv.secrets.push(tok);
-  return tok;
-}
 
 // ---- an independent RFC 6962 / RFC 9162 verifier ----------------------------
 const sha256 = (...parts) => crypto.createHash('sha256').update(Buffer.concat(parts)).digest();
@@ -99,7 +86,7 @@ describe('audit trail through the API', { timeout: 180000 }, () => {
 
   before(async () => {
     srv = await startServer({ name: 'audit-trail', config: '[rate_limit]\nper_second = 100000\nburst = 100000\n' });
-    const admin = client(srv, mint(srv, { sub: 'registrar', scope: 'user/*.cruds' }));
+    const admin = client(srv, mintToken(srv, { sub: 'registrar', scope: 'user/*.cruds' }));
     for (const k of ['A', 'B']) {
       const r = await admin.post('/Patient', { resourceType: 'Patient', name: [{ family, given: [k] }] });
       assertStatus(r, 201);
@@ -111,15 +98,15 @@ describe('audit trail through the API', { timeout: 180000 }, () => {
       assertStatus(o, 201);
       ids[`obs${k}`] = o.json.id;
     }
-    clin = client(srv, mint(srv, { sub: 'dr-house', scope: 'user/*.rs', purpose: 'TREAT', clientId: 'ehr-app' }));
-    auditor = client(srv, mint(srv, { sub: 'ann-auditor', scope: 'user/*.rs', roles: 'auditor' }));
-    patA = client(srv, mint(srv, { sub: 'pat-a', scope: 'patient/*.rs', roles: 'patient', patient: ids.A, fhirUser: `Patient/${ids.A}` }));
-    patB = client(srv, mint(srv, { sub: 'pat-b', scope: 'patient/*.rs', roles: 'patient', patient: ids.B, fhirUser: `Patient/${ids.B}` }));
-    app = client(srv, mint(srv, { sub: 'some-app', scope: 'user/*.rs' }));
+    clin = client(srv, mintToken(srv, { sub: 'dr-house', scope: 'user/*.rs', purpose: 'TREAT', clientId: 'ehr-app' }));
+    auditor = client(srv, mintToken(srv, { sub: 'ann-auditor', scope: 'user/*.rs', roles: 'auditor' }));
+    patA = client(srv, mintToken(srv, { sub: 'pat-a', scope: 'patient/*.rs', roles: 'patient', patient: ids.A, fhirUser: `Patient/${ids.A}` }));
+    patB = client(srv, mintToken(srv, { sub: 'pat-b', scope: 'patient/*.rs', roles: 'patient', patient: ids.B, fhirUser: `Patient/${ids.B}` }));
+    app = client(srv, mintToken(srv, { sub: 'some-app', scope: 'user/*.rs' }));
     assertStatus(await clin.get(`/Patient/${ids.A}`), 200);
     assertStatus(await clin.get(`/Observation?subject=Patient/${ids.B}`), 200);
     assertStatus(await clin.get(`/Patient?family=${family}`), 200);  // both patients
-    assertStatus(await client(srv, mint(srv, { sub: 'dr-house', scope: 'user/Observation.rs' })).get(`/Patient/${ids.A}`), 403);
+    assertStatus(await client(srv, mintToken(srv, { sub: 'dr-house', scope: 'user/Observation.rs' })).get(`/Patient/${ids.A}`), 403);
   });
   after(async () => { await stopAndClean(srv); });
   afterEach(diagnose(() => [srv]));

@@ -355,17 +355,47 @@ export function runCli(args, { timeoutMs = 30000, input } = {}) {
 }
 
 /** `fhirward token mint`; returns the compact JWT. */
-export function mintToken(srvOrDir, { sub = 'alice', scope = 'user/*.cruds', ttl, patient } = {}) {
+export function mintToken(srvOrDir, {
+  sub = 'alice', scope = 'user/*.cruds', ttl, patient, roles, fhirUser, purpose, clientId,
+} = {}) {
   const dataDir = typeof srvOrDir === 'string' ? srvOrDir : srvOrDir.dataDir;
   const args = ['token', 'mint', '--data-dir', dataDir, '--sub', sub, '--scope', scope];
   if (ttl !== undefined) args.push('--ttl', String(ttl));
   if (patient !== undefined) args.push('--patient', patient);
+  if (roles) args.push('--roles', roles);
+  if (fhirUser) args.push('--fhir-user', fhirUser);
+  if (purpose) args.push('--purpose', purpose);
+  if (clientId) args.push('--client-id', clientId);
   const r = runCli(args);
   assert.equal(r.code, 0, `fhirward ${args.join(' ')} failed: ${r.stderr}${r.stdout}`);
   const tok = r.stdout.trim().split('\n').pop().trim();
   assert.match(tok, /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/, `token mint printed no JWT: ${JSON.stringify(r.stdout)}`);
   if (typeof srvOrDir !== 'string') srvOrDir.secrets.push(tok);
   return tok;
+}
+
+/** The server's structured log events named `event` (its JSON lines on stderr). */
+export function logEvents(srv, event) {
+  const out = [];
+  for (const l of srv.stderrLines) {
+    if (!l.startsWith('{')) continue;
+    try {
+      const j = JSON.parse(l);
+      if (j.event === event) out.push(j);
+    } catch { /* not JSON */ }
+  }
+  return out;
+}
+
+/** Calls `fn` every 100 ms until it returns something truthy, which is returned; fails after `ms`. */
+export async function waitFor(what, fn, ms = 20000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) assert.fail(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
 }
 
 // ---------------------------------------------------------------------------

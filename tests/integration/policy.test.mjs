@@ -25,6 +25,7 @@ import { fileURLToPath } from 'node:url';
 import {
   startServer, stopAndClean, diagnose, client, forgeJwt, runCli, sqlite, sleep,
   tempRoot, assertStatus, assertOutcome, describeRes,
+  logEvents, waitFor,
 } from './lib.mjs';
 import { addUser, auditRecords } from './oauth-lib.mjs';
 
@@ -355,28 +356,6 @@ async function auditOf(srv, res, { min = 1 } = {}) {
     await sleep(50);
   }
   return auditRecords(srv, { request_id: id });
-}
-
-function logEvents(srv, event) {
-  const out = [];
-  for (const l of srv.stderrLines) {
-    if (!l.startsWith('{')) continue;
-    try {
-      const j = JSON.parse(l);
-      if (j.event === event) out.push(j);
-    } catch { /* not JSON */ }
-  }
-  return out;
-}
-
-async function waitFor(what, fn, timeoutMs = 6000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 // ===========================================================================

@@ -10,6 +10,7 @@ import net from 'node:net';
 import { spawn, execFileSync } from 'node:child_process';
 import {
   startServer, stopAndClean, diagnose, client, mintToken, sqlite, assertStatus, tempRoot, sleep,
+  logEvents, waitFor,
 } from './lib.mjs';
 
 const RSYSLOGD = ['/usr/sbin/rsyslogd', '/sbin/rsyslogd'].find((p) => fs.existsSync(p));
@@ -95,20 +96,6 @@ function records(srv) {
       const i = l.indexOf('|');
       return { seq: Number(l.slice(0, i)), record: l.slice(i + 1) };
     });
-}
-
-function logEvents(srv, event) {
-  return srv.stderrLines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)).filter((j) => j.event === event);
-}
-
-async function waitFor(what, fn, ms = 20000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 /** Seqs 1..N each at least once, first arrivals in increasing order (duplicates allowed). */
