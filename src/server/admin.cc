@@ -1,5 +1,8 @@
 #include "server/admin.h"
 
+#include <pwd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <fstream>
@@ -58,6 +61,50 @@ bool ValidFhirUser(std::string_view s) {
     }
   }
   return false;
+}
+
+// Who ran the command, as the operating system knows them.
+std::string OsUser() {
+  const uid_t uid = ::getuid();
+  std::string name = "?";
+  struct passwd pw {};
+  struct passwd* found = nullptr;
+  char buf[1024];
+  if (::getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found != nullptr) {
+    name = found->pw_name;
+  }
+  return "fhirward-cli uid=" + std::to_string(uid) + "(" + name + ")";
+}
+
+// Appends the record of an administrative act done through the CLI (who holds
+// which role, which clients exist, which key signs): the CLI signs no tree
+// heads, the server's next head covers the record. Never a secret: no
+// password, client secret, TOTP seed or launch id goes into `r`.
+absl::Status AuditAdmin(const Instance& inst, audit::AuditRecord r) {
+  auto log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
+  if (!log.ok()) return log.status();
+  r.time = FormatInstant(SystemClock::Get().Now());
+  r.request_id = RandomUuid();
+  if (r.subject.empty()) r.subject = "fhirward-cli";
+  r.user_agent = OsUser();
+  if (r.outcome.empty()) r.outcome = "success";
+  auto seq = (*log)->Append(r);
+  (*log)->Close();
+  if (!seq.ok()) {
+    return Error(ErrorCode::kAuditUnavailable, "the change was made but could not be audited: " +
+                                                   std::string(seq.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+audit::AuditRecord AdminRecord(std::string action, std::string type, std::string id,
+                               std::string decision = {}) {
+  audit::AuditRecord r;
+  r.action = std::move(action);
+  r.resource_type = std::move(type);
+  r.resource_id = std::move(id);
+  r.decision = std::move(decision);
+  return r;
 }
 
 std::string GeneratePassword() {
@@ -153,21 +200,11 @@ absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
   }
   if (auto s = o->store->AddUser(u); !s.ok()) return s;
   // Who holds which role is on the trail (a new key-admin or auditor above all).
-  {
-    auto log = audit::AuditLog::Open(o->inst->audit_db_path(), o->inst->audit_mac_key().Clone());
-    if (!log.ok()) return log.status();
-    audit::AuditRecord r;
-    r.time = FormatInstant(SystemClock::Get().Now());
-    r.request_id = RandomUuid();
-    r.subject = "fhirward-cli";
-    r.action = "user.add";
-    r.outcome = "success";
-    r.resource_type = "User";
-    r.resource_id = a.username;
-    r.decision = "fhir_user=" + u.fhir_user + " roles=" + u.roles + (a.totp ? " totp" : "");
-    auto seq = (*log)->Append(r);
-    (*log)->Close();
-    if (!seq.ok()) return seq.status();
+  if (auto s = AuditAdmin(*o->inst, AdminRecord("user.add", "User", a.username,
+                                                "fhir_user=" + u.fhir_user + " roles=" + u.roles +
+                                                    (a.totp ? " totp" : "")));
+      !s.ok()) {
+    return s;
   }
   out << "user " << a.username << " added (" << u.fhir_user
       << (u.roles.empty() ? "" : ", roles " + u.roles) << ")\n";
@@ -204,6 +241,11 @@ absl::Status UsersDisable(const std::string& data_dir, const std::string& userna
       return s;
     }
   }
+  if (auto s = AuditAdmin(*o->inst, AdminRecord(disable ? "user.disable" : "user.enable", "User",
+                                                username, disable ? "grants revoked" : ""));
+      !s.ok()) {
+    return s;
+  }
   out << "user " << username << (disable ? " disabled\n" : " enabled\n");
   return absl::OkStatus();
 }
@@ -216,6 +258,11 @@ absl::Status UsersResetPassword(const UserArgs& a, std::ostream& out) {
   if (!hash.ok()) return hash.status();
   if (auto s = o->store->SetPassword(a.username, *hash); !s.ok()) return s;
   if (auto s = o->store->RevokeUserGrants(a.username, SystemClock::Get().NowSeconds()); !s.ok()) {
+    return s;
+  }
+  if (auto s = AuditAdmin(*o->inst, AdminRecord("user.reset-password", "User", a.username,
+                                                "lockout cleared, grants revoked"));
+      !s.ok()) {
     return s;
   }
   out << "password of " << a.username
@@ -338,6 +385,17 @@ absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
   auto o = Open(a.data_dir);
   if (!o.ok()) return o.status();
   if (auto s = o->store->AddClient(c); !s.ok()) return s;
+  {
+    std::string grants_list;
+    for (const auto& g : c.grant_types) grants_list += (grants_list.empty() ? "" : ",") + g;
+    audit::AuditRecord r =
+        AdminRecord("client.add", "Client", c.client_id,
+                    "auth=" + a.auth + " grants=" + grants_list + " scope=" + c.scope +
+                        " redirect_uris=" + std::to_string(c.redirect_uris.size()) +
+                        (c.sender_constraint.empty() ? "" : " bound=" + c.sender_constraint));
+    r.client_id = c.client_id;
+    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
+  }
   out << "client " << c.client_id << " added (" << a.auth << ")\n";
   if (!secret.empty()) out << "client_secret: " << secret << "\n";
   return absl::OkStatus();
@@ -366,6 +424,12 @@ absl::Status ClientsDisable(const std::string& data_dir, const std::string& clie
   auto o = Open(data_dir);
   if (!o.ok()) return o.status();
   if (auto s = o->store->SetClientDisabled(client_id, disable); !s.ok()) return s;
+  {
+    audit::AuditRecord r =
+        AdminRecord(disable ? "client.disable" : "client.enable", "Client", client_id);
+    r.client_id = client_id;
+    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
+  }
   out << "client " << client_id << (disable ? " disabled\n" : " enabled\n");
   return absl::OkStatus();
 }
@@ -380,6 +444,14 @@ absl::Status ClientsRotateSecret(const ClientArgs& a, std::ostream& out) {
                                       a.grace_seconds, expires);
       !s.ok()) {
     return s;
+  }
+  {
+    audit::AuditRecord r =
+        AdminRecord("client.rotate-secret", "Client", a.client_id,
+                    "previous secret valid " + std::to_string(a.grace_seconds) + " s" +
+                        (expires ? ", new one expires " + Time(expires) : ""));
+    r.client_id = a.client_id;
+    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
   }
   out << "client_secret: " << secret << "\n";
   out << "the previous secret works for " << a.grace_seconds << " more seconds\n";
@@ -409,6 +481,16 @@ absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out) {
   l.client_id = a.client_id;
   l.expires = SystemClock::Get().NowSeconds() + a.ttl_seconds;
   if (auto s = o->store->AddLaunch(l); !s.ok()) return s;
+  {
+    // The launch id is a handle to the context: it stays out of the trail.
+    audit::AuditRecord r =
+        AdminRecord("launch.create", "Launch", "",
+                    (a.encounter.empty() ? "" : "encounter=" + a.encounter + " ") +
+                        "ttl=" + std::to_string(a.ttl_seconds) + "s");
+    r.patient_id = a.patient;
+    r.client_id = a.client_id;
+    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
+  }
   out << l.id << "\n";
   return absl::OkStatus();
 }
@@ -430,6 +512,12 @@ absl::Status KeysRotateSigning(const RotateArgs& a, std::ostream& out) {
   auto info = oauth::SigningKeyRing::Rotate((*inst)->keys_dir(), *alg, now, a.activate_in,
                                             kKeyOverlapSeconds);
   if (!info.ok()) return info.status();
+  if (auto s = AuditAdmin(**inst,
+                          AdminRecord("key.rotate-signing", "SigningKey", info->kid,
+                                      "alg=" + a.alg + " signs from " + Time(info->activate_at)));
+      !s.ok()) {
+    return s;
+  }
   out << "new " << a.alg << " key " << info->kid << " published now, signs from "
       << Time(info->activate_at) << "\n";
   return absl::OkStatus();
@@ -507,41 +595,67 @@ absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out) 
   }
   auto opened = Open(a.data_dir);
   if (!opened.ok()) return opened.status();
+  // Every attempt is on the trail under the episode (AuditEvent?break-glass=ID),
+  // a refusal with its reason; the note stays sealed in policy.db.
+  auto audit_review = [&](const std::string& who, const std::string& outcome,
+                          const std::string& why, int status) {
+    audit::AuditRecord r = AdminRecord("breakglass.review", "BreakGlass", a.id,
+                                       why.empty() ? "outcome=" + a.outcome : "");
+    r.subject = who;
+    r.break_glass = a.id;
+    r.outcome = outcome;
+    r.status_code = status;
+    r.error = why;
+    return AuditAdmin(*opened->inst, std::move(r));
+  };
+  auto refuse = [&](const std::string& who, const std::string& why,
+                    const std::string& message) -> absl::Status {
+    if (auto s = audit_review(who, "denied", why, 403); !s.ok()) return s;
+    return Error(ErrorCode::kForbidden, message);
+  };
   // The reviewer is an auditor known to the authorization server, and not the
   // person who broke the glass.
   auto reviewer = opened->store->GetUser(a.reviewer);
   if (!reviewer.ok()) return reviewer.status();
+  const int64_t now = SystemClock::Get().NowSeconds();
   // One answer for an unknown user, a disabled one and a wrong password.
-  const bool known = *reviewer && !(*reviewer)->disabled &&
-                     (*reviewer)->locked_until <= SystemClock::Get().NowSeconds();
+  const bool known = *reviewer && !(*reviewer)->disabled && (*reviewer)->locked_until <= now;
   bool password_ok = false;
   if (known) {
     password_ok = crypto::VerifyPassword(a.password, (*reviewer)->password_hash);
   } else {
     crypto::VerifyAgainstDummy(a.password);  // the same time either way
   }
+  // A name typed for a user that does not exist may be a password typed in
+  // the wrong field: the trail gets a keyed digest of it instead.
+  const std::string who =
+      *reviewer ? a.reviewer
+                : oauth::AuditNameForUnknownUser(opened->inst->session_key(), a.reviewer);
   if (!known || !password_ok) {
-    return Error(ErrorCode::kForbidden,
-                 "reviewer " + a.reviewer + ": not an active user, or wrong password");
+    if (known) {
+      (void)opened->store->RecordLoginFailure(a.reviewer, now, kCliMaxFailures, kCliLockSeconds);
+    }
+    return refuse(who, "bad_credentials",
+                  "reviewer " + a.reviewer + ": not an active user, or wrong password");
   }
   std::istringstream roles((*reviewer)->roles);
   bool auditor = false;
   for (std::string r; roles >> r;) auditor = auditor || r == "auditor";
-  if (!auditor) return Error(ErrorCode::kForbidden, "the reviewer needs the auditor role");
+  if (!auditor) return refuse(who, "not_auditor", "the reviewer needs the auditor role");
   auto store = BreakGlassStore::Open(opened->inst->policy_db_path(), &opened->inst->kek());
   if (!store.ok()) return store.status();
   auto list = (*store)->List(false);
   if (!list.ok()) return list.status();
   for (const BreakGlassRecord& r : *list) {
     if (r.episode.id == a.id && r.episode.subject == a.reviewer) {
-      return Error(ErrorCode::kForbidden, "an episode is reviewed by someone else");
+      return refuse(who, "own_episode", "an episode is reviewed by someone else");
     }
   }
-  if (auto s =
-          (*store)->Review(a.id, a.reviewer, a.outcome, a.note, SystemClock::Get().NowSeconds());
-      !s.ok()) {
+  if (auto s = (*store)->Review(a.id, a.reviewer, a.outcome, a.note, now); !s.ok()) {
+    (void)audit_review(who, "failed", "not_reviewable", 409);  // unknown or already reviewed
     return s;
   }
+  if (auto s = audit_review(who, "success", "", 200); !s.ok()) return s;
   out << "episode " << a.id << " reviewed: " << a.outcome << "\n";
   return absl::OkStatus();
 }

@@ -15,6 +15,11 @@
 
 namespace fhirward::server {
 
+// A wrong password typed to a CLI command that acts as a user (key
+// administration, break-glass review) counts towards that user's lockout.
+inline constexpr int64_t kCliMaxFailures = 5;
+inline constexpr int64_t kCliLockSeconds = 900;
+
 struct UserArgs {
   std::string data_dir;
   std::string username;

@@ -22,6 +22,7 @@
 #include "common/clock.h"
 #include "common/encoding.h"
 #include "common/error.h"
+#include "crypto/aead.h"
 #include "crypto/pki.h"
 #include "fhir/profiles.h"
 #include "fhir/validator.h"
@@ -603,9 +604,30 @@ absl::Status Serve(const ServeArgs& args) {
   if (!break_glass.ok()) return break_glass.status();
   StorePolicyFacts facts(store->get(), config.tenant, break_glass->get(), &SystemClock::Get(),
                          config.policy_cache_seconds);
+  // Which policy decided is in every record; which file it came from, and
+  // every change of it (a refused one too), is on the trail as policy.load.
   auto policies = PolicyRuntime::Open(
       {config.policy_file, config.policy_candidate, config.policy_reload_seconds}, &facts,
-      &SystemClock::Get());
+      &SystemClock::Get(), [log = audit_log->get()](const PolicyLoadEvent& e) {
+        audit::AuditRecord r;
+        r.time = FormatInstant(SystemClock::Get().Now());
+        r.request_id = RandomUuid();
+        r.subject = "fhirward-server";
+        r.action = "policy.load";
+        r.resource_type = "Policy";
+        r.resource_id = e.enforced;
+        r.policy_id = e.enforced;
+        r.outcome = e.ok ? "success" : "failed";
+        r.status_code = e.ok ? 200 : 422;
+        if (!e.ok) r.error = "policy_refused";
+        r.decision = "enforced=" + (e.enforced.empty() ? std::string("-") : e.enforced) +
+                     " candidate=" + (e.candidate.empty() ? std::string("-") : e.candidate) +
+                     (e.files.empty() ? "" : " files: " + e.files) +
+                     (e.ok ? "" : " refused: " + e.error);
+        if (!log->Append(r).ok()) {
+          LogEvent(LogLevel::kError, "policy_load_unaudited", {{"policy", LogValue(e.enforced)}});
+        }
+      });
   if (!policies.ok()) return policies.status();
   auto profiles = LoadProfiles(config);
   if (!profiles.ok()) return profiles.status();
@@ -667,6 +689,12 @@ absl::Status Serve(const ServeArgs& args) {
   start.request_id = RandomUuid();
   start.action = "server-start";
   start.outcome = "success";
+  start.node = host_name;
+  if (!args.config_file.empty()) {  // which configuration this run has
+    std::ifstream in(args.config_file, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    start.decision = "config " + args.config_file + " sha256=" + HexEncode(crypto::Sha256(bytes));
+  }
   if (auto s = (*audit_log)->Append(start); !s.ok()) return s.status();
 
   // Key events of the running server (data keys created on first use, unwrap

@@ -19,6 +19,7 @@
 #include "crypto/totp.h"
 #include "oauth/authorization_server.h"
 #include "oauth/oauth_store.h"
+#include "server/admin.h"
 #include "server/instance.h"
 #include "store/resource_store.h"
 
@@ -26,8 +27,6 @@ namespace fhirward::server {
 namespace {
 
 constexpr std::string_view kRewrapCursor = "rewrap.cursor";
-constexpr int64_t kMaxFailures = 5;
-constexpr int64_t kLockSeconds = 900;
 
 struct Session {
   std::unique_ptr<Instance> inst;
@@ -136,7 +135,7 @@ absl::StatusOr<std::unique_ptr<Session>> OpenAsKeyAdmin(const KeyAdminArgs& a,
       *user ? a.admin : oauth::AuditNameForUnknownUser(session.inst->session_key(), a.admin);
   if (!ok) {
     if (known && why != "not_key_admin") {
-      (void)session.users->RecordLoginFailure(a.admin, now, kMaxFailures, kLockSeconds);
+      (void)session.users->RecordLoginFailure(a.admin, now, kCliMaxFailures, kCliLockSeconds);
     }
     audit::AuditRecord r;
     r.action = "key." + action;

@@ -2,9 +2,13 @@
 
 #include <sys/stat.h>
 
+#include <fstream>
+#include <iterator>
 #include <set>
 
+#include "common/encoding.h"
 #include "common/error.h"
+#include "crypto/aead.h"
 #include "policy/policy_set.h"
 #include "server/log.h"
 #include "store/internal/sqlite.h"
@@ -367,10 +371,11 @@ absl::StatusOr<policy::BreakGlassEpisode> StorePolicyFacts::OpenBreakGlass(
 PolicyRuntime::PolicyRuntime(PolicyFiles files, policy::PolicyFacts* facts, const Clock* clock)
     : files_(std::move(files)), facts_(facts), clock_(clock) {}
 
-absl::StatusOr<std::unique_ptr<PolicyRuntime>> PolicyRuntime::Open(PolicyFiles files,
-                                                                   policy::PolicyFacts* facts,
-                                                                   const Clock* clock) {
+absl::StatusOr<std::unique_ptr<PolicyRuntime>> PolicyRuntime::Open(
+    PolicyFiles files, policy::PolicyFacts* facts, const Clock* clock,
+    std::function<void(const PolicyLoadEvent&)> on_load) {
   std::unique_ptr<PolicyRuntime> rt(new PolicyRuntime(std::move(files), facts, clock));
+  rt->on_load_ = std::move(on_load);
   rt->stamp_ = rt->Stamp();
   if (auto s = rt->Load(); !s.ok()) return s;
   rt->checked_ = clock->NowSeconds();
@@ -391,7 +396,40 @@ std::string PolicyRuntime::Stamp() const {
   return out;
 }
 
+std::string PolicyRuntime::FileDigests() const {
+  std::string out;
+  for (const std::string* path : {&files_.enforced, &files_.candidate}) {
+    if (path->empty()) continue;
+    std::ifstream in(*path, std::ios::binary);
+    std::string bytes;
+    if (in) bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    out += (out.empty() ? "" : "; ") + *path +
+           (!in || in.bad() ? " unreadable" : " sha256=" + HexEncode(crypto::Sha256(bytes)));
+  }
+  return out;
+}
+
 absl::Status PolicyRuntime::Load() {
+  // Every load is reported, a refused one with the policies still in force.
+  auto report = [&](const absl::Status& status) {
+    if (!on_load_) return;
+    PolicyLoadEvent e;
+    e.ok = status.ok();
+    {
+      std::lock_guard lock(mu_);
+      e.enforced = enforced_id_;
+      e.candidate = candidate_id_;
+    }
+    e.files = FileDigests();
+    e.error = std::string(status.message()).substr(0, 1000);
+    on_load_(e);
+  };
+  absl::Status status = LoadFiles();
+  report(status);
+  return status;
+}
+
+absl::Status PolicyRuntime::LoadFiles() {
   auto load =
       [](const std::string& path) -> absl::StatusOr<std::shared_ptr<const policy::PolicySet>> {
     policy::PolicyLoad l = policy::LoadPolicyFile(path);
@@ -421,6 +459,8 @@ absl::Status PolicyRuntime::Load() {
             {"candidate", LogValue(candidate ? candidate->IdVersion() : std::string())}});
   std::lock_guard lock(mu_);
   engine_ = std::move(engine);
+  enforced_id_ = enforced->IdVersion();
+  candidate_id_ = candidate ? candidate->IdVersion() : std::string();
   return absl::OkStatus();
 }
 

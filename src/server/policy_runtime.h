@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -106,18 +107,32 @@ struct PolicyFiles {
   int64_t reload_seconds = 5;
 };
 
+// What one load of the policy files did (at start, and each reload), for the
+// audit trail: the policies in force after it and the files' digests.
+struct PolicyLoadEvent {
+  bool ok = false;
+  std::string enforced;   // id@version in force after the load
+  std::string candidate;  // id@version of the shadow policy ("" when none)
+  std::string files;      // "path sha256=HEX" per file read, "; "-separated
+  std::string error;      // why a new version was refused (the previous stays)
+};
+
 // The current engine; reloads the files when they change (an invalid new
-// version is refused and logged: the previous one stays in force).
+// version is refused and logged: the previous one stays in force). `on_load`
+// (optional) hears of every load, refused ones included, on the thread that
+// did it.
 class PolicyRuntime {
  public:
-  static absl::StatusOr<std::unique_ptr<PolicyRuntime>> Open(PolicyFiles files,
-                                                             policy::PolicyFacts* facts,
-                                                             const Clock* clock);
+  static absl::StatusOr<std::unique_ptr<PolicyRuntime>> Open(
+      PolicyFiles files, policy::PolicyFacts* facts, const Clock* clock,
+      std::function<void(const PolicyLoadEvent&)> on_load = nullptr);
   std::shared_ptr<const policy::PolicyEngine> Current();
 
  private:
   PolicyRuntime(PolicyFiles files, policy::PolicyFacts* facts, const Clock* clock);
-  absl::Status Load();
+  absl::Status Load();       // LoadFiles(), reported to on_load_
+  absl::Status LoadFiles();  // reads, checks and installs the files
+  std::string FileDigests() const;
   std::string Stamp() const;  // files' identity: inode, size, mtime
 
   PolicyFiles files_;
@@ -125,6 +140,8 @@ class PolicyRuntime {
   const Clock* clock_;
   std::mutex mu_;
   std::shared_ptr<const policy::PolicyEngine> engine_;
+  std::string enforced_id_, candidate_id_;  // of engine_
+  std::function<void(const PolicyLoadEvent&)> on_load_;
   std::string stamp_;
   int64_t checked_ = 0;
 };

@@ -11,6 +11,7 @@ import {
   linkPath, randomId,
   mintToken,
 } from './lib.mjs';
+import { auditRecords } from './oauth-lib.mjs';
 
 // ---- an independent RFC 6962 / RFC 9162 verifier ----------------------------
 const sha256 = (...parts) => crypto.createHash('sha256').update(Buffer.concat(parts)).digest();
@@ -323,5 +324,59 @@ describe('audit trail through the API', { timeout: 180000 }, () => {
     const a = sqlite(`${srv.dataDir}/audit/audit.db`,
       "SELECT record FROM audit_records WHERE json_extract(record, '$.subject') = 'ann-auditor' LIMIT 1;").trim();
     assert.equal(JSON.parse(a).roles, 'auditor');
+  });
+
+  it('administrative commands are on the trail, with who ran them and no secret', async () => {
+    const d = ['--data-dir', srv.dataDir];
+    const run = (args) => {
+      const r = runCli(args);
+      assert.equal(r.code, 0, `fhirward ${args.join(' ')}: ${r.stderr}${r.stdout}`);
+      return r.stdout;
+    };
+    const secrets = [];
+    const grab = (out, label) => {
+      const m = out.match(new RegExp(`${label}: (\\S+)`));
+      assert.ok(m, `${label} in ${out}`);
+      secrets.push(m[1]);
+    };
+    const before = auditRecords(srv).length;
+    grab(run(['users', 'add', ...d, '--username', 'temp-nurse', '--fhir-user', 'Practitioner/tn1', '--roles', 'clinician']), 'password');
+    run(['users', 'disable', ...d, '--username', 'temp-nurse']);
+    run(['users', 'enable', ...d, '--username', 'temp-nurse']);
+    grab(run(['users', 'reset-password', ...d, '--username', 'temp-nurse']), 'password');
+    grab(run(['clients', 'add', ...d, '--client-id', 'lab-feed', '--auth', 'client_secret_basic', '--scope', 'system/Observation.cr',
+      '--grant-type', 'client_credentials']), 'client_secret');
+    run(['clients', 'disable', ...d, '--client-id', 'lab-feed']);
+    run(['clients', 'enable', ...d, '--client-id', 'lab-feed']);
+    grab(run(['clients', 'rotate-secret', ...d, '--client-id', 'lab-feed', '--grace', '60']), 'client_secret');
+    secrets.push(run(['launch', 'create', ...d, '--patient', ids.A, '--client-id', 'ehr-app']).trim());
+    const kid = run(['keys', 'rotate-signing', ...d]).match(/key (\S+) published/)[1];
+
+    const recs = auditRecords(srv).slice(before);
+    assert.deepEqual(recs.map((r) => `${r.action} ${r.resource_type}/${r.resource_id} ${r.outcome}`), [
+      'user.add User/temp-nurse success', 'user.disable User/temp-nurse success', 'user.enable User/temp-nurse success',
+      'user.reset-password User/temp-nurse success', 'client.add Client/lab-feed success', 'client.disable Client/lab-feed success',
+      'client.enable Client/lab-feed success', 'client.rotate-secret Client/lab-feed success', 'launch.create Launch/ success',
+      `key.rotate-signing SigningKey/${kid} success`]);
+    for (const r of recs) {
+      assert.equal(r.subject, 'fhirward-cli');
+      assert.match(r.user_agent, /^fhirward-cli uid=\d+\(\S+\)$/);
+    }
+    assert.equal(recs[0].decision, 'fhir_user=Practitioner/tn1 roles=clinician');
+    assert.equal(recs[1].decision, 'grants revoked');
+    assert.equal(recs[4].decision, 'auth=client_secret_basic grants=client_credentials scope=system/Observation.cr redirect_uris=0');
+    assert.equal(recs[8].patient_id, ids.A);
+    assert.equal(recs[8].client_id, 'ehr-app');
+    // Passwords, client secrets and the launch id are printed once and kept nowhere in the trail.
+    for (const f of ['audit.db', 'audit.db-wal']) {
+      const p = `${srv.dataDir}/audit/${f}`;
+      if (!fs.existsSync(p)) continue;
+      const bytes = fs.readFileSync(p);
+      for (const sec of secrets) assert.equal(bytes.indexOf(sec), -1, `a secret printed by the CLI is in ${f}`);
+    }
+    // Auditors find them like any other event.
+    const found = await auditor.get('/AuditEvent?subtype=client.add,client.rotate-secret');
+    assertStatus(found, 200);
+    assert.equal(found.json.entry.length, 2, JSON.stringify(found.json));
   });
 });

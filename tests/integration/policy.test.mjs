@@ -19,6 +19,7 @@
 // and write permission (no shipped role has read_only elements).
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -1142,6 +1143,17 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     assert.notEqual(bad.code, 0, 'invalid outcome');
     const list = runCli(['breakglass', 'list', '--data-dir', srv.dataDir]);
     assert.match(list.stdout, new RegExp(`${episode}.*review=pending`));
+    // Each refusal is on the trail under the episode, with its reason; a name
+    // that is no user's is kept only as a keyed digest (it may be a password).
+    const refused = auditRecords(srv, { action: 'breakglass.review', break_glass: episode });
+    assert.deepEqual(refused.map((r) => [r.outcome, r.error, r.status_code]), [
+      ['denied', 'bad_credentials', 403], ['denied', 'bad_credentials', 403],
+      ['denied', 'not_auditor', 403], ['denied', 'own_episode', 403]], JSON.stringify(refused));
+    assert.deepEqual(refused.map((r) => r.subject).filter((s) => s !== refused[1].subject), ['aud1', 'fd1', 'dr3']);
+    assert.ok(!refused[1].subject.includes('nobody'), refused[1].subject);
+    assert.match(refused[0].user_agent, /^fhirward-cli uid=\d+\(/);
+    const raw = sqlite(`${srv.dataDir}/audit/audit.db`, 'SELECT record FROM audit_records;');
+    assert.ok(!raw.includes('wrong-password-123') && !raw.includes(AUD_PW), 'a password in the audit trail');
   });
 
   it('an auditor closes the episode; list no longer shows it as pending', () => {
@@ -1162,6 +1174,15 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     const again = runCli(['breakglass', 'review', episode, '--data-dir', srv.dataDir, '--reviewer', 'aud1',
       '--outcome', 'unjustified', '--note', 'second opinion'], { input: `${AUD_PW}\n` });
     assert.notEqual(again.code, 0, `second review: ${again.stdout}`);
+    // The review and the refused second one are on the trail; the note is not.
+    const [done, twice] = auditRecords(srv, { action: 'breakglass.review', subject: 'aud1' }).slice(-2);
+    assert.equal(done.outcome, 'success');
+    assert.equal(done.break_glass, episode);
+    assert.equal(done.decision, 'outcome=justified');
+    assert.equal(twice.outcome, 'failed');
+    assert.equal(twice.error, 'not_reviewable');
+    const raw = sqlite(`${srv.dataDir}/audit/audit.db`, 'SELECT record FROM audit_records;');
+    assert.ok(!raw.includes('Checked with the ED charge nurse'), 'the review note in the audit trail');
   });
 
   it('justifications are stored sealed in db/policy.db', () => {
@@ -1270,6 +1291,14 @@ describe('policy: reload while running', { timeout: 180000 }, () => {
     assertForbidden(r2, 'under v2');
     assert.equal((await auditOf(srv, r2))[0].policy_id, 'fhirward-default@2');
     await waitFor('policy_loaded fhirward-default@2', () => logEvents(srv, 'policy_loaded').some((e) => e.policy === 'fhirward-default@2'));
+    // The change is on the trail: which policy, from which file, with the file's digest.
+    const loads = auditRecords(srv, { action: 'policy.load' });
+    assert.deepEqual(loads.map((l) => [l.resource_id, l.outcome]),
+      [['fhirward-default@1', 'success'], ['fhirward-default@2', 'success']], JSON.stringify(loads));
+    const digest = crypto.createHash('sha256').update(v2).digest('hex');
+    assert.ok(loads[1].decision.includes(`${srv.policyFile} sha256=${digest}`), loads[1].decision);
+    assert.equal(loads[1].subject, 'fhirward-server');
+    assert.equal(loads[1].policy_id, 'fhirward-default@2');
   });
 
   it('an invalid rewrite is refused and the previous version stays enforced', async () => {
@@ -1298,6 +1327,15 @@ describe('policy: reload while running', { timeout: 180000 }, () => {
       return logEvents(srv, 'policy_reload_refused').length >= 2;
     });
     assertForbidden(await fd().get('/Patient/p1'), 'still v2 after garbage');
+    // Both refusals are on the trail, naming the version still in force and why.
+    const refused = auditRecords(srv, { action: 'policy.load', outcome: 'failed' });
+    assert.equal(refused.length, 2, JSON.stringify(refused));
+    for (const r of refused) {
+      assert.equal(r.resource_id, 'fhirward-default@2');
+      assert.equal(r.error, 'policy_refused');
+      assert.match(r.decision, /^enforced=fhirward-default@2 candidate=- files: .* refused: policy .* is invalid/);
+    }
+    assert.match(refused[0].decision, /scope/);
   });
 
   it('fixing the file afterwards is picked up again', async () => {
@@ -1307,6 +1345,9 @@ describe('policy: reload while running', { timeout: 180000 }, () => {
       return x.status === 200 ? x : undefined;
     });
     assert.equal((await auditOf(srv, r))[0].policy_id, 'fhirward-default@4');
+    const last = auditRecords(srv, { action: 'policy.load' }).pop();
+    assert.equal(last.resource_id, 'fhirward-default@4');
+    assert.equal(last.outcome, 'success');
   });
 });
 
