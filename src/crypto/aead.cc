@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "common/error.h"
 
@@ -163,6 +164,26 @@ std::string Sha256(std::string_view data) {
       len != 32) {
     std::fputs("fatal: SHA-256 failed\n", stderr);
     std::abort();
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return Error(ErrorCode::kNotFound, "cannot open " + path);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  bool ok = ctx && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
+  char buf[65536];
+  size_t n;
+  while (ok && (n = std::fread(buf, 1, sizeof buf, f)) > 0) {
+    ok = EVP_DigestUpdate(ctx.get(), buf, n) == 1;
+  }
+  ok = ok && !std::ferror(f);
+  std::fclose(f);
+  std::string out(32, '\0');
+  unsigned int len = 0;
+  if (!ok || EVP_DigestFinal_ex(ctx.get(), U(out.data()), &len) != 1 || len != 32) {
+    return Error(ErrorCode::kInternal, "cannot read " + path);
   }
   return out;
 }

@@ -42,7 +42,10 @@ class Aead {
   SecretBytes key_;
 };
 
-std::string Sha256(std::string_view data);                            // 32 raw bytes
+std::string Sha256(std::string_view data);  // 32 raw bytes
+// SHA-256 of a file's bytes (32 raw bytes), read in chunks; an error when it
+// cannot be opened or read.
+absl::StatusOr<std::string> Sha256File(const std::string& path);
 std::string HmacSha256(std::string_view key, std::string_view data);  // 32 raw bytes
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 // HKDF-SHA256 (RFC 5869) with a 32-byte output: a key derived from `ikm`.

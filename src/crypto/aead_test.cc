@@ -1,5 +1,7 @@
 #include "crypto/aead.h"
 
+#include <cstdio>
+
 #include "common/clock.h"
 #include "common/encoding.h"
 #include "common/error.h"
@@ -87,6 +89,25 @@ TEST(Hash, Sha256KnownAnswers) {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(HexEncode(Sha256("")),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+TEST(Hash, Sha256FileMatchesTheBytesAndFailsOnAMissingFile) {
+  const std::string path = ::testing::TempDir() + "sha256_file_test.bin";
+  std::string bytes(200000, 'x');  // several read chunks
+  bytes += "abc";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+    std::fclose(f);
+  }
+  auto d = Sha256File(path);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(*d, Sha256(bytes));
+  std::remove(path.c_str());
+  auto missing = Sha256File(path);
+  EXPECT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(Hash, HmacSha256Rfc4231) {

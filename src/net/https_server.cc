@@ -792,20 +792,24 @@ std::shared_ptr<ssl::context> ServerImpl::CurrentTlsContext() {
 
 absl::Status ServerImpl::ReloadCertificates() {
   if (options_.plain_http) return absl::FailedPreconditionError("plain HTTP has no certificates");
-  std::lock_guard reload_lock(reload_mu_);
-  // Stamp before reading: a file replaced while we read is seen as changed by
-  // the next poll and read again.
-  std::string stamp = internal::TlsFilesStamp(options_.tls);
-  auto ctx = internal::NewServerTlsContext(options_.tls);
-  tls_stamp_ = std::move(stamp);
-  if (!ctx.ok()) return ctx.status();
-  auto next = std::make_shared<ssl::context>(ctx->release());
-  {
-    std::lock_guard lock(mu_);
-    tls_ctx_.swap(next);
-  }
-  // `next` (the old context) is released here; open connections keep their own reference.
-  return absl::OkStatus();
+  absl::Status status = [&]() -> absl::Status {
+    std::lock_guard reload_lock(reload_mu_);
+    // Stamp before reading: a file replaced while we read is seen as changed by
+    // the next poll and read again.
+    std::string stamp = internal::TlsFilesStamp(options_.tls);
+    auto ctx = internal::NewServerTlsContext(options_.tls);
+    tls_stamp_ = std::move(stamp);
+    if (!ctx.ok()) return ctx.status();
+    auto next = std::make_shared<ssl::context>(ctx->release());
+    {
+      std::lock_guard lock(mu_);
+      tls_ctx_.swap(next);
+    }
+    // `next` (the old context) is released here; open connections keep their own reference.
+    return absl::OkStatus();
+  }();
+  if (options_.on_cert_reload) options_.on_cert_reload(status);
+  return status;
 }
 
 bool ServerImpl::Register(const std::shared_ptr<SessionBase>& session) {

@@ -48,6 +48,10 @@ struct ServerOptions {
   int max_requests_per_connection = 10000;  // 0: unlimited
   // Poll the certificate files and reload when they change (0 disables).
   std::chrono::milliseconds cert_poll_interval{2000};
+  // Told of every certificate reload (SIGHUP, changed files, or a call to
+  // ReloadCertificates) with its outcome; may run on an I/O thread, so it
+  // must not block.
+  std::function<void(const absl::Status&)> on_cert_reload;
   std::chrono::milliseconds drain_timeout{20000};
   // After a response with "Connection: close" the server sends its TLS
   // close_notify (plain: shuts down its sending side) and discards what the

@@ -46,6 +46,12 @@
 namespace fhirward::server {
 namespace {
 
+// "PATH sha256=HEX" (or "PATH unreadable"), for the trail.
+std::string FileDigest(const std::string& path) {
+  auto d = crypto::Sha256File(path);
+  return path + (d.ok() ? " sha256=" + HexEncode(*d) : " unreadable");
+}
+
 // The configured public base (no trailing slash): absolute references to it are
 // indexed as references. Empty when the base is only known after binding
 // (listen port 0); such references are then indexed as URLs.
@@ -549,6 +555,25 @@ absl::Status Serve(const ServeArgs& args) {
   so.header_timeout = std::chrono::milliseconds(config.header_timeout_ms);
   so.body_timeout = std::chrono::milliseconds(config.body_timeout_ms);
   so.idle_timeout = std::chrono::milliseconds(config.idle_timeout_ms);
+  // A new certificate, or a refused one, is on the trail (asynchronously: this
+  // runs on an I/O thread).
+  so.on_cert_reload = [log = audit_log->get(), cert = config.tls_cert_file](const absl::Status& s) {
+    audit::AuditRecord r;
+    r.time = FormatInstant(SystemClock::Get().Now());
+    r.request_id = RandomUuid();
+    r.subject = "fhirward-server";
+    r.action = "tls.reload";
+    r.resource_type = "Certificate";
+    r.outcome = s.ok() ? "success" : "failed";
+    r.status_code = s.ok() ? 200 : 500;
+    if (!s.ok()) r.error = "certificate_refused";
+    r.decision =
+        FileDigest(cert) +
+        (s.ok() ? "" : "; kept the previous one: " + std::string(s.message()).substr(0, 500));
+    log->AppendAsync(r, [](absl::StatusOr<int64_t> seq) {
+      if (!seq.ok()) LogEvent(LogLevel::kError, "tls_reload_unaudited", {});
+    });
+  };
 
   // The service needs the real port (for links) before it can be built, and
   // the server needs the handler: bind late. No request arrives before Run().
@@ -690,10 +715,11 @@ absl::Status Serve(const ServeArgs& args) {
   start.action = "server-start";
   start.outcome = "success";
   start.node = host_name;
-  if (!args.config_file.empty()) {  // which configuration this run has
-    std::ifstream in(args.config_file, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    start.decision = "config " + args.config_file + " sha256=" + HexEncode(crypto::Sha256(bytes));
+  // Which configuration and certificate this run has.
+  if (!args.config_file.empty()) start.decision = "config " + FileDigest(args.config_file);
+  if (!config.plain_http) {
+    start.decision +=
+        (start.decision.empty() ? "" : "; ") + ("tls_cert " + FileDigest(config.tls_cert_file));
   }
   if (auto s = (*audit_log)->Append(start); !s.ok()) return s.status();
 

@@ -2,8 +2,6 @@
 
 #include <sys/stat.h>
 
-#include <fstream>
-#include <iterator>
 #include <set>
 
 #include "common/encoding.h"
@@ -400,11 +398,9 @@ std::string PolicyRuntime::FileDigests() const {
   std::string out;
   for (const std::string* path : {&files_.enforced, &files_.candidate}) {
     if (path->empty()) continue;
-    std::ifstream in(*path, std::ios::binary);
-    std::string bytes;
-    if (in) bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    auto digest = crypto::Sha256File(*path);
     out += (out.empty() ? "" : "; ") + *path +
-           (!in || in.bad() ? " unreadable" : " sha256=" + HexEncode(crypto::Sha256(bytes)));
+           (digest.ok() ? " sha256=" + HexEncode(*digest) : " unreadable");
   }
   return out;
 }

@@ -1,12 +1,15 @@
 // Transport: TLS versions, plain HTTP, the security headers on every response.
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { spawnSync } from 'node:child_process';
 import {
-  startServer, stopAndClean, diagnose, request, mintToken, assertSecurityHeaders, assertFhirJson,
+  startServer, stopAndClean, diagnose, request, mintToken, assertSecurityHeaders, assertFhirJson, waitFor,
 } from './lib.mjs';
+import { auditRecords } from './oauth-lib.mjs';
 
 function handshake(srv, opts = {}) {
   return new Promise((resolve) => {
@@ -134,5 +137,70 @@ describe('TLS with [tls] min_version = "1.2"', { timeout: 60000 }, () => {
     assert.equal(r13.protocol, 'TLSv1.3');
     const r11 = await handshake(srv, { minVersion: 'TLSv1.1', maxVersion: 'TLSv1.1' });
     assert.equal(r11.ok, false, 'TLS 1.1 accepted');
+  });
+});
+
+describe('TLS certificate rotation while serving', { timeout: 120000 }, () => {
+  let srv;
+  before(async () => { srv = await startServer({ name: 'tls-rotate' }); });
+  after(async () => { await stopAndClean(srv); });
+  afterEach(diagnose(() => [srv]));
+
+  /** The fingerprint (SHA-256) of the certificate a new handshake gets. */
+  const servedFingerprint = () => new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: srv.port, servername: 'localhost', ca: srv.ca });
+    s.once('secureConnect', () => { const fp = s.getPeerCertificate().fingerprint256; s.end(); resolve(fp); });
+    s.once('error', reject);
+  });
+  const fileFingerprint = (pem) => new crypto.X509Certificate(pem).fingerprint256;
+  const sha256 = (bytes) => crypto.createHash('sha256').update(bytes).digest('hex');
+  const tlsRecords = () => auditRecords(srv, { action: 'tls.reload' });
+  const openssl = (args) => {
+    const r = spawnSync('openssl', args, { encoding: 'utf8' });
+    assert.equal(r.status, 0, `openssl ${args.join(' ')}: ${r.stderr}`);
+  };
+
+  it('SIGHUP serves a new certificate from the same CA and puts it on the trail; a broken one is refused and recorded', async () => {
+    const dir = `${srv.dataDir}/tls`;
+    const t = `${srv.root}/newcert`;
+    fs.mkdirSync(t);
+    openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', `${t}/server.key`]);
+    openssl(['req', '-new', '-key', `${t}/server.key`, '-subj', '/CN=localhost', '-out', `${t}/server.csr`]);
+    fs.writeFileSync(`${t}/ext`, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+    openssl(['x509', '-req', '-in', `${t}/server.csr`, '-CA', `${dir}/ca.pem`, '-CAkey', `${dir}/ca.key`,
+      '-CAcreateserial', '-days', '2', '-extfile', `${t}/ext`, '-out', `${t}/server.pem`]);
+    const before = await servedFingerprint();
+    const pem = fs.readFileSync(`${t}/server.pem`);
+    assert.notEqual(fileFingerprint(pem), before);
+    // Key, then certificate, each replaced atomically; then SIGHUP.
+    fs.copyFileSync(`${t}/server.key`, `${dir}/server.key.new`);
+    fs.renameSync(`${dir}/server.key.new`, `${dir}/server.key`);
+    fs.copyFileSync(`${t}/server.pem`, `${dir}/server.pem.new`);
+    fs.renameSync(`${dir}/server.pem.new`, `${dir}/server.pem`);
+    srv.term('SIGHUP');
+    await waitFor('the new certificate served', async () => (await servedFingerprint()) === fileFingerprint(pem));
+    const ok = await waitFor('tls.reload success on the trail', () => tlsRecords().find((r) => r.outcome === 'success'
+      && r.decision === `${dir}/server.pem sha256=${sha256(pem)}`));
+    assert.equal(ok.subject, 'fhirward-server');
+    assert.equal(ok.resource_type, 'Certificate');
+    // A certificate that does not parse: refused, the new one stays, the refusal is recorded.
+    fs.writeFileSync(`${dir}/server.pem.new`, '-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n');
+    fs.renameSync(`${dir}/server.pem.new`, `${dir}/server.pem`);
+    srv.term('SIGHUP');
+    const bad = await waitFor('tls.reload failed on the trail', () => tlsRecords().find((r) => r.outcome === 'failed'));
+    assert.equal(bad.error, 'certificate_refused');
+    assert.match(bad.decision, /server\.pem sha256=[0-9a-f]{64}; kept the previous one: /);
+    assert.equal(await servedFingerprint(), fileFingerprint(pem));
+    // The private key never reaches the trail.
+    const raw = fs.readFileSync(`${srv.dataDir}/audit/audit.db`);
+    const keyBody = fs.readFileSync(`${t}/server.key`, 'utf8').split('\n')[1];
+    assert.equal(raw.indexOf(keyBody), -1);
+    // Put a valid certificate back so that the server stops cleanly.
+    fs.copyFileSync(`${t}/server.pem`, `${dir}/server.pem`);
+  });
+
+  it('server-start names the configuration and certificate digests', () => {
+    const [start] = auditRecords(srv, { action: 'server-start' });
+    assert.match(start.decision, /^tls_cert .*\/tls\/server\.pem sha256=[0-9a-f]{64}$/);
   });
 });
