@@ -79,10 +79,16 @@ std::string OsUser() {
 // Appends the record of an administrative act done through the CLI (who holds
 // which role, which clients exist, which key signs): the CLI signs no tree
 // heads, the server's next head covers the record. Never a secret: no
-// password, client secret, TOTP seed or launch id goes into `r`.
+// password, client secret, TOTP seed or launch id goes into `r`. Called after
+// the change and after its output (a secret the change made is printed even
+// when the record cannot be appended: the command then fails saying so).
 absl::Status AuditAdmin(const Instance& inst, audit::AuditRecord r) {
+  auto unaudited = [](const absl::Status& why) {
+    return Error(ErrorCode::kAuditUnavailable,
+                 "the change was made but could not be audited: " + std::string(why.message()));
+  };
   auto log = audit::AuditLog::Open(inst.audit_db_path(), inst.audit_mac_key().Clone());
-  if (!log.ok()) return log.status();
+  if (!log.ok()) return unaudited(log.status());
   r.time = FormatInstant(SystemClock::Get().Now());
   r.request_id = RandomUuid();
   if (r.subject.empty()) r.subject = "fhirward-cli";
@@ -90,11 +96,7 @@ absl::Status AuditAdmin(const Instance& inst, audit::AuditRecord r) {
   if (r.outcome.empty()) r.outcome = "success";
   auto seq = (*log)->Append(r);
   (*log)->Close();
-  if (!seq.ok()) {
-    return Error(ErrorCode::kAuditUnavailable, "the change was made but could not be audited: " +
-                                                   std::string(seq.status().message()));
-  }
-  return absl::OkStatus();
+  return seq.ok() ? absl::OkStatus() : unaudited(seq.status());
 }
 
 audit::AuditRecord AdminRecord(std::string action, std::string type, std::string id,
@@ -199,6 +201,10 @@ absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
     uri = crypto::TotpUri("fhirward", a.username, seed.UnsafeView());
   }
   if (auto s = o->store->AddUser(u); !s.ok()) return s;
+  out << "user " << a.username << " added (" << u.fhir_user
+      << (u.roles.empty() ? "" : ", roles " + u.roles) << ")\n";
+  if (a.password.empty()) out << "password: " << password << "\n";
+  if (!uri.empty()) out << "totp: " << uri << "\n";
   // Who holds which role is on the trail (a new key-admin or auditor above all).
   if (auto s = AuditAdmin(*o->inst, AdminRecord("user.add", "User", a.username,
                                                 "fhir_user=" + u.fhir_user + " roles=" + u.roles +
@@ -206,10 +212,6 @@ absl::Status UsersAdd(const UserArgs& a, std::ostream& out) {
       !s.ok()) {
     return s;
   }
-  out << "user " << a.username << " added (" << u.fhir_user
-      << (u.roles.empty() ? "" : ", roles " + u.roles) << ")\n";
-  if (a.password.empty()) out << "password: " << password << "\n";
-  if (!uri.empty()) out << "totp: " << uri << "\n";
   return absl::OkStatus();
 }
 
@@ -260,14 +262,14 @@ absl::Status UsersResetPassword(const UserArgs& a, std::ostream& out) {
   if (auto s = o->store->RevokeUserGrants(a.username, SystemClock::Get().NowSeconds()); !s.ok()) {
     return s;
   }
+  out << "password of " << a.username
+      << " reset (lockout cleared; sessions and grants of the user revoked)\n";
+  if (a.password.empty()) out << "password: " << password << "\n";
   if (auto s = AuditAdmin(*o->inst, AdminRecord("user.reset-password", "User", a.username,
                                                 "lockout cleared, grants revoked"));
       !s.ok()) {
     return s;
   }
-  out << "password of " << a.username
-      << " reset (lockout cleared; sessions and grants of the user revoked)\n";
-  if (a.password.empty()) out << "password: " << password << "\n";
   return absl::OkStatus();
 }
 
@@ -394,11 +396,10 @@ absl::Status ClientsAdd(const ClientArgs& a, std::ostream& out) {
                         " redirect_uris=" + std::to_string(c.redirect_uris.size()) +
                         (c.sender_constraint.empty() ? "" : " bound=" + c.sender_constraint));
     r.client_id = c.client_id;
-    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
+    out << "client " << c.client_id << " added (" << a.auth << ")\n";
+    if (!secret.empty()) out << "client_secret: " << secret << "\n";
+    return AuditAdmin(*o->inst, std::move(r));
   }
-  out << "client " << c.client_id << " added (" << a.auth << ")\n";
-  if (!secret.empty()) out << "client_secret: " << secret << "\n";
-  return absl::OkStatus();
 }
 
 absl::Status ClientsList(const std::string& data_dir, std::ostream& out) {
@@ -451,11 +452,10 @@ absl::Status ClientsRotateSecret(const ClientArgs& a, std::ostream& out) {
                     "previous secret valid " + std::to_string(a.grace_seconds) + " s" +
                         (expires ? ", new one expires " + Time(expires) : ""));
     r.client_id = a.client_id;
-    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
+    out << "client_secret: " << secret << "\n";
+    out << "the previous secret works for " << a.grace_seconds << " more seconds\n";
+    return AuditAdmin(*o->inst, std::move(r));
   }
-  out << "client_secret: " << secret << "\n";
-  out << "the previous secret works for " << a.grace_seconds << " more seconds\n";
-  return absl::OkStatus();
 }
 
 absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out) {
@@ -489,10 +489,9 @@ absl::Status LaunchCreate(const LaunchArgs& a, std::ostream& out) {
                         "ttl=" + std::to_string(a.ttl_seconds) + "s");
     r.patient_id = a.patient;
     r.client_id = a.client_id;
-    if (auto st = AuditAdmin(*o->inst, std::move(r)); !st.ok()) return st;
+    out << l.id << "\n";
+    return AuditAdmin(*o->inst, std::move(r));
   }
-  out << l.id << "\n";
-  return absl::OkStatus();
 }
 
 absl::Status KeysRotateSigning(const RotateArgs& a, std::ostream& out) {
@@ -512,15 +511,10 @@ absl::Status KeysRotateSigning(const RotateArgs& a, std::ostream& out) {
   auto info = oauth::SigningKeyRing::Rotate((*inst)->keys_dir(), *alg, now, a.activate_in,
                                             kKeyOverlapSeconds);
   if (!info.ok()) return info.status();
-  if (auto s = AuditAdmin(**inst,
-                          AdminRecord("key.rotate-signing", "SigningKey", info->kid,
-                                      "alg=" + a.alg + " signs from " + Time(info->activate_at)));
-      !s.ok()) {
-    return s;
-  }
   out << "new " << a.alg << " key " << info->kid << " published now, signs from "
       << Time(info->activate_at) << "\n";
-  return absl::OkStatus();
+  return AuditAdmin(**inst, AdminRecord("key.rotate-signing", "SigningKey", info->kid,
+                                        "alg=" + a.alg + " signs from " + Time(info->activate_at)));
 }
 
 absl::Status KeysList(const std::string& data_dir, std::ostream& out) {

@@ -380,3 +380,24 @@ describe('audit trail through the API', { timeout: 180000 }, () => {
     assert.equal(found.json.entry.length, 2, JSON.stringify(found.json));
   });
 });
+
+describe('an administrative change whose record cannot be appended', { timeout: 60000 }, () => {
+  it('is made, prints its secret once, and the command fails saying it was not audited', async () => {
+    const srv = await startServer({ name: 'audit-down' });
+    const dir = srv.dataDir;
+    await srv.stop();
+    // An anchor that no longer matches the records: the log refuses to open.
+    sqlite(`${dir}/audit/audit.db`, "UPDATE audit_anchor SET mac = zeroblob(32) WHERE id = 1;");
+    try {
+      const r = runCli(['clients', 'add', '--data-dir', dir, '--client-id', 'orphan-app', '--auth', 'client_secret_basic',
+        '--scope', 'system/Patient.r', '--grant-type', 'client_credentials']);
+      assert.notEqual(r.code, 0, r.stdout);
+      assert.match(r.stdout, /^client orphan-app added \(client_secret_basic\)\nclient_secret: \S+\n$/);
+      assert.match(r.stderr, /the change was made but could not be audited: audit: refusing to open/);
+      const list = runCli(['clients', 'list', '--data-dir', dir]);
+      assert.match(list.stdout, /^orphan-app\t/m);
+    } finally {
+      fs.rmSync(srv.root, { recursive: true, force: true });
+    }
+  });
+});
