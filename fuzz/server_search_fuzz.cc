@@ -27,6 +27,7 @@ namespace {
 
 using fhirward::ErrorCode;
 using fhirward::server::NarrowFn;
+using fhirward::server::Narrowing;
 using fhirward::server::ParsedSearch;
 using fhirward::server::SearchLimits;
 
@@ -41,19 +42,25 @@ constexpr std::string_view kBase = "https://fhir.example.org/r4";
 }
 
 const NarrowFn& NoNarrowing() {
-  static const NarrowFn* fn = new NarrowFn(
-      [](std::string_view) -> absl::StatusOr<std::optional<std::string>> { return std::nullopt; });
+  static const NarrowFn* fn =
+      new NarrowFn([](std::string_view) -> absl::StatusOr<Narrowing> { return Narrowing{}; });
   return *fn;
 }
 
+// A patient's view: one compartment, a hidden label, a consent-denied label of
+// another patient; no Practitioner search at all.
 const NarrowFn& PatientNarrowing() {
-  static const NarrowFn* fn =
-      new NarrowFn([](std::string_view type) -> absl::StatusOr<std::optional<std::string>> {
-        if (type == "Practitioner") {
-          return fhirward::Error(ErrorCode::kForbidden, "no Practitioner access");
-        }
-        return std::optional<std::string>("p1");
-      });
+  static const NarrowFn* fn = new NarrowFn([](std::string_view type) -> absl::StatusOr<Narrowing> {
+    if (type == "Practitioner") {
+      return fhirward::Error(ErrorCode::kForbidden, "no Practitioner access");
+    }
+    Narrowing n;
+    n.patients = std::vector<std::string>{"p1"};
+    n.hidden_labels = {"R"};
+    n.hidden_labels_of = {{"p2", {"PSY"}}};
+    n.excluded_patients = {"p3"};
+    return n;
+  });
   return *fn;
 }
 

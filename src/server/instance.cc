@@ -93,8 +93,9 @@ absl::StatusOr<KmsConfig> LoadKmsConfig(const std::string& path) {
     return Error(ErrorCode::kInternal, path + ":" + std::to_string(e.source().begin.line) + ": " +
                                            std::string(e.description()));
   }
-  for (const auto& [k, v] : t) {
-    std::string key(k.str());
+  for (const auto& entry : t) {
+    const std::string key(entry.first.str());
+    const toml::node& v = entry.second;  // not a structured binding: lambdas capture it (clang 14)
     auto str = [&](std::string& out) -> absl::Status {
       if (!v.is_string())
         return Error(ErrorCode::kInternal, path + ": " + key + " must be a string");
