@@ -46,6 +46,18 @@
 namespace fhirward::server {
 namespace {
 
+// A record of the server's own act (no request behind it), outcome success.
+audit::AuditRecord ServerRecord(std::string action, std::string resource_type = {}) {
+  audit::AuditRecord r;
+  r.time = FormatInstant(SystemClock::Get().Now());
+  r.request_id = RandomUuid();
+  r.subject = "fhirward-server";
+  r.action = std::move(action);
+  r.resource_type = std::move(resource_type);
+  r.outcome = "success";
+  return r;
+}
+
 // "PATH sha256=HEX" (or "PATH unreadable"), for the trail.
 std::string FileDigest(const std::string& path) {
   auto d = crypto::Sha256File(path);
@@ -295,14 +307,9 @@ class Janitor {
         auto due = store_->PurgeBefore(tenant_, type, cutoff, 500, /*dry_run=*/true);
         if (!due.ok() || *due == 0) break;
         // The purge is on the trail before anything goes; no trail, no purge.
-        audit::AuditRecord r;
+        audit::AuditRecord r = ServerRecord("retention.purge", type);
         r.count = static_cast<int64_t>(*due);
-        r.time = FormatInstant(SystemClock::Get().Now());
-        r.request_id = RandomUuid();
-        r.subject = "fhirward-server";
-        r.action = "retention.purge";
         r.outcome = "requested";
-        r.resource_type = type;
         r.decision = "older than " + std::to_string(days) + " days (before " + cutoff + ")";
         if (!audit_->Append(r).ok()) {
           LogEvent(LogLevel::kWarn, "retention_purge_unaudited",
@@ -558,12 +565,7 @@ absl::Status Serve(const ServeArgs& args) {
   // A new certificate, or a refused one, is on the trail (asynchronously: this
   // runs on an I/O thread).
   so.on_cert_reload = [log = audit_log->get(), cert = config.tls_cert_file](const absl::Status& s) {
-    audit::AuditRecord r;
-    r.time = FormatInstant(SystemClock::Get().Now());
-    r.request_id = RandomUuid();
-    r.subject = "fhirward-server";
-    r.action = "tls.reload";
-    r.resource_type = "Certificate";
+    audit::AuditRecord r = ServerRecord("tls.reload", "Certificate");
     r.outcome = s.ok() ? "success" : "failed";
     r.status_code = s.ok() ? 200 : 500;
     if (!s.ok()) r.error = "certificate_refused";
@@ -634,12 +636,7 @@ absl::Status Serve(const ServeArgs& args) {
   auto policies = PolicyRuntime::Open(
       {config.policy_file, config.policy_candidate, config.policy_reload_seconds}, &facts,
       &SystemClock::Get(), [log = audit_log->get()](const PolicyLoadEvent& e) {
-        audit::AuditRecord r;
-        r.time = FormatInstant(SystemClock::Get().Now());
-        r.request_id = RandomUuid();
-        r.subject = "fhirward-server";
-        r.action = "policy.load";
-        r.resource_type = "Policy";
+        audit::AuditRecord r = ServerRecord("policy.load", "Policy");
         r.resource_id = e.enforced;
         r.policy_id = e.enforced;
         r.outcome = e.ok ? "success" : "failed";
@@ -709,11 +706,7 @@ absl::Status Serve(const ServeArgs& args) {
   OAuthMaintenance maintenance(ring->get(), oauth_store->get(), &revocations, auth_server.get(),
                                &authenticator, own_issuers);
 
-  audit::AuditRecord start;
-  start.time = FormatInstant(SystemClock::Get().Now());
-  start.request_id = RandomUuid();
-  start.action = "server-start";
-  start.outcome = "success";
+  audit::AuditRecord start = ServerRecord("server-start");
   start.node = host_name;
   // Which configuration and certificate this run has.
   if (!args.config_file.empty()) start.decision = "config " + FileDigest(args.config_file);
@@ -752,11 +745,8 @@ absl::Status Serve(const ServeArgs& args) {
   janitor.reset();  // no purge or key report after the audit log closes
   inst.keyring().ReportUnwrapCount();
   inst.keyring().SetEventSink(nullptr);
-  audit::AuditRecord stop;
-  stop.time = FormatInstant(SystemClock::Get().Now());
-  stop.request_id = RandomUuid();
-  stop.action = "server-stop";
-  stop.outcome = "success";
+  audit::AuditRecord stop = ServerRecord("server-stop");
+  stop.node = host_name;
   (void)(*audit_log)->Append(stop);
   // The alert engine appends to the log: it stops first (what it has not
   // evaluated yet is evaluated at the next start, from its cursor).
