@@ -1,14 +1,12 @@
 # In the normal build: every fuzz/<module>_<what>_fuzz.cc linked with
 # replay_main.cc (no libFuzzer, no sanitizers) and a CTest "fuzz_replay.<name>"
 # (label unit) that runs it over fuzz/corpus/<name>/.
-file(GLOB _replay_sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*_fuzz.cc)
-foreach(_src IN LISTS _replay_sources)
-  get_filename_component(_name ${_src} NAME_WE)
-  string(REGEX MATCH "^[a-z0-9]+" _module ${_name})
-  if(NOT TARGET fhirward_${_module})
-    message(FATAL_ERROR "fuzz/${_name}.cc: no module library fhirward_${_module}")
-  endif()
-  add_executable(${_name}_replay ${_src} ${CMAKE_CURRENT_LIST_DIR}/replay_main.cc)
+include(${CMAKE_CURRENT_LIST_DIR}/sources.cmake)
+fhirward_fuzz_targets(_replay_names)
+foreach(_name IN LISTS _replay_names)
+  fhirward_fuzz_module(${_name} _module)
+  add_executable(${_name}_replay ${CMAKE_CURRENT_LIST_DIR}/${_name}.cc
+                                 ${CMAKE_CURRENT_LIST_DIR}/replay_main.cc)
   target_link_libraries(${_name}_replay PRIVATE fhirward_${_module})
   set_target_properties(${_name}_replay PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
   set(_corpus ${CMAKE_CURRENT_LIST_DIR}/corpus/${_name})
