@@ -364,11 +364,12 @@ int main(int argc, char** argv) {
   }
   if (bg_list->parsed()) return done(server::BreakGlassList(bg_dir, bg_all, std::cout));
   if (bg_review->parsed()) {
-    // The auditor proves who they are with their login password.
+    // The auditor proves who they are with their login password (and, when
+    // enrolled, a TOTP code on the next line).
     std::getline(std::cin, review.password);
-    while (!review.password.empty() &&
-           (review.password.back() == '\n' || review.password.back() == '\r')) {
-      review.password.pop_back();
+    std::getline(std::cin, review.totp);
+    for (std::string* l : {&review.password, &review.totp}) {
+      while (!l->empty() && (l->back() == '\n' || l->back() == '\r')) l->pop_back();
     }
     return done(server::BreakGlassReview(review, std::cout));
   }

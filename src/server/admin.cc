@@ -21,6 +21,7 @@
 #include "policy/policy.h"
 #include "server/config.h"
 #include "server/instance.h"
+#include "server/key_admin.h"
 #include "server/policy_runtime.h"
 #include "store/internal/sqlite.h"
 
@@ -607,35 +608,20 @@ absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out) 
     if (auto s = audit_review(who, "denied", why, 403); !s.ok()) return s;
     return Error(ErrorCode::kForbidden, message);
   };
-  // The reviewer is an auditor known to the authorization server, and not the
-  // person who broke the glass.
-  auto reviewer = opened->store->GetUser(a.reviewer);
-  if (!reviewer.ok()) return reviewer.status();
-  const int64_t now = SystemClock::Get().NowSeconds();
-  // One answer for an unknown user, a disabled one and a wrong password.
-  const bool known = *reviewer && !(*reviewer)->disabled && (*reviewer)->locked_until <= now;
-  bool password_ok = false;
-  if (known) {
-    password_ok = crypto::VerifyPassword(a.password, (*reviewer)->password_hash);
-  } else {
-    crypto::VerifyAgainstDummy(a.password);  // the same time either way
+  // The reviewer is an auditor known to the authorization server (password,
+  // and TOTP code when enrolled), and not the person who broke the glass.
+  auto cred =
+      CheckCliCredential(*opened->inst, *opened->store, a.reviewer, a.password, a.totp, "auditor");
+  if (!cred.ok()) return cred.status();
+  const std::string& who = cred->actor;
+  if (cred->why == "not_auditor") {
+    return refuse(who, cred->why, "the reviewer needs the auditor role");
   }
-  // A name typed for a user that does not exist may be a password typed in
-  // the wrong field: the trail gets a keyed digest of it instead.
-  const std::string who =
-      *reviewer ? a.reviewer
-                : oauth::AuditNameForUnknownUser(opened->inst->session_key(), a.reviewer);
-  if (!known || !password_ok) {
-    if (known) {
-      (void)opened->store->RecordLoginFailure(a.reviewer, now, kCliMaxFailures, kCliLockSeconds);
-    }
-    return refuse(who, "bad_credentials",
-                  "reviewer " + a.reviewer + ": not an active user, or wrong password");
+  if (!cred->ok()) {
+    return refuse(
+        who, cred->why,
+        "reviewer " + a.reviewer + ": not an active user, wrong password, or wrong TOTP code");
   }
-  std::istringstream roles((*reviewer)->roles);
-  bool auditor = false;
-  for (std::string r; roles >> r;) auditor = auditor || r == "auditor";
-  if (!auditor) return refuse(who, "not_auditor", "the reviewer needs the auditor role");
   auto store = BreakGlassStore::Open(opened->inst->policy_db_path(), &opened->inst->kek());
   if (!store.ok()) return store.status();
   auto list = (*store)->List(false);
@@ -645,7 +631,9 @@ absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out) 
       return refuse(who, "own_episode", "an episode is reviewed by someone else");
     }
   }
-  if (auto s = (*store)->Review(a.id, a.reviewer, a.outcome, a.note, now); !s.ok()) {
+  if (auto s =
+          (*store)->Review(a.id, a.reviewer, a.outcome, a.note, SystemClock::Get().NowSeconds());
+      !s.ok()) {
     (void)audit_review(who, "failed", "not_reviewable", 409);  // unknown or already reviewed
     return s;
   }

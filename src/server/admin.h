@@ -15,11 +15,6 @@
 
 namespace fhirward::server {
 
-// A wrong password typed to a CLI command that acts as a user (key
-// administration, break-glass review) counts towards that user's lockout.
-inline constexpr int64_t kCliMaxFailures = 5;
-inline constexpr int64_t kCliLockSeconds = 900;
-
 struct UserArgs {
   std::string data_dir;
   std::string username;
@@ -84,6 +79,7 @@ struct BreakGlassReviewArgs {
   std::string outcome;   // justified | unjustified
   std::string note;
   std::string password;  // the reviewer's login password (verified)
+  std::string totp;      // their TOTP code, when enrolled
 };
 absl::Status BreakGlassReview(const BreakGlassReviewArgs& a, std::ostream& out);
 

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -27,6 +28,10 @@ namespace fhirward::server {
 namespace {
 
 constexpr std::string_view kRewrapCursor = "rewrap.cursor";
+// A wrong password or code typed to a command acting as a user counts towards
+// that user's lockout.
+constexpr int64_t kCliMaxFailures = 5;
+constexpr int64_t kCliLockSeconds = 900;
 
 struct Session {
   std::unique_ptr<Instance> inst;
@@ -89,8 +94,7 @@ absl::StatusOr<std::unique_ptr<Session>> OpenSession(const std::string& data_dir
   return s;
 }
 
-// The key-admin's credential: password, then TOTP when enrolled. A refusal
-// is audited and counts towards the user's lockout.
+// The key-admin's credential (CheckCliCredential). A refusal is audited.
 absl::StatusOr<std::unique_ptr<Session>> OpenAsKeyAdmin(const KeyAdminArgs& a,
                                                         const std::string& action) {
   if (a.admin.empty()) {
@@ -99,57 +103,23 @@ absl::StatusOr<std::unique_ptr<Session>> OpenAsKeyAdmin(const KeyAdminArgs& a,
   auto s = OpenSession(a.data_dir);
   if (!s.ok()) return s.status();
   Session& session = **s;
-  const int64_t now = SystemClock::Get().NowSeconds();
-  auto user = session.users->GetUser(a.admin);
-  if (!user.ok()) return user.status();
-  const bool known = *user && !(*user)->disabled && (*user)->locked_until <= now;
-  bool ok = false;
-  if (known) {
-    ok = crypto::VerifyPassword(a.password, (*user)->password_hash);
-  } else {
-    crypto::VerifyAgainstDummy(a.password);  // the same time either way
-  }
-  std::string why = "bad_credentials";
-  if (ok) {
-    std::istringstream roles((*user)->roles);
-    bool key_admin = false;
-    for (std::string r; roles >> r;) key_admin = key_admin || r == "key-admin";
-    if (!key_admin) {
-      ok = false;
-      why = "not_key_admin";
-    }
-  }
-  if (ok && !(*user)->totp_secret_wrapped.empty()) {
-    auto seed = session.inst->kek().Unwrap((*user)->totp_secret_wrapped,
-                                           "fhirward-totp-v1:" + (*user)->username);
-    if (!seed.ok()) return seed.status();
-    auto step = crypto::VerifyTotp(seed->UnsafeView(), a.totp, now, (*user)->totp_last_step);
-    ok = step.has_value();
-    if (ok) {
-      auto fresh = session.users->UseTotpStep(a.admin, *step);
-      ok = fresh.ok() && *fresh;
-    }
-    if (!ok) why = "bad_totp";
-  }
-  session.actor =
-      *user ? a.admin : oauth::AuditNameForUnknownUser(session.inst->session_key(), a.admin);
-  if (!ok) {
-    if (known && why != "not_key_admin") {
-      (void)session.users->RecordLoginFailure(a.admin, now, kCliMaxFailures, kCliLockSeconds);
-    }
+  auto cred =
+      CheckCliCredential(*session.inst, *session.users, a.admin, a.password, a.totp, "key-admin");
+  if (!cred.ok()) return cred.status();
+  session.actor = cred->actor;
+  if (!cred->ok()) {
     audit::AuditRecord r;
     r.action = "key." + action;
     r.outcome = "denied";
     r.status_code = 403;
-    r.error = why;
+    r.error = cred->why;
     if (auto st = session.Audit(r); !st.ok()) return st;
-    if (why == "not_key_admin") {
+    if (cred->why == "not_key_admin") {
       return Error(ErrorCode::kForbidden, a.admin + " does not hold the key-admin role");
     }
     return Error(ErrorCode::kForbidden,
                  a.admin + ": not an active user, wrong password, or wrong TOTP code");
   }
-  (void)session.users->RecordLoginSuccess(a.admin);
   // From here on every key event of the ring is on the trail, as this user.
   Session* raw = s->get();
   session.inst->keyring().SetEventSink([raw](const crypto::KeyEvent& e) {
@@ -239,6 +209,53 @@ void ProgressBar(std::ostream& out, uint64_t done, uint64_t total, uint64_t rese
 }
 
 }  // namespace
+
+absl::StatusOr<CliCredential> CheckCliCredential(Instance& inst, oauth::OAuthStore& users,
+                                                 const std::string& username,
+                                                 const std::string& password,
+                                                 const std::string& totp, const std::string& role) {
+  const int64_t now = SystemClock::Get().NowSeconds();
+  auto user = users.GetUser(username);
+  if (!user.ok()) return user.status();
+  CliCredential c;
+  c.actor = *user ? username : oauth::AuditNameForUnknownUser(inst.session_key(), username);
+  const bool known = *user && !(*user)->disabled && (*user)->locked_until <= now;
+  bool ok = false;
+  if (known) {
+    ok = crypto::VerifyPassword(password, (*user)->password_hash);
+  } else {
+    crypto::VerifyAgainstDummy(password);  // the same time either way
+  }
+  c.why = ok ? "" : "bad_credentials";
+  if (ok) {
+    std::istringstream roles((*user)->roles);
+    bool has_role = false;
+    for (std::string r; roles >> r;) has_role = has_role || r == role;
+    if (!has_role) {
+      c.why = "not_" + role;
+      std::replace(c.why.begin(), c.why.end(), '-', '_');
+      return c;  // the credential itself was right: no lockout count
+    }
+  }
+  if (ok && !(*user)->totp_secret_wrapped.empty()) {
+    auto seed =
+        inst.kek().Unwrap((*user)->totp_secret_wrapped, "fhirward-totp-v1:" + (*user)->username);
+    if (!seed.ok()) return seed.status();
+    auto step = crypto::VerifyTotp(seed->UnsafeView(), totp, now, (*user)->totp_last_step);
+    ok = step.has_value();
+    if (ok) {
+      auto fresh = users.UseTotpStep(username, *step);
+      ok = fresh.ok() && *fresh;
+    }
+    if (!ok) c.why = "bad_totp";
+  }
+  if (!ok) {
+    if (known) (void)users.RecordLoginFailure(username, now, kCliMaxFailures, kCliLockSeconds);
+    return c;
+  }
+  (void)users.RecordLoginSuccess(username);
+  return c;
+}
 
 audit::AuditRecord KeyEventRecord(const crypto::KeyEvent& e, const std::string& actor) {
   audit::AuditRecord r;

@@ -16,8 +16,11 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "audit/audit_log.h"
 #include "crypto/keyring.h"
+#include "oauth/oauth_store.h"
+#include "server/instance.h"
 
 namespace fhirward::server {
 
@@ -27,6 +30,25 @@ struct KeyAdminArgs {
   std::string password;  // their login password
   std::string totp;      // their TOTP code, when enrolled
 };
+
+// The credential of a user acting through the CLI (a key administrator, a
+// break-glass reviewer): active (not disabled, not locked out), password, the
+// `role`, then the TOTP code when the user enrolled one. One answer for an
+// unknown, disabled or locked user and a wrong password or code; those count
+// towards the user's lockout, and a success resets it.
+struct CliCredential {
+  // "" when accepted; else bad_credentials, not_<role> (dashes as
+  // underscores) or bad_totp.
+  std::string why;
+  // The name for the trail: a keyed digest when the name is no user's (it
+  // may be a password typed in the wrong field).
+  std::string actor;
+  bool ok() const { return why.empty(); }
+};
+absl::StatusOr<CliCredential> CheckCliCredential(Instance& inst, oauth::OAuthStore& users,
+                                                 const std::string& username,
+                                                 const std::string& password,
+                                                 const std::string& totp, const std::string& role);
 
 // The audit record of a key operation (no key material, ever).
 audit::AuditRecord KeyEventRecord(const crypto::KeyEvent& e, const std::string& actor);

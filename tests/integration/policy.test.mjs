@@ -28,7 +28,7 @@ import {
   tempRoot, assertStatus, assertOutcome, describeRes,
   logEvents, waitFor,
 } from './lib.mjs';
-import { addUser, auditRecords } from './oauth-lib.mjs';
+import { addUser, auditRecords, totp } from './oauth-lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SHIPPED_POLICY = fs.readFileSync(path.join(HERE, '..', '..', 'policies', 'default.toml'), 'utf8');
@@ -966,6 +966,7 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
   let srv;
   const REASON = 'Unconscious patient in the ED, care team unreachable (IT-4711)';
   let episode;
+  let aud2;
   const AUD_PW = 'auditor-password-0001';
   const FD_PW = 'frontdesk-password-0001';
   const DR3_PW = 'dr3-password-000000001';
@@ -987,6 +988,8 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     addUser(srv, { username: 'fd1', fhirUser: 'Practitioner/fd1', roles: 'front-desk', password: FD_PW });
     // The person who breaks the glass, also an auditor: still may not review their own episode.
     addUser(srv, { username: 'dr3', fhirUser: 'Practitioner/dr3', roles: 'clinician auditor', password: DR3_PW });
+    // An auditor with a second factor: the review asks for it as the login page does.
+    aud2 = addUser(srv, { username: 'aud2', fhirUser: 'Practitioner/aud2', roles: 'auditor', password: AUD_PW, totp: true });
   });
   after(() => stopAndClean(srv));
   afterEach(diagnose(() => [srv]));
@@ -1134,6 +1137,9 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
       ['nobody', AUD_PW, 'unknown user'],
       ['fd1', FD_PW, 'not an auditor'],
       ['dr3', DR3_PW, 'the person who broke the glass'],
+      ['aud2', AUD_PW, 'a TOTP-enrolled auditor without a code'],
+      ['aud2', `${AUD_PW}\n${String((Number(totp(aud2.totpSecret)) + 1) % 1e6).padStart(6, '0')}`,
+        'a TOTP-enrolled auditor with a wrong code'],
     ]) {
       const r = review(who, pw);
       assert.notEqual(r.code, 0, `${why}: review must be refused; stdout ${r.stdout}`);
@@ -1148,8 +1154,9 @@ describe('policy: break-glass end to end', { timeout: 180000 }, () => {
     const refused = auditRecords(srv, { action: 'breakglass.review', break_glass: episode });
     assert.deepEqual(refused.map((r) => [r.outcome, r.error, r.status_code]), [
       ['denied', 'bad_credentials', 403], ['denied', 'bad_credentials', 403],
-      ['denied', 'not_auditor', 403], ['denied', 'own_episode', 403]], JSON.stringify(refused));
-    assert.deepEqual(refused.map((r) => r.subject).filter((s) => s !== refused[1].subject), ['aud1', 'fd1', 'dr3']);
+      ['denied', 'not_auditor', 403], ['denied', 'own_episode', 403],
+      ['denied', 'bad_totp', 403], ['denied', 'bad_totp', 403]], JSON.stringify(refused));
+    assert.deepEqual(refused.map((r) => r.subject).filter((s) => s !== refused[1].subject), ['aud1', 'fd1', 'dr3', 'aud2', 'aud2']);
     assert.ok(!refused[1].subject.includes('nobody'), refused[1].subject);
     assert.match(refused[0].user_agent, /^fhirward-cli uid=\d+\(/);
     const raw = sqlite(`${srv.dataDir}/audit/audit.db`, 'SELECT record FROM audit_records;');
